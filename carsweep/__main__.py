@@ -1,0 +1,5 @@
+import sys
+
+from carsweep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""The `carsweep` command. Thin: parse, call one library function, print, exit.
+
+Each subcommand is a module here with `HELP` (one line), `add_arguments(parser)` and
+`run(args) -> int`; COMMANDS lists them in the order `--help` shows. Modules import their
+heavy dependencies (torch, ray) inside `run`, so `carsweep --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from carsweep import __version__
+from carsweep.errors import UserError
+
+COMMANDS = (
+    "synth",
+    "prepare",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="carsweep",
+        description="Hyperparameter search for fine-tuning image classifiers "
+        "(Ray Tune + Optuna + ASHA), then explain and export the best trial.",
+    )
+    parser.add_argument("--version", action="version", version=f"carsweep {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"carsweep.cli.{name}")
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as error:
+        print(f"carsweep {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"carsweep {args.command}: interrupted", file=sys.stderr)
+        return 130

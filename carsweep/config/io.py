@@ -1,0 +1,100 @@
+"""YAML in and out of pydantic models, with `--set key=value` overrides and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from carsweep.errors import UserError, describe_validation_error
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping at the top of a YAML file; a missing or malformed file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=3` -> (["a", "b"], 3); the value is read as YAML so `0.1`, `true`, `[1,2]` work."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {text!r}: expected KEY=VALUE, for example lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of `data` with each `key.path=value` set (nested keys are created as needed)."""
+    merged = _deep_copy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = merged
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[keys[-1]] = value
+    return merged
+
+
+def validate(model: type[Model], data: dict[str, Any], source: str) -> Model:
+    """`model(**data)`, with pydantic's error turned into one line naming `source` and the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise UserError(describe_validation_error(error, source)) from None
+
+
+def load_model(model: type[Model], path: Path | None, overrides: list[str] = ()) -> Model:
+    """Defaults, then the YAML file (if any), then overrides: the three config layers."""
+    data = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    return validate(model, apply_overrides(data, list(overrides)), source)
+
+
+def save_model(config: BaseModel, path: Path) -> None:
+    """Write the resolved config as YAML, atomically, so a reader never sees half a file."""
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    write_text_atomic(Path(path), text)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}

@@ -1,0 +1,55 @@
+"""One trial's hyperparameters: everything `trainable.train` needs besides the data."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
+Schedule = Literal["cosine", "step", "constant"]
+
+
+class TrialConfig(BaseModel):
+    """A training run's settings. Defaults suit a quick CPU run; YAML and `--set` override them.
+
+    Names that come from a registry (augmentation presets) are checked by the registry that
+    owns them, `carsweep.trainable.augment`, which lists the valid names when one is unknown.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    optimizer: Optimizer = Field("sgd", description="sgd (momentum, optional nesterov), adam, adamw or rmsprop")
+    lr: float = Field(0.01, gt=0, le=10, description="peak learning rate, reached after warm-up")
+    weight_decay: float = Field(1e-4, ge=0, lt=1, description="L2 penalty (decoupled for adamw)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum for sgd and rmsprop; ignored by adam(w)")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd only)")
+    epochs: int = Field(10, ge=1, le=10_000, description="training epochs")
+    batch_size: int = Field(32, ge=1, le=65_536, description="images per optimizer step")
+    resize: int = Field(256, ge=16, le=2048, description="square input size in pixels (256 vs 400 for cars)")
+    augmentation: str = Field("flip", min_length=1, description="preset name, or several joined with '+'")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+    lr_schedule: Schedule = Field("cosine", description="cosine decay, step decay, or constant after warm-up")
+    step_size: int = Field(3, ge=1, description="epochs between decays for the step schedule")
+    step_gamma: float = Field(0.1, gt=0, le=1, description="decay factor of the step schedule")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up from lr/10 to lr")
+    seed: int = Field(0, ge=0, description="seeds every random choice of the run")
+    weights: str = Field("none", min_length=1, description="'imagenet', 'none', or a path to a state dict")
+    freeze_backbone_epochs: int = Field(0, ge=0, description="train only the head for the first k epochs")
+    bbox_crop: bool = Field(False, description="crop to the bounding box where the manifest has one")
+    deterministic: bool = Field(False, description="deterministic algorithms (slower; for exact resume checks)")
+    num_workers: int = Field(2, ge=0, le=256, description="DataLoader worker processes")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when available")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrialConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs is {self.warmup_epochs}, but must be < epochs ({self.epochs})"
+            )
+        if self.freeze_backbone_epochs >= self.epochs:
+            raise ValueError(
+                f"freeze_backbone_epochs is {self.freeze_backbone_epochs}, "
+                f"but must be < epochs ({self.epochs})"
+            )
+        return self

@@ -1,0 +1,1 @@
+"""Datasets: sources -> one manifest, splits, audit, decoded cache, synthetic demo data."""

@@ -1,0 +1,96 @@
+"""The prepared dataset on disk: the contract between `prepare` and everything that reads data.
+
+A prepared dataset is a folder holding:
+
+    manifest.csv   one row per image, columns MANIFEST_COLUMNS:
+                   path         image path relative to `root` (POSIX separators)
+                   label        class index, 0..n_classes-1, into classes.json
+                   class_name   the class's human name (may contain "/")
+                   x1,y1,x2,y2  object box in pixels of the original image, empty if unknown
+                   source_split the split the source gave ("train", "test") or "" if none
+                   split        the assigned split: "train", "val" or "test"
+                   sha1         hash of the file's bytes (audit duplicates, cache staleness)
+                   width,height size of the original image
+    classes.json   the class names, index = label
+    dataset.json   DatasetInfo: root, layout, split scheme, seed, counts, part boxes file
+    audit.json     what `prepare` found: class counts per split, tiny images, duplicates,
+                   unreadable files left out
+
+Splits are named for what they are: `official` keeps the source's train/test and carves val
+from train; `pooled:0.7` pools everything and re-splits (the hackathon team's protocol), and
+its scores must never be compared with the official benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from carsweep.errors import UserError
+
+MANIFEST_COLUMNS = [
+    "path", "label", "class_name", "x1", "y1", "x2", "y2",
+    "source_split", "split", "sha1", "width", "height",
+]
+SPLITS = ("train", "val", "test")
+MANIFEST_FILE = "manifest.csv"
+CLASSES_FILE = "classes.json"
+INFO_FILE = "dataset.json"
+AUDIT_FILE = "audit.json"
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A prepared dataset folder, read into memory (the images stay on disk under `root`)."""
+
+    folder: Path
+    root: Path
+    manifest: pd.DataFrame
+    classes: list[str]
+    info: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def split_scheme(self) -> str:
+        return self.info["split_scheme"]
+
+    def rows(self, *splits: str) -> pd.DataFrame:
+        """The manifest rows of the given splits, in manifest order, index reset."""
+        unknown = set(splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown split(s) {sorted(unknown)}; valid: {list(SPLITS)}")
+        return self.manifest[self.manifest["split"].isin(splits)].reset_index(drop=True)
+
+    def image_path(self, relative: str) -> Path:
+        return self.root / relative
+
+
+def load_dataset(folder: Path) -> PreparedDataset:
+    """Read a folder written by `carsweep prepare`; a folder that is not one is a UserError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such dataset folder (make one with `carsweep prepare`)")
+    missing = [name for name in (MANIFEST_FILE, CLASSES_FILE, INFO_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise UserError(
+            f"{folder}: not a prepared dataset (missing {', '.join(missing)}); "
+            "run `carsweep prepare SOURCE --out DATASET` first"
+        )
+    manifest = pd.read_csv(
+        folder / MANIFEST_FILE,
+        dtype={"path": str, "class_name": str, "source_split": str, "split": str, "sha1": str},
+        keep_default_na=False,
+        na_values={c: [""] for c in ("x1", "y1", "x2", "y2")},
+    )
+    classes = json.loads((folder / CLASSES_FILE).read_text())
+    info = json.loads((folder / INFO_FILE).read_text())
+    root = Path(info["root"])
+    if not root.is_absolute():
+        root = (folder / root).resolve()
+    return PreparedDataset(folder=folder, root=root, manifest=manifest, classes=classes, info=info)

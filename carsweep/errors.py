@@ -1,0 +1,26 @@
+"""The one exception type a user sees: the CLI prints it as one line and exits 2."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class UserError(Exception):
+    """A problem with what the user gave us (a path, a value, a file), stated in one sentence.
+
+    The message names the bad value and what would be valid. The CLI prints it without a
+    traceback and exits with code 2; library callers can catch it like any exception.
+    """
+
+
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    """One line for the first problem pydantic found, naming the field by its dotted path."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key `{field}`"
+    message = first["msg"].removeprefix("Value error, ")
+    if "input" in first and kind != "missing":
+        return f"{source}: `{field}` = {first['input']!r} is invalid: {message}"
+    return f"{source}: `{field}`: {message}"
