@@ -17,6 +17,8 @@ from carsweep.errors import UserError
 COMMANDS = (
     "synth",
     "prepare",
+    "sweep",
+    "status",
 )
 
 

@@ -5,6 +5,10 @@ Three layers, lowest first: defaults in the pydantic models, then a YAML file, t
 """
 
 from carsweep.config.io import apply_overrides, load_model, save_model
+from carsweep.config.sweep import ParamSpec, SweepConfig, load_sweep, save_sweep
 from carsweep.config.trial import TrialConfig
 
-__all__ = ["TrialConfig", "apply_overrides", "load_model", "save_model"]
+__all__ = [
+    "ParamSpec", "SweepConfig", "TrialConfig", "apply_overrides", "load_model", "load_sweep",
+    "save_model", "save_sweep",
+]

@@ -1,0 +1,66 @@
+"""`carsweep sweep CONFIG.yaml --data DATASET`: run (or --resume) a hyperparameter sweep."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "run a hyperparameter sweep (Ray Tune + Optuna + ASHA), or resume one"
+
+# Flags that set a SweepConfig field; each is a shorthand for `--set FIELD=VALUE`.
+FIELD_FLAGS = {
+    "data": "dataset",
+    "name": "name",
+    "storage": "storage_path",
+    "num_samples": "num_samples",
+    "max_concurrent": "max_concurrent_trials",
+    "address": "cluster.address",
+    "num_cpus": "cluster.num_cpus",
+    "seed": "searcher.seed",
+    "scheduler": "scheduler",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="sweep config YAML (see configs/demo.yaml)")
+    parser.add_argument("--data", help="prepared dataset folder, readable from every Ray node")
+    parser.add_argument("--name", help="experiment name (default: the config file's name)")
+    parser.add_argument("--storage", help="where experiments go: a folder, NFS path or URI")
+    parser.add_argument("--num-samples", type=int, help="number of trials")
+    parser.add_argument("--max-concurrent", type=int, help="trials running at once")
+    parser.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--seed", type=int, help="the searcher's seed")
+    parser.add_argument("--scheduler", choices=("asha", "fifo"), help="fifo: no early stopping")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config field, e.g. --set asha.grace_period=2 --set space.lr=0.01",
+    )
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted sweep of this name and storage")
+
+
+def field_overrides(args: argparse.Namespace) -> list[str]:
+    """`--set` strings for the flags given, then the explicit `--set`s (which win)."""
+    given = [
+        f"{field}={getattr(args, flag)}"
+        for flag, field in FIELD_FLAGS.items()
+        if getattr(args, flag) is not None
+    ]
+    return [*given, *args.overrides]
+
+
+def run(args: argparse.Namespace) -> int:
+    from carsweep.config.sweep import load_sweep
+    from carsweep.search import format_table, run_sweep, trials_table
+
+    config = load_sweep(args.config, field_overrides(args))
+    outcome = run_sweep(config, resume=args.resume)
+    table = trials_table(outcome.experiment, config.metric, config.mode)
+    print(format_table(table, config.metric))
+    print(f"\nexperiment: {outcome.experiment}  ({outcome.trials} trials)")
+    if outcome.best_trial is None:
+        print("No trials are completed yet.")
+    else:
+        print(f"best trial: {outcome.best_trial}  {config.metric} = {outcome.best_value:.4f}")
+    return 0

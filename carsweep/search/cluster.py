@@ -1,0 +1,88 @@
+"""The Ray the sweep runs on: a local one started for it, or an existing cluster it joins.
+
+A local Ray binds 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) and starts no dashboard
+unless asked; `address: auto` or HOST:PORT joins a cluster started with `ray start`, the
+cluster launcher or KubeRay. Resource requests are checked against what Ray sees before any
+trial is created, so asking for GPUs on a CPU-only cluster is one line, not a hung sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+from carsweep.config.sweep import ClusterConfig, Resources
+from carsweep.errors import UserError
+
+
+def quiet_ray_environment() -> None:
+    """Before Ray starts: loopback only, no usage stats, Tune's classic console table."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # so our trimmed CLIReporter is used
+    # Checkpointing every epoch with num_to_keep=2 trips a warning meant for huge sweeps.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def check_local_gpus(resources: Resources, cluster: ClusterConfig) -> None:
+    """For a local Ray, refuse GPU trials on a machine without CUDA before starting Ray."""
+    if cluster.address is not None or resources.gpu == 0:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"`resources.gpu` is {resources.gpu}, but this machine has no CUDA GPU; "
+            "set resources.gpu=0 or join a GPU cluster with --address"
+        )
+
+
+@contextmanager
+def ray_session(cluster: ClusterConfig) -> Iterator[None]:
+    """Ray connected for the duration of the block; shut down after, if we started it."""
+    quiet_ray_environment()
+    if ray.is_initialized():
+        yield  # a caller (a test, a notebook) owns this Ray
+        return
+    try:
+        if cluster.address is not None:
+            ray.init(address=cluster.address, logging_level=logging.WARNING)
+        else:
+            ray.init(
+                _node_ip_address="127.0.0.1",  # a local Ray talks over loopback only
+                num_cpus=cluster.num_cpus,
+                log_to_driver=False,  # the progress table, not every trial's log lines
+                include_dashboard=cluster.dashboard,
+                dashboard_host=cluster.dashboard_host,
+                logging_level=logging.WARNING,
+            )
+    except ConnectionError as error:
+        raise UserError(f"cannot join the Ray cluster at {cluster.address}: {error}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def check_cluster_resources(resources: Resources) -> None:
+    """One trial's request must fit on some node of the connected Ray."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    total_gpus = sum(node.get("GPU", 0) for node in nodes)
+    if resources.gpu > 0 and total_gpus == 0:
+        raise UserError(
+            f"`resources.gpu` is {resources.gpu}, but the Ray cluster has no GPUs; "
+            "set resources.gpu=0 or add GPU nodes"
+        )
+    fits = [n for n in nodes
+            if n.get("CPU", 0) >= resources.cpu and n.get("GPU", 0) >= resources.gpu]
+    if not fits:
+        most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+        most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+        raise UserError(
+            f"`resources` asks {resources.cpu:g} CPU and {resources.gpu:g} GPU per trial, but "
+            f"no Ray node has that much (largest: {most_cpus:g} CPU, {most_gpus:g} GPU)"
+        )

@@ -1,0 +1,92 @@
+"""The trials table of an experiment folder: one row per trial, best first; saved as trials.csv.
+
+Read through Ray's ExperimentAnalysis (the experiment state and each trial's result.json), so
+it works on a running, interrupted or finished sweep without starting Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray.tune import ExperimentAnalysis
+from ray.tune.utils import flatten_dict
+
+from carsweep.config.io import write_text_atomic
+from carsweep.config.trial import TrialConfig
+from carsweep.errors import UserError
+
+TRIALS_FILE = "trials.csv"
+FIRST_COLUMNS = ("trial_id", "state", "stopped_early", "epochs_run", "planned_epochs")
+
+
+def load_analysis(experiment: Path) -> ExperimentAnalysis:
+    experiment = Path(experiment)
+    if not experiment.is_dir():
+        raise UserError(f"{experiment}: no such experiment folder")
+    try:
+        return ExperimentAnalysis(str(experiment))
+    except ValueError:
+        raise UserError(
+            f"{experiment}: not a sweep's experiment folder (no experiment_state-*.json)"
+        ) from None
+
+
+def trials_table(experiment: Path, metric: str, mode: str) -> pd.DataFrame:
+    """Per trial: state, epochs run, last and best metric, its parameters, folder, checkpoint."""
+    analysis = load_analysis(experiment)
+    rows = [_trial_row(analysis, trial, metric, mode) for trial in analysis.trials]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=[*FIRST_COLUMNS, f"last_{metric}", f"best_{metric}"])
+    best = f"best_{metric}"
+    table = table.sort_values(best, ascending=(mode == "min"), na_position="last")
+    return table.reset_index(drop=True)
+
+
+def _trial_row(analysis: ExperimentAnalysis, trial: Any, metric: str, mode: str) -> dict:
+    history = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
+    scores = history[metric].dropna() if metric in history else pd.Series(dtype=float)
+    params = {f"config/{k}": v for k, v in flatten_dict(dict(trial.config)).items()}
+    checkpoint = analysis.get_best_checkpoint(trial, metric, mode) if len(scores) else None
+    epochs_run = int(history["epoch"].max()) if "epoch" in history else 0
+    planned = int(trial.config.get("epochs", TrialConfig.model_fields["epochs"].default))
+    return {
+        "trial_id": trial.trial_id,
+        "state": trial.status,
+        # TERMINATED covers both ends; a trial ended by ASHA ran fewer epochs than planned.
+        "stopped_early": trial.status == "TERMINATED" and epochs_run < planned,
+        "epochs_run": epochs_run,
+        "planned_epochs": planned,
+        f"last_{metric}": float(scores.iloc[-1]) if len(scores) else None,
+        f"best_{metric}": float(scores.max() if mode == "max" else scores.min())
+        if len(scores) else None,
+        "trial_dir": trial.storage.trial_dir_name,
+        "best_checkpoint": _relative(checkpoint.path, analysis) if checkpoint else "",
+        **params,
+    }
+
+
+def _relative(path: str, analysis: ExperimentAnalysis) -> str:
+    try:
+        return str(Path(path).relative_to(analysis.experiment_path))
+    except ValueError:
+        return str(path)
+
+
+def save_trials_table(table: pd.DataFrame, experiment: Path) -> Path:
+    path = Path(experiment) / TRIALS_FILE
+    write_text_atomic(path, table.to_csv(index=False))
+    return path
+
+
+def format_table(table: pd.DataFrame, metric: str, max_params: int = 8) -> str:
+    """The table for a terminal: the first columns, the metric, then the parameters."""
+    params = [c for c in table.columns if c.startswith("config/")]
+    varying = [c for c in params if table[c].astype(str).nunique() > 1][:max_params]
+    columns = [*FIRST_COLUMNS, f"last_{metric}", f"best_{metric}", *varying]
+    shown = table[[c for c in columns if c in table.columns]].rename(
+        columns=lambda c: c.removeprefix("config/")
+    )
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

@@ -1,0 +1,144 @@
+"""Run a sweep: Ray Tune's Tuner with carsweep's Optuna searcher and ASHA, or resume one.
+
+Order matters for "nothing written on bad input": every check (config, augmentations, dataset,
+GPUs) runs before the experiment folder is created; Ray is started only after the checks that
+need no Ray, and the cluster's resources are checked before the Tuner is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from carsweep.config.sweep import SweepConfig, save_sweep
+from carsweep.errors import UserError
+from carsweep.search.cluster import check_cluster_resources, check_local_gpus, ray_session
+from carsweep.search.monitor import LiveHParamsCallback, progress_reporter
+from carsweep.search.searcher import make_searcher
+from carsweep.search.table import save_trials_table, trials_table
+from carsweep.search.trial import run_trial
+from carsweep.search.validate import check_sweep
+
+SWEEP_FILE = "sweep.yaml"
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    experiment: Path
+    trials: int
+    best_trial: str | None
+    best_value: float | None
+
+
+def experiment_path(config: SweepConfig) -> Path:
+    return Path(config.storage_path).expanduser().resolve() / config.name
+
+
+def resolved(config: SweepConfig) -> SweepConfig:
+    """Paths made absolute, so trials on any node and a later `analyze` find the same ones."""
+    if "://" in config.storage_path:
+        raise UserError(
+            f"`storage_path` = {config.storage_path!r}: cloud URIs are not supported yet; "
+            "use a folder every node mounts (NFS)"
+        )
+    dataset = str(Path(config.dataset).expanduser().resolve()) if config.dataset else None
+    storage = str(Path(config.storage_path).expanduser().resolve())
+    asha = config.asha.model_copy(update={"max_t": config.max_t})
+    return config.model_copy(update={"dataset": dataset, "storage_path": storage, "asha": asha})
+
+
+def make_scheduler(config: SweepConfig) -> TrialScheduler:
+    if config.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epoch",
+        metric=config.metric,
+        mode=config.mode,
+        max_t=config.max_t,
+        grace_period=config.asha.grace_period,
+        reduction_factor=config.asha.reduction_factor,
+    )
+
+
+def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool = True,
+              verbose: int = 1) -> SweepOutcome:
+    """Check, then run (or resume) the sweep; the trials table is written at the end."""
+    config = resolved(config)
+    check_sweep(config)
+    check_local_gpus(config.resources, config.cluster)
+    experiment = experiment_path(config)
+    _check_experiment_folder(experiment, resume)
+    with ray_session(config.cluster):
+        check_cluster_resources(config.resources)
+        if resume:
+            tuner = tune.Tuner.restore(
+                str(experiment), trainable=_trainable(config),
+                resume_unfinished=True, resume_errored=True,
+            )
+        else:
+            save_sweep(config, experiment / SWEEP_FILE)
+            tuner = _new_tuner(config, pruning_aware=pruning_aware, verbose=verbose)
+        tuner.fit()
+    table = trials_table(experiment, config.metric, config.mode)
+    save_trials_table(table, experiment)
+    best = table.iloc[0] if len(table) and table["best_" + config.metric].notna().any() else None
+    return SweepOutcome(
+        experiment=experiment,
+        trials=len(table),
+        best_trial=None if best is None else str(best["trial_id"]),
+        best_value=None if best is None else float(best["best_" + config.metric]),
+    )
+
+
+def _check_experiment_folder(experiment: Path, resume: bool) -> None:
+    exists = (experiment / "tuner.pkl").is_file()
+    if resume and not exists:
+        raise UserError(f"{experiment}: no sweep to resume there")
+    if not resume and (exists or (experiment / SWEEP_FILE).is_file()):
+        raise UserError(
+            f"{experiment}: a sweep already exists there; add --resume to continue it "
+            "or give another --name"
+        )
+
+
+def _trainable(config: SweepConfig) -> tune.Trainable:
+    trainable = tune.with_parameters(
+        run_trial, dataset=config.dataset, use_gpu=config.resources.gpu > 0
+    )
+    return tune.with_resources(
+        trainable, {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    )
+
+
+def _new_tuner(config: SweepConfig, *, pruning_aware: bool, verbose: int) -> tune.Tuner:
+    return tune.Tuner(
+        _trainable(config),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(config, pruning_aware=pruning_aware),
+            scheduler=make_scheduler(config),
+            num_samples=config.num_samples,
+            max_concurrent_trials=config.max_concurrent_trials,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=config.name,
+            storage_path=config.storage_path,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=config.metric,
+                checkpoint_score_order=config.mode,
+            ),
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            callbacks=[LiveHParamsCallback()],
+            progress_reporter=progress_reporter(config.metric, list(config.searched())),
+            verbose=verbose,
+        ),
+    )
+
+
+def _trial_name(trial: tune.experiment.Trial) -> str:
+    return f"trial_{trial.trial_id}"

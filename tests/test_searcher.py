@@ -1,0 +1,111 @@
+"""carsweep's searcher tells Optuna the truth: per-epoch values, PRUNED for early stops.
+
+Driven like Ray drives it (suggest, on_trial_result per epoch, on_trial_complete), with an
+in-memory Optuna study and fake results, as Ray's own searcher tests do.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.experiment import Trial
+from ray.tune.search.optuna import OptunaSearch
+
+from carsweep.config.sweep import SweepConfig
+from carsweep.search.searcher import PruningAwareOptunaSearch, make_searcher
+from carsweep.search.tuner import make_scheduler
+
+CONFIG = SweepConfig.model_validate({
+    "space": {"lr": {"loguniform": [1e-3, 0.1]}, "optimizer": {"choice": ["sgd", "adam"]},
+              "momentum": {"uniform": [0.8, 0.9]}, "epochs": 4},
+    "searcher": {"seed": 3, "n_startup_trials": 2, "points_to_evaluate": [{"lr": 0.05}]},
+})
+
+
+def run_fake_trial(searcher, trial_id, epochs_run, *, stopped, error=False):
+    config = searcher.suggest(trial_id)
+    results = [{"epoch": e, "val_top1": 0.1 * e, "training_iteration": e,
+                "config/epochs": config["epochs"]} for e in range(1, epochs_run + 1)]
+    # Ray withholds the result that made the scheduler stop a trial from on_trial_result.
+    shown = results[:-1] if stopped else results
+    for result in shown:
+        searcher.on_trial_result(trial_id, result)
+    searcher.on_trial_complete(trial_id, result=None if error else results[-1], error=error)
+    return config
+
+
+def test_first_point_to_evaluate_is_used():
+    searcher = make_searcher(CONFIG)
+    assert searcher.suggest("t0")["lr"] == 0.05
+
+
+def test_scheduler_stop_is_pruned_with_every_epoch_kept():
+    searcher = make_searcher(CONFIG)
+    run_fake_trial(searcher, "stopped", 2, stopped=True)
+    run_fake_trial(searcher, "finished", 4, stopped=False)
+    run_fake_trial(searcher, "crashed", 1, stopped=False, error=True)
+    stopped, finished, crashed = searcher.study.trials
+    assert stopped.state == TrialState.PRUNED
+    assert stopped.intermediate_values == {1: 0.1, 2: 0.2}
+    assert finished.state == TrialState.COMPLETE
+    assert finished.value == 0.4
+    assert finished.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.30000000000000004, 4: 0.4}
+    assert crashed.state == TrialState.FAIL
+
+
+def test_trial_cut_at_max_t_below_its_epochs_is_pruned():
+    config = CONFIG.model_copy(update={"asha": CONFIG.asha.model_copy(update={"max_t": 2})})
+    searcher = make_searcher(config)
+    run_fake_trial(searcher, "cut", 2, stopped=True)
+    assert searcher.study.trials[0].state == TrialState.PRUNED
+
+
+def test_stock_optuna_search_calls_the_same_stop_complete():
+    # The blind spot this searcher fixes: stock OptunaSearch records the stop as COMPLETE.
+    stock = make_searcher(CONFIG, pruning_aware=False)
+    assert type(stock) is OptunaSearch
+    run_fake_trial(stock, "stopped", 2, stopped=True)
+    assert stock._ot_study.trials[0].state == TrialState.COMPLETE
+
+
+def test_duplicate_and_late_results_are_ignored():
+    searcher = make_searcher(CONFIG)
+    searcher.suggest("t")
+    searcher.on_trial_result("t", {"epoch": 1, "val_top1": 0.5})
+    searcher.on_trial_result("t", {"epoch": 1, "val_top1": 0.9})  # a restart repeats epoch 1
+    searcher.on_trial_complete("t", result={"epoch": 4, "val_top1": 0.7, "config/epochs": 4})
+    searcher.on_trial_result("t", {"epoch": 5, "val_top1": 0.1})
+    searcher.on_trial_complete("t", result={"epoch": 5, "val_top1": 0.1})
+    (trial,) = searcher.study.trials
+    assert trial.intermediate_values == {1: 0.5, 4: 0.7}
+    assert (trial.state, trial.value) == (TrialState.COMPLETE, 0.7)
+
+
+def test_tpe_sampler_is_seeded():
+    a, b = make_searcher(CONFIG), make_searcher(CONFIG)
+    for i in range(5):
+        assert a.suggest(f"t{i}") == b.suggest(f"t{i}")
+    assert isinstance(a, PruningAwareOptunaSearch)
+    assert isinstance(a.study.sampler, optuna.samplers.TPESampler)
+
+
+def test_asha_stops_the_worse_half_at_the_first_rung():
+    scheduler = make_scheduler(CONFIG)  # grace 1, reduction 2, max_t 4 (the epochs)
+    trials = [Trial("__fake", stub=True) for _ in range(4)]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    decisions = [
+        scheduler.on_trial_result(None, trial, {"epoch": 1, "val_top1": score})
+        for trial, score in zip(trials, [0.5, 0.6, 0.2, 0.1], strict=True)
+    ]
+    # Asynchronous: a trial is judged against those that reached the rung before it.
+    assert decisions == ["CONTINUE", "CONTINUE", "STOP", "STOP"]
+    assert scheduler.on_trial_result(None, trials[1], {"epoch": 4, "val_top1": 0.9}) == "STOP"
+
+
+def test_fifo_never_stops():
+    config = CONFIG.model_copy(update={"scheduler": "fifo"})
+    scheduler = make_scheduler(config)
+    trial = Trial("__fake", stub=True)
+    scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, trial, {"epoch": 1, "val_top1": 0.0}) == "CONTINUE"
