@@ -1,0 +1,64 @@
+"""`carsweep train --data DATASET --config trial.yaml [--set key=value ...] [--out RUN]`: one trial.
+
+Writes the run folder (trial.yaml, classes.json, metrics.csv, TensorBoard events,
+checkpoints/last and checkpoints/best) and prints a progress line per epoch. `--resume`
+continues a run from its checkpoints/last with the config saved in its trial.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+HELP = "train one trial (ResNet-18) on a prepared dataset, standalone, without Ray"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    parser.add_argument("--config", type=Path, help="trial config YAML (default: all defaults)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set lr=0.01 --set augmentation=flip+color-jitter",
+    )
+    parser.add_argument("--out", type=Path, help="run folder (default: runs/train-TIMESTAMP)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--eval-split", default="val",
+                        help="split evaluated each epoch ('none' to skip; default val)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from carsweep.config.io import load_model
+    from carsweep.config.trial import TrialConfig
+    from carsweep.data.manifest import load_dataset
+    from carsweep.errors import UserError
+    from carsweep.trainable import check_augmentation, train
+    from carsweep.trainable.run_folder import RunFolder
+
+    out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    if args.resume:
+        if args.out is None or args.config is not None:
+            raise UserError("--resume continues the run in --out with its own trial.yaml; "
+                            "give --out RUN and no --config")
+        config = load_model(TrialConfig, out / "trial.yaml", args.overrides)
+        checkpoint = out / "checkpoints" / "last"
+        if not checkpoint.is_dir():
+            raise UserError(f"{out}: nothing to resume (no checkpoints/last)")
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out}: run folder exists and is not empty; use --resume to "
+                            "continue it or choose another --out")
+        config = load_model(TrialConfig, args.config, args.overrides)
+        checkpoint = None
+    check_augmentation(config.augmentation)
+    eval_split = None if args.eval_split == "none" else args.eval_split
+    dataset = load_dataset(args.data)
+    print(f"training {config.epochs} epochs on {dataset.folder} "
+          f"({dataset.num_classes} classes) -> {out}", flush=True)
+    with RunFolder(out, config, dataset.classes, resume=args.resume) as folder:
+        result = train(config, dataset, reporter=folder, eval_split=eval_split,
+                       resume_from=checkpoint)
+    if result.history and "val_top1" in result.history[-1]:
+        print(f"best val_top1 {folder.best:.1%}; checkpoints in {out / 'checkpoints'}")
+    return 0

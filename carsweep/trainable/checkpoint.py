@@ -1,0 +1,99 @@
+"""Checkpoint folders: everything a run needs to continue exactly where it stopped.
+
+A checkpoint folder holds `checkpoint.pt` (model, optimizer, scheduler, scaler, epoch,
+history, and the RNG states: torch, CUDA, numpy, python and the data-order generator),
+`trial.yaml` (the resolved TrialConfig) and `classes.json`. Every value in `checkpoint.pt`
+is a tensor, number, string or container of those, so it loads with `weights_only=True`.
+Each file is written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from carsweep.config.io import save_model, write_text_atomic
+from carsweep.config.trial import TrialConfig
+from carsweep.errors import UserError
+
+CHECKPOINT_FILE = "checkpoint.pt"
+TRIAL_FILE = "trial.yaml"
+CLASSES_FILE = "classes.json"
+
+
+def save_checkpoint(folder: Path, state: dict[str, Any], config: TrialConfig,
+                    classes: list[str]) -> Path:
+    """Write the three files of a checkpoint folder (created if needed); returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _torch_save_atomic(state, folder / CHECKPOINT_FILE)
+    save_model(config, folder / TRIAL_FILE)
+    write_text_atomic(folder / CLASSES_FILE, json.dumps(classes, indent=1) + "\n")
+    return folder
+
+
+def load_checkpoint(folder: Path) -> dict[str, Any]:
+    """The state dict saved in a checkpoint folder; missing, corrupt or truncated -> UserError."""
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise UserError(f"{folder}: not a checkpoint folder (no {CHECKPOINT_FILE})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"{path}: refused, it holds objects other than tensors and numbers"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
+        raise UserError(
+            f"{path}: corrupt or truncated checkpoint; resume from an earlier one"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        raise UserError(f"{path}: not a carsweep checkpoint (no model and epoch)")
+    return state
+
+
+def rng_states(data_order: torch.Generator | None) -> dict[str, Any]:
+    """Every random generator a run draws from, in weights_only-loadable form."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "python": random.getstate(),
+        "data_order": data_order.get_state() if data_order is not None else None,
+    }
+
+
+def restore_rng_states(states: dict[str, Any], data_order: torch.Generator | None) -> None:
+    """Put back what `rng_states` saved."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    saved = states["numpy"]
+    np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"],
+                         saved["has_gauss"], saved["gauss"]))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if data_order is not None and states["data_order"] is not None:
+        data_order.set_state(states["data_order"])
+
+
+def _torch_save_atomic(state: dict[str, Any], path: Path) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

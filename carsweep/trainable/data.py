@@ -1,0 +1,138 @@
+"""The data path of a training run: manifest rows -> batches of uint8 images and labels.
+
+This is the replaceable piece between a prepared dataset and the epoch loop. The loop only
+asks for `build_loader(dataset, splits, config, train=...)` and uses what it returns:
+
+    for images, labels in loader:             # images uint8 (B, 3, S, S) on the CPU
+        x = loader.to_model_input(images.to(device))   # float (B, 3, S, S), normalised
+
+so a decoded memory-mapped cache or GPU-side augmentation can return another `Loader` with
+the same two methods without touching the loop. Here images are decoded with PIL each epoch.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from carsweep.config.trial import TrialConfig
+from carsweep.data.manifest import PreparedDataset
+from carsweep.errors import UserError
+from carsweep.trainable.augment import eval_transform, normalize_batch, train_transform
+
+BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
+
+
+class ManifestImages(Dataset):
+    """Images of some manifest rows, decoded with PIL, optionally cropped to their box."""
+
+    def __init__(self, dataset: PreparedDataset, rows: pd.DataFrame, transform: Callable,
+                 *, bbox_crop: bool) -> None:
+        self.paths = [str(dataset.image_path(p)) for p in rows["path"]]
+        self.labels = torch.tensor(rows["label"].to_numpy(), dtype=torch.int64)
+        boxes = rows[BOX_COLUMNS].to_numpy(dtype=float) if bbox_crop else None
+        self.boxes = boxes
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.paths[index]) as opened:
+            image = opened.convert("RGB")
+        if self.boxes is not None:
+            image = crop_to_box(image, self.boxes[index])
+        return self.transform(image), int(self.labels[index])
+
+
+def crop_to_box(image: Image.Image, box: np.ndarray) -> Image.Image:
+    """The image cropped to box (x1, y1, x2, y2), clamped to the image; unknown box -> as is."""
+    if np.isnan(box).any():
+        return image
+    x1, y1 = max(0, int(box[0])), max(0, int(box[1]))
+    x2, y2 = min(image.width, int(np.ceil(box[2]))), min(image.height, int(np.ceil(box[3])))
+    if x2 - x1 < 2 or y2 - y1 < 2:
+        return image  # a degenerate box says nothing useful about where the object is
+    return image.crop((x1, y1, x2, y2))
+
+
+@dataclass
+class Loader:
+    """Batches of (uint8 images, labels) for one pass, and how to turn images into model input.
+
+    `generator` decides the shuffle order and the workers' seeds; it lives across epochs and its
+    state is saved in checkpoints, so a resumed run sees the same order as an uninterrupted one.
+    """
+
+    batches: DataLoader
+    num_images: int
+    generator: torch.Generator | None = None
+    channels_last: bool = False
+    normalize: Callable[[torch.Tensor], torch.Tensor] = field(default=normalize_batch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def to_model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) on the device -> normalised float, channels_last on GPU."""
+        x = self.normalize(images)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def build_loader(dataset: PreparedDataset, splits: str | tuple[str, ...], config: TrialConfig,
+                 *, train: bool, batch_size: int | None = None,
+                 device: torch.device | None = None) -> Loader:
+    """The loader of `splits`: augmented and shuffled if `train`, else in manifest order."""
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    rows = dataset.rows(*splits)
+    if rows.empty:
+        raise UserError(
+            f"{dataset.folder}: split {'+'.join(splits)} has no images; "
+            f"splits present: {sorted(dataset.manifest['split'].unique())}"
+        )
+    _warn_if_no_boxes(dataset, rows, config)
+    transform = train_transform(config) if train else eval_transform(config)
+    images = ManifestImages(dataset, rows, transform, bbox_crop=config.bbox_crop)
+    batch_size = batch_size or config.batch_size
+    generator = torch.Generator().manual_seed(config.seed) if train else None
+    on_gpu = device is not None and device.type == "cuda"
+    batches = DataLoader(
+        images,
+        batch_size=batch_size,
+        shuffle=train,
+        generator=generator,
+        # A last batch of one image breaks BatchNorm in training mode; drop only that case.
+        drop_last=train and len(images) > 1 and len(images) % batch_size == 1,
+        num_workers=config.num_workers,
+        worker_init_fn=_seed_worker if config.num_workers else None,
+        pin_memory=on_gpu,
+        persistent_workers=False,
+    )
+    return Loader(batches=batches, num_images=len(images), generator=generator,
+                  channels_last=on_gpu)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in a worker from torch's per-worker seed (set by the DataLoader)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _warn_if_no_boxes(dataset: PreparedDataset, rows: pd.DataFrame, config: TrialConfig) -> None:
+    if config.bbox_crop and rows[BOX_COLUMNS].isna().any(axis=1).all():
+        warnings.warn(
+            f"bbox_crop is on but {dataset.folder} has no boxes; training on whole images",
+            stacklevel=3,
+        )

@@ -1,0 +1,162 @@
+"""`train(config, dataset, reporter=...)`: one training run, the function a sweep calls per trial.
+
+Per epoch: train, evaluate on `eval_split`, write a checkpoint folder (a fresh temporary
+folder), and hand both to `reporter.report(metrics, checkpoint_dir)`. The reporter must keep
+what it wants of that folder during the call (Ray Tune copies it to the trial's storage; the
+standalone run folder copies it to checkpoints/last): it is deleted when `report` returns.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from carsweep.config.trial import TrialConfig
+from carsweep.data.manifest import PreparedDataset, load_dataset
+from carsweep.errors import UserError
+from carsweep.trainable.augment import check_augmentation
+from carsweep.trainable.checkpoint import (
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from carsweep.trainable.data import build_loader
+from carsweep.trainable.loop import evaluate, predict_logits, train_one_epoch
+from carsweep.trainable.model import build_model, set_backbone_frozen
+from carsweep.trainable.optim import build_optimizer, build_scheduler
+
+
+class Reporter(Protocol):
+    """Receives each epoch's metrics and checkpoint folder (Ray Tune, a run folder, a test)."""
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """The trained model (eval mode, on the training device), every epoch's metrics, the classes."""
+
+    model: nn.Module
+    history: list[dict[str, float]]
+    classes: list[str]
+
+
+def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Reporter,
+          train_splits: tuple[str, ...] = ("train",), eval_split: str | None = "val",
+          resume_from: Path | None = None, initial_weights: dict | None = None) -> TrainResult:
+    """Train ResNet-18 on `train_splits` for `config.epochs` epochs, reporting every epoch."""
+    check_augmentation(config.augmentation)
+    data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
+    device = pick_device(config.device)
+    with deterministic_mode(config.deterministic, device):
+        torch.manual_seed(config.seed)
+        train_loader = build_loader(data, tuple(train_splits), config, train=True, device=device)
+        eval_loader = (build_loader(data, eval_split, config, train=False, device=device)
+                       if eval_split else None)
+        resumed = load_checkpoint(resume_from) if resume_from is not None else None
+        weights = None if resumed else (initial_weights if initial_weights is not None
+                                        else config.weights)
+        model = build_model(data.num_classes, weights).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        optimizer = build_optimizer(model, config)
+        scheduler = build_scheduler(optimizer, config, len(train_loader))
+        scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
+        history: list[dict[str, float]] = []
+        first_epoch = 1
+        if resumed is not None:
+            _check_same_classes(resumed, data, resume_from)
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            scaler.load_state_dict(resumed["scaler"])
+            restore_rng_states(resumed["rng"], train_loader.generator)
+            history = list(resumed["history"])
+            first_epoch = int(resumed["epoch"]) + 1
+        for epoch in range(first_epoch, config.epochs + 1):
+            started = time.perf_counter()
+            model.train()
+            set_backbone_frozen(model, epoch <= config.freeze_backbone_epochs)
+            metrics = {"epoch": epoch}
+            metrics |= train_one_epoch(model, train_loader, criterion, optimizer, scheduler,
+                                       scaler, device)
+            if eval_loader is not None:
+                metrics |= evaluate(model, eval_loader, device)
+            metrics["epoch_time_s"] = time.perf_counter() - started
+            history.append(metrics)
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "history": history, "classes": data.classes,
+                "rng": rng_states(train_loader.generator),
+            }
+            with _temporary_folder() as folder:
+                save_checkpoint(folder, state, config, data.classes)
+                reporter.report(dict(metrics), folder)
+        set_backbone_frozen(model, False)
+        model.eval()
+    return TrainResult(model=model, history=history, classes=list(data.classes))
+
+
+def predict(model: nn.Module, dataset: PreparedDataset | Path, split: str, config: TrialConfig,
+            batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, C) float32 on the CPU, labels (N,)) for `split`, in manifest order, with the
+    evaluation preprocessing (no augmentation), on the device the model is on."""
+    data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
+    device = next(model.parameters()).device
+    loader = build_loader(data, split, config, train=False, batch_size=batch_size, device=device)
+    return predict_logits(model, loader, device)
+
+
+def pick_device(choice: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is a UserError."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("`device` = 'cuda', but no CUDA GPU is available; use auto or cpu")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+@contextmanager
+def deterministic_mode(on: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms while a run lasts (when asked); cuDNN autotuning otherwise."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not on
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+
+
+@contextmanager
+def _temporary_folder() -> Iterator[Path]:
+    folder = Path(tempfile.mkdtemp(prefix="carsweep-checkpoint-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_same_classes(state: dict, data: PreparedDataset, folder: Path) -> None:
+    if list(state.get("classes", data.classes)) != list(data.classes):
+        raise UserError(
+            f"{folder}: checkpoint was trained on other classes than {data.folder} "
+            f"({len(state['classes'])} vs {len(data.classes)}); resume on the same dataset"
+        )
