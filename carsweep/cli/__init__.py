@@ -17,6 +17,7 @@ from carsweep.errors import UserError
 COMMANDS = (
     "synth",
     "prepare",
+    "train",
     "sweep",
     "status",
 )
