@@ -9,6 +9,7 @@ trial is created, so asking for GPUs on a CPU-only cluster is one line, not a hu
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,15 +30,17 @@ def quiet_ray_environment() -> None:
 
 
 def check_local_gpus(resources: Resources, cluster: ClusterConfig) -> None:
-    """For a local Ray, refuse GPU trials on a machine without CUDA before starting Ray."""
+    """For a local Ray, refuse GPU trials this machine cannot hold, before starting Ray."""
     if cluster.address is not None or resources.gpu == 0:
         return
     import torch
 
-    if not torch.cuda.is_available():
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available < math.ceil(resources.gpu):
+        has = f"has {available} CUDA GPU(s)" if available else "has no CUDA GPU"
         raise UserError(
-            f"`resources.gpu` is {resources.gpu}, but this machine has no CUDA GPU; "
-            "set resources.gpu=0 or join a GPU cluster with --address"
+            f"`resources.gpu` is {resources.gpu:g} per trial, but this machine {has}; "
+            "lower resources.gpu or join a GPU cluster with --address"
         )
 
 

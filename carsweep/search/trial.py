@@ -32,15 +32,21 @@ class DatasetUnreachableError(RuntimeError):
     """The trial's node cannot read the dataset folder (it is not on shared storage)."""
 
 
-def run_trial(params: dict[str, Any], *, dataset: str, use_gpu: bool) -> None:
-    """Train one trial's configuration; Ray calls this with the searcher's parameters."""
+def run_trial(params: dict[str, Any], *, dataset: str, use_gpu: bool,
+              shipped_weights: dict[str, dict] | None = None) -> None:
+    """Train one trial's configuration; Ray calls this with the searcher's parameters.
+
+    `shipped_weights` maps a `weights` name to the state dict the driver loaded, so this
+    node needs neither internet (imagenet) nor the weights file.
+    """
     from carsweep.trainable import train  # torch is imported in the trial's process only
 
     config = trial_config(params, use_gpu=use_gpu)
     dataset_path = readable_dataset(dataset)
+    weights = (shipped_weights or {}).get(config.weights)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        train(config, dataset_path, reporter=TuneReporter())
+        train(config, dataset_path, reporter=TuneReporter(), initial_weights=weights)
         return
     with checkpoint.as_directory() as folder:
         train(config, dataset_path, reporter=TuneReporter(), resume_from=Path(folder))

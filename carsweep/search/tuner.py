@@ -14,6 +14,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from carsweep.config.sweep import SweepConfig, save_sweep
+from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.search.cluster import check_cluster_resources, check_local_gpus, ray_session
 from carsweep.search.monitor import LiveHParamsCallback, progress_reporter
@@ -106,11 +107,25 @@ def _check_experiment_folder(experiment: Path, resume: bool) -> None:
 
 def _trainable(config: SweepConfig) -> tune.Trainable:
     trainable = tune.with_parameters(
-        run_trial, dataset=config.dataset, use_gpu=config.resources.gpu > 0
+        run_trial, dataset=config.dataset, use_gpu=config.resources.gpu > 0,
+        shipped_weights=shipped_weights(config),
     )
     return tune.with_resources(
         trainable, {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     )
+
+
+def shipped_weights(config: SweepConfig) -> dict[str, dict]:
+    """Start weights loaded once by the driver (ImageNet download, a local file) by name.
+
+    `tune.with_parameters` puts them in Ray's object store, so worker nodes need neither
+    internet nor the file.
+    """
+    from carsweep.trainable import load_weights
+
+    spec = config.space.get("weights")
+    names = spec.values if spec is not None else [TrialConfig.model_fields["weights"].default]
+    return {name: load_weights(name) for name in names if name != "none"}
 
 
 def _new_tuner(config: SweepConfig, *, pruning_aware: bool, verbose: int) -> tune.Tuner:

@@ -29,7 +29,7 @@ def check_augmentations(config: SweepConfig) -> None:
         try:
             check_augmentation(name)
         except UserError as error:
-            raise UserError(f"`space.augmentation` = {name!r} is invalid: {error}") from None
+            raise UserError(f"space: {error}") from None
 
 
 def check_dataset(dataset: str | None) -> None:

@@ -1,0 +1,231 @@
+"""Real sweeps on tiny synthetic data: Ray Tune + Optuna + ASHA, on 2 local Ray CPUs.
+
+One session-scoped sweep is shared by most assertions (Ray start-up is the slow part); the
+kill-and-resume test runs its own sweep through the CLI in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from carsweep.cli import main
+from carsweep.config.sweep import load_sweep
+from carsweep.search import run_sweep, trials_table
+from carsweep.search.searcher import load_study
+from carsweep.search.trial import DatasetUnreachableError, readable_dataset
+
+METRIC = "val_top1"
+TINY_SWEEP = {
+    "num_samples": 6,
+    "max_concurrent_trials": 2,
+    "resources": {"cpu": 1, "gpu": 0},
+    "cluster": {"num_cpus": 2},
+    "asha": {"grace_period": 1, "reduction_factor": 2},
+    "searcher": {"seed": 0, "n_startup_trials": 3},
+    "space": {
+        "optimizer": {"choice": ["sgd", "adam"]},
+        "lr": {"loguniform": [1.0e-4, 0.1]},
+        "momentum": {"uniform": [0.8, 0.95]},
+        "epochs": 3,
+        "batch_size": 16,
+        "resize": 32,
+        "augmentation": "flip",
+        "weights": "none",
+        "num_workers": 0,
+        "device": "cpu",
+    },
+}
+
+
+def write_sweep(folder: Path, name: str, **changes) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**TINY_SWEEP, **changes}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def swept(prepared_dataset, tmp_path_factory):
+    """One finished 6-trial ASHA sweep: (experiment folder, its trials table)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    config = load_sweep(write_sweep(folder, "tiny"),
+                        [f"dataset={prepared_dataset}", f"storage_path={folder / 'results'}"])
+    outcome = run_sweep(config, verbose=0)
+    return outcome.experiment, trials_table(outcome.experiment, METRIC, "max")
+
+
+@pytest.mark.slow
+def test_asha_stops_some_trials_and_every_trial_is_in_the_table(swept):
+    experiment, table = swept
+    assert len(table) == 6
+    assert set(table["state"]) == {"TERMINATED"}
+    assert table[f"best_{METRIC}"].notna().all()
+    assert table["epochs_run"].between(1, 3).all()
+    stopped = table[table["stopped_early"]]
+    assert len(stopped) >= 1
+    assert (stopped["epochs_run"] < 3).all()
+    assert (table.loc[~table["stopped_early"], "epochs_run"] == 3).all()
+    saved = pd.read_csv(experiment / "trials.csv")
+    assert list(saved["trial_id"].astype(str)) == list(table["trial_id"])
+    assert (experiment / "sweep.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_best_trial_checkpoint_loads(swept):
+    from carsweep.trainable import load_checkpoint
+
+    experiment, table = swept
+    best = table.iloc[0]
+    assert best[f"best_{METRIC}"] == table[f"best_{METRIC}"].max()
+    loaded = load_checkpoint(experiment / best["best_checkpoint"])
+    assert loaded is not None
+
+
+@pytest.mark.slow
+def test_tensorboard_scalars_and_hparams_for_every_trial(swept):
+    experiment, table = swept
+    for row in table.itertuples():
+        events = EventAccumulator(str(experiment / row.trial_dir))
+        events.Reload()
+        values = events.Scalars(f"ray/tune/{METRIC}")
+        assert [v.step for v in values] == list(range(1, row.epochs_run + 1))
+        assert values[-1].value == pytest.approx(getattr(row, f"last_{METRIC}"))
+        hparams = events.PluginTagToContent("hparams")
+        assert "_hparams_/session_start_info" in hparams  # stopped trials included
+        assert "_hparams_/session_end_info" in hparams
+
+
+@pytest.mark.slow
+def test_study_sees_asha_stops_as_pruned(swept):
+    experiment, table = swept
+    study = load_study(experiment)
+    assert len(study.trials) == len(table)
+    by_value = {}
+    for trial in study.trials:
+        assert trial.state in (TrialState.PRUNED, TrialState.COMPLETE)
+        by_value.setdefault(trial.state, []).append(trial)
+        assert sorted(trial.intermediate_values) == list(
+            range(1, len(trial.intermediate_values) + 1)
+        )
+    pruned, complete = by_value.get(TrialState.PRUNED, []), by_value.get(TrialState.COMPLETE, [])
+    assert len(pruned) == int(table["stopped_early"].sum())
+    assert sorted(len(t.intermediate_values) for t in pruned) == sorted(
+        table.loc[table["stopped_early"], "epochs_run"]
+    )
+    for trial in complete:
+        assert len(trial.intermediate_values) == 3
+        assert trial.value == trial.intermediate_values[3]
+
+
+@pytest.mark.slow
+def test_status_prints_table_and_best(swept, capsys):
+    experiment, table = swept
+    (experiment / "trials.csv").unlink()
+    assert main(["status", str(experiment)]) == 0
+    out = capsys.readouterr().out
+    assert f"best trial: {table.iloc[0]['trial_id']}" in out
+    assert (experiment / "trials.csv").is_file()
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(prepared_dataset, tmp_path):
+    storage = tmp_path / "results"
+    config = write_sweep(tmp_path, "resumable", num_samples=4, max_concurrent_trials=1,
+                         scheduler="fifo", space={**TINY_SWEEP["space"], "epochs": 2})
+    command = [sys.executable, "-m", "carsweep", "sweep", str(config), "--data",
+               str(prepared_dataset), "--storage", str(storage), "--num-cpus", "1"]
+    experiment = storage / "resumable"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        _wait_for_finished_trials(experiment, count=2, timeout=150)
+        process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    before = _epochs_by_trial(experiment)
+    finished_before = {t for t, epochs in before.items() if epochs[-1:] == [2]}
+    assert len(finished_before) >= 2
+    assert len(before) < 4 or any(len(e) < 2 for e in before.values())  # really interrupted
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = _epochs_by_trial(experiment)
+    assert len(after) == 4
+    for trial_id in finished_before:
+        assert after[trial_id] == before[trial_id] == [1, 2]  # not run again
+    for trial_id, epochs in after.items():
+        assert epochs[-1] == 2
+        if before.get(trial_id) == [1]:  # interrupted after epoch 1's checkpoint
+            assert epochs == [1, 2]  # continued from it, epoch 1 not trained again
+
+
+def _wait_for_finished_trials(experiment: Path, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [t for t, epochs in _epochs_by_trial(experiment).items() if epochs[-1:] == [2]]
+        if len(done) >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {count} trials finished within {timeout}s")
+
+
+def _epochs_by_trial(experiment: Path) -> dict[str, list[int]]:
+    epochs = {}
+    for result in sorted(experiment.glob("trial_*/result.json")) if experiment.is_dir() else []:
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        epochs[result.parent.name] = [int(line["epoch"]) for line in lines]
+    return epochs
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (["--set", "bogus=1"], "unknown key `bogus`"),
+        (["--set", "space.lr=-0.1"], "`space.lr` = -0.1"),
+        (["--set", "space.optimizer={choice: []}"], "choice list is empty"),
+        (["--set", "space.optimizer=lion"], "`space.optimizer` = 'lion'"),
+        (["--set", "space.augmentation=flip+warp"], "unknown preset 'warp'"),
+        (["--set", "resources.gpu=64"], "`resources.gpu` is 64 per trial"),
+        (["--data", "no/such/dataset"], "no/such/dataset"),
+    ],
+)
+def test_bad_sweep_stops_before_any_trial_and_writes_nothing(
+    prepared_dataset, tmp_path, capsys, change, expected
+):
+    config = write_sweep(tmp_path, "bad")
+    storage = tmp_path / "results"
+    code = main(["sweep", str(config), "--data", str(prepared_dataset),
+                 "--storage", str(storage), *change])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err
+    assert err.count("\n") == 1
+    assert not storage.exists()
+
+
+def test_existing_experiment_is_not_overwritten(prepared_dataset, tmp_path, capsys):
+    config = write_sweep(tmp_path, "taken")
+    (tmp_path / "results" / "taken").mkdir(parents=True)
+    (tmp_path / "results" / "taken" / "sweep.yaml").write_text("name: taken\n")
+    code = main(["sweep", str(config), "--data", str(prepared_dataset),
+                 "--storage", str(tmp_path / "results")])
+    assert code == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_node_without_the_dataset_fails_clearly(tmp_path):
+    with pytest.raises(DatasetUnreachableError, match=r"cannot read the dataset .*every Ray node"):
+        readable_dataset(str(tmp_path / "not-shared"))
