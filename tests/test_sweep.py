@@ -229,3 +229,12 @@ def test_existing_experiment_is_not_overwritten(prepared_dataset, tmp_path, caps
 def test_node_without_the_dataset_fails_clearly(tmp_path):
     with pytest.raises(DatasetUnreachableError, match=r"cannot read the dataset .*every Ray node"):
         readable_dataset(str(tmp_path / "not-shared"))
+
+
+def test_resume_needs_an_experiment_folder(prepared_dataset, tmp_path, capsys):
+    assert main(["resume", str(tmp_path / "nothing")]) == 2
+    assert "no sweep.yaml" in capsys.readouterr().err
+    assert main(["sweep", str(write_sweep(tmp_path, "fresh")), "--resume", "--data",
+                 str(prepared_dataset), "--storage", str(tmp_path / "results")]) == 2
+    assert "no sweep to resume" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()

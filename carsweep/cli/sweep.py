@@ -52,10 +52,17 @@ def field_overrides(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from carsweep.config.sweep import load_sweep
-    from carsweep.search import format_table, run_sweep, trials_table
+    from carsweep.search import run_sweep
 
     config = load_sweep(args.config, field_overrides(args))
-    outcome = run_sweep(config, resume=args.resume)
+    report_outcome(config, run_sweep(config, resume=args.resume))
+    return 0
+
+
+def report_outcome(config, outcome) -> None:
+    """The final trials table and the best trial, after a sweep."""
+    from carsweep.search import format_table, trials_table
+
     table = trials_table(outcome.experiment, config.metric, config.mode)
     print(format_table(table, config.metric))
     print(f"\nexperiment: {outcome.experiment}  ({outcome.trials} trials)")
@@ -63,4 +70,3 @@ def run(args: argparse.Namespace) -> int:
         print("No trials are completed yet.")
     else:
         print(f"best trial: {outcome.best_trial}  {config.metric} = {outcome.best_value:.4f}")
-    return 0
