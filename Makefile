@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/carsweep synth $(DEMO)/source --seed 0
 	$(BIN)/carsweep prepare $(DEMO)/source --out $(DEMO)/data --force
+	rm -rf $(DEMO)/results/demo  # a fresh sweep each time (`carsweep sweep` never overwrites one)
+	$(BIN)/carsweep sweep configs/demo.yaml --data $(DEMO)/data --storage $(DEMO)/results
+	$(BIN)/carsweep status $(DEMO)/results/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -16,6 +16,7 @@ FIELD_FLAGS = {
     "max_concurrent": "max_concurrent_trials",
     "address": "cluster.address",
     "num_cpus": "cluster.num_cpus",
+    "dashboard": "cluster.dashboard",
     "seed": "searcher.seed",
     "scheduler": "scheduler",
 }
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent", type=int, help="trials running at once")
     parser.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--dashboard", action="store_true", default=None,
+                        help="start Ray's dashboard (bound to 127.0.0.1 unless "
+                        "--set cluster.dashboard_host=...)")
     parser.add_argument("--seed", type=int, help="the searcher's seed")
     parser.add_argument("--scheduler", choices=("asha", "fifo"), help="fifo: no early stopping")
     parser.add_argument(
