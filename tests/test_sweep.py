@@ -107,6 +107,42 @@ def test_tensorboard_scalars_and_hparams_for_every_trial(swept):
 
 
 @pytest.mark.slow
+def test_tensorboard_hparams_view_lists_every_trial_with_latest_metric(swept):
+    experiment, table = swept
+    groups = hparams_session_groups(experiment)
+    assert len(groups) == len(table)
+    for _, row in table.iterrows():
+        (group,) = [g for g in groups if g.name.endswith(row["trial_dir"])]
+        metrics = {m.name.tag: m.value for m in group.metric_values}
+        assert metrics["ray/tune/epoch"] == row["epochs_run"]  # latest epoch, stopped ones too
+        assert metrics[f"ray/tune/{METRIC}"] == pytest.approx(row[f"last_{METRIC}"])
+        assert group.hparams["lr"].number_value == pytest.approx(row["config/lr"])
+
+
+def hparams_session_groups(logdir: Path) -> list:
+    """What TensorBoard's HParams tab shows for `logdir`, read by its own backend."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    backend = backend_context.Context(
+        base_plugin.TBContext(logdir=str(logdir), multiplexer=multiplexer, data_provider=provider)
+    )
+    request = api_pb2.ListSessionGroupsRequest(
+        experiment_name="", start_index=0, slice_size=100,
+        allowed_statuses=[api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS,
+                          api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING],
+    )
+    handler = list_session_groups.Handler(context.RequestContext(), backend, "", request)
+    return list(handler.run().session_groups)
+
+
+@pytest.mark.slow
 def test_study_sees_asha_stops_as_pruned(swept):
     experiment, table = swept
     study = load_study(experiment)
