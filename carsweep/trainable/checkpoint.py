@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch
 from carsweep.config.io import save_model, write_text_atomic
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
+from carsweep.trainable.safe_load import load_tensors_only
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TRIAL_FILE = "trial.yaml"
@@ -46,16 +45,7 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
     path = Path(folder) / CHECKPOINT_FILE
     if not path.is_file():
         raise UserError(f"{folder}: not a checkpoint folder (no {CHECKPOINT_FILE})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(
-            f"{path}: refused, it holds objects other than tensors and numbers"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
-        raise UserError(
-            f"{path}: corrupt or truncated checkpoint; resume from an earlier one"
-        ) from None
+    state = load_tensors_only(path, what="checkpoint")
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise UserError(f"{path}: not a carsweep checkpoint (no model and epoch)")
     return state

@@ -8,7 +8,6 @@ ships the state dict to every trial (`train(..., initial_weights=...)`).
 
 from __future__ import annotations
 
-import pickle
 import socket
 import urllib.error
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from carsweep.errors import UserError
+from carsweep.trainable.safe_load import load_tensors_only
 
 IMAGENET = "imagenet"
 NONE = "none"
@@ -57,7 +57,7 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
     weights = ResNet18_Weights.IMAGENET1K_V1
     cached = imagenet_cache_path()
     if cached.is_file():
-        return _torch_load(cached, what="cached ImageNet weights")
+        return load_tensors_only(cached, what="cached ImageNet weights")
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
@@ -83,7 +83,7 @@ def state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
             f"weights {str(path)!r}: no such file; valid sources: imagenet, none, or a path "
             "to a state dict (.pt)"
         )
-    loaded = _torch_load(path, what="weights file")
+    loaded = load_tensors_only(path, what="weights file")
     for key in ("model", "state_dict"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -118,19 +118,6 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
             parameter.requires_grad_(not frozen)
         if frozen:
             module.eval()
-
-
-def _torch_load(path: Path, *, what: str) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise UserError(
-            f"{what} {str(path)!r}: refused, it holds more than tensors (a pickle with code "
-            f"cannot be loaded safely): {str(error).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"{what} {str(path)!r}: unreadable or truncated ({first_line})") from None
 
 
 @contextmanager

@@ -1,0 +1,81 @@
+"""Augmentation presets: every registered preset keeps a batch's shape, dtype and range."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models import ResNet18_Weights
+from torchvision.transforms import v2
+
+from carsweep.config.trial import TrialConfig
+from carsweep.errors import UserError
+from carsweep.trainable import AUGMENTATIONS, check_augmentation, eval_transform, train_transform
+from carsweep.trainable.augment import build_augmentation, normalization, normalize_batch
+
+SIZE = 48
+
+
+@pytest.fixture
+def batch() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    # Not the full 0..255 range, so autocontrast has something to stretch.
+    return torch.randint(40, 200, (4, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
+
+
+def test_the_presets_the_issue_asks_for_are_registered():
+    expected = {"none", "flip", "rotation", "elastic", "gaussian-blur", "color-jitter",
+                "sharpness", "autocontrast", "trivialaugment"}
+    assert expected <= set(AUGMENTATIONS)
+    assert all(preset.doc for preset in AUGMENTATIONS.values())
+
+
+@pytest.mark.parametrize("name", [*AUGMENTATIONS, "flip+color-jitter", "rotation+elastic"])
+def test_preset_keeps_shape_dtype_and_range(name, batch):
+    torch.manual_seed(1)
+    transform = build_augmentation(name, SIZE)
+    changed = False
+    for _ in range(12):  # presets applied with p=0.5 must change the batch in 12 tries
+        out = transform(batch)
+        assert out.shape == batch.shape
+        assert out.dtype == torch.uint8
+        assert int(out.min()) >= 0
+        assert int(out.max()) <= 255
+        changed |= not torch.equal(out, batch)
+    assert changed == (name != "none")
+
+
+def test_combination_applies_both_parts_in_order():
+    transform = build_augmentation("flip+color-jitter", SIZE)
+    assert isinstance(transform, v2.Compose)
+    kinds = [type(part) for part in transform.transforms]
+    assert kinds == [v2.RandomHorizontalFlip, v2.ColorJitter]
+
+
+@pytest.mark.parametrize("name", ["sideways", "flip+sideways", "flip+"])
+def test_unknown_preset_lists_the_valid_names(name):
+    with pytest.raises(UserError, match="unknown preset") as caught:
+        check_augmentation(name)
+    assert "trivialaugment" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_normalisation_comes_from_torchvision_weights_metadata():
+    reference = ResNet18_Weights.IMAGENET1K_V1.transforms()
+    assert normalization() == (tuple(reference.mean), tuple(reference.std))
+    white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    expected = (1.0 - torch.tensor(reference.mean)) / torch.tensor(reference.std)
+    torch.testing.assert_close(normalize_batch(white)[0, :, 0, 0], expected)
+
+
+def test_eval_transform_is_deterministic_and_square():
+    from PIL import Image
+
+    image = Image.new("RGB", (70, 30), (10, 200, 30))
+    config = TrialConfig(resize=32)
+    first, second = eval_transform(config)(image), eval_transform(config)(image)
+    assert first.shape == (3, 32, 32)
+    assert first.dtype == torch.uint8
+    assert torch.equal(first, second)
+    assert first[:, 16, 16].tolist() == [10, 200, 30]
+    augmented = train_transform(config.model_copy(update={"augmentation": "flip+rotation"}))
+    assert augmented(image).shape == (3, 32, 32)

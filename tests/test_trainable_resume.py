@@ -1,0 +1,114 @@
+"""Checkpoints: a run resumed from epoch k ends exactly like one that never stopped."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from trainable_data import make_tiny_dataset
+
+from carsweep.config.io import load_model
+from carsweep.config.trial import TrialConfig
+from carsweep.data.manifest import load_dataset
+from carsweep.errors import UserError
+from carsweep.trainable import load_checkpoint, train
+from carsweep.trainable.checkpoint import CHECKPOINT_FILE
+
+EXACT = ("epoch", "train_loss", "train_acc", "lr", "val_loss", "val_top1", "val_top5")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    per_split = {"train": 6, "val": 3}
+    return load_dataset(make_tiny_dataset(tmp_path_factory.mktemp("tiny"), per_split=per_split))
+
+
+class KeepCheckpoints:
+    """Copies every epoch's checkpoint folder (train deletes it once `report` returns)."""
+
+    def __init__(self, folder):
+        self.folder, self.metrics = folder, []
+
+    def report(self, metrics, checkpoint_dir):
+        self.metrics.append(metrics)
+        shutil.copytree(checkpoint_dir, self.folder / f"epoch{metrics['epoch']}")
+
+
+def config() -> TrialConfig:
+    # Augmentation and shuffling draw random numbers every epoch: resume must restore them.
+    return TrialConfig(epochs=3, batch_size=4, resize=32, num_workers=0, device="cpu",
+                       optimizer="sgd", lr=0.02, warmup_epochs=1, lr_schedule="cosine",
+                       augmentation="flip+rotation", deterministic=True, seed=7)
+
+
+def test_resumed_run_equals_uninterrupted_run(dataset, tmp_path):
+    whole = KeepCheckpoints(tmp_path / "whole")
+    uninterrupted = train(config(), dataset, reporter=whole)
+    resumed_reporter = KeepCheckpoints(tmp_path / "resumed")
+    resumed = train(config(), dataset, reporter=resumed_reporter,
+                    resume_from=tmp_path / "whole" / "epoch1")
+    assert [m["epoch"] for m in resumed_reporter.metrics] == [2, 3]
+    expected, got = uninterrupted.model.state_dict(), resumed.model.state_dict()
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    assert [{k: m[k] for k in EXACT} for m in resumed.history] == [
+        {k: m[k] for k in EXACT} for m in uninterrupted.history
+    ]
+    final = load_checkpoint(tmp_path / "resumed" / "epoch3")
+    assert torch.equal(final["optimizer"]["state"][0]["momentum_buffer"],
+                       load_checkpoint(tmp_path / "whole" / "epoch3")["optimizer"]["state"][0][
+                           "momentum_buffer"])
+
+
+def test_a_different_seed_gives_different_weights(dataset, tmp_path):
+    # Guards the test above: equality must come from the restored state, not from chance.
+    first = train(config().model_copy(update={"epochs": 2}), dataset, reporter=KeepCheckpoints(
+        tmp_path / "a"))
+    other = train(config().model_copy(update={"epochs": 2, "seed": 8}), dataset,
+                  reporter=KeepCheckpoints(tmp_path / "b"))
+    assert not torch.equal(first.model.state_dict()["fc.weight"],
+                           other.model.state_dict()["fc.weight"])
+
+
+def test_checkpoint_folder_holds_state_config_and_classes(dataset, tmp_path):
+    reporter = KeepCheckpoints(tmp_path)
+    train(config().model_copy(update={"epochs": 2}), dataset, reporter=reporter, eval_split=None)
+    folder = tmp_path / "epoch1"
+    state = torch.load(folder / CHECKPOINT_FILE, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "history"} <= set(state)
+    assert set(state["rng"]) == {"torch", "cuda", "numpy", "python", "data_order"}
+    assert state["epoch"] == 1
+    assert load_model(TrialConfig, folder / "trial.yaml") == config().model_copy(
+        update={"epochs": 2})
+    assert (folder / "classes.json").read_text().count("class ") == dataset.num_classes
+
+
+def test_resume_from_the_last_epoch_trains_nothing_more(dataset, tmp_path):
+    short = config().model_copy(update={"epochs": 2})
+    train(short, dataset, reporter=KeepCheckpoints(tmp_path))
+    reporter = KeepCheckpoints(tmp_path / "again")
+    result = train(short, dataset, reporter=reporter, resume_from=tmp_path / "epoch2")
+    assert reporter.metrics == []
+    assert [m["epoch"] for m in result.history] == [1, 2]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "missing"])
+def test_damaged_checkpoint_is_a_user_error(tmp_path, damage):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    path = folder / CHECKPOINT_FILE
+    if damage != "missing":
+        torch.save({"model": {"w": torch.zeros(100)}, "epoch": 1}, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage")
+    with pytest.raises(UserError, match="corrupt or truncated|not a checkpoint folder"):
+        load_checkpoint(folder)
