@@ -82,6 +82,8 @@ def test_fractional_gpu_allowed(tmp_path):
         ({"space": {"optimizer": {"choice": ["sgd", "lion"]}}}, "`space.optimizer` = 'lion'"),
         ({"space": {"lr": {"choice": [0.1], "uniform": [0, 1]}}}, "exactly one of"),
         ({"space": {"epochs": {"int": [1.5, 3]}}}, "must be integers"),
+        ({"space": {"epochs": {"choice": [2, 6]}, "warmup_epochs": {"int": [0, 2]}}},
+         "warmup_epochs is 2, but must be < epochs (2)"),
         ({"metric": "accuracy"}, "`metric` = 'accuracy'"),
         ({"mode": "best"}, "`mode` = 'best'"),
         ({"num_samples": 0}, "`num_samples` = 0"),

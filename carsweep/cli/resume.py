@@ -26,5 +26,4 @@ def run(args: argparse.Namespace) -> int:
     overrides = [f"cluster.{key}={value}" for key, value in
                  (("address", args.address), ("num_cpus", args.num_cpus)) if value is not None]
     config = load_sweep(sweep_file, overrides)
-    report_outcome(config, run_sweep(config, resume=True))
-    return 0
+    return report_outcome(config, run_sweep(config, resume=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "run a hyperparameter sweep (Ray Tune + Optuna + ASHA), or resume one"
@@ -59,12 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from carsweep.search import run_sweep
 
     config = load_sweep(args.config, field_overrides(args))
-    report_outcome(config, run_sweep(config, resume=args.resume))
-    return 0
+    return report_outcome(config, run_sweep(config, resume=args.resume))
 
 
-def report_outcome(config, outcome) -> None:
-    """The final trials table and the best trial, after a sweep."""
+def report_outcome(config, outcome) -> int:
+    """Print the final trials table, the best trial and failures; 1 when no trial worked."""
     from carsweep.search import format_table, trials_table
 
     table = trials_table(outcome.experiment, config.metric, config.mode)
@@ -74,3 +74,7 @@ def report_outcome(config, outcome) -> None:
         print("No trials are completed yet.")
     else:
         print(f"best trial: {outcome.best_trial}  {config.metric} = {outcome.best_value:.4f}")
+    if outcome.errors:
+        print(f"{len(outcome.errors)} trial(s) failed; first error: {outcome.errors[0]}",
+              file=sys.stderr)
+    return 1 if outcome.errors and len(outcome.errors) == outcome.trials else 0

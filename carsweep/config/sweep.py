@@ -20,6 +20,8 @@ are checked by `carsweep.search.validate`, which may import the trainable.
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -250,6 +252,8 @@ def load_sweep(path: Path | None, overrides: list[str] = ()) -> SweepConfig:
 def sweep_problems(config: SweepConfig) -> list[str]:
     """Every problem that needs more than one field to see, as one-line strings."""
     problems = check_space(config)
+    if not problems:
+        problems.extend(_combination_problems(config))
     if config.asha.grace_period > config.max_t:
         problems.append(
             f"`asha.grace_period` is {config.asha.grace_period}, but must be <= max_t "
@@ -279,6 +283,26 @@ def check_space(config: SweepConfig) -> list[str]:
     for index, point in enumerate(config.searcher.points_to_evaluate):
         problems.extend(_point_problems(config, index, point))
     return problems
+
+
+MAX_COMBINATIONS = 50_000  # each check is microseconds; beyond this, trials report it
+
+
+def _combination_problems(config: SweepConfig) -> list[str]:
+    """Rules across fields (warm-up < epochs) checked on every combination of the values
+    each field can take (choices, range ends), so no sampled trial can break them."""
+    names = list(config.space)
+    options = [config.space[name].candidate_values() for name in names]
+    if math.prod(len(values) for values in options) > MAX_COMBINATIONS:
+        return []
+    for combination in itertools.product(*options):
+        values = dict(zip(names, combination, strict=True))
+        try:
+            TrialConfig.model_validate(values)
+        except ValidationError as error:
+            message = error.errors()[0]["msg"].removeprefix("Value error, ")
+            return [f"space: some trials would be invalid: {message}"]
+    return []
 
 
 def _field_error(name: str, value: Any) -> str | None:

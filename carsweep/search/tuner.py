@@ -32,6 +32,7 @@ class SweepOutcome:
     trials: int
     best_trial: str | None
     best_value: float | None
+    errors: tuple[str, ...] = ()  # one line per trial that ended in ERROR
 
 
 def experiment_path(config: SweepConfig) -> Path:
@@ -82,7 +83,8 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
         else:
             save_sweep(config, experiment / SWEEP_FILE)
             tuner = _new_tuner(config, pruning_aware=pruning_aware, verbose=verbose)
-        tuner.fit()
+        results = tuner.fit()
+    errors = tuple(_last_line(error) for error in results.errors)
     table = trials_table(experiment, config.metric, config.mode)
     save_trials_table(table, experiment)
     best = table.iloc[0] if len(table) and table["best_" + config.metric].notna().any() else None
@@ -91,7 +93,14 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
         trials=len(table),
         best_trial=None if best is None else str(best["trial_id"]),
         best_value=None if best is None else float(best["best_" + config.metric]),
+        errors=errors,
     )
+
+
+def _last_line(error: BaseException) -> str:
+    """The line of a trial's error worth showing (Ray wraps it in a long traceback)."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
 
 
 def _check_experiment_folder(experiment: Path, resume: bool) -> None:
