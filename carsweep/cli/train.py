@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from carsweep.config.trial import TrialConfig
     from carsweep.data.manifest import load_dataset
     from carsweep.errors import UserError
-    from carsweep.trainable import check_augmentation, train
+    from carsweep.trainable import check_augmentation, load_weights, train
     from carsweep.trainable.run_folder import RunFolder
 
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
@@ -44,21 +44,24 @@ def run(args: argparse.Namespace) -> int:
         config = load_model(TrialConfig, out / "trial.yaml", args.overrides)
         checkpoint = out / "checkpoints" / "last"
         if not checkpoint.is_dir():
-            raise UserError(f"{out}: nothing to resume (no checkpoints/last)")
+            raise UserError(f"{out}: nothing to resume (no checkpoints/last); start it again "
+                            "without --resume")
     else:
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out}: run folder exists and is not empty; use --resume to "
-                            "continue it or choose another --out")
+        if (out / "metrics.csv").exists() or (out / "checkpoints").exists():
+            raise UserError(f"{out}: already holds a run; use --resume to continue it or "
+                            "choose another --out")
         config = load_model(TrialConfig, args.config, args.overrides)
         checkpoint = None
     check_augmentation(config.augmentation)
+    # Weights are resolved before the run folder exists, so a bad source leaves nothing behind.
+    weights = None if args.resume else load_weights(config.weights)
     eval_split = None if args.eval_split == "none" else args.eval_split
     dataset = load_dataset(args.data)
     print(f"training {config.epochs} epochs on {dataset.folder} "
           f"({dataset.num_classes} classes) -> {out}", flush=True)
     with RunFolder(out, config, dataset.classes, resume=args.resume) as folder:
         result = train(config, dataset, reporter=folder, eval_split=eval_split,
-                       resume_from=checkpoint)
+                       resume_from=checkpoint, initial_weights=weights)
     if result.history and "val_top1" in result.history[-1]:
         print(f"best val_top1 {folder.best:.1%}; checkpoints in {out / 'checkpoints'}")
     return 0
