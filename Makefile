@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/carsweep synth $(DEMO)/source --seed 0
 	$(BIN)/carsweep prepare $(DEMO)/source --out $(DEMO)/data --force
+	rm -rf $(DEMO)/train  # one standalone trial, 2 quick CPU epochs at 64 px
+	$(BIN)/carsweep train --data $(DEMO)/data --out $(DEMO)/train --set epochs=2 \
+		--set resize=64 --set batch_size=16 --set optimizer=adam --set lr=0.001 --set device=cpu
 	rm -rf $(DEMO)/results/demo  # a fresh sweep each time (`carsweep sweep` never overwrites one)
 	$(BIN)/carsweep sweep configs/demo.yaml --data $(DEMO)/data --storage $(DEMO)/results
 	$(BIN)/carsweep status $(DEMO)/results/demo
