@@ -274,3 +274,24 @@ def test_resume_needs_an_experiment_folder(prepared_dataset, tmp_path, capsys):
                  str(prepared_dataset), "--storage", str(tmp_path / "results")]) == 2
     assert "no sweep to resume" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_sweep_joins_an_existing_cluster_by_address(prepared_dataset, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    try:
+        config = load_sweep(write_sweep(
+            tmp_path, "joined", num_samples=2, scheduler="fifo",
+            space={**TINY_SWEEP["space"], "epochs": 1},
+        ), [f"dataset={prepared_dataset}", f"storage_path={tmp_path / 'results'}",
+            f"cluster.address={cluster.address}"])
+        outcome = run_sweep(config, verbose=0)
+        assert cluster.head_node.remaining_processes_alive()  # joined it, did not own it
+    finally:
+        cluster.shutdown()
+    table = trials_table(outcome.experiment, METRIC, "max")
+    assert list(table["state"]) == ["TERMINATED", "TERMINATED"]
+    assert list(table["epochs_run"]) == [1, 1]
