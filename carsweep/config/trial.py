@@ -39,6 +39,12 @@ class TrialConfig(BaseModel):
     bbox_crop: bool = Field(False, description="crop to the bounding box where the manifest has one")
     deterministic: bool = Field(False, description="deterministic algorithms (slower; for exact resume checks)")
     num_workers: int = Field(2, ge=0, le=256, description="DataLoader worker processes")
+    data_cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="decoded uint8 cache of `resize`: auto uses a fresh one if present, "
+        "on builds it if missing, off decodes JPEGs every epoch")
+    augment_on: Literal["auto", "cpu", "device"] = Field(
+        "auto", description="auto runs presets with a batched twin on the GPU (per sample), "
+        "the rest in CPU workers; cpu: all in workers; device: twins on any device")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when available")
 
     @model_validator(mode="after")

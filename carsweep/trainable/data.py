@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from carsweep.config.trial import TrialConfig
+from carsweep.data.cache import crop_to_box  # the cache crops exactly the same way
 from carsweep.data.manifest import PreparedDataset
 from carsweep.errors import UserError
 from carsweep.trainable.augment import eval_transform, normalize_batch, train_transform
@@ -51,17 +52,6 @@ class ManifestImages(Dataset):
         if self.boxes is not None:
             image = crop_to_box(image, self.boxes[index])
         return self.transform(image), int(self.labels[index])
-
-
-def crop_to_box(image: Image.Image, box: np.ndarray) -> Image.Image:
-    """The image cropped to box (x1, y1, x2, y2), clamped to the image; unknown box -> as is."""
-    if np.isnan(box).any():
-        return image
-    x1, y1 = max(0, int(box[0])), max(0, int(box[1]))
-    x2, y2 = min(image.width, int(np.ceil(box[2]))), min(image.height, int(np.ceil(box[3])))
-    if x2 - x1 < 2 or y2 - y1 < 2:
-        return image  # a degenerate box says nothing useful about where the object is
-    return image.crop((x1, y1, x2, y2))
 
 
 @dataclass
@@ -102,9 +92,18 @@ def build_loader(dataset: PreparedDataset, splits: str | tuple[str, ...], config
             f"splits present: {sorted(dataset.manifest['split'].unique())}"
         )
     _warn_if_no_boxes(dataset, rows, config)
-    transform = train_transform(config) if train else eval_transform(config)
-    images = ManifestImages(dataset, rows, transform, bbox_crop=config.bbox_crop)
     batch_size = batch_size or config.batch_size
+    # Fast path (cached_data.py): decoded cache if there is one, cheap presets on the device.
+    from carsweep.trainable.cached_data import fast_loader, split_augmentation
+
+    cpu_augmentation, normalize = split_augmentation(config, device, train)
+    cached = fast_loader(dataset, splits, config, train=train, batch_size=batch_size,
+                         device=device, cpu_augmentation=cpu_augmentation, normalize=normalize)
+    if cached is not None:
+        return cached
+    transform = (train_transform(config.model_copy(update={"augmentation": cpu_augmentation}))
+                 if train else eval_transform(config))
+    images = ManifestImages(dataset, rows, transform, bbox_crop=config.bbox_crop)
     generator = torch.Generator().manual_seed(config.seed) if train else None
     on_gpu = device is not None and device.type == "cuda"
     batches = DataLoader(
@@ -120,7 +119,7 @@ def build_loader(dataset: PreparedDataset, splits: str | tuple[str, ...], config
         persistent_workers=False,
     )
     return Loader(batches=batches, num_images=len(images), generator=generator,
-                  channels_last=on_gpu)
+                  channels_last=on_gpu, normalize=normalize)
 
 
 def _seed_worker(worker_id: int) -> None:

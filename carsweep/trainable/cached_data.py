@@ -1,0 +1,126 @@
+"""The fast data path: batches read from the decoded cache, augmentation split CPU / device.
+
+`build_loader` (data.py) asks `fast_loader` first. When the dataset has a fresh decoded cache
+of `config.resize` (`carsweep prepare --cache`, see carsweep/data/cache.py), a batch is one
+gather from a read-only memory map, (B, 3, S, S) uint8, the same tensors that decoding the
+JPEGs with `eval_transform` gives, with no JPEG decoding at all. `config.data_cache` decides:
+
+    auto  use a fresh cache when there is one (a stale one: warn, decode JPEGs as before)
+    on    build the cache when it is missing or stale (once per node: a lock), then use it
+    off   never; decode the JPEGs every epoch
+
+`split_augmentation` decides where the preset runs (`config.augment_on`, gpu_augment.py): the
+batched per-sample twins run on the device inside `to_model_input`; the rest stays in the CPU
+workers. Both the cached and the decoding path use it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from carsweep.config.trial import TrialConfig
+from carsweep.data.cache import CacheFiles, cache_state, map_array, open_cache
+from carsweep.data.manifest import PreparedDataset
+from carsweep.trainable.augment import build_augmentation, normalization, normalize_batch
+from carsweep.trainable.gpu_augment import DeviceAugment, Normalize, plan_augmentation
+
+
+class CachedBatches(Dataset):
+    """Whole batches from a cache file: `dataset[[i, j, ...]]` -> (uint8 (B,3,S,S), labels (B,)).
+
+    Indexed by lists (a BatchSampler feeds it), so a batch is one gather from the memory map.
+    The map is opened lazily in each process: pickling a memmap to a worker would copy it.
+    """
+
+    def __init__(self, array_path: Path, positions: np.ndarray, labels: np.ndarray,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.array_path = Path(array_path)
+        self.positions = np.asarray(positions, dtype=np.int64)  # rows of the cache, in order
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        self.transform = transform
+        self._array: np.memmap | None = None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._array is None:
+            self._array = map_array(self.array_path)
+        # Reading rows in file order helps when the cache is paged in from disk; a batch is a set.
+        order = np.sort(np.asarray(indices, dtype=np.int64))
+        images = torch.from_numpy(np.ascontiguousarray(self._array[self.positions[order]]))
+        if self.transform is not None:
+            images = torch.stack([self.transform(image) for image in images])
+        return images, self.labels[order]
+
+
+def split_augmentation(config: TrialConfig, device: torch.device | None, train: bool
+                       ) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """(the preset part for CPU workers, "none" if nothing, and the loader's `normalize`: the
+    device part per sample, then normalisation). Evaluation gets ("none", normalize_batch)."""
+    if not train:
+        return "none", normalize_batch
+    plan = plan_augmentation(config.augmentation, device or torch.device("cpu"),
+                             where=config.augment_on)
+    if not plan.device:
+        return plan.cpu or "none", normalize_batch
+    augment = DeviceAugment(plan.device, config.resize, seed=config.seed)
+    normalize = Normalize(*normalization())
+    return plan.cpu or "none", lambda images: normalize(augment(images))
+
+
+def fast_loader(dataset: PreparedDataset, splits: tuple[str, ...], config: TrialConfig, *,
+                train: bool, batch_size: int, device: torch.device | None,
+                cpu_augmentation: str, normalize: Callable):
+    """A `Loader` over the decoded cache, or None when the cache is not to be used."""
+    from carsweep.trainable.data import Loader, _seed_worker  # data.py imports this module
+
+    array_path = _usable_cache(dataset, config)
+    if array_path is None:
+        return None
+    selected = dataset.manifest["split"].isin(splits).to_numpy()
+    positions = np.flatnonzero(selected)
+    transform = (build_augmentation(cpu_augmentation, config.resize)
+                 if cpu_augmentation != "none" else None)
+    images = CachedBatches(array_path, positions,
+                           dataset.manifest["label"].to_numpy()[positions], transform)
+    generator = torch.Generator().manual_seed(config.seed) if train else None
+    order = RandomSampler(images, generator=generator) if train else SequentialSampler(images)
+    count = len(images)
+    # As on the decoding path: drop a last batch of one image only (it breaks BatchNorm).
+    batches = BatchSampler(order, batch_size, drop_last=train and count > 1
+                           and count % batch_size == 1)
+    # A gather from the page cache is a memcpy; workers pay off only for CPU augmentation.
+    workers = config.num_workers if transform is not None else 0
+    on_gpu = device is not None and device.type == "cuda"
+    loader = DataLoader(images, sampler=batches, batch_size=None, num_workers=workers,
+                        worker_init_fn=_seed_worker if workers else None, pin_memory=on_gpu)
+    return Loader(batches=loader, num_images=count, generator=generator,
+                  channels_last=on_gpu, normalize=normalize)
+
+
+def _usable_cache(dataset: PreparedDataset, config: TrialConfig) -> Path | None:
+    if config.data_cache == "off":
+        return None
+    files = CacheFiles.of(dataset.folder, config.resize, config.bbox_crop)
+    if config.data_cache == "on":
+        open_cache(dataset, config.resize, bbox_crop=config.bbox_crop, build=True,
+                   workers=max(1, config.num_workers), progress=False)
+        return files.array
+    state = cache_state(dataset, config.resize, config.bbox_crop)
+    if state == "stale":
+        warnings.warn(
+            f"{files.array} is stale (the manifest changed since it was built); decoding JPEGs "
+            f"instead. Rebuild it with `carsweep prepare ... --cache {config.resize}`",
+            stacklevel=4,
+        )
+    return files.array if state == "fresh" else None
