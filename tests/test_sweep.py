@@ -206,6 +206,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(prepared_da
         assert epochs[-1] == 2
         if before.get(trial_id) == [1]:  # interrupted after epoch 1's checkpoint
             assert epochs == [1, 2]  # continued from it, epoch 1 not trained again
+    study = load_study(experiment)  # the searcher's state survived the interruption
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
 
 
 def _wait_for_finished_trials(experiment: Path, count: int, timeout: float) -> None:
