@@ -114,3 +114,8 @@ def test_empty_split_is_a_user_error(dataset):
                           classes=dataset.classes, info=dataset.info)
     with pytest.raises(UserError, match="split val has no images"):
         train(small(), empty, reporter=Collect())
+
+
+def test_unknown_split_names_the_valid_ones(dataset):
+    with pytest.raises(UserError, match="split 'valid' is not one of train, val, test"):
+        train(small(), dataset, reporter=Collect(), eval_split="valid")

@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="run folder (default: runs/train-TIMESTAMP)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--eval-split", default="val",
-                        help="split evaluated each epoch ('none' to skip; default val)")
+    parser.add_argument("--eval-split", default="val", choices=("val", "none"),
+                        help="split evaluated each epoch, or none (the test split is kept for "
+                        "`analyze`)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from carsweep.config.trial import TrialConfig
-from carsweep.data.manifest import PreparedDataset, load_dataset
+from carsweep.data.manifest import SPLITS, PreparedDataset, load_dataset
 from carsweep.errors import UserError
 from carsweep.trainable.augment import check_augmentation
 from carsweep.trainable.checkpoint import (
@@ -57,6 +57,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
           resume_from: Path | None = None, initial_weights: dict | None = None) -> TrainResult:
     """Train ResNet-18 on `train_splits` for `config.epochs` epochs, reporting every epoch."""
     check_augmentation(config.augmentation)
+    check_splits(*train_splits, *([eval_split] if eval_split else []))
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
     device = pick_device(config.device)
     with deterministic_mode(config.deterministic, device):
@@ -114,10 +115,18 @@ def predict(model: nn.Module, dataset: PreparedDataset | Path, split: str, confi
             batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, C) float32 on the CPU, labels (N,)) for `split`, in manifest order, with the
     evaluation preprocessing (no augmentation), on the device the model is on."""
+    check_splits(split)
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
     device = next(model.parameters()).device
     loader = build_loader(data, split, config, train=False, batch_size=batch_size, device=device)
     return predict_logits(model, loader, device)
+
+
+def check_splits(*splits: str) -> None:
+    """A UserError naming a split that is not one of the manifest's splits."""
+    for split in splits:
+        if split not in SPLITS:
+            raise UserError(f"split {split!r} is not one of {', '.join(SPLITS)}")
 
 
 def pick_device(choice: str) -> torch.device:
