@@ -196,8 +196,9 @@ def _decode_all(target: Path, paths: list[str], boxes: np.ndarray, size: int, wo
             for task in tasks:
                 advance(_decode_chunk(task))
             return
-        # spawn, not fork: the caller may hold torch threads or CUDA, which fork does not copy.
-        context = get_context("spawn")
+        # fork, as DataLoader workers do: a spawned worker would re-import the caller's main
+        # module (torch and all) first. The workers use only PIL and numpy, never CUDA.
+        context = get_context("fork")
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
                                  mp_context=context) as pool:
             for done in pool.map(_decode_chunk, tasks):

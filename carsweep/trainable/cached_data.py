@@ -27,7 +27,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import CacheFiles, cache_state, map_array, open_cache
 from carsweep.data.manifest import PreparedDataset
-from carsweep.trainable.augment import build_augmentation, normalization, normalize_batch
+from carsweep.trainable.augment import build_augmentation, normalization
 from carsweep.trainable.gpu_augment import DeviceAugment, Normalize, plan_augmentation
 
 
@@ -66,15 +66,18 @@ class CachedBatches(Dataset):
 def split_augmentation(config: TrialConfig, device: torch.device | None, train: bool
                        ) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
     """(the preset part for CPU workers, "none" if nothing, and the loader's `normalize`: the
-    device part per sample, then normalisation). Evaluation gets ("none", normalize_batch)."""
+    device part per sample, then normalisation). Evaluation gets ("none", normalisation).
+
+    Normalisation is gpu_augment.Normalize (constants kept on the device, one new tensor per
+    batch) on every path, so cached and decoded batches become the same model input."""
+    normalize = Normalize(*normalization())
     if not train:
-        return "none", normalize_batch
+        return "none", normalize
     plan = plan_augmentation(config.augmentation, device or torch.device("cpu"),
                              where=config.augment_on)
     if not plan.device:
-        return plan.cpu or "none", normalize_batch
+        return plan.cpu or "none", normalize
     augment = DeviceAugment(plan.device, config.resize, seed=config.seed)
-    normalize = Normalize(*normalization())
     return plan.cpu or "none", lambda images: normalize(augment(images))
 
 

@@ -308,4 +308,8 @@ class Normalize:
             mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
             self._constants[key] = (1.0 / (unit * std), -mean / std)
         scale, shift = self._constants[key]
-        return torch.addcmul(shift, images, scale)  # one pass, uint8 in: x*scale + shift
+        # x*scale + shift with one new tensor (mixed-dtype addcmul is slow on the CPU), never
+        # writing into the caller's tensor.
+        if from_bytes:
+            return images.float().mul_(scale).add_(shift)
+        return images.mul(scale).add_(shift)
