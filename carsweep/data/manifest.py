@@ -12,9 +12,16 @@ A prepared dataset is a folder holding:
                    sha1         hash of the file's bytes (audit duplicates, cache staleness)
                    width,height size of the original image
     classes.json   the class names, index = label
-    dataset.json   DatasetInfo: root, layout, split scheme, seed, counts, part boxes file
+    dataset.json   root (absolute path of the images; not copied), source, layout,
+                   split_scheme, seed, val_fraction, num_classes, counts per split,
+                   parts_file (below, or null), carsweep_version
     audit.json     what `prepare` found: class counts per split, tiny images, duplicates,
                    unreadable files left out
+    parts.csv      only for sources that have one (the synthetic dataset): the box of each
+                   class-deciding part, one row per part instance, columns PARTS_COLUMNS:
+                   path (as in manifest.csv), part ("headlight", "wheel"), x1,y1,x2,y2 in
+                   pixels of the original image. Read it with `PreparedDataset.parts()`;
+                   it lets analysis check that Grad-CAM points at the deciding part.
 
 Splits are named for what they are: `official` keeps the source's train/test and carves val
 from train; `pooled:0.7` pools everything and re-splits (the hackathon team's protocol), and
@@ -40,6 +47,8 @@ MANIFEST_FILE = "manifest.csv"
 CLASSES_FILE = "classes.json"
 INFO_FILE = "dataset.json"
 AUDIT_FILE = "audit.json"
+PARTS_FILE = "parts.csv"
+PARTS_COLUMNS = ["path", "part", "x1", "y1", "x2", "y2"]
 
 
 @dataclass(frozen=True)
@@ -70,13 +79,21 @@ class PreparedDataset:
     def image_path(self, relative: str) -> Path:
         return self.root / relative
 
+    def parts(self) -> pd.DataFrame | None:
+        """The class-deciding part boxes (PARTS_COLUMNS), or None if the source had none."""
+        name = self.info.get("parts_file")
+        if not name:
+            return None
+        return pd.read_csv(self.folder / name, dtype={"path": str, "part": str})
+
 
 def load_dataset(folder: Path) -> PreparedDataset:
     """Read a folder written by `carsweep prepare`; a folder that is not one is a UserError."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such dataset folder (make one with `carsweep prepare`)")
-    missing = [name for name in (MANIFEST_FILE, CLASSES_FILE, INFO_FILE) if not (folder / name).is_file()]
+    missing = [name for name in (MANIFEST_FILE, CLASSES_FILE, INFO_FILE)
+               if not (folder / name).is_file()]
     if missing:
         raise UserError(
             f"{folder}: not a prepared dataset (missing {', '.join(missing)}); "

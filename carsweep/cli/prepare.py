@@ -1,0 +1,46 @@
+"""`carsweep prepare SOURCE --out DATASET`: index, audit and split a dataset source.
+
+Reads the Stanford Cars devkit, the class-folder + CSV layout or any ImageFolder tree
+(`--layout auto` detects which), decodes every image, splits the images, and writes the
+prepared dataset folder described in carsweep/data/manifest.py. The images stay where they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "index, audit and split a dataset (devkit, class folders + CSV, ImageFolder)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, metavar="SOURCE", help="the dataset's folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="DATASET",
+                        help="prepared dataset folder to write")
+    parser.add_argument("--layout", default="auto",
+                        help="auto (default), devkit, class-csv or imagefolder")
+    parser.add_argument("--split", default="official",
+                        help="official (source train/test, val carved from train; default) or "
+                        "pooled:R (pool all, R to train+val, e.g. pooled:0.7)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of each class's train images held out for validation (0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split (0)")
+    parser.add_argument("--strict", action="store_true",
+                        help="an unreadable image is an error (default: left out with a warning)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty DATASET")
+    parser.add_argument("--tiny-px", type=int, default=32,
+                        help="report images whose shorter side is under this (32)")
+    parser.add_argument("--workers", type=int,
+                        help="processes decoding images (default: up to 8 for large sources)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from carsweep.data.prepare import prepare_dataset, summary
+
+    dataset = prepare_dataset(
+        args.source, args.out, layout=args.layout, split=args.split,
+        val_fraction=args.val_fraction, seed=args.seed, strict=args.strict, force=args.force,
+        tiny_px=args.tiny_px, workers=args.workers,
+    )
+    print(summary(dataset))
+    return 0

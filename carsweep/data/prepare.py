@@ -1,0 +1,128 @@
+"""`prepare`: a dataset source -> a prepared dataset folder (see manifest.py for the contract).
+
+read the source (sources.py) -> decode every image (audit.py) -> leave out the unreadable ->
+split (splits.py) -> write manifest.csv, classes.json, dataset.json, audit.json and, if the
+source has one, parts.csv, into a temporary folder that then replaces `out` whole. Images are
+not copied: dataset.json's `root` points at them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from carsweep import __version__
+from carsweep.data.audit import audit_report, format_audit, inspect_images
+from carsweep.data.folders import building_folder, check_replaceable
+from carsweep.data.manifest import (
+    AUDIT_FILE,
+    CLASSES_FILE,
+    INFO_FILE,
+    MANIFEST_COLUMNS,
+    MANIFEST_FILE,
+    PARTS_COLUMNS,
+    PARTS_FILE,
+    PreparedDataset,
+    load_dataset,
+)
+from carsweep.data.sources import SourceIndex, read_source
+from carsweep.data.splits import check_val_fraction, parse_scheme, split_manifest
+from carsweep.errors import UserError
+
+
+def prepare_dataset(
+    source: Path, out: Path, *, layout: str = "auto", split: str = "official",
+    val_fraction: float = 0.1, seed: int = 0, strict: bool = False, force: bool = False,
+    tiny_px: int = 32, workers: int | None = None,
+    warn: Callable[[str], None] = lambda line: print(f"warning: {line}", file=sys.stderr),
+) -> PreparedDataset:
+    """Index, audit and split `source` into the prepared dataset folder `out`; returns it."""
+    scheme = parse_scheme(split)  # every argument is checked before any work is done
+    check_val_fraction(val_fraction)
+    check_replaceable(out, force=force, what="the prepared dataset")
+    index = read_source(Path(source), layout)
+    inspected = inspect_images(index.root, index.images["path"].tolist(), workers)
+    images = _leave_out_unreadable(index, inspected, strict, warn)
+    manifest = build_manifest(index, images, inspected, scheme, seed, val_fraction)
+    report = audit_report(manifest, inspected, tiny_px=tiny_px)
+    info = {
+        "root": str(index.root),
+        "source": str(Path(source).resolve()),
+        "layout": index.layout,
+        "split_scheme": str(scheme),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "num_classes": len(index.classes),
+        "counts": {s: int((manifest["split"] == s).sum()) for s in ("train", "val", "test")},
+        "parts_file": None,
+        "carsweep_version": __version__,
+    }
+    with building_folder(Path(out)) as folder:
+        manifest.to_csv(folder / MANIFEST_FILE, index=False)
+        (folder / CLASSES_FILE).write_text(json.dumps(index.classes, indent=1) + "\n")
+        if _copy_parts(index.root, manifest, folder / PARTS_FILE, warn):
+            info["parts_file"] = PARTS_FILE
+        (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        (folder / AUDIT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return load_dataset(Path(out))
+
+
+def summary(dataset: PreparedDataset) -> str:
+    """What `carsweep prepare` prints: layout, scheme and the audit's short form."""
+    audit = json.loads((dataset.folder / AUDIT_FILE).read_text())
+    head = (f"{dataset.info['layout']} source {dataset.root}: {dataset.num_classes} classes, "
+            f"split {dataset.split_scheme} (seed {dataset.info['seed']})")
+    return f"{head}\n{format_audit(audit)}\nwrote {dataset.folder}"
+
+
+def build_manifest(index: SourceIndex, images: pd.DataFrame, inspected: pd.DataFrame,
+                   scheme, seed: int, val_fraction: float) -> pd.DataFrame:
+    """The manifest rows (MANIFEST_COLUMNS) of the kept `images`, split and labelled."""
+    split = split_manifest(images, scheme, seed, val_fraction)
+    facts = inspected.set_index("path").loc[split["path"], ["sha1", "width", "height"]]
+    split[["sha1", "width", "height"]] = facts.to_numpy()
+    label_of = {name: label for label, name in enumerate(index.classes)}
+    split["label"] = split["class_name"].map(label_of).astype(int)
+    return split[MANIFEST_COLUMNS].reset_index(drop=True)
+
+
+def _leave_out_unreadable(index: SourceIndex, inspected: pd.DataFrame, strict: bool,
+                          warn: Callable[[str], None]) -> pd.DataFrame:
+    bad = inspected[inspected["error"] != ""]
+    if bad.empty:
+        return index.images
+    if strict:
+        first = bad.iloc[0]
+        raise UserError(f"{index.root / first['path']}: {first['error']} "
+                        f"({len(bad)} unreadable image(s); --strict refuses them)")
+    for path, error in zip(bad["path"], bad["error"], strict=True):
+        warn(f"{index.root / path}: {error}; left out")
+    kept = index.images[~index.images["path"].isin(set(bad["path"]))]
+    empty = sorted(set(index.classes) - set(kept["class_name"]))
+    if empty:
+        raise UserError(f"class {empty[0]!r} has no readable images left; fix or remove "
+                        "its unreadable files")
+    return kept.reset_index(drop=True)
+
+
+def _copy_parts(root: Path, manifest: pd.DataFrame, target: Path,
+                warn: Callable[[str], None]) -> bool:
+    """Carry the source's parts.csv (synthetic part boxes) over for the kept images."""
+    source = root / PARTS_FILE
+    if not source.is_file():
+        return False
+    try:
+        parts = pd.read_csv(source)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise UserError(f"{source}: not a readable CSV ({error}); expected columns "
+                        f"{','.join(PARTS_COLUMNS)}") from None
+    if list(parts.columns) != PARTS_COLUMNS:
+        warn(f"{source}: columns {list(parts.columns)} are not {PARTS_COLUMNS}; part boxes "
+             "not carried over")
+        return False
+    parts[parts["path"].isin(set(manifest["path"]))].to_csv(target, index=False)
+    return True
