@@ -46,6 +46,16 @@ class TrialConfig(BaseModel):
         "auto", description="auto runs presets with a batched twin on the GPU (per sample), "
         "the rest in CPU workers; cpu: all in workers; device: twins on any device")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when available")
+    cam_occlusion_p: float = Field(
+        0.5, gt=0, le=1, description="cam-occlusion: fraction of each batch that is occluded")
+    cam_occlusion_q: float = Field(
+        0.1, gt=0, lt=1, description="cam-occlusion: fraction of the image area hidden, where "
+        "the model's Grad-CAM for the true class is highest")
+    cam_occlusion_kind: Literal["blur", "erase"] = Field(
+        "erase", description="cam-occlusion: erase to the mean colour, or a strong Gaussian blur")
+    cam_occlusion_start_epoch: int = Field(
+        2, ge=1, description="cam-occlusion: first epoch it runs (the map of an untrained model "
+        "is noise); beyond `epochs` it never runs")
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrialConfig:

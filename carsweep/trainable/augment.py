@@ -31,14 +31,19 @@ class Preset:
     name: str
     doc: str
     build: Callable[[int], v2.Transform]
+    # A model-dependent preset needs the current model, so it cannot run per image in a data
+    # worker: its `build` is the identity and the epoch loop applies it per batch (a batch hook).
+    model_dependent: bool = False
 
 
 AUGMENTATIONS: dict[str, Preset] = {}
 
 
-def register(name: str, doc: str) -> Callable[[Callable[[int], v2.Transform]], Callable]:
+def register(name: str, doc: str, *, model_dependent: bool = False
+             ) -> Callable[[Callable[[int], v2.Transform]], Callable]:
     def add(build: Callable[[int], v2.Transform]) -> Callable[[int], v2.Transform]:
-        AUGMENTATIONS[name] = Preset(name=name, doc=doc, build=build)
+        AUGMENTATIONS[name] = Preset(name=name, doc=doc, build=build,
+                                     model_dependent=model_dependent)
         return build
 
     return add
@@ -100,9 +105,24 @@ def _randaugment(size: int) -> v2.Transform:
     return v2.RandAugment(num_ops=2, magnitude=9)
 
 
+@register("cam-occlusion", "blur or erase the top-q Grad-CAM area of a fraction p of each batch "
+          "(cam_occlusion_* fields); runs last, in the epoch loop, with the current model",
+          model_dependent=True)
+def _cam_occlusion(size: int) -> v2.Transform:
+    return v2.Identity()  # per image nothing: trainable/cam_occlusion.py runs it per batch
+
+
 def preset_names(name: str) -> list[str]:
     """`flip+color-jitter` -> ["flip", "color-jitter"] (no check)."""
     return [part.strip() for part in name.split(COMBINE)]
+
+
+def per_image_augmentation(name: str) -> str:
+    """`name` without its model-dependent presets ("none" if nothing is left): the part that
+    data workers or the device augmentation run. `flip+cam-occlusion` -> `flip`."""
+    kept = [part for part in preset_names(name)
+            if part not in AUGMENTATIONS or not AUGMENTATIONS[part].model_dependent]
+    return COMBINE.join(kept) or "none"
 
 
 def check_augmentation(name: str) -> None:

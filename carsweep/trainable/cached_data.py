@@ -27,7 +27,11 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import CacheFiles, cache_state, map_array, open_cache
 from carsweep.data.manifest import PreparedDataset
-from carsweep.trainable.augment import build_augmentation, normalization
+from carsweep.trainable.augment import (
+    build_augmentation,
+    normalization,
+    per_image_augmentation,
+)
 from carsweep.trainable.gpu_augment import DeviceAugment, Normalize, plan_augmentation
 
 
@@ -73,7 +77,9 @@ def split_augmentation(config: TrialConfig, device: torch.device | None, train: 
     normalize = Normalize(*normalization())
     if not train:
         return "none", normalize
-    plan = plan_augmentation(config.augmentation, device or torch.device("cpu"),
+    # Model-dependent presets (cam-occlusion) run in the epoch loop, not here.
+    plan = plan_augmentation(per_image_augmentation(config.augmentation),
+                             device or torch.device("cpu"),
                              where=config.augment_on)
     if not plan.device:
         return plan.cpu or "none", normalize

@@ -7,6 +7,7 @@ Sums are kept on the device and read once per pass, so the GPU never waits for a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -25,17 +26,24 @@ def autocast(device: torch.device):
 
 def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
-                    device: torch.device) -> dict[str, float]:
-    """One pass over `loader` with an optimizer and scheduler step per batch."""
+                    device: torch.device, batch_hook: Callable | None = None) -> dict[str, float]:
+    """One pass over `loader` with an optimizer and scheduler step per batch.
+
+    `batch_hook(model, x, labels_on_cpu) -> x` changes each batch's model input with the
+    current model before the forward pass that trains (model-dependent augmentation:
+    cam_occlusion.py)."""
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
     last_lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     for images, labels in loader:
+        cpu_labels = labels  # a batch hook reads class indices here without a device sync
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         x = loader.to_model_input(images)  # (B, 3, S, S) float
+        if batch_hook is not None:
+            x = batch_hook(model, x, cpu_labels)
         with autocast(device):
             logits = model(x)  # (B, C)
             loss = criterion(logits, labels)

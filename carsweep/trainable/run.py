@@ -25,6 +25,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import SPLITS, PreparedDataset, load_dataset
 from carsweep.errors import UserError
 from carsweep.trainable.augment import check_augmentation
+from carsweep.trainable.cam_occlusion import batch_hook_for
 from carsweep.trainable.checkpoint import (
     load_checkpoint,
     restore_rng_states,
@@ -92,7 +93,8 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
             set_backbone_frozen(model, epoch <= config.freeze_backbone_epochs)
             metrics = {"epoch": epoch}
             metrics |= train_one_epoch(model, train_loader, criterion, optimizer, scheduler,
-                                       scaler, device)
+                                       scaler, device,
+                                       batch_hook=batch_hook_for(config, epoch))
             if eval_loader is not None:
                 metrics |= evaluate(model, eval_loader, device)
             metrics["epoch_time_s"] = time.perf_counter() - started

@@ -1,0 +1,224 @@
+"""CAM-guided occlusion: the Grad-CAM pass, the top-q mask, the occlusion, the hook in training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch.nn import functional as F
+
+from carsweep.config.trial import TrialConfig
+from carsweep.trainable import AUGMENTATIONS, check_augmentation, train
+from carsweep.trainable import run as run_module
+from carsweep.trainable.augment import per_image_augmentation
+from carsweep.trainable.cached_data import split_augmentation
+from carsweep.trainable.cam_occlusion import (
+    CamOcclusion,
+    batch_hook_for,
+    box_mask,
+    describe,
+    grad_cam,
+    occlude,
+    top_area_mask,
+    uses_cam_occlusion,
+)
+from carsweep.trainable.model import build_model, set_backbone_frozen
+from tests.trainable_data import make_tiny_dataset
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(4, "none").train()
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, SIZE, SIZE, generator=generator)
+    return x, torch.tensor([0, 1, 2, 3, 0, 1])
+
+
+class _Recorder:
+    def __init__(self):
+        self.reported = []
+
+    def report(self, metrics, checkpoint_dir):
+        self.reported.append(metrics)
+
+
+# --- the Grad-CAM pass -----------------------------------------------------------------------
+
+def test_grad_cam_is_the_grad_cam_formula_for_each_images_own_class(model, batch):
+    x, labels = batch
+    cams = grad_cam(model, x, labels.tolist())
+    # The three-line Grad-CAM by hand: weights = spatial mean of d score / d A, ReLU(sum w A).
+    kept = {}
+    handle = model.layer4.register_forward_hook(lambda m, i, out: kept.update(a=out))
+    model.eval()
+    try:
+        scores = model(x)
+        score = scores.gather(1, labels.view(-1, 1)).sum()
+        (gradient,) = torch.autograd.grad(score, kept["a"])
+    finally:
+        handle.remove()
+        model.train()
+    weights = gradient.mean(dim=(2, 3), keepdim=True)  # (B, K, 1, 1)
+    expected = F.relu((weights * kept["a"]).sum(dim=1)).detach()
+    assert cams.shape == expected.shape == (6, SIZE // 32, SIZE // 32)
+    torch.testing.assert_close(cams, expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(grad_cam(model, x, [3] * 6), cams)  # the class matters
+
+
+def test_grad_cam_touches_no_parameter_gradient_statistic_or_mode(model, batch):
+    x, labels = batch
+    for parameter in model.parameters():
+        parameter.grad = torch.full_like(parameter, 0.5)
+    set_backbone_frozen(model, True)  # layer1..4 in eval and no grad, fc training
+    statistics = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    modes = {name: m.training for name, m in model.named_modules()}
+    try:
+        cams = grad_cam(model, x, labels.tolist())  # works with a frozen backbone too
+        assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in statistics.items())
+        assert {name: m.training for name, m in model.named_modules()} == modes
+        assert cams.abs().sum() > 0
+    finally:
+        set_backbone_frozen(model, False)
+        model.zero_grad(set_to_none=True)
+        model.train()
+
+
+def test_grad_cam_removes_its_hooks_and_restores_modes_after_an_exception(model, batch):
+    x, _ = batch
+    with pytest.raises(RuntimeError):
+        grad_cam(model, x, [99] * len(x))  # no class 99: the backward pass fails
+    assert not model.layer4._forward_hooks
+    assert all(module.training for module in model.modules())
+    grad_cam(model, x, [0] * len(x))
+    assert not model.layer4._forward_hooks
+
+
+# --- the mask and the occlusion ---------------------------------------------------------------
+
+def test_mask_covers_exactly_q_of_the_area_where_the_map_is_highest():
+    cams = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(1))
+    mask = top_area_mask(cams, (32, 32), 0.2)
+    assert mask.shape == (3, 1, 32, 32)
+    assert mask.flatten(1).sum(1).tolist() == [round(0.2 * 32 * 32)] * 3
+    up = F.interpolate(cams.unsqueeze(1), size=(32, 32), mode="bilinear", align_corners=False)
+    for image_up, image_mask in zip(up, mask, strict=True):
+        assert image_up[image_mask].min() >= image_up[~image_mask].max()
+
+
+def test_a_flat_map_marks_nothing():
+    mask = top_area_mask(torch.stack([torch.zeros(2, 2), torch.tensor([[0.0, 1.0], [0, 0]])]),
+                         (16, 16), 0.25)
+    assert mask[0].sum() == 0
+    assert mask[1].sum() == 64
+
+
+@pytest.mark.parametrize("kind", ["erase", "blur"])
+def test_occlusion_changes_the_masked_pixels_and_only_them(kind, batch):
+    x, _ = batch
+    mask = torch.zeros(len(x), 1, SIZE, SIZE, dtype=torch.bool)
+    mask[:, :, 10:30, 20:40] = True
+    out = occlude(x, mask, kind)
+    changed = (out != x).any(dim=1, keepdim=True)
+    assert not changed[~mask].any()
+    assert changed[mask].float().mean() > 0.99
+    if kind == "erase":
+        assert (out.expand_as(x)[mask.expand_as(x)] == 0).all()  # the mean colour
+    else:  # a blur keeps the local average and smooths: far less variance inside
+        assert out[mask.expand_as(x)].var() < 0.3 * x[mask.expand_as(x)].var()
+
+
+def test_hook_occludes_a_fraction_p_only_inside_the_top_q_cam_area(model, batch):
+    x, labels = batch
+    hook = CamOcclusion(p=0.5, q=0.1, kind="erase", seed=3)
+    out = hook(model, x, labels)
+    changed = (out != x).flatten(1).any(dim=1)
+    assert int(changed.sum()) == hook.occluded == 3  # 0.5 * 6 images
+    for i in changed.nonzero().flatten().tolist():
+        cam = grad_cam(model, x[i:i + 1], [int(labels[i])])  # (1, 2, 2)
+        up = F.interpolate(cam.unsqueeze(1), size=(SIZE, SIZE), mode="bilinear",
+                           align_corners=False)[0]  # (1, S, S)
+        diff = (out[i] != x[i]).any(dim=0, keepdim=True)
+        assert int(diff.sum()) == round(0.1 * SIZE * SIZE)  # the top 10 % of the area ...
+        # ... where the map is highest (up to float noise between batched and single runs).
+        assert up[diff].min() >= up[~diff].max() - 1e-4 * up.max()
+    again = CamOcclusion(p=0.5, q=0.1, kind="erase", seed=3)(model, x, labels)
+    assert torch.equal(out, again)  # seeded
+
+
+def test_fraction_p_holds_on_average_for_any_batch_size():
+    hook = CamOcclusion(p=0.25, q=0.1, kind="erase", seed=0)
+    counts = [len(hook.choose(3)) for _ in range(4000)]
+    assert sum(counts) / (3 * len(counts)) == pytest.approx(0.25, abs=0.02)
+    assert set(counts) <= {0, 1}
+
+
+# --- configuration, registry, placement --------------------------------------------------------
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("cam_occlusion_p", 0.0), ("cam_occlusion_p", 1.5), ("cam_occlusion_q", 0.0),
+    ("cam_occlusion_q", 1.0), ("cam_occlusion_kind", "cutout"), ("cam_occlusion_start_epoch", 0),
+])
+def test_each_field_is_validated(field, value):
+    with pytest.raises(ValidationError, match=field):
+        TrialConfig(**{field: value})
+
+
+def test_registry_marks_it_model_dependent_and_it_combines():
+    assert AUGMENTATIONS["cam-occlusion"].model_dependent
+    check_augmentation("flip+cam-occlusion")
+    assert per_image_augmentation("flip+cam-occlusion") == "flip"
+    assert per_image_augmentation("cam-occlusion") == "none"
+    assert uses_cam_occlusion("flip+cam-occlusion") and not uses_cam_occlusion("flip")
+
+
+def test_flip_stays_on_the_device_and_cam_occlusion_out_of_the_data_workers():
+    config = TrialConfig(augmentation="flip+cam-occlusion", augment_on="device", resize=SIZE)
+    cpu_part, normalize = split_augmentation(config, torch.device("cpu"), train=True)
+    assert cpu_part == "none"
+    images = torch.randint(0, 256, (64, 3, SIZE, SIZE), dtype=torch.uint8)
+    flipped = (normalize(images) != normalize(images.flip(-1))).flatten(1).any(1)
+    assert flipped.any()  # the device flip ran (and only flip: nothing needs a model there)
+
+
+def test_hook_only_for_cam_occlusion_and_from_its_start_epoch():
+    config = TrialConfig(augmentation="flip+cam-occlusion", cam_occlusion_start_epoch=2)
+    assert batch_hook_for(config, 1) is None
+    assert isinstance(batch_hook_for(config, 2), CamOcclusion)
+    assert batch_hook_for(config.model_copy(update={"augmentation": "flip"}), 5) is None
+    assert describe(config.model_copy(update={"augmentation": "flip"})) == "no"
+    assert describe(config).startswith("yes: erase the top 10% ")
+    assert describe(config.model_copy(update={"epochs": 1})).startswith("no (asked for")
+
+
+def test_box_mask_covers_the_inclusive_box():
+    mask = box_mask(torch.tensor([[2.0, 3.0, 5.0, 4.0], [float("nan")] * 4]), 8)
+    assert mask[0, 0].sum() == 4 * 2 and mask[0, 0, 3:5, 2:6].all()
+    assert mask[1].sum() == 0
+
+
+def test_training_runs_the_hook_from_the_start_epoch(tmp_path, monkeypatch):
+    data = make_tiny_dataset(tmp_path / "data", per_split={"train": 6, "val": 2}, size=SIZE)
+    hooks = {}
+
+    def spy(config, epoch):
+        hooks[epoch] = batch_hook_for(config, epoch)
+        return hooks[epoch]
+
+    monkeypatch.setattr(run_module, "batch_hook_for", spy)
+    config = TrialConfig(augmentation="flip+cam-occlusion", cam_occlusion_start_epoch=2,
+                         cam_occlusion_p=1.0, epochs=2, batch_size=8, resize=SIZE,
+                         num_workers=0, device="cpu", data_cache="off", lr=0.05)
+    result = train(config, data, reporter=_Recorder())
+    assert hooks[1] is None
+    assert hooks[2].occluded == 24  # p = 1: every training image of epoch 2
+    assert all(p.grad is None or torch.isfinite(p.grad).all()
+               for p in result.model.parameters())
+    assert len(result.history) == 2
