@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -98,17 +99,20 @@ def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
     seed = config.searcher.seed
     if config.searcher.algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=config.searcher.n_startup_trials,
-        multivariate=True,
-        group=True,
-        constant_liar=True,  # trials run in parallel: do not suggest the same point twice
-    )
+    with warnings.catch_warnings():  # multivariate/group/constant_liar are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=config.searcher.n_startup_trials,
+            multivariate=True,
+            group=True,
+            constant_liar=True,  # trials run in parallel: do not suggest the same point twice
+        )
 
 
 def make_searcher(config: SweepConfig, *, pruning_aware: bool = True) -> OptunaSearch:
     """The sweep's searcher; `pruning_aware=False` gives stock OptunaSearch (for comparisons)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress table says enough
     cls = PruningAwareOptunaSearch if pruning_aware else OptunaSearch
     default_epochs = TrialConfig.model_fields["epochs"].default  # epochs not in the space
     kwargs: dict[str, Any] = {"planned_epochs": default_epochs} if pruning_aware else {}
