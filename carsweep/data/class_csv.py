@@ -50,7 +50,7 @@ def _detect_class_csv(root: Path) -> bool:
 
 
 @register_layout("class-csv", "train/<class>/, test/<class>/ with anno_train.csv, "
-                 "anno_test.csv and names.csv (Stanford Cars by class folders)", _detect_class_csv)
+                 "anno_test.csv, names.csv", _detect_class_csv)
 def read_class_csv(root: Path) -> SourceIndex:
     classes = read_names(root / NAMES_FILE)
     parent = image_parent(root)

@@ -37,8 +37,7 @@ def _detect_devkit(root: Path) -> bool:
     return (base_folder(root) / META).is_file()
 
 
-@register_layout("devkit", "stanford_cars/{cars_train,cars_test,devkit/cars_meta.mat,"
-                 "devkit/cars_train_annos.mat,cars_test_annos_withlabels.mat} "
+@register_layout("devkit", "stanford_cars/ with cars_train/, cars_test/, devkit/*.mat "
                  "(torchvision StanfordCars)", _detect_devkit)
 def read_devkit(root: Path) -> SourceIndex:
     base = base_folder(root)
@@ -82,7 +81,10 @@ def _read_annotations(base: Path, path: Path, split: str, image_folder: str,
 
 
 def _load_mat(path: Path, key: str) -> np.ndarray:
-    """`loadmat(path, squeeze_me=True)[key]` (as torchvision loads it), or a UserError."""
+    """`loadmat(path, squeeze_me=True)[key]` (as torchvision loads it), or a UserError.
+
+    scipy reports a damaged file in many ways (an IndexError for a short one), hence the list.
+    """
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError
 
@@ -90,7 +92,7 @@ def _load_mat(path: Path, key: str) -> np.ndarray:
         raise UserError(f"{path}: file not found; the devkit layout needs it")
     try:
         content = loadmat(path, squeeze_me=True)
-    except (MatReadError, ValueError, OSError, TypeError) as error:
+    except (MatReadError, ValueError, OSError, TypeError, IndexError, EOFError) as error:
         raise UserError(f"{path}: not a readable MATLAB .mat file ({error})") from None
     if key not in content:
         found = sorted(k for k in content if not k.startswith("__"))

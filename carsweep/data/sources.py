@@ -119,8 +119,8 @@ def _detect_imagefolder(root: Path) -> bool:
     return any(_class_folders(parent) for parent in parents)
 
 
-@register_layout("imagefolder", "class folders <class>/*.jpg, optionally under train/ and "
-                 "test/ (torchvision ImageFolder)", _detect_imagefolder)
+@register_layout("imagefolder", "<class>/*.jpg folders, optionally under train/ and test/",
+                 _detect_imagefolder)
 def read_imagefolder(root: Path) -> SourceIndex:
     """Class = folder name; classes sorted by name, as torchvision's ImageFolder does."""
     splits = _split_folders(root)
@@ -138,13 +138,19 @@ def read_imagefolder(root: Path) -> SourceIndex:
     return make_index(root, "imagefolder", classes, rows)
 
 
-# Layouts registered in their own modules; imported last so the registry order is: the most
-# specific first (devkit, class-csv), the catch-all ImageFolder last.
-def _register_specific_layouts() -> None:
-    from carsweep.data import class_csv, devkit  # noqa: F401  (registration on import)
+# Layouts registered in their own modules are imported last. Detection order: the most
+# specific first (devkit, then class-csv), the catch-all ImageFolder last.
+DETECTION_ORDER = ("devkit", "class-csv", "imagefolder")
 
-    imagefolder = LAYOUTS.pop("imagefolder")
-    LAYOUTS["imagefolder"] = imagefolder
+
+def _register_specific_layouts() -> None:
+    import carsweep.data.class_csv  # noqa: F401  (each registers its layout on import)
+    import carsweep.data.devkit  # noqa: F401
+
+    ordered = sorted(LAYOUTS.values(), key=lambda layout: (
+        DETECTION_ORDER.index(layout.name) if layout.name in DETECTION_ORDER else 1.5))
+    LAYOUTS.clear()
+    LAYOUTS.update((layout.name, layout) for layout in ordered)
 
 
 _register_specific_layouts()

@@ -74,7 +74,7 @@ def _triangle(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> B
 
 def _bar(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> Box:
     x1, y1, x2, y2 = box
-    middle, half = (y1 + y2) / 2, (y2 - y1) * 0.2
+    middle, half = (y1 + y2) / 2, (y2 - y1) * 0.28  # thick enough to keep colour at 32 px
     bar = (x1, middle - half, x2, middle + half)
     draw.rectangle(bar, fill=fill, outline=(0, 0, 0), width=line)
     return bar
@@ -110,7 +110,7 @@ def _star(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> Box:
     x1, y1, x2, y2 = box
     cx, cy, radius = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2
     points = [(cx + r * math.sin(k * math.pi / 5), cy - r * math.cos(k * math.pi / 5))
-              for k, r in ((k, radius if k % 2 == 0 else radius * 0.45) for k in range(10))]
+              for k, r in ((k, radius if k % 2 == 0 else radius * 0.6) for k in range(10))]
     draw.polygon(points, fill=fill, outline=(0, 0, 0), width=line)
     return box
 
@@ -123,7 +123,7 @@ SHAPES: dict[str, tuple[ShapeDrawer, Colour]] = {  # name -> (drawer, class colo
     "bar": (_bar, (120, 255, 40)),
     "diamond": (_diamond, (255, 130, 0)),
     "ring": (_ring, (80, 120, 255)),
-    "cross": (_cross, (255, 255, 255)),
+    "cross": (_cross, (0, 255, 160)),
     "star": (_star, (255, 110, 150)),
 }
 
