@@ -114,6 +114,13 @@ def test_class_csv_annotation_that_does_not_parse_names_file_and_line(tmp_path, 
         read_source(tmp_path)
 
 
+def test_class_csv_annotation_may_carry_a_header_row(tmp_path):
+    write_class_csv(tmp_path, train=1, test=1)
+    rows = (tmp_path / "anno_test.csv").read_text()
+    (tmp_path / "anno_test.csv").write_text("Image,x1,y1,x2,y2,Class\n" + rows)
+    assert len(read_source(tmp_path).images) == 2 * len(CLASSES)
+
+
 def test_class_csv_without_names_file(tmp_path):
     write_class_csv(tmp_path)
     (tmp_path / "names.csv").unlink()

@@ -109,7 +109,7 @@ def _read_annotations(path: Path, num_classes: int):
     """Yield (filename, (x1, y1, x2, y2), label) per row; a malformed row is a UserError."""
     with path.open(newline="", encoding="utf-8-sig") as handle:
         for line, row in enumerate(csv.reader(handle), start=1):
-            if not row:
+            if not row or (line == 1 and _is_header(row)):
                 continue
             try:
                 filename, *numbers = (field.strip() for field in row)
@@ -121,6 +121,11 @@ def _read_annotations(path: Path, num_classes: int):
                 raise UserError(f"{path}: line {line} has class {number}, but {NAMES_FILE} "
                                 f"names classes 1..{num_classes}")
             yield filename, (x1, y1, x2, y2), number - 1
+
+
+def _is_header(row: list[str]) -> bool:
+    """A first row like `Image,x1,y1,x2,y2,Class`: some copies of the CSVs carry one."""
+    return len(row) == 6 and not any(field.strip().lstrip("-").isdigit() for field in row[1:])
 
 
 def _first(names: list[str], count: int = 5) -> str:
