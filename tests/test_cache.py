@@ -168,6 +168,17 @@ def test_bad_sizes_are_refused(size, error):
         check_size(size)
 
 
+def test_prepare_cache_option_builds_fresh_caches(dataset, tmp_path):
+    from carsweep.cli import main
+
+    out = tmp_path / "prepared"
+    assert main(["prepare", str(dataset.root), "--out", str(out), "--split", "pooled:0.8",
+                 "--cache", "32,48"]) == 0
+    prepared = load_dataset(out)
+    assert cache_state(prepared, 32) == cache_state(prepared, 48) == "fresh"
+    assert open_cache(prepared, 48).shape == (len(prepared.manifest), 3, 48, 48)
+
+
 READER = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path

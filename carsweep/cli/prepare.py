@@ -32,6 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="report images whose shorter side is under this (32)")
     parser.add_argument("--workers", type=int,
                         help="processes decoding images (default: up to 8 for large sources)")
+    parser.add_argument("--cache", type=_sizes, default=(), metavar="S1,S2",
+                        help="also decode every image once per input size into a memory-mapped "
+                        "uint8 cache (e.g. 256,400) that trials of that `resize` read")
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    """'256,400' -> (256, 400); anything else is an argparse error naming it."""
+    from carsweep.data.cache import check_size
+
+    try:
+        return tuple(check_size(int(part)) for part in text.split(",") if part.strip())
+    except ValueError as error:
+        detail = str(error) if "cache size" in str(error) else "expected pixel sizes"
+        raise argparse.ArgumentTypeError(f"{text!r}: {detail}, e.g. 256,400") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,4 +57,10 @@ def run(args: argparse.Namespace) -> int:
         tiny_px=args.tiny_px, workers=args.workers,
     )
     print(summary(dataset))
+    if args.cache:
+        from carsweep.data.cache import build_cache
+
+        for size in args.cache:
+            path = build_cache(dataset, size, workers=args.workers)
+            print(f"decoded cache {size}px: {path} ({path.stat().st_size / 2**30:.2f} GiB)")
     return 0

@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:  # keep this module importable with numpy and PIL alone (the GPU bench)
+from carsweep.errors import UserError
+
+if TYPE_CHECKING:  # pandas is only needed by callers that hold a manifest
     import pandas as pd
 
     from carsweep.data.manifest import PreparedDataset
@@ -50,8 +52,9 @@ CHUNK = 32  # images per task handed to a worker: small enough for a smooth prog
 BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
 
 
-class CacheError(Exception):
-    """A cache that cannot be used as asked (missing or stale); the message says what to run."""
+class CacheError(UserError):
+    """A cache that cannot be used as asked (missing, stale, an unreadable image); the message
+    says what to run."""
 
 
 @dataclass(frozen=True)
