@@ -30,7 +30,6 @@ import colorsys
 import csv
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +38,8 @@ from PIL import Image, ImageDraw
 
 from carsweep.data.folders import building_folder, check_replaceable
 from carsweep.data.manifest import PARTS_COLUMNS, PARTS_FILE
+from carsweep.data.synth_shapes import SHAPES, Box, Colour, draw_round
 from carsweep.errors import UserError
-
-Box = tuple[float, float, float, float]
-Colour = tuple[int, int, int]
 
 SUPERSAMPLE = 2  # draw at 2x and downsample, so small parts keep clean anti-aliased edges
 SPLIT_IDS = {"train": 0, "test": 1}
@@ -51,81 +48,6 @@ LAYOUTS = ("class-csv", "imagefolder")
 SAVE_OPTIONS = {"png": {}, "jpg": {"quality": 92}}
 NEUTRAL_LAMP: Colour = (255, 250, 205)  # every lamp's colour when colour is not part of the cue
 NEUTRAL_HUB: Colour = (170, 170, 175)
-
-
-# --- the class shapes: one registry; class i is SHAPES[i] -----------------------------------
-
-def _round(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> Box:
-    draw.ellipse(box, fill=fill, outline=(0, 0, 0), width=line)
-    return box
-
-
-def _square(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> Box:
-    draw.rectangle(box, fill=fill, outline=(0, 0, 0), width=line)
-    return box
-
-
-def _triangle(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> Box:
-    x1, y1, x2, y2 = box
-    draw.polygon([((x1 + x2) / 2, y1), (x2, y2), (x1, y2)], fill=fill, outline=(0, 0, 0),
-                 width=line)
-    return box
-
-
-def _bar(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> Box:
-    x1, y1, x2, y2 = box
-    middle, half = (y1 + y2) / 2, (y2 - y1) * 0.28  # thick enough to keep colour at 32 px
-    bar = (x1, middle - half, x2, middle + half)
-    draw.rectangle(bar, fill=fill, outline=(0, 0, 0), width=line)
-    return bar
-
-
-def _diamond(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> Box:
-    x1, y1, x2, y2 = box
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    draw.polygon([(cx, y1), (x2, cy), (cx, y2), (x1, cy)], fill=fill, outline=(0, 0, 0),
-                 width=line)
-    return box
-
-
-def _ring(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> Box:
-    x1, y1, x2, y2 = box
-    draw.ellipse(box, fill=fill, outline=(0, 0, 0), width=line)
-    inset = (x2 - x1) * 0.3
-    draw.ellipse((x1 + inset, y1 + inset, x2 - inset, y2 - inset), fill=(20, 20, 20))
-    return box
-
-
-def _cross(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> Box:
-    x1, y1, x2, y2 = box
-    w, h = (x2 - x1) / 3, (y2 - y1) / 3
-    points = [(x1 + w, y1), (x1 + 2 * w, y1), (x1 + 2 * w, y1 + h), (x2, y1 + h), (x2, y1 + 2 * h),
-              (x1 + 2 * w, y1 + 2 * h), (x1 + 2 * w, y2), (x1 + w, y2), (x1 + w, y1 + 2 * h),
-              (x1, y1 + 2 * h), (x1, y1 + h), (x1 + w, y1 + h)]
-    draw.polygon(points, fill=fill, outline=(0, 0, 0), width=line)
-    return box
-
-
-def _star(draw: ImageDraw.ImageDraw, box: Box, fill: Colour, line: int) -> Box:
-    x1, y1, x2, y2 = box
-    cx, cy, radius = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2
-    points = [(cx + r * math.sin(k * math.pi / 5), cy - r * math.cos(k * math.pi / 5))
-              for k, r in ((k, radius if k % 2 == 0 else radius * 0.6) for k in range(10))]
-    draw.polygon(points, fill=fill, outline=(0, 0, 0), width=line)
-    return box
-
-
-ShapeDrawer = Callable[[ImageDraw.ImageDraw, Box, Colour, int], Box]
-SHAPES: dict[str, tuple[ShapeDrawer, Colour]] = {  # name -> (drawer, class colour)
-    "round": (_round, (255, 225, 0)),
-    "square": (_square, (0, 225, 255)),
-    "triangle": (_triangle, (255, 0, 200)),
-    "bar": (_bar, (120, 255, 40)),
-    "diamond": (_diamond, (255, 130, 0)),
-    "ring": (_ring, (80, 120, 255)),
-    "cross": (_cross, (0, 255, 160)),
-    "star": (_star, (255, 110, 150)),
-}
 
 
 @dataclass(frozen=True)
@@ -238,7 +160,7 @@ def draw_car(shape: str, *, size: int, cues: tuple[str, ...], coloured_parts: bo
     if "headlight" in cues:
         parts.append(("headlight", drawer(draw, lamp_box, colour or NEUTRAL_LAMP, line)))
     else:
-        _round(draw, lamp_box, NEUTRAL_LAMP, line)
+        draw_round(draw, lamp_box, NEUTRAL_LAMP, line)
     for u in (0.2, 0.74):
         cx, cy = x(u), top + body_h
         tyre = (cx - wheel_r, cy - wheel_r, cx + wheel_r, cy + wheel_r)
