@@ -177,3 +177,12 @@ def test_existing_non_empty_out_is_refused_without_force_and_left_alone(tmp_path
     assert error.count("\n") == 1
     assert f"{out}: folder is not empty; pass --force to replace it" in error
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.parametrize("out", ["src", "."])
+def test_out_that_holds_the_source_is_refused_even_with_force(tmp_path, capsys, out):
+    source = write_imagefolder(tmp_path / "src", per_class=2, splits=("train", "test"))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert main(["prepare", str(source), "--out", str(tmp_path / out), "--force"]) == 2
+    assert "holds the source" in capsys.readouterr().err
+    assert sorted(p for p in tmp_path.rglob("*")) == before

@@ -43,6 +43,7 @@ def prepare_dataset(
     """Index, audit and split `source` into the prepared dataset folder `out`; returns it."""
     scheme = parse_scheme(split)  # every argument is checked before any work is done
     check_val_fraction(val_fraction)
+    _check_out_is_not_the_source(Path(source), Path(out))
     check_replaceable(out, force=force, what="the prepared dataset")
     index = read_source(Path(source), layout)
     inspected = inspect_images(index.root, index.images["path"].tolist(), workers)
@@ -88,6 +89,14 @@ def build_manifest(index: SourceIndex, images: pd.DataFrame, inspected: pd.DataF
     label_of = {name: label for label, name in enumerate(index.classes)}
     split["label"] = split["class_name"].map(label_of).astype(int)
     return split[MANIFEST_COLUMNS].reset_index(drop=True)
+
+
+def _check_out_is_not_the_source(source: Path, out: Path) -> None:
+    """--force replaces `out` whole: it must never hold the images the dataset points at."""
+    source, target = source.resolve(), out.resolve()
+    if target == source or target in source.parents:
+        raise UserError(f"--out {out} holds the source {source}; choose an output folder "
+                        "outside it (the images are not copied, so replacing it would lose them)")
 
 
 def _leave_out_unreadable(index: SourceIndex, inspected: pd.DataFrame, strict: bool,
