@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -96,3 +97,16 @@ def test_an_existing_run_folder_is_not_overwritten(data, tmp_path, capsys):
 def test_missing_dataset_is_a_user_error(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "no such dataset folder" in capsys.readouterr().err
+
+
+def test_train_runs_on_the_shared_synthetic_dataset(prepared_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(prepared_dataset), "--out", str(run), *QUICK,
+                 "--set", "epochs=1", "--set", "augmentation=flip+color-jitter"]) == 0
+    assert "epoch 1/1" in capsys.readouterr().out
+    rows = _rows(run)
+    assert len(rows) == 1
+    assert 0.0 <= float(rows[0]["val_top1"]) <= 1.0
+    classes = json.loads((prepared_dataset / "classes.json").read_text())
+    assert json.loads((run / "classes.json").read_text()) == classes
+    assert load_checkpoint(run / "checkpoints" / "last")["classes"] == classes
