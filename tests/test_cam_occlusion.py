@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 import torch
 from pydantic import ValidationError
 from torch.nn import functional as F
 
+from carsweep.config.sweep import SweepConfig
 from carsweep.config.trial import TrialConfig
+from carsweep.data.manifest import load_dataset
+from carsweep.search.space import DefineByRunSpace
 from carsweep.trainable import AUGMENTATIONS, check_augmentation, train
 from carsweep.trainable import run as run_module
 from carsweep.trainable.augment import per_image_augmentation
@@ -19,6 +23,7 @@ from carsweep.trainable.cam_occlusion import (
     describe,
     grad_cam,
     occlude,
+    part_boxes,
     top_area_mask,
     uses_cam_occlusion,
 )
@@ -176,7 +181,8 @@ def test_registry_marks_it_model_dependent_and_it_combines():
     check_augmentation("flip+cam-occlusion")
     assert per_image_augmentation("flip+cam-occlusion") == "flip"
     assert per_image_augmentation("cam-occlusion") == "none"
-    assert uses_cam_occlusion("flip+cam-occlusion") and not uses_cam_occlusion("flip")
+    assert uses_cam_occlusion("flip+cam-occlusion")
+    assert not uses_cam_occlusion("flip")
 
 
 def test_flip_stays_on_the_device_and_cam_occlusion_out_of_the_data_workers():
@@ -200,7 +206,8 @@ def test_hook_only_for_cam_occlusion_and_from_its_start_epoch():
 
 def test_box_mask_covers_the_inclusive_box():
     mask = box_mask(torch.tensor([[2.0, 3.0, 5.0, 4.0], [float("nan")] * 4]), 8)
-    assert mask[0, 0].sum() == 4 * 2 and mask[0, 0, 3:5, 2:6].all()
+    assert mask[0, 0].sum() == 4 * 2
+    assert mask[0, 0, 3:5, 2:6].all()
     assert mask[1].sum() == 0
 
 
@@ -222,3 +229,36 @@ def test_training_runs_the_hook_from_the_start_epoch(tmp_path, monkeypatch):
     assert all(p.grad is None or torch.isfinite(p.grad).all()
                for p in result.model.parameters())
     assert len(result.history) == 2
+
+
+def test_sweep_searches_the_cam_occlusion_fields_only_where_augmentation_uses_it():
+    config = SweepConfig.model_validate({"space": {
+        "augmentation": {"choice": ["flip", "flip+cam-occlusion"]},
+        "cam_occlusion_q": {"uniform": [0.05, 0.3]},
+        "cam_occlusion_kind": {"choice": ["blur", "erase"]},
+    }})
+    assert config.conditions("cam_occlusion_q") == {"augmentation": ["flip+cam-occlusion"]}
+    space = DefineByRunSpace(config)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        params = space.sample_all(study.ask())
+        uses = params["augmentation"] == "flip+cam-occlusion"
+        assert ("cam_occlusion_q" in params) == ("cam_occlusion_kind" in params) == uses
+        seen.add(uses)
+    assert seen == {True, False}
+
+
+# --- test time: part boxes of the shared synthetic dataset -------------------------------------
+
+def test_part_boxes_cover_each_test_images_headlight(prepared_dataset):
+    data = load_dataset(prepared_dataset)
+    rows = data.rows("test")
+    boxes = part_boxes(rows, data.parts(), "headlight")  # (N, 1, 4), 0..1 of the image
+    assert boxes.shape == (len(rows), 1, 4)
+    assert not boxes.isnan().any()
+    assert ((boxes >= 0) & (boxes <= 1)).all()
+    mask = box_mask(boxes[:, 0] * SIZE - torch.tensor([0, 0, 1, 1]), SIZE)
+    area = mask.flatten(1).float().mean(1)
+    assert (area > 0.005).all()
+    assert (area < 0.2).all()

@@ -51,6 +51,8 @@ IMPLIED_CONDITIONS: dict[str, dict[str, list[str]]] = {
     "momentum": {"optimizer": ["sgd", "rmsprop"]},
     "nesterov": {"optimizer": ["sgd"]},
 }
+# The cam_occlusion_* fields matter only for augmentation choices that include cam-occlusion.
+CAM_OCCLUSION_PREFIX, CAM_OCCLUSION = "cam_occlusion_", "cam-occlusion"
 
 
 class ParamSpec(BaseModel):
@@ -224,6 +226,10 @@ class SweepConfig(BaseModel):
         if spec.when is not None:
             return spec.when
         implied = IMPLIED_CONDITIONS.get(name, {})
+        if name.startswith(CAM_OCCLUSION_PREFIX) and "augmentation" in self.space:
+            choices = self.space["augmentation"].values
+            using = [v for v in choices if CAM_OCCLUSION in str(v).split("+")]
+            implied = {"augmentation": using} if using else {}
         return {key: allowed for key, allowed in implied.items()
                 if key in self.space and self.space[key].searched}
 

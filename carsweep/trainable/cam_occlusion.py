@@ -36,7 +36,10 @@ from torchcam.methods import GradCAM
 from torchvision.transforms.v2 import functional as TF
 
 from carsweep.config.trial import TrialConfig
+from carsweep.data.manifest import PreparedDataset
+from carsweep.errors import UserError
 from carsweep.trainable.augment import AUGMENTATIONS, preset_names
+from carsweep.trainable.data import build_loader
 from carsweep.trainable.loop import autocast
 
 NAME = "cam-occlusion"
@@ -197,6 +200,26 @@ def part_boxes(rows: pd.DataFrame, parts: pd.DataFrame, part: str) -> torch.Tens
             out[i, k] = torch.tensor([box[0] / width, box[1] / height,
                                       (box[2] + 1) / width, (box[3] + 1) / height])
     return out
+
+
+def occluded_accuracies(model: nn.Module, dataset: PreparedDataset, config: TrialConfig, *,
+                        split: str = "test", kind: str = "erase") -> dict[str, float]:
+    """{"clean": top-1, "<part> hidden": top-1 with that part erased/blurred, ...} on `split`
+    for every part in the dataset's part boxes (the synthetic dataset's parts.csv)."""
+    parts = dataset.parts()
+    if parts is None:
+        raise UserError(f"{dataset.folder}: no part boxes (parts.csv); part occlusion needs a "
+                        "dataset made by `carsweep synth`")
+    if config.bbox_crop:
+        raise UserError("part occlusion needs whole images: set bbox_crop to false")
+    loader = build_loader(dataset, split, config, train=False,
+                          device=next(model.parameters()).device)
+    rows = dataset.rows(split)
+    result = {"clean": part_occluded_accuracy(model, loader, None)}
+    for part in sorted(parts["part"].unique()):
+        boxes = part_boxes(rows, parts, part)
+        result[f"{part} hidden"] = part_occluded_accuracy(model, loader, boxes, kind=kind)
+    return result
 
 
 @torch.no_grad()
