@@ -34,10 +34,10 @@ class RunFolder:
     """Reporter writing a run folder; `resume=True` keeps the rows up to the last checkpoint."""
 
     def __init__(self, folder: Path, config: TrialConfig, classes: list[str], *,
-                 resume: bool = False, out: TextIO = sys.stdout) -> None:
+                 resume: bool = False, out: TextIO | None = None) -> None:
         self.folder = Path(folder)
         self.config = config
-        self.out = out
+        self.out = out  # None: whatever sys.stdout is when a line is printed
         self.rows = self._rows_so_far() if resume else []
         scores = [row[BEST_METRIC] for row in self.rows if BEST_METRIC in row]
         self.best = max(scores, default=-math.inf)
@@ -77,7 +77,8 @@ class RunFolder:
             if score is not None and score > self.best:
                 self.best = score
                 copy_folder_atomic(checkpoint_dir, self.best_checkpoint)
-        print(progress_line(metrics, self.config.epochs), file=self.out, flush=True)
+        print(progress_line(metrics, self.config.epochs), file=self.out or sys.stdout,
+              flush=True)
 
     def _rows_so_far(self) -> list[dict[str, float]]:
         path = self.folder / METRICS_FILE
