@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted sweep of this name and storage")
+    parser.add_argument("--check", action="store_true",
+                        help="run the pre-flight check (config, ASHA rungs, a dry step, every "
+                        "node's paths, GPU memory), print it and exit 0/2 without launching")
 
 
 def field_overrides(args: argparse.Namespace) -> list[str]:
@@ -60,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from carsweep.search import run_sweep
 
     config = load_sweep(args.config, field_overrides(args))
+    if args.check:
+        from carsweep.search.preflight import preflight, print_report
+
+        return print_report(preflight(config))
     return report_outcome(config, run_sweep(config, resume=args.resume))
 
 
@@ -77,4 +84,20 @@ def report_outcome(config, outcome) -> int:
     if outcome.errors:
         print(f"{len(outcome.errors)} trial(s) failed; first error: {outcome.errors[0]}",
               file=sys.stderr)
+    if outcome.interrupted:
+        print(f"sweep stopped before every trial ended; its state is saved. "
+              f"Resume with:\n  {resume_command(config, outcome.experiment)}", file=sys.stderr)
+        return 130
     return 1 if outcome.errors and len(outcome.errors) == outcome.trials else 0
+
+
+def resume_command(config, experiment: Path) -> str:
+    """The `carsweep resume` line that continues this sweep, quoted for a POSIX shell."""
+    import shlex
+
+    words = ["carsweep", "resume", str(experiment)]
+    if config.cluster.address is not None:
+        words += ["--address", config.cluster.address]
+    elif config.cluster.num_cpus is not None:
+        words += ["--num-cpus", str(config.cluster.num_cpus)]
+    return shlex.join(words)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -53,6 +54,7 @@ def ray_session(cluster: ClusterConfig) -> Iterator[None]:
         return
     try:
         if cluster.address is not None:
+            check_address_answers(cluster.address)
             ray.init(address=cluster.address, logging_level=logging.WARNING)
         else:
             ray.init(
@@ -69,6 +71,24 @@ def ray_session(cluster: ClusterConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def check_address_answers(address: str, timeout_s: float = 5.0) -> None:
+    """HOST:PORT must accept a connection: ray.init retries a dead address for minutes."""
+    if address == "auto":
+        return  # Ray finds the local cluster itself and fails at once when there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"`cluster.address` = {address!r}: expected 'auto' or HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UserError(
+            f"cannot join the Ray cluster at {address}: nothing answers there ({reason}); "
+            "start one with `ray start --head` or give the head node's HOST:PORT"
+        ) from None
 
 
 def check_cluster_resources(resources: Resources) -> None:

@@ -62,10 +62,20 @@ def _trial_row(analysis: ExperimentAnalysis, trial: Any, metric: str, mode: str)
         f"last_{metric}": float(scores.iloc[-1]) if len(scores) else None,
         f"best_{metric}": float(scores.max() if mode == "max" else scores.min())
         if len(scores) else None,
+        # Retries after a failure (a lost node, a crash); the error of a trial that gave up.
+        "failures": int(trial.run_metadata.num_failures),
+        "error": _last_error_line(trial) if trial.status == "ERROR" else "",
         "trial_dir": trial.storage.trial_dir_name,
         "best_checkpoint": _relative(checkpoint.path, analysis) if checkpoint else "",
         **params,
     }
+
+
+def _last_error_line(trial: Any) -> str:
+    """The message of the trial's latest error (Ray appends each failure to error.txt)."""
+    text = trial.get_error() or ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 def _relative(path: str, analysis: ExperimentAnalysis) -> str:

@@ -8,16 +8,23 @@ storage every node sees; a node that cannot read it fails the trial with a messa
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
+from carsweep.search.release import gpu_memory_released
 
 CHECKPOINT_FILE = "checkpoint.pt"
+logger = logging.getLogger(__name__)
 
 
 class TuneReporter:
@@ -25,7 +32,9 @@ class TuneReporter:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report(dict(metrics), checkpoint=checkpoint)
+        # Ray's node_ip is the same for every node of a one-machine cluster; the id is not.
+        node = {"node_id": ray.get_runtime_context().get_node_id()}
+        tune.report({**metrics, **node}, checkpoint=checkpoint)
 
 
 class DatasetUnreachableError(RuntimeError):
@@ -44,12 +53,45 @@ def run_trial(params: dict[str, Any], *, dataset: str, use_gpu: bool,
     config = trial_config(params, use_gpu=use_gpu)
     dataset_path = readable_dataset(dataset)
     weights = (shipped_weights or {}).get(config.weights)
-    checkpoint = tune.get_checkpoint()
+    with gpu_memory_released(), restorable_checkpoint(tune.get_checkpoint()) as folder:
+        if folder is None:
+            train(config, dataset_path, reporter=TuneReporter(), initial_weights=weights)
+        else:
+            train(config, dataset_path, reporter=TuneReporter(), resume_from=folder)
+
+
+@contextmanager
+def restorable_checkpoint(checkpoint: tune.Checkpoint | None) -> Iterator[Path | None]:
+    """The folder to resume from: Ray's latest checkpoint if it loads, else the newest older
+    one of the same trial that does (a node that died mid-write can leave a truncated file);
+    None when nothing loads, so the trial starts over rather than failing every retry."""
+    from carsweep.trainable import load_checkpoint
+
     if checkpoint is None:
-        train(config, dataset_path, reporter=TuneReporter(), initial_weights=weights)
+        yield None
         return
-    with checkpoint.as_directory() as folder:
-        train(config, dataset_path, reporter=TuneReporter(), resume_from=Path(folder))
+    with checkpoint.as_directory() as latest:
+        for folder in _newest_first(Path(latest)):
+            try:
+                load_checkpoint(folder)
+            except UserError as error:
+                logger.warning("skipping checkpoint %s: %s", folder, error)
+                continue
+            yield folder
+            return
+        logger.warning("no checkpoint of this trial loads; it starts again from epoch 1")
+        yield None
+
+
+def _newest_first(latest: Path) -> list[Path]:
+    """`latest`, then the trial's other checkpoint_NNNNNN folders beside it, newest first."""
+    def index(folder: Path) -> int:
+        found = re.fullmatch(r"checkpoint_(\d+)", folder.name)
+        return int(found.group(1)) if found else -1
+
+    older = [f for f in latest.parent.glob("checkpoint_*")
+             if f.is_dir() and f != latest and index(f) < index(latest)]
+    return [latest, *sorted(older, key=index, reverse=True)]
 
 
 def trial_config(params: dict[str, Any], *, use_gpu: bool) -> TrialConfig:

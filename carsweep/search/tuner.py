@@ -16,12 +16,13 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
-from carsweep.search.cluster import check_cluster_resources, check_local_gpus, ray_session
+from carsweep.search.cluster import check_local_gpus, ray_session
 from carsweep.search.monitor import LiveHParamsCallback, progress_reporter
+from carsweep.search.preflight import check_before_launch
 from carsweep.search.searcher import make_searcher
 from carsweep.search.table import save_trials_table, trials_table
 from carsweep.search.trial import run_trial
-from carsweep.search.validate import check_sweep
+from carsweep.search.validate import check_storage_writable, check_sweep
 
 SWEEP_FILE = "sweep.yaml"
 
@@ -33,6 +34,7 @@ class SweepOutcome:
     best_trial: str | None
     best_value: float | None
     errors: tuple[str, ...] = ()  # one line per trial that ended in ERROR
+    interrupted: bool = False  # stopped (Ctrl-C) before every trial ended; resume continues it
 
 
 def experiment_path(config: SweepConfig) -> Path:
@@ -73,8 +75,9 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
     check_local_gpus(config.resources, config.cluster)
     experiment = experiment_path(config)
     _check_experiment_folder(experiment, resume)
+    check_storage_writable(experiment)
     with ray_session(config.cluster):
-        check_cluster_resources(config.resources)
+        check_before_launch(config)  # resources, a dry step, every node's paths, GPU memory
         if resume:
             tuner = tune.Tuner.restore(
                 str(experiment), trainable=_trainable(config),
@@ -94,7 +97,14 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
         best_trial=None if best is None else str(best["trial_id"]),
         best_value=None if best is None else float(best["best_" + config.metric]),
         errors=errors,
+        interrupted=_unfinished(table, config.num_samples),
     )
+
+
+def _unfinished(table, num_samples: int) -> bool:
+    """Tune returns normally on Ctrl-C: trials still pending or running, or never created."""
+    ended = table["state"].isin(["TERMINATED", "ERROR"]).all() if len(table) else False
+    return len(table) < num_samples or not ended
 
 
 def _last_line(error: BaseException) -> str:
@@ -147,6 +157,7 @@ def _new_tuner(config: SweepConfig, *, pruning_aware: bool, verbose: int) -> tun
             max_concurrent_trials=config.max_concurrent_trials,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
+            reuse_actors=False,  # a fresh process per trial: its exit frees all GPU memory
         ),
         run_config=tune.RunConfig(
             name=config.name,

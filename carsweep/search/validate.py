@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from carsweep.config.sweep import SweepConfig, sweep_problems
@@ -37,3 +39,24 @@ def check_dataset(dataset: str | None) -> None:
     if dataset is None:
         raise UserError("no dataset: give --data DATASET or `dataset:` in the sweep config")
     load_dataset(Path(dataset))  # a UserError naming the folder if it is not a prepared one
+
+
+def check_storage_writable(storage: Path) -> None:
+    """The storage folder (or the nearest folder above it that exists) must take a new file.
+
+    Probed with a temporary file that is removed at once, so nothing is left on bad input.
+    """
+    existing = Path(storage)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"storage path {storage}: {existing} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".carsweep-write-test-")
+    except OSError as error:
+        raise UserError(
+            f"storage path {storage} is not writable ({error.strerror} in {existing}); "
+            "give --storage a folder you can write to"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)

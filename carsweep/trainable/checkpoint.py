@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from carsweep.config.io import save_model, write_text_atomic
+from carsweep.config.io import disk_full_is_user_error, save_model, write_text_atomic
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.trainable.safe_load import load_tensors_only
@@ -79,11 +79,15 @@ def restore_rng_states(states: dict[str, Any], data_order: torch.Generator | Non
 
 
 def _torch_save_atomic(state: dict[str, Any], path: Path) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with disk_full_is_user_error(path):
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            # Through a Python file, so a full disk is OSError(ENOSPC), not torch's RuntimeError.
+            with os.fdopen(handle, "wb") as out:
+                torch.save(state, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from carsweep.errors import UserError
 from carsweep.trainable.data import Loader
 
 
@@ -22,6 +23,15 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+# Batches between looks for a NaN/inf loss on a GPU (each look waits for the GPU); on the
+# CPU every batch is checked, which costs nothing.
+CHECK_FINITE_EVERY = 20
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite: more epochs cannot bring it back."""
 
 
 def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
@@ -34,7 +44,7 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
     cam_occlusion.py)."""
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    seen = 0
+    seen = batches = 0
     last_lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     for images, labels in loader:
@@ -56,6 +66,10 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
         loss_sum += loss.detach().double() * labels.numel()
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += labels.numel()
+        batches += 1
+        if device.type != "cuda" or batches % CHECK_FINITE_EVERY == 0:
+            _stop_if_not_finite(loss_sum, batches, last_lr)
+    _stop_if_not_finite(loss_sum, batches, last_lr)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -65,6 +79,15 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
         "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
         "lr": float(last_lr),
     }
+
+
+def _stop_if_not_finite(loss_sum: torch.Tensor, batches: int, lr: float) -> None:
+    """End the run at the first NaN/inf loss instead of spending the rest of its epochs."""
+    if not torch.isfinite(loss_sum):
+        raise NonFiniteLossError(
+            f"training loss became {loss_sum.item()} by batch {batches} of the epoch (lr {lr:g});"
+            " the run stopped: lower the learning rate, or check the start weights and data"
+        )
 
 
 @torch.no_grad()

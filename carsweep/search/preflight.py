@@ -1,0 +1,292 @@
+"""The pre-flight check: everything that would make a sweep fail late, found before it launches.
+
+`carsweep sweep --check` prints the whole report and launches nothing; every real launch runs
+the same checks first and stops at the first failure. The checks, in order:
+
+    config      schema, space, augmentation names, the dataset is a prepared one (driver side)
+    asha        grace period <= max_t, reduction factor > 1, the rungs that gives and how many
+                trials are expected to reach each (printed)
+    resources   one trial's request fits on some node
+    dry step    carsweep.trainable.train for one epoch on a few images at a small size
+                really reports the sweep's metric (and ASHA's time attribute, epoch)
+    nodes       the storage path is writable and the dataset readable from every alive node
+    gpu memory  one training step at the largest batch size x input size of the space, measured
+                on a GPU, fits in the GPU's memory / trials per GPU
+
+Every failure is one line naming the node, path or value.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from carsweep.config.sweep import SweepConfig
+from carsweep.config.trial import TrialConfig
+from carsweep.errors import UserError
+
+DRY_BATCH = 4  # images per batch of the dry step: two train batches, one val batch
+DRY_RESIZE = 32
+OPTIMIZER_STATE = {"sgd": 1, "rmsprop": 2, "adam": 3, "adamw": 3}  # rank by state kept
+
+
+@dataclass
+class Report:
+    """Lines to show (each check's result) and failures (one line each)."""
+
+    lines: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def passed(self, check: str, detail: str) -> None:
+        self.lines.append(f"  ok    {check}: {detail}")
+
+    def failed(self, check: str, problem: str) -> None:
+        self.lines.append(f"  FAIL  {check}: {problem}")
+        self.failures.append(f"{check}: {problem}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def preflight(config: SweepConfig) -> Report:
+    """The full check (starts or joins Ray for the node probes); launches no trial."""
+    from carsweep.search.cluster import check_local_gpus, ray_session
+    from carsweep.search.tuner import resolved
+
+    report = Report([f"pre-flight check of sweep {config.name!r}: {config.num_samples} trials, "
+                     f"{config.metric} ({config.mode})"])
+    try:
+        config = resolved(config)
+        static_checks(config, report)
+        check_local_gpus(config.resources, config.cluster)
+    except UserError as error:
+        report.failed("config", str(error))
+    if not report.ok:
+        return report
+    with ray_session(config.cluster):
+        cluster_checks(config, report)
+    return report
+
+
+def check_before_launch(config: SweepConfig) -> None:
+    """For a real launch, inside its Ray session (config and ASHA were checked before Ray)."""
+    report = Report()
+    cluster_checks(config, report)
+    if not report.ok:
+        more = len(report.failures) - 1
+        suffix = f" (and {more} more; see `carsweep sweep --check`)" if more else ""
+        raise UserError(f"pre-flight {report.failures[0]}{suffix}")
+
+
+def static_checks(config: SweepConfig, report: Report) -> None:
+    """Schema and ASHA arithmetic: no Ray, no training."""
+    from carsweep.search.validate import check_sweep
+
+    try:
+        check_sweep(config)
+    except UserError as error:
+        report.failed("config", str(error))
+        return
+    report.passed("config", f"{len(config.searched())} searched, {len(config.fixed())} fixed "
+                  f"parameters; dataset {config.dataset}")
+    check_asha(config, report)
+
+
+def cluster_checks(config: SweepConfig, report: Report) -> None:
+    """The checks that need the connected Ray: resources, dry step, node probes, GPU memory."""
+    from carsweep.search.cluster import check_cluster_resources
+
+    try:
+        check_cluster_resources(config.resources)
+    except UserError as error:
+        report.failed("resources", str(error))
+        return
+    report.passed("resources", f"{config.resources.cpu:g} CPU, {config.resources.gpu:g} GPU "
+                  "per trial fit on a node")
+    check_dry_step(config, report)
+    check_nodes(config, report)
+    check_gpu_memory(config, report)
+
+
+# ASHA -------------------------------------------------------------------------------------
+
+def asha_rungs(config: SweepConfig) -> list[tuple[int, float]]:
+    """(epoch, trials expected to reach it) for each of ASHA's rungs below max_t, then max_t.
+
+    The rungs are Ray's (grace * rf**k while below max_t); at each, ASHA keeps the best
+    1/rf, so about num_samples / rf**k trials reach rung k. Asynchronous promotion lets a
+    few more through early in a sweep: these are expectations, not promises.
+    """
+    grace, rf, max_t = config.asha.grace_period, config.asha.reduction_factor, config.max_t
+    rungs = []
+    epoch, k = grace, 0
+    while epoch < max_t:
+        rungs.append((int(epoch), config.num_samples / rf**k))
+        k += 1
+        epoch = grace * rf**k
+    rungs.append((max_t, config.num_samples / rf**k))
+    return rungs
+
+
+def check_asha(config: SweepConfig, report: Report) -> None:
+    if config.scheduler == "fifo":
+        report.passed("asha", "scheduler fifo: no early stopping, every trial runs its epochs")
+        return
+    grace, rf, max_t = config.asha.grace_period, config.asha.reduction_factor, config.max_t
+    if grace > max_t:
+        report.failed("asha", f"`asha.grace_period` is {grace}, but must be <= max_t ({max_t})")
+        return
+    if not rf > 1:
+        report.failed("asha", f"`asha.reduction_factor` is {rf:g}, but must be > 1")
+        return
+    rungs = asha_rungs(config)
+    stops = len(rungs) - 1
+    note = "" if stops else " (no rung below max_t: ASHA will stop no trial)"
+    report.passed("asha", f"grace {grace}, reduction factor {rf:g}, max_t {max_t}: "
+                  f"{stops} rung(s) where trials can stop{note}")
+    report.lines.append("        epoch  trials expected to reach it")
+    for epoch, trials in rungs:
+        where = "  (max_t)" if epoch == max_t else ""
+        report.lines.append(f"        {epoch:>5}  {trials:.1f} of {config.num_samples}{where}")
+
+
+# Dry step ---------------------------------------------------------------------------------
+
+class _KeepMetrics:
+    """A trainable Reporter that keeps what was reported and no checkpoint."""
+
+    def __init__(self) -> None:
+        self.reported: list[dict[str, float]] = []
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None = None) -> None:
+        self.reported.append(dict(metrics))
+
+
+def dry_trial(config: SweepConfig) -> TrialConfig:
+    """A trial from the space (first choice, low end of ranges), shrunk to seconds on a CPU:
+    one epoch, tiny images, no weights download, no cache, no workers."""
+    values: dict[str, Any] = config.fixed()
+    for name, spec in config.searched().items():
+        values[name] = spec.values[0]
+    values |= {"epochs": 1, "warmup_epochs": 0, "freeze_backbone_epochs": 0,
+               "batch_size": DRY_BATCH, "resize": DRY_RESIZE, "num_workers": 0,
+               "device": "cpu", "data_cache": "off", "weights": "none"}
+    try:
+        return TrialConfig.model_validate(values)
+    except ValueError as error:
+        raise UserError(f"the first trial of the space is invalid: {error}") from None
+
+
+def few_images(data, per_split: dict[str, int]):
+    """The dataset restricted to the first images of each split (two train batches, one val)."""
+    parts = [data.rows(split).head(count) for split, count in per_split.items()]
+    return replace(data, manifest=pd.concat(parts, ignore_index=True))
+
+
+def check_dry_step(config: SweepConfig, report: Report) -> None:
+    from carsweep.data.manifest import load_dataset
+    from carsweep.trainable import train
+
+    reporter = _KeepMetrics()
+    try:
+        trial = dry_trial(config)
+        data = few_images(load_dataset(Path(config.dataset)),
+                          {"train": 2 * DRY_BATCH, "val": DRY_BATCH})
+        train(trial, data, reporter=reporter)
+    except UserError as error:
+        report.failed("dry step", str(error))
+        return
+    except Exception as error:  # noqa: BLE001 - any crash of the trainable is the finding
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        report.failed("dry step", f"the trainable raised {type(error).__name__}: {first}")
+        return
+    reported = reporter.reported[-1] if reporter.reported else {}
+    missing = [key for key in (config.metric, "epoch") if key not in reported]
+    if missing:
+        report.failed("dry step", f"the trainable did not report {', '.join(missing)} "
+                      f"(it reported: {', '.join(sorted(reported)) or 'nothing'})")
+        return
+    report.passed("dry step", f"1 epoch on {len(data.manifest)} images reported "
+                  f"{config.metric} = {reported[config.metric]:.3f}")
+
+
+# Nodes ------------------------------------------------------------------------------------
+
+def check_nodes(config: SweepConfig, report: Report) -> None:
+    from carsweep.search.probes import probe_every_node
+
+    nodes = probe_every_node(config.storage_path, config.dataset)
+    bad = [node for node in nodes if node.problems]
+    for node in bad:
+        for problem in node.problems:
+            report.failed("node", f"node {node.node}: {problem}")
+    if not bad:
+        report.passed("nodes", f"storage {config.storage_path} writable and dataset "
+                      f"{config.dataset} readable from all {len(nodes)} node(s)")
+
+
+# GPU memory -------------------------------------------------------------------------------
+
+def largest_trial(config: SweepConfig) -> dict[str, Any]:
+    """The space's most memory-hungry trial: largest batch and input size, the optimizer
+    that keeps the most state."""
+    trial: dict[str, Any] = {}
+    for name in ("batch_size", "resize"):
+        spec = config.space.get(name)
+        trial[name] = spec.largest() if spec else TrialConfig.model_fields[name].default
+    spec = config.space.get("optimizer")
+    optimizers = spec.values if spec else [TrialConfig.model_fields["optimizer"].default]
+    trial["optimizer"] = max(optimizers, key=OPTIMIZER_STATE.__getitem__)
+    return trial
+
+
+def trials_per_gpu(gpu: float) -> int:
+    return max(1, math.floor(1 / gpu + 1e-9)) if gpu < 1 else 1
+
+
+def check_gpu_memory(config: SweepConfig, report: Report) -> None:
+    from carsweep.data.manifest import load_dataset
+    from carsweep.search.probes import GIB, measure_gpu_step
+
+    gpu = config.resources.gpu
+    if gpu == 0:
+        report.passed("gpu memory", "no GPU: memory check skipped (resources.gpu = 0)")
+        return
+    trial = largest_trial(config)
+    classes = load_dataset(Path(config.dataset)).num_classes
+    try:
+        measured = measure_gpu_step(gpu, trial, classes)
+    except TimeoutError as error:  # a busy cluster is not a broken sweep: say so, go on
+        report.lines.append(f"  warn  gpu memory: {error}; not checked")
+        return
+    share = measured.total_bytes / trials_per_gpu(gpu)
+    step = (f"one training step at batch_size={trial['batch_size']} x "
+            f"resize={trial['resize']} ({trial['optimizer']}) peaks at "
+            f"{measured.peak_bytes / GIB:.2f} GiB on node {measured.node} "
+            f"({measured.gpu_name}, {measured.total_bytes / GIB:.0f} GiB)")
+    if measured.peak_bytes > share:
+        report.failed("gpu memory", f"{step}, more than the {share / GIB:.2f} GiB each of "
+                      f"{trials_per_gpu(gpu)} trials per GPU gets with resources.gpu = {gpu:g}; "
+                      "raise resources.gpu or lower batch_size / resize")
+        return
+    report.passed("gpu memory", f"{step}; each of {trials_per_gpu(gpu)} trials per GPU "
+                  f"gets {share / GIB:.2f} GiB")
+
+
+def print_report(report: Report) -> int:
+    """The report on stdout, each failure once more on stderr; the exit code (0 or 2)."""
+    print(report.text())
+    print("pre-flight: all checks passed" if report.ok
+          else f"pre-flight: {len(report.failures)} check(s) failed")
+    for failure in report.failures:
+        print(f"carsweep sweep --check: {failure}", file=sys.stderr)
+    return 0 if report.ok else 2

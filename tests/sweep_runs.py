@@ -1,0 +1,107 @@
+"""Helpers for the reliability tests: tiny sweep configs, the CLI in a subprocess, and what a
+sweep left on disk (each trial's epochs and nodes, read from Ray's result.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+METRIC = "val_top1"
+TINY_SPACE = {
+    "optimizer": "adam",
+    "lr": {"loguniform": [1.0e-4, 1.0e-2]},
+    "epochs": 2,
+    "batch_size": 16,
+    "resize": 32,
+    "augmentation": "flip",
+    "weights": "none",
+    "num_workers": 0,
+    "device": "cpu",
+    "data_cache": "off",
+}
+TINY_SWEEP = {
+    "num_samples": 2,
+    "resources": {"cpu": 1, "gpu": 0},
+    "scheduler": "fifo",  # every trial runs all its epochs: what was kept is predictable
+    "max_failures": 2,
+    "searcher": {"seed": 0, "n_startup_trials": 2},
+    "space": TINY_SPACE,
+}
+# Ray started by a CLI subprocess binds loopback only and reports no usage.
+CLI_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+
+
+def write_sweep(folder: Path, name: str, space: dict | None = None, **changes) -> Path:
+    """A sweep YAML: TINY_SWEEP with `changes` on top and `space` merged into its space."""
+    config = {**TINY_SWEEP, **changes, "space": {**TINY_SPACE, **(space or {})}}
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def sweep_command(config: Path, data: Path, storage: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "carsweep", "sweep", str(config), "--data", str(data),
+            "--storage", str(storage), *extra]
+
+
+def run_cli(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=CLI_ENV)
+
+
+def start_cli(command: list[str], logs: Path) -> subprocess.Popen:
+    """The CLI in the background, its output in files (a full pipe would block it)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "stdout.txt").open("w") as out, (logs / "stderr.txt").open("w") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=CLI_ENV)
+    process.logs = logs
+    return process
+
+
+def output(process: subprocess.Popen) -> tuple[str, str]:
+    """(stdout, stderr) of a process started by start_cli, so far."""
+    return ((process.logs / "stdout.txt").read_text(), (process.logs / "stderr.txt").read_text())
+
+
+def result_rows(experiment: Path) -> dict[str, list[dict]]:
+    """Every row each trial reported, by trial folder name, in the order written."""
+    rows = {}
+    for result in sorted(Path(experiment).glob("trial_*/result.json")):
+        lines = result.read_text().splitlines()
+        rows[result.parent.name] = [json.loads(line) for line in lines if line.strip()]
+    return rows
+
+
+def epochs_by_trial(experiment: Path) -> dict[str, list[int]]:
+    """The epoch of every row each trial reported: a trial trained twice shows [1, 2, 1, 2]."""
+    return {trial: [int(row["epoch"]) for row in rows]
+            for trial, rows in result_rows(experiment).items()}
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float,
+               process: subprocess.Popen | None = None) -> object:
+    """Poll `condition` until it returns something truthy; fail if `process` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the sweep exited ({process.returncode}) before {what}: "
+                                 f"{output(process)[1][-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Kill the sweep subprocess if a failed test left it running."""
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=30)

@@ -1,0 +1,234 @@
+"""`carsweep sweep --check`: every check reports in one line, launches nothing, writes nothing.
+
+The fast tests check the ASHA arithmetic against Ray's own bracket and the pieces of the GPU
+check. The Ray tests share one two-node loopback cluster (ray.cluster_utils.Cluster), so the
+node probes really run once per node and a failing node is named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import yaml
+from ray.tune.schedulers.async_hyperband import _Bracket
+
+from carsweep.cli import main
+from carsweep.config.sweep import SweepConfig
+from carsweep.search.preflight import (
+    Report,
+    asha_rungs,
+    check_asha,
+    dry_trial,
+    largest_trial,
+    trials_per_gpu,
+)
+
+SPACE = {
+    "optimizer": {"choice": ["sgd", "adam"]},
+    "lr": {"loguniform": [1.0e-4, 0.1]},
+    "epochs": 3,
+    "batch_size": {"choice": [16, 64, 32]},
+    "resize": {"choice": [256, 400]},
+    "augmentation": "flip",
+    "weights": "none",
+    "num_workers": 0,
+    "device": "cpu",
+}
+CHECKED_SWEEP = {
+    "num_samples": 4,
+    "resources": {"cpu": 1, "gpu": 0},
+    "asha": {"grace_period": 1, "reduction_factor": 2},
+    "space": {**SPACE, "batch_size": 16, "resize": 32},
+}
+
+
+def sweep(**changes) -> SweepConfig:
+    return SweepConfig.model_validate({"space": SPACE, **changes})
+
+
+@pytest.mark.parametrize(
+    ("samples", "grace", "rf", "max_t", "expected"),
+    [
+        (27, 1, 3, 27, [(1, 27), (3, 9), (9, 3), (27, 1)]),
+        (8, 1, 2, 4, [(1, 8), (2, 4), (4, 2)]),
+        (64, 3, 3, 30, [(3, 64), (9, 64 / 3), (27, 64 / 9), (30, 64 / 27)]),
+        (5, 2, 4, 2, [(2, 5)]),  # grace == max_t: no rung where a trial can stop
+    ],
+)
+def test_asha_rungs_and_trials_reaching_each(samples, grace, rf, max_t, expected):
+    config = sweep(num_samples=samples,
+                   asha={"grace_period": grace, "reduction_factor": rf, "max_t": max_t})
+    rungs = asha_rungs(config)
+    assert [epoch for epoch, _ in rungs] == [epoch for epoch, _ in expected]
+    assert [trials for _, trials in rungs] == pytest.approx([t for _, t in expected])
+    # The rungs below max_t are the milestones Ray's ASHA bracket stops trials at.
+    ray_milestones = sorted(m for m, _ in _Bracket(grace, max_t, rf, 0)._rungs if m < max_t)
+    assert [epoch for epoch, _ in rungs[:-1]] == ray_milestones
+
+
+def test_asha_report_says_when_no_trial_can_stop():
+    report = Report()
+    check_asha(sweep(asha={"grace_period": 3, "reduction_factor": 2}), report)
+    assert report.ok
+    assert "0 rung(s) where trials can stop (no rung below max_t" in report.text()
+
+
+def test_asha_checks_fail_in_one_line_naming_the_value():
+    report = Report()
+    too_late = sweep().model_copy(update={"asha": sweep().asha.model_copy(
+        update={"grace_period": 5})})
+    check_asha(too_late, report)
+    no_reduction = sweep().model_copy(update={"asha": sweep().asha.model_copy(
+        update={"reduction_factor": 1.0})})
+    check_asha(no_reduction, report)
+    assert report.failures == [
+        "asha: `asha.grace_period` is 5, but must be <= max_t (3)",
+        "asha: `asha.reduction_factor` is 1, but must be > 1",
+    ]
+
+
+def test_gpu_check_measures_the_largest_trial_of_the_space():
+    assert largest_trial(sweep()) == {"batch_size": 64, "resize": 400, "optimizer": "adam"}
+    assert largest_trial(sweep(space={"lr": 0.1})) == {
+        "batch_size": 32, "resize": 256, "optimizer": "sgd"}  # TrialConfig's defaults
+    assert [trials_per_gpu(g) for g in (0.25, 0.3, 0.5, 1, 2)] == [4, 3, 2, 1, 1]
+
+
+def test_dry_trial_is_tiny_and_on_the_cpu():
+    trial = dry_trial(sweep(space={**SPACE, "warmup_epochs": 2, "epochs": 30,
+                                   "weights": "imagenet"}))
+    assert (trial.epochs, trial.warmup_epochs, trial.batch_size, trial.resize) == (1, 0, 4, 32)
+    assert (trial.device, trial.weights, trial.num_workers) == ("cpu", "none", 0)
+    assert (trial.optimizer, trial.lr) == ("sgd", 1.0e-4)  # first choice, low end
+
+
+# Through the CLI, on a two-node loopback Ray cluster ---------------------------------------
+
+@pytest.fixture(scope="module")
+def two_node_ray():
+    """A head and a worker node on loopback; `carsweep sweep --check` joins it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=loopback)
+    cluster.add_node(**loopback)
+    ray.init(address=cluster.address, _node_ip_address="127.0.0.1", logging_level="ERROR",
+             log_to_driver=False)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def check(tmp_path, dataset, *extra, **changes) -> list[str]:
+    path = tmp_path / "checked.yaml"
+    path.write_text(yaml.safe_dump({**CHECKED_SWEEP, **changes}))
+    return ["sweep", str(path), "--data", str(dataset), "--check", *extra]
+
+
+@pytest.mark.slow
+def test_passing_check_prints_the_rungs_and_launches_nothing(
+        two_node_ray, prepared_dataset, tmp_path, capsys):
+    storage = tmp_path / "results"
+    assert main(check(tmp_path, prepared_dataset, "--storage", str(storage))) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "epoch  trials expected to reach it" in out
+    assert "    1  4.0 of 4\n" in out
+    assert "    2  2.0 of 4\n" in out
+    assert "    3  1.0 of 4  (max_t)" in out
+    assert "dry step: 1 epoch on 12 images reported val_top1 = " in out
+    assert "readable from all 2 node(s)" in out
+    assert "no GPU: memory check skipped" in out
+    assert "pre-flight: all checks passed" in out
+    assert not storage.exists()
+    assert list(tmp_path.iterdir()) == [tmp_path / "checked.yaml"]
+
+
+@pytest.mark.slow
+def test_storage_not_writable_names_every_node(two_node_ray, prepared_dataset, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    storage = blocker / "results"
+    assert main(check(tmp_path, prepared_dataset, "--storage", str(storage))) == 2
+    lines = capsys.readouterr().err.splitlines()
+    nodes = sorted(f"{n['NodeManagerAddress']}/{n['NodeID'][:8]}" for n in _alive_nodes())
+    assert len(lines) == len(nodes) == 2  # one line per failing node
+    assert all(node.startswith("127.0.0.1/") for node in nodes)  # loopback only
+    for line, node in zip(sorted(lines), nodes, strict=True):
+        assert line.startswith(f"carsweep sweep --check: node: node {node}: ")
+        assert f"storage path {storage} is not writable ({blocker} is not a folder)" in line
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.slow
+def test_dataset_without_val_images_fails_the_dry_step_naming_the_split(
+        two_node_ray, prepared_dataset, tmp_path, capsys):
+    # The sweep's metric (val_top1) needs val images: the dry step finds their absence.
+    no_val = dataset_without_val(prepared_dataset, tmp_path / "no-val")
+    storage = tmp_path / "results"
+    assert main(check(tmp_path, no_val, "--storage", str(storage))) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("carsweep sweep --check: dry step: ")
+    assert line.endswith(f"{no_val}: split val has no images; splits present: ['train']")
+    assert not storage.exists()
+
+
+@pytest.mark.slow
+def test_a_path_no_node_can_read_is_reported_per_node(two_node_ray, tmp_path):
+    from carsweep.search.probes import probe_every_node
+
+    missing = tmp_path / "not-mounted" / "data"
+    reports = probe_every_node(str(tmp_path / "results"), str(missing))
+    assert sorted(r.node.split("/")[1] for r in reports) == sorted(
+        n["NodeID"][:8] for n in _alive_nodes())
+    for report in reports:
+        (problem,) = report.problems
+        assert problem.startswith(f"dataset {missing} is not readable (No such file")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (["--set", "asha.grace_period=5"], "`asha.grace_period` is 5, but must be <= max_t (3"),
+        (["--set", "asha.reduction_factor=1"], "`asha.reduction_factor` = 1 is invalid"),
+        (["--set", "space.batch_size=0"], "`space.batch_size` = 0 is invalid"),
+        (["--set", "resources.gpu=0.5"], "`resources.gpu` is 0.5 per trial, but this machine"),
+        (["--data", "no/such/dataset"], "no/such/dataset"),
+    ],
+)
+def test_failing_config_checks_exit_2_in_one_line(prepared_dataset, tmp_path, capsys, change,
+                                                  expected):
+    storage = tmp_path / "results"
+    code = main(check(tmp_path, prepared_dataset, "--storage", str(storage), *change))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err
+    assert err.count("\n") == 1
+    assert not storage.exists()
+
+
+def _alive_nodes() -> list[dict]:
+    import ray
+
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
+def dataset_without_val(source, folder):
+    """A copy of a prepared dataset's index whose val images were all put in train."""
+    folder.mkdir()
+    manifest = pd.read_csv(source / "manifest.csv", keep_default_na=False)
+    manifest["split"] = manifest["split"].replace({"val": "train"})
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    (folder / "classes.json").write_text((source / "classes.json").read_text())
+    info = json.loads((source / "dataset.json").read_text())
+    root = info["root"] if os.path.isabs(info["root"]) else str(source / info["root"])
+    (folder / "dataset.json").write_text(json.dumps({**info, "root": root}))
+    return folder
