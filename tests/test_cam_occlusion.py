@@ -11,6 +11,8 @@ from torch.nn import functional as F
 from carsweep.config.sweep import SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
+from carsweep.data.prepare import prepare_dataset
+from carsweep.data.synth import make_synthetic_dataset
 from carsweep.search.space import DefineByRunSpace
 from carsweep.trainable import AUGMENTATIONS, check_augmentation, train
 from carsweep.trainable import run as run_module
@@ -23,6 +25,7 @@ from carsweep.trainable.cam_occlusion import (
     describe,
     grad_cam,
     occlude,
+    occluded_accuracies,
     part_boxes,
     top_area_mask,
     uses_cam_occlusion,
@@ -262,3 +265,45 @@ def test_part_boxes_cover_each_test_images_headlight(prepared_dataset):
     area = mask.flatten(1).float().mean(1)
     assert (area > 0.005).all()
     assert (area < 0.2).all()
+
+
+# --- the claim, measured: two-cue data, trained with and without cam-occlusion ------------------
+
+TWO_CUE = {"classes": 4, "per_class": 48, "test_per_class": 12, "size": SIZE, "seed": 0,
+           "cues": ("headlight", "wheel")}
+
+
+@pytest.fixture(scope="module")
+def two_cue_dataset(tmp_path_factory):
+    source = make_synthetic_dataset(tmp_path_factory.mktemp("two_cue") / "source", **TWO_CUE)
+    return prepare_dataset(source, tmp_path_factory.mktemp("two_cue") / "data",
+                           val_fraction=0.1, seed=0, warn=lambda line: None)
+
+
+@pytest.mark.slow
+def test_two_cue_training_with_and_without_cam_occlusion(two_cue_dataset, monkeypatch):
+    hooks = []
+
+    def spy(config, epoch):
+        hooks.append(batch_hook_for(config, epoch))
+        return hooks[-1]
+
+    monkeypatch.setattr(run_module, "batch_hook_for", spy)
+    results = {}
+    for augmentation in ("flip", "flip+cam-occlusion"):
+        config = TrialConfig(augmentation=augmentation, epochs=5, batch_size=16, resize=SIZE,
+                             optimizer="adam", lr=0.001, num_workers=0, device="cpu",
+                             data_cache="off",
+                             cam_occlusion_p=0.5, cam_occlusion_q=0.1,
+                             cam_occlusion_start_epoch=2)
+        trained = train(config, two_cue_dataset, reporter=_Recorder(), eval_split=None)
+        results[augmentation] = occluded_accuracies(trained.model, two_cue_dataset, config)
+    print("\ntest top-1 (4 classes, 48 test images):")
+    for augmentation, accuracies in results.items():
+        print(f"  {augmentation:<20}" + "  ".join(f"{k} {v:.3f}" for k, v in accuracies.items()))
+
+    occluded = sum(hook.occluded for hook in hooks if hook is not None)
+    assert occluded > 0.4 * 4 * len(two_cue_dataset.rows("train"))  # p=0.5 in epochs 2..5
+    for accuracies in results.values():
+        assert set(accuracies) == {"clean", "headlight hidden", "wheel hidden"}
+        assert accuracies["clean"] >= 0.5  # chance is 0.25

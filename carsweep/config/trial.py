@@ -19,25 +19,34 @@ class TrialConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    optimizer: Optimizer = Field("sgd", description="sgd (momentum, optional nesterov), adam, adamw or rmsprop")
+    optimizer: Optimizer = Field(
+        "sgd", description="sgd (momentum, optional nesterov), adam, adamw or rmsprop")
     lr: float = Field(0.01, gt=0, le=10, description="peak learning rate, reached after warm-up")
     weight_decay: float = Field(1e-4, ge=0, lt=1, description="L2 penalty (decoupled for adamw)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="momentum for sgd and rmsprop; ignored by adam(w)")
+    momentum: float = Field(
+        0.9, ge=0, lt=1, description="momentum for sgd and rmsprop; ignored by adam(w)")
     nesterov: bool = Field(False, description="Nesterov momentum (sgd only)")
     epochs: int = Field(10, ge=1, le=10_000, description="training epochs")
     batch_size: int = Field(32, ge=1, le=65_536, description="images per optimizer step")
-    resize: int = Field(256, ge=16, le=2048, description="square input size in pixels (256 vs 400 for cars)")
-    augmentation: str = Field("flip", min_length=1, description="preset name, or several joined with '+'")
+    resize: int = Field(
+        256, ge=16, le=2048, description="square input size in pixels (256 vs 400 for cars)")
+    augmentation: str = Field(
+        "flip", min_length=1, description="preset name, or several joined with '+'")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
-    lr_schedule: Schedule = Field("cosine", description="cosine decay, step decay, or constant after warm-up")
+    lr_schedule: Schedule = Field(
+        "cosine", description="cosine decay, step decay, or constant after warm-up")
     step_size: int = Field(3, ge=1, description="epochs between decays for the step schedule")
     step_gamma: float = Field(0.1, gt=0, le=1, description="decay factor of the step schedule")
     warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up from lr/10 to lr")
     seed: int = Field(0, ge=0, description="seeds every random choice of the run")
-    weights: str = Field("none", min_length=1, description="'imagenet', 'none', or a path to a state dict")
-    freeze_backbone_epochs: int = Field(0, ge=0, description="train only the head for the first k epochs")
-    bbox_crop: bool = Field(False, description="crop to the bounding box where the manifest has one")
-    deterministic: bool = Field(False, description="deterministic algorithms (slower; for exact resume checks)")
+    weights: str = Field(
+        "none", min_length=1, description="'imagenet', 'none', or a path to a state dict")
+    freeze_backbone_epochs: int = Field(
+        0, ge=0, description="train only the head for the first k epochs")
+    bbox_crop: bool = Field(
+        False, description="crop to the bounding box where the manifest has one")
+    deterministic: bool = Field(
+        False, description="deterministic algorithms (slower; for exact resume checks)")
     num_workers: int = Field(2, ge=0, le=256, description="DataLoader worker processes")
     data_cache: Literal["auto", "on", "off"] = Field(
         "auto", description="decoded uint8 cache of `resize`: auto uses a fresh one if present, "
@@ -45,7 +54,8 @@ class TrialConfig(BaseModel):
     augment_on: Literal["auto", "cpu", "device"] = Field(
         "auto", description="auto runs presets with a batched twin on the GPU (per sample), "
         "the rest in CPU workers; cpu: all in workers; device: twins on any device")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks cuda when available")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto picks cuda when available")
     cam_occlusion_p: float = Field(
         0.5, gt=0, le=1, description="cam-occlusion: fraction of each batch that is occluded")
     cam_occlusion_q: float = Field(
