@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from carsweep.config.io import write_text_atomic
+from carsweep.data.images import DECODE_ERRORS, open_rgb
 from carsweep.errors import UserError
 
 if TYPE_CHECKING:  # pandas is only needed by callers that hold a manifest
@@ -155,7 +157,7 @@ def build_cache(dataset: PreparedDataset, size: int, *, bbox_crop: bool = False,
                 "checksum": manifest_checksum(dataset.manifest, size, bbox_crop),
             }
             os.replace(temporary, files.array)
-            _write_text_atomic(files.sidecar, json.dumps(sidecar, indent=2) + "\n")
+            write_text_atomic(files.sidecar, json.dumps(sidecar, indent=2) + "\n")
         finally:
             temporary.unlink(missing_ok=True)
     return files.array
@@ -164,9 +166,8 @@ def build_cache(dataset: PreparedDataset, size: int, *, bbox_crop: bool = False,
 def decode_resized(path: str | Path, size: int, box: Sequence[float] | None = None) -> np.ndarray:
     """One image as uint8 (3, size, size): RGB, cropped to `box` if given, bilinear resize."""
     try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except (OSError, SyntaxError) as error:
+        image = open_rgb(path)
+    except DECODE_ERRORS as error:
         raise CacheError(f"{path}: cannot decode the image ({error})") from error
     if box is not None:
         image = crop_to_box(image, np.asarray(box, dtype=float))
@@ -241,8 +242,3 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import crop_to_box  # the cache crops exactly the same way
+from carsweep.data.images import open_rgb
 from carsweep.data.manifest import PreparedDataset
 from carsweep.errors import UserError
 from carsweep.trainable.augment import eval_transform, normalize_batch, train_transform
@@ -47,8 +47,7 @@ class ManifestImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.paths[index]) as opened:
-            image = opened.convert("RGB")
+        image = open_rgb(self.paths[index])  # alpha composited on white, as the cache does
         if self.boxes is not None:
             image = crop_to_box(image, self.boxes[index])
         return self.transform(image), int(self.labels[index])
