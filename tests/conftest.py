@@ -5,15 +5,21 @@
                        class-csv layout with car boxes, parts.csv with headlight boxes
     prepared_dataset   the folder `prepare` made of it: official split, val fraction 0.25
                        (per class: 18 train, 6 val, 8 test), parts.csv carried over
+    finished_experiment  the experiment folder of one real 4-trial ASHA sweep on it (Ray Tune
+                       + Optuna, 3 epochs at 32 px, 2 local Ray CPUs): for results, analyze,
+                       export and predict
 
 Both are read-only for tests: a test that changes data makes its own in tmp_path.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import yaml
+from sweep_runs import TINY_SPACE
 
 from carsweep.data.prepare import prepare_dataset
 from carsweep.data.synth import make_synthetic_dataset
@@ -32,6 +38,46 @@ def prepared_dataset(synthetic_source, tmp_path_factory) -> Path:
     prepare_dataset(synthetic_source, out, split="official", val_fraction=0.25, seed=0,
                     warn=_no_warnings)
     return out
+
+
+# The smallest sweep that still has something to choose: optimizer and lr searched, ASHA on.
+FINISHED_SWEEP = {
+    "name": "finished", "num_samples": 4, "max_concurrent_trials": 2,
+    "resources": {"cpu": 1, "gpu": 0}, "cluster": {"num_cpus": 2},
+    "asha": {"grace_period": 1, "reduction_factor": 2},
+    "searcher": {"seed": 0, "n_startup_trials": 4},
+    "space": {**TINY_SPACE, "optimizer": {"choice": ["sgd", "adam"]},
+              "lr": {"loguniform": [1.0e-3, 0.1]}, "epochs": 3},
+}
+
+
+@pytest.fixture(scope="session")
+def finished_experiment(prepared_dataset, tmp_path_factory) -> Path:
+    """The folder of a finished sweep (sweep.yaml, trials.csv, trial_*/ with checkpoints)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from carsweep.config.sweep import load_sweep
+    from carsweep.search import run_sweep
+
+    folder = tmp_path_factory.mktemp("finished")
+    path = folder / "finished.yaml"
+    path.write_text(yaml.safe_dump(FINISHED_SWEEP))
+    config = load_sweep(path, [f"dataset={prepared_dataset}",
+                               f"storage_path={folder / 'results'}"])
+    # A fresh local Ray even where another one runs on the machine (ray.init() with no address
+    # joins the one in /tmp/ray/ray_current_cluster otherwise); only for this sweep.
+    previous = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = "local"
+    try:
+        outcome = run_sweep(config, verbose=0)
+    finally:
+        if previous is None:
+            del os.environ["RAY_ADDRESS"]
+        else:
+            os.environ["RAY_ADDRESS"] = previous
+    assert outcome.trials == 4, outcome
+    assert not outcome.errors, outcome
+    return outcome.experiment
 
 
 def _no_warnings(line: str) -> None:

@@ -1,0 +1,283 @@
+"""An experiment folder read back with pandas alone: the sweep, its trials, the best trial.
+
+`load_experiment(folder)` is what `analyze`, `export` and tests use after a sweep (finished,
+stopped or resumed). The trials table is the `trials.csv` the sweep wrote; a sweep killed
+before writing it still has Ray's plain-JSON files, from which the same table is rebuilt
+(`rebuild_trials_table`) without importing Ray. See docs/experiment-folder.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from carsweep.config.io import load_model, validate
+from carsweep.config.sweep import SweepConfig, load_sweep
+from carsweep.config.trial import TrialConfig
+from carsweep.errors import UserError
+from carsweep.trainable.checkpoint import CHECKPOINT_FILE, CLASSES_FILE, TRIAL_FILE
+
+SWEEP_FILE = "sweep.yaml"
+TRIALS_FILE = "trials.csv"
+TRIAL_PREFIX = "trial_"
+RESULT_FILE = "result.json"
+PARAMS_FILE = "params.json"
+ERROR_FILE = "error.txt"
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    """The best trial of a sweep and everything needed to reuse it."""
+
+    trial_id: str
+    folder: Path  # the trial's folder
+    config: TrialConfig  # the full config (the checkpoint's trial.yaml, else params + defaults)
+    value: float  # its best value of the sweep's metric
+    checkpoint: Path | None  # its best checkpoint folder (checkpoint.pt, trial.yaml, classes.json)
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A sweep's folder: its resolved config and its trials table (best first)."""
+
+    folder: Path
+    sweep: SweepConfig
+    trials: pd.DataFrame
+
+    @property
+    def best_column(self) -> str:
+        return f"best_{self.sweep.metric}"
+
+    def history(self, trial_id: str) -> pd.DataFrame:
+        """One row per epoch the trial reported (the last one where a restart repeated it)."""
+        folder = self.trial_folder(trial_id)
+        rows = read_result_rows(folder)
+        if not rows:
+            return pd.DataFrame(columns=["epoch"])
+        table = pd.DataFrame([{k: v for k, v in row.items() if k != "config"} for row in rows])
+        table = table.drop_duplicates(subset="epoch", keep="last").sort_values("epoch")
+        return table.reset_index(drop=True)
+
+    def trial_folder(self, trial_id: str) -> Path:
+        match = self.trials.loc[self.trials["trial_id"] == str(trial_id), "trial_dir"]
+        if match.empty:
+            known = ", ".join(self.trials["trial_id"].astype(str)) or "none"
+            raise UserError(f"{self.folder}: no trial {trial_id!r}; trials: {known}")
+        return self.folder / str(match.iloc[0])
+
+    def best(self) -> BestTrial:
+        """The trial with the best value of the sweep's metric (the first such row on a tie)."""
+        scored = self.trials.dropna(subset=[self.best_column])
+        if scored.empty:
+            raise UserError(
+                f"{self.folder}: no trial has reported {self.sweep.metric} yet "
+                "(No trials are completed yet.)"
+            )
+        values = scored[self.best_column]
+        target = values.max() if self.sweep.mode == "max" else values.min()
+        row = scored[values == target].iloc[0]
+        folder = self.folder / str(row["trial_dir"])
+        checkpoint = _existing_checkpoint(self.folder, row.get("best_checkpoint"))
+        return BestTrial(
+            trial_id=str(row["trial_id"]),
+            folder=folder,
+            config=_trial_config(folder, checkpoint),
+            value=float(row[self.best_column]),
+            checkpoint=checkpoint,
+            classes=_classes(checkpoint, self.sweep),
+        )
+
+
+def load_experiment(folder: Path) -> Experiment:
+    """Read an experiment folder; a folder that is not one is a one-line UserError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such experiment folder")
+    if not (folder / SWEEP_FILE).is_file():
+        raise UserError(f"{folder}: not an experiment folder (no {SWEEP_FILE}); give the "
+                        "folder `carsweep sweep` wrote, e.g. results/<name>")
+    sweep = load_sweep(folder / SWEEP_FILE)
+    saved = folder / TRIALS_FILE
+    if saved.is_file():
+        trials = read_trials_csv(saved.read_text())
+    else:
+        trials = rebuild_trials_table(folder, sweep.metric, sweep.mode)
+    return Experiment(folder=folder, sweep=sweep, trials=trials)
+
+
+def read_trials_csv(text: str) -> pd.DataFrame:
+    """A trials table from CSV text; ids stay strings (an all-digit id is not a number)."""
+    return pd.read_csv(io.StringIO(text), dtype={"trial_id": str})
+
+
+def rebuild_trials_table(folder: Path, metric: str, mode: str) -> pd.DataFrame:
+    """The table `carsweep.search.trials_table` writes, from the folder's JSON files alone."""
+    states = _experiment_states(folder)
+    ids = list(states) + sorted(
+        path.name.removeprefix(TRIAL_PREFIX) for path in folder.glob(f"{TRIAL_PREFIX}*")
+        if path.is_dir() and path.name.removeprefix(TRIAL_PREFIX) not in states
+    )
+    rows = [_trial_row(folder, trial_id, states.get(trial_id, {}), metric, mode)
+            for trial_id in ids]
+    best = f"best_{metric}"
+    table = pd.DataFrame(rows)
+    if table.empty:
+        table = pd.DataFrame(columns=["trial_id", "state", "stopped_early", "epochs_run",
+                                      "planned_epochs", f"last_{metric}", best])
+    else:
+        table = table.sort_values(best, ascending=(mode == "min"), na_position="last",
+                                  kind="stable")
+    # Through CSV, so the types are those of a trials.csv read back.
+    return read_trials_csv(table.to_csv(index=False))
+
+
+def read_result_rows(trial_folder: Path) -> list[dict[str, Any]]:
+    """Every row a trial reported, in the order written (result.json: one JSON per line)."""
+    path = Path(trial_folder) / RESULT_FILE
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill: the rows before it still count
+    return rows
+
+
+def _experiment_states(folder: Path) -> dict[str, dict[str, Any]]:
+    """Per trial id (in Ray's order): status, config, folder and failures, from the newest
+    experiment_state-*.json (plain JSON; only some values inside are pickled)."""
+    files = sorted(folder.glob("experiment_state-*.json"))
+    if not files:
+        return {}
+    try:
+        data = json.loads(files[-1].read_text())
+    except (json.JSONDecodeError, OSError):
+        return {}
+    states = {}
+    for trial_json, runtime_json in data.get("trial_data", []):
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        states[str(trial["trial_id"])] = {
+            "status": trial.get("status"), "config": trial.get("config"),
+            "trial_dir": trial.get("relative_logdir"),
+            "failures": runtime.get("num_failures", 0),
+        }
+    return states
+
+
+def _trial_row(folder: Path, trial_id: str, state: dict[str, Any], metric: str,
+               mode: str) -> dict[str, Any]:
+    trial_dir = state.get("trial_dir") or f"{TRIAL_PREFIX}{trial_id}"
+    rows = read_result_rows(folder / trial_dir)
+    config = state.get("config") or _first_config(rows) or _params(folder / trial_dir)
+    scores = [row[metric] for row in rows if _is_number(row.get(metric))]
+    epochs_run = max((int(row["epoch"]) for row in rows if "epoch" in row), default=0)
+    planned = int(config.get("epochs", TrialConfig.model_fields["epochs"].default))
+    status = state.get("status") or _status_from_folder(folder / trial_dir, epochs_run, planned)
+    checkpoint = _best_kept_checkpoint(folder, trial_dir, rows, metric, mode)
+    return {
+        "trial_id": trial_id,
+        "state": status,
+        "stopped_early": status == "TERMINATED" and epochs_run < planned,
+        "epochs_run": epochs_run,
+        "planned_epochs": planned,
+        f"last_{metric}": float(scores[-1]) if scores else None,
+        f"best_{metric}": float(max(scores) if mode == "max" else min(scores))
+        if scores else None,
+        "failures": int(state.get("failures", 0)),
+        "error": _last_error_line(folder / trial_dir) if status == "ERROR" else "",
+        "trial_dir": trial_dir,
+        "best_checkpoint": checkpoint,
+        **{f"config/{k}": v for k, v in _flatten(config).items()},
+    }
+
+
+def _best_kept_checkpoint(folder: Path, trial_dir: str, rows: list[dict], metric: str,
+                          mode: str) -> str:
+    """The kept checkpoint whose report has the best metric; the earliest on a tie (as Ray)."""
+    score_of = {row["checkpoint_dir_name"]: row[metric] for row in rows
+                if row.get("checkpoint_dir_name") and _is_number(row.get(metric))}
+    kept = sorted(name for name in score_of
+                  if (folder / trial_dir / name / CHECKPOINT_FILE).is_file())
+    if not kept:
+        return ""
+    sign = 1 if mode == "max" else -1
+    best = max(kept, key=lambda name: sign * score_of[name])  # max keeps the first of ties
+    return f"{trial_dir}/{best}"
+
+
+def _status_from_folder(trial_folder: Path, epochs_run: int, planned: int) -> str:
+    if (trial_folder / ERROR_FILE).is_file():
+        return "ERROR"
+    return "TERMINATED" if epochs_run >= planned else "UNKNOWN"
+
+
+def _last_error_line(trial_folder: Path) -> str:
+    path = trial_folder / ERROR_FILE
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def _first_config(rows: list[dict]) -> dict[str, Any] | None:
+    return next((row["config"] for row in rows if isinstance(row.get("config"), dict)), None)
+
+
+def _params(trial_folder: Path) -> dict[str, Any]:
+    path = trial_folder / PARAMS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        params = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: not valid JSON") from None
+    return params if isinstance(params, dict) else {}
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts to `a/b` keys, as Ray's flatten_dict does for the table's config columns."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}/")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(
+        value)
+
+
+def _existing_checkpoint(experiment: Path, relative: Any) -> Path | None:
+    if not isinstance(relative, str) or not relative:
+        return None
+    folder = experiment / relative
+    return folder if (folder / CHECKPOINT_FILE).is_file() else None
+
+
+def _trial_config(trial_folder: Path, checkpoint: Path | None) -> TrialConfig:
+    """The checkpoint's exact config, else the trial's parameters on top of the defaults."""
+    if checkpoint is not None and (checkpoint / TRIAL_FILE).is_file():
+        return load_model(TrialConfig, checkpoint / TRIAL_FILE)
+    return validate(TrialConfig, _params(trial_folder), str(trial_folder / PARAMS_FILE))
+
+
+def _classes(checkpoint: Path | None, sweep: SweepConfig) -> list[str]:
+    """The checkpoint's class names, else the swept dataset's (if it is still there)."""
+    if checkpoint is not None and (checkpoint / CLASSES_FILE).is_file():
+        return list(json.loads((checkpoint / CLASSES_FILE).read_text()))
+    if sweep.dataset and Path(sweep.dataset).is_dir():
+        from carsweep.data.manifest import load_dataset
+
+        return list(load_dataset(Path(sweep.dataset)).classes)
+    return []
