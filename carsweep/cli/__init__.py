@@ -21,6 +21,8 @@ COMMANDS = (
     "sweep",
     "resume",
     "status",
+    "export",
+    "predict",
 )
 
 

@@ -23,5 +23,7 @@ def load_tensors_only(path: Path, *, what: str) -> object:
                 "numbers (a pickle with code cannot be loaded safely)"
             ) from None
         raise UserError(f"{what} {str(path)!r}: corrupt or truncated file") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
+    # Bytes that are not a torch file at all reach the weights-only unpickler's own lookups.
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            zipfile.BadZipFile):
         raise UserError(f"{what} {str(path)!r}: corrupt or truncated file") from None

@@ -1,0 +1,148 @@
+"""Predictions of an exported model on image files: top-k classes, optionally Grad-CAM overlays.
+
+Images are prepared exactly as the trainable evaluates them (`gradcam.load_inputs`: decoded
+with `open_rgb`, square resize to the export's input size, no crop), then normalised with the
+mean and std stored in the export. A model trained with `bbox_crop` saw cropped cars: give it
+cropped photos.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from carsweep.analysis.gradcam import class_maps, load_inputs, overlay
+from carsweep.data.images import DECODE_ERRORS, open_rgb
+from carsweep.errors import UserError
+from carsweep.results.export import Export
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's top-k: (label, class name, probability), most probable first."""
+
+    path: Path
+    top: list[tuple[int, str, float]]
+    cam: Path | None = None
+
+    def to_json(self) -> dict:
+        return {"path": str(self.path), "cam": str(self.cam) if self.cam else None,
+                "top": [{"label": label, "class": name, "probability": probability}
+                        for label, name, probability in self.top]}
+
+
+def collect_images(inputs: list[Path]) -> list[Path]:
+    """Files as given, folders searched recursively for image files (sorted); a missing path or
+    a folder without images is a UserError."""
+    paths: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found = sorted(p for p in given.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{given}: no image files in this folder "
+                                f"({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif given.is_file():
+            paths.append(given)
+        else:
+            raise UserError(f"{given}: no such file or folder")
+    return paths
+
+
+def model_inputs(paths: list[Path], exported: Export) -> torch.Tensor:
+    """uint8 (N, 3, S, S) as the model saw images at evaluation; an unreadable file is a
+    UserError naming it (checked for all before anything runs)."""
+    config = exported.config.model_copy(update={"resize": exported.input_size,
+                                                "bbox_crop": False})
+    images = []
+    for path in paths:
+        try:
+            images.append(load_inputs([path], config))
+        except DECODE_ERRORS as error:
+            raise UserError(f"{path}: not an image that can be read ({error})") from None
+    return torch.cat(images)
+
+
+@torch.no_grad()
+def probabilities(exported: Export, images: torch.Tensor) -> torch.Tensor:
+    """(N, C) softmax of the model's logits for uint8 (N, 3, S, S) images, on the CPU."""
+    device = next(exported.model.parameters()).device
+    out = [torch.softmax(exported.model(exported.preprocess(images[i:i + BATCH].to(device)))
+                         .float(), dim=1).cpu()
+           for i in range(0, len(images), BATCH)]
+    return torch.cat(out) if out else torch.empty(0, len(exported.classes))
+
+
+def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[int, str, float]]]:
+    """Per row of (N, C) probabilities: the k most probable (label, name, probability)."""
+    if k < 1:
+        raise UserError(f"--top is {k}, but must be >= 1")
+    values, labels = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [[(int(label), classes[int(label)], float(value))
+             for value, label in zip(row_values, row_labels, strict=True)]
+            for row_values, row_labels in zip(values, labels, strict=True)]
+
+
+def save_cams(exported: Export, paths: list[Path], images: torch.Tensor, labels: list[int],
+              out_dir: Path) -> list[Path]:
+    """Grad-CAM of class labels[i] for image i, drawn over the original picture, one PNG each
+    in `out_dir` (named after the image; a repeated name gets a number)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cams = class_maps(exported.model, images, labels)  # (N, S, S) in [0, 1]
+    written, used = [], set()
+    for path, cam in zip(paths, cams, strict=True):
+        original = pil_to_tensor(open_rgb(path))  # (3, H, W) uint8
+        full = F.interpolate(cam[None, None], size=original.shape[-2:], mode="bilinear",
+                             align_corners=False)[0, 0]
+        target = _unique_name(out_dir, f"{path.stem}_cam", used)
+        overlay(original, full).save(target)
+        written.append(target)
+    return written
+
+
+def predict_files(exported: Export, inputs: list[Path], *, k: int = 5,
+                  cam_dir: Path | None = None) -> list[Prediction]:
+    """Top-k for every image in `inputs` (files or folders), and CAM overlays if asked."""
+    paths = collect_images(inputs)
+    images = model_inputs(paths, exported)
+    probs = probabilities(exported, images)
+    tops = top_k(probs, exported.classes, k)
+    cams: list[Path | None] = [None] * len(paths)
+    if cam_dir is not None:
+        cams = save_cams(exported, paths, images, [top[0][0] for top in tops], cam_dir)
+    return [Prediction(path, top, cam) for path, top, cam in zip(paths, tops, cams, strict=True)]
+
+
+def format_predictions(predictions: list[Prediction]) -> str:
+    """A readable table: the image, then one line per class with its probability."""
+    lines = []
+    for prediction in predictions:
+        lines.append(str(prediction.path))
+        width = max(len(name) for _, name, _ in prediction.top)
+        for rank, (_, name, probability) in enumerate(prediction.top, start=1):
+            lines.append(f"  {rank}. {name:<{width}}  {probability:7.2%}")
+        if prediction.cam is not None:
+            lines.append(f"  Grad-CAM: {prediction.cam}")
+    return "\n".join(lines)
+
+
+def predictions_json(predictions: list[Prediction]) -> str:
+    return json.dumps([p.to_json() for p in predictions], indent=1)
+
+
+def _unique_name(folder: Path, stem: str, used: set[str]) -> Path:
+    name, number = f"{stem}.png", 2
+    while name in used:
+        name, number = f"{stem}-{number}.png", number + 1
+    used.add(name)
+    return folder / name

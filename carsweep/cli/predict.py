@@ -1,0 +1,40 @@
+"""`carsweep predict --weights best.pt IMAGE_OR_FOLDER... [--top 5] [--json] [--cam OUT]`.
+
+Prints the top-k classes of each image with their probabilities, as a table or as JSON;
+`--cam OUT` also saves a Grad-CAM overlay of the top class for each image into OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "top-k classes of images with an exported model (table or JSON), optional Grad-CAM"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="image files, or folders searched recursively for images")
+    parser.add_argument("--weights", type=Path, required=True,
+                        help="a file `carsweep export` wrote")
+    parser.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--cam", type=Path, metavar="OUT_DIR",
+                        help="save a Grad-CAM overlay of the top class per image here")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the model runs (auto: cuda when available)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from carsweep.analysis.predict import format_predictions, predict_files, predictions_json
+    from carsweep.errors import UserError
+    from carsweep.results.export import load_export
+    from carsweep.trainable import pick_device
+
+    if args.top < 1:
+        raise UserError(f"--top is {args.top}, but must be >= 1")
+    exported = load_export(args.weights)
+    exported.model.to(pick_device(args.device))
+    predictions = predict_files(exported, args.inputs, k=args.top, cam_dir=args.cam)
+    print(predictions_json(predictions) if args.json else format_predictions(predictions))
+    return 0

@@ -1,0 +1,280 @@
+"""Exported weights: one file with everything needed to use a trained model, and nothing else.
+
+An export is a dict of tensors, strings, numbers, lists and dicts, so it loads with
+`torch.load(path, weights_only=True)` and no carsweep code:
+
+    format, version        "carsweep-export", 1
+    architecture           "resnet18" (torchvision's, with `fc` replaced for len(classes))
+    model                  the state dict
+    classes                class names, index = output
+    input_size             square side in pixels the images are resized to (no crop)
+    normalization          {"mean": [r, g, b], "std": [r, g, b]} on 0..1 RGB
+    config                 the TrialConfig it was trained with (dict)
+    test_metrics           EXPERIMENT/analysis/metrics.json for the retrained model, else None
+    source                 what it came from: kind (retrained, trial, run, checkpoint), path,
+                           trial_id and validation score where known
+
+Sources, by what FOLDER is: an experiment (the model `analyze` retrained and saved as a
+checkpoint folder in EXPERIMENT/analysis/model/ if there is one, else the best trial's best
+checkpoint), a `carsweep train` run folder (checkpoints/best, else checkpoints/last), or a
+checkpoint folder itself.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from carsweep import __version__
+from carsweep.config.io import disk_full_is_user_error, load_model, validate
+from carsweep.config.trial import TrialConfig
+from carsweep.errors import UserError
+from carsweep.results.store import SWEEP_FILE, load_experiment
+from carsweep.trainable.augment import normalization
+from carsweep.trainable.checkpoint import (
+    CHECKPOINT_FILE,
+    CLASSES_FILE,
+    TRIAL_FILE,
+    _torch_save_atomic,
+    load_checkpoint,
+)
+from carsweep.trainable.model import build_model
+from carsweep.trainable.safe_load import load_tensors_only
+
+FORMAT = "carsweep-export"
+VERSION = 1
+ARCHITECTURE = "resnet18"
+# Where `analyze` keeps its retrained model (a checkpoint folder) and its test metrics.
+RETRAINED_MODEL_DIR = Path("analysis") / "model"
+TEST_METRICS_FILE = Path("analysis") / "metrics.json"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checkpoint folder to export and what to say about where it came from."""
+
+    checkpoint: Path
+    kind: str  # retrained, trial, run, checkpoint
+    test_metrics: dict[str, Any] | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Export:
+    """A loaded export: the model (eval mode, CPU) and what is needed to feed it."""
+
+    model: nn.Module
+    classes: list[str]
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    config: TrialConfig
+    test_metrics: dict[str, Any] | None
+    source: dict[str, Any]
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) -> float normalised with the export's own mean and std."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+
+def find_source(folder: Path) -> ModelSource:
+    """The checkpoint an experiment, run folder or checkpoint folder stands for."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder; give an experiment folder, a `carsweep "
+                        "train` run folder or a checkpoint folder")
+    if (folder / SWEEP_FILE).is_file():
+        return _experiment_source(folder)
+    if (folder / CHECKPOINT_FILE).is_file():
+        return ModelSource(folder, "checkpoint", None, {"path": str(folder.resolve())})
+    run_checkpoints = [folder / "checkpoints" / name for name in ("best", "last")]
+    for checkpoint in run_checkpoints:
+        if (checkpoint / CHECKPOINT_FILE).is_file():
+            return ModelSource(checkpoint, "run", None, {"path": str(folder.resolve()),
+                                                         "checkpoint": checkpoint.name})
+    raise UserError(f"{folder}: not an experiment ({SWEEP_FILE}), a run folder "
+                    f"(checkpoints/best/{CHECKPOINT_FILE}) or a checkpoint folder "
+                    f"({CHECKPOINT_FILE})")
+
+
+def _experiment_source(folder: Path) -> ModelSource:
+    retrained = folder / RETRAINED_MODEL_DIR
+    path = str(folder.resolve())
+    if (retrained / CHECKPOINT_FILE).is_file():
+        return ModelSource(retrained, "retrained", _test_metrics(folder), {"path": path})
+    experiment = load_experiment(folder)
+    best = experiment.best()
+    if best.checkpoint is None:
+        raise UserError(f"{folder}: the best trial {best.trial_id} kept no checkpoint; run "
+                        "`carsweep analyze` to retrain it, then export")
+    return ModelSource(best.checkpoint, "trial", None, {
+        "path": path, "trial_id": best.trial_id, "checkpoint": best.checkpoint.name,
+        "metric": experiment.sweep.metric, "value": best.value,
+    })
+
+
+def _test_metrics(folder: Path) -> dict[str, Any] | None:
+    path = folder / TEST_METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: not valid JSON; run `carsweep analyze` again") from None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def export_payload(source: ModelSource) -> dict[str, Any]:
+    """The export dict of `source` (all checked: a bad checkpoint fails before any writing)."""
+    state = load_checkpoint(source.checkpoint)
+    config = _checkpoint_config(source.checkpoint)
+    classes = _checkpoint_classes(source.checkpoint, state)
+    model = build_model(len(classes))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise UserError(f"{source.checkpoint}: its weights do not fit ResNet-18 with "
+                        f"{len(classes)} classes") from None
+    mean, std = normalization()
+    return {
+        "format": FORMAT, "version": VERSION, "carsweep_version": __version__,
+        "architecture": ARCHITECTURE,
+        "model": {name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+        "classes": classes,
+        "input_size": config.resize,
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "config": config.model_dump(mode="json"),
+        "test_metrics": source.test_metrics,
+        "source": {"kind": source.kind, **source.details},
+    }
+
+
+def write_export(payload: dict[str, Any], out: Path) -> Path:
+    """torch.save to a temporary file beside `out`, then rename: never half an export."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name such as best.pt")
+    with disk_full_is_user_error(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    _torch_save_atomic(payload, out)
+    return out
+
+
+def export(folder: Path, out: Path, *, torchscript: Path | None = None) -> dict[str, Any]:
+    """Export what `folder` holds to `out` (and a TorchScript file); returns the payload.
+
+    Everything is built and checked in memory first, so bad input leaves no file behind.
+    """
+    payload = export_payload(find_source(folder))
+    traced = trace(from_payload(payload, str(folder))) if torchscript is not None else None
+    write_export(payload, out)
+    if traced is not None:
+        write_torchscript(traced, torchscript)
+    return payload
+
+
+def load_export(path: Path) -> Export:
+    """An export file back as a model; arbitrary pickles and other files are UserErrors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights {str(path)!r}: no such file; give a file `carsweep export` "
+                        "wrote")
+    return from_payload(load_tensors_only(path, what="weights"), f"weights {str(path)!r}")
+
+
+def from_payload(data: Any, what: str) -> Export:
+    """An export dict (as written or as loaded) as a ready model; `what` names it in errors."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UserError(f"{what}: not a carsweep export (no format {FORMAT!r}); make one "
+                        "with `carsweep export`")
+    if data.get("version") != VERSION or data.get("architecture") != ARCHITECTURE:
+        raise UserError(f"{what}: export version {data.get('version')} of "
+                        f"{data.get('architecture')}; this carsweep reads version {VERSION} "
+                        f"of {ARCHITECTURE}")
+    classes = list(data["classes"])
+    model = build_model(len(classes))
+    try:
+        model.load_state_dict(data["model"])
+    except (RuntimeError, TypeError):
+        raise UserError(f"{what}: its weights do not fit {ARCHITECTURE} with "
+                        f"{len(classes)} classes") from None
+    return Export(
+        model=model.eval(), classes=classes, input_size=int(data["input_size"]),
+        mean=tuple(data["normalization"]["mean"]), std=tuple(data["normalization"]["std"]),
+        config=validate(TrialConfig, data["config"], f"{what} config"),
+        test_metrics=data.get("test_metrics"), source=dict(data.get("source") or {}),
+    )
+
+
+class _NormalizedModel(nn.Module):
+    """The model with its input normalisation inside: takes float RGB (B, 3, S, S) in 0..1."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+@dataclass(frozen=True)
+class Traced:
+    module: torch.jit.ScriptModule
+    extra_files: dict[str, str]
+
+
+def trace(exported: Export) -> Traced:
+    """TorchScript of the model with its normalisation: float RGB (B, 3, S, S) in 0..1 in,
+    logits out; the class names and input size ride along as extra files."""
+    wrapped = _NormalizedModel(exported.model, exported.mean, exported.std).eval()
+    example = torch.zeros(2, 3, exported.input_size, exported.input_size)
+    with warnings.catch_warnings():
+        # Deprecated in favour of torch.export, but still what libtorch (C++) loads.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(wrapped, example)
+    return Traced(traced, {
+        "classes.json": json.dumps(exported.classes),
+        "carsweep.json": json.dumps({"input_size": exported.input_size, "input": "float RGB "
+                                     "0..1, square resize, normalised inside"}),
+    })
+
+
+def write_torchscript(traced: Traced, out: Path) -> Path:
+    """Save a `trace` result (to a temporary name, then renamed)."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        with disk_full_is_user_error(out), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(traced.module, str(tmp), _extra_files=traced.extra_files)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _checkpoint_config(checkpoint: Path) -> TrialConfig:
+    path = checkpoint / TRIAL_FILE
+    if not path.is_file():
+        raise UserError(f"{checkpoint}: no {TRIAL_FILE}; cannot tell how to feed the model")
+    return load_model(TrialConfig, path)
+
+
+def _checkpoint_classes(checkpoint: Path, state: dict[str, Any]) -> list[str]:
+    path = checkpoint / CLASSES_FILE
+    if path.is_file():
+        return [str(name) for name in json.loads(path.read_text())]
+    if "classes" in state:
+        return [str(name) for name in state["classes"]]
+    raise UserError(f"{checkpoint}: no {CLASSES_FILE}; cannot name the model's outputs")
+
