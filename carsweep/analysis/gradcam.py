@@ -29,6 +29,19 @@ from carsweep.trainable.augment import normalize_batch
 
 TARGET_LAYER = "layer4"
 CAM_BATCH = 16
+# ResNet-18's stages and their strides: a map of layer4 at 64 px input is 2 x 2, too coarse to
+# point at a headlight. MIN_CAM_SIDE picks the deepest stage still this many cells across.
+STAGE_STRIDES = {"layer4": 32, "layer3": 16, "layer2": 8, "layer1": 4}
+MIN_CAM_SIDE = 7
+
+
+def cam_layer(resize: int) -> str:
+    """The deepest stage whose map is at least MIN_CAM_SIDE cells wide at `resize` px input:
+    layer4 at 224 px (7 x 7, the usual Grad-CAM), layer3 at 128, layer2 at 64, layer1 below."""
+    for layer, stride in STAGE_STRIDES.items():
+        if resize // stride >= MIN_CAM_SIDE:
+            return layer
+    return "layer1"
 
 
 def load_inputs(paths: list[Path], config: TrialConfig,

@@ -1,0 +1,91 @@
+"""The gallery of misclassified test images: where the model looked, and what it thought it saw.
+
+For each mistake: the test image with the Grad-CAM of the *predicted* class over it (what in
+the picture made the model say that class), the true and predicted class names, the score,
+and one training image of the predicted class beside it (the "Bentley seen as a Beetle"
+view). Overlays are shown with the image's own aspect ratio, not the model's square input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TextIO
+
+import pandas as pd
+from PIL import Image
+from torch import nn
+
+from carsweep.analysis.gradcam import class_maps, load_inputs, overlay
+from carsweep.analysis.retrain import say
+from carsweep.config.trial import TrialConfig
+from carsweep.data.images import open_rgb
+from carsweep.data.manifest import PreparedDataset
+
+GALLERY_DIR = "gallery"
+THUMBNAIL = 224  # longest side of the pictures in the gallery
+CHUNK = 64  # images per Grad-CAM call: bounds memory on 196-class, 224 px inputs
+BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
+
+
+def misclassified(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The wrong predictions, most confident first (the most instructive mistakes)."""
+    wrong = predictions[predictions["label"] != predictions["pred"]]
+    return wrong.sort_values(["score", "path"], ascending=[False, True]).reset_index(drop=True)
+
+
+def training_examples(dataset: PreparedDataset, labels: list[int]) -> dict[int, str]:
+    """One training image per class asked for: the first of the class in manifest order."""
+    train = dataset.rows("train")
+    first = train.drop_duplicates(subset="label").set_index("label")["path"]
+    return {label: str(first[label]) for label in set(labels) if label in first.index}
+
+
+def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDataset,
+                  predictions: pd.DataFrame, folder: Path, layer: str,
+                  out: TextIO | None = None) -> pd.DataFrame:
+    """Overlays and examples under folder/gallery/; returns the gallery table (relative paths)."""
+    wrong = misclassified(predictions)
+    (folder / GALLERY_DIR).mkdir(parents=True, exist_ok=True)
+    examples = training_examples(dataset, wrong["pred"].astype(int).tolist())
+    example_files = {label: _save_thumbnail(open_rgb(dataset.image_path(path)),
+                                            folder, f"example_class{label}.png")
+                     for label, path in examples.items()}
+    manifest = dataset.manifest.set_index("path")
+    rows = []
+    for start in range(0, len(wrong), CHUNK):
+        say(f"[analyze] Grad-CAM ({layer}) of misclassified images {start + 1}-"
+            f"{min(start + CHUNK, len(wrong))}/{len(wrong)}", out)
+        chunk = wrong.iloc[start:start + CHUNK]
+        boxes = manifest.loc[chunk["path"], BOX_COLUMNS].to_numpy(dtype=float)
+        images = load_inputs([dataset.image_path(p) for p in chunk["path"]], config, boxes)
+        cams = class_maps(model, images, chunk["pred"].astype(int).tolist(), layer=layer)
+        for offset, (row, image, cam) in enumerate(zip(chunk.itertuples(index=False), images,
+                                                       cams, strict=True)):
+            index = start + offset
+            width, height = (int(v) for v in manifest.loc[row.path, ["width", "height"]])
+            picture = overlay(image, cam).resize(_fit(width, height), Image.BILINEAR)
+            rows.append({
+                "rank": index + 1, "path": row.path, "true_name": row.true_name,
+                "pred_name": row.pred_name, "score": float(row.score),
+                "true_score": float(getattr(row, f"p_{int(row.label)}")),
+                "overlay": _save(picture, folder, f"{index + 1:05d}_cam.png"),
+                "example": example_files.get(int(row.pred), ""),
+            })
+    columns = ["rank", "path", "true_name", "pred_name", "score", "true_score", "overlay",
+               "example"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _fit(width: int, height: int) -> tuple[int, int]:
+    scale = THUMBNAIL / max(width, height, 1)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _save_thumbnail(image: Image.Image, folder: Path, name: str) -> str:
+    return _save(image.resize(_fit(*image.size), Image.BILINEAR), folder, name)
+
+
+def _save(image: Image.Image, folder: Path, name: str) -> str:
+    relative = f"{GALLERY_DIR}/{name}"
+    image.save(folder / relative)
+    return relative

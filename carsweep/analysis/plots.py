@@ -1,0 +1,179 @@
+"""The report's pictures (matplotlib, Agg: no display needed), each saved as one PNG.
+
+Confusion matrices are drawn three ways because 196 classes do not fit one legible picture:
+the full matrix (tick labels only while they can be read), the matrix grouped by make (rows
+normalised, so a make with many models is not louder), and a zoom on the classes involved in
+the most confusions, with names and counts.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: analyze runs on headless machines
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from carsweep.analysis.metrics import make_of  # noqa: E402
+
+LABELLED_CLASSES = 40  # above this, class names on the axes overlap
+ZOOM_CLASSES = 20
+DPI = 110
+
+
+def save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path
+
+
+def confusion_full(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
+    """Every class; row-normalised so each row reads as "where class i's images went"."""
+    side = min(14.0, 4 + 0.25 * len(classes))
+    figure, axes = plt.subplots(figsize=(side + 1.5, side))
+    _draw_matrix(axes, _row_share(matrix), classes if len(classes) <= LABELLED_CLASSES else None,
+                 counts=matrix if len(classes) <= ZOOM_CLASSES else None)
+    axes.set_title(f"Confusion matrix, all {len(classes)} classes (share of each true class)")
+    return save(figure, path)
+
+
+def confusion_by_make(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
+    """Classes summed into their makes (first word of the name); row-normalised."""
+    makes = sorted({make_of(c) for c in classes})
+    index = {make: i for i, make in enumerate(makes)}
+    member = np.zeros((len(classes), len(makes)))
+    member[np.arange(len(classes)), [index[make_of(c)] for c in classes]] = 1
+    grouped = member.T @ matrix @ member  # (M, M)
+    side = min(14.0, 4 + 0.25 * len(makes))
+    figure, axes = plt.subplots(figsize=(side + 1.5, side))
+    _draw_matrix(axes, _row_share(grouped), makes, counts=grouped.astype(int)
+                 if len(makes) <= ZOOM_CLASSES else None)
+    axes.set_title(f"Confusion matrix by make ({len(makes)} makes)")
+    return save(figure, path)
+
+
+def most_confused_classes(matrix: np.ndarray, top: int = ZOOM_CLASSES) -> list[int]:
+    """The classes with the most off-diagonal images, as true or as predicted class."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    involvement = off.sum(axis=0) + off.sum(axis=1)
+    order = np.argsort(-involvement, kind="stable")
+    chosen = [int(i) for i in order[:top] if involvement[i] > 0]
+    return sorted(chosen) or list(range(min(top, len(matrix))))
+
+
+def confusion_zoom(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
+    """The most confused classes only, with their names and image counts in the cells."""
+    chosen = most_confused_classes(matrix)
+    sub = matrix[np.ix_(chosen, chosen)]
+    figure, axes = plt.subplots(figsize=(10, 9))
+    _draw_matrix(axes, _row_share(sub), [classes[i] for i in chosen], counts=sub)
+    axes.set_title(f"The {len(chosen)} most confused classes (counts; colour = share of row)")
+    return save(figure, path)
+
+
+def metric_vs_params(trials: pd.DataFrame, params: list[str], metric: str,
+                     path: Path) -> Path | None:
+    """One panel per searched parameter: each trial's best metric against its value."""
+    column = f"best_{metric}"
+    scored = trials.dropna(subset=[column])
+    if not params or scored.empty:
+        return None
+    columns = min(3, len(params))
+    rows = math.ceil(len(params) / columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows),
+                                squeeze=False)
+    stopped = scored.get("stopped_early", pd.Series(False, index=scored.index))
+    stopped = stopped.astype(str).str.lower().eq("true")
+    for axes, name in zip(grid.flat, params, strict=False):
+        values = scored.get(f"config/{name}")
+        if values is None:
+            axes.set_visible(False)
+            continue
+        _scatter_param(axes, values, scored[column], stopped, name)
+        axes.set_ylabel(metric)
+    for axes in list(grid.flat)[len(params):]:
+        axes.set_visible(False)
+    grid.flat[0].legend(fontsize=8)
+    figure.suptitle(f"{metric} (best per trial) against each searched hyperparameter")
+    return save(figure, path)
+
+
+def asha_rungs(histories: dict[str, pd.DataFrame], metric: str, rungs: list[int],
+               best_trial: str, path: Path) -> Path | None:
+    """Metric against epoch for every trial; ASHA's rungs as vertical lines."""
+    drawn = {tid: h for tid, h in histories.items() if metric in h and len(h)}
+    if not drawn:
+        return None
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for trial_id, history in drawn.items():
+        best = trial_id == best_trial
+        axes.plot(history["epoch"], history[metric], marker="o", markersize=3,
+                  linewidth=2.5 if best else 1, alpha=1 if best else 0.6,
+                  label=f"{trial_id} (best)" if best else None, color="C3" if best else None)
+    for rung in rungs:
+        axes.axvline(rung, color="grey", linestyle=":", linewidth=1)
+    axes.set_xlabel("epoch (dotted: ASHA rungs)")
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric} per epoch of every trial ({len(drawn)} trials)")
+    axes.legend(fontsize=8)
+    return save(figure, path)
+
+
+def importance_bars(importances: dict[str, float], path: Path) -> Path | None:
+    if not importances:
+        return None
+    names = list(importances)[::-1]
+    figure, axes = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    axes.barh(names, [importances[n] for n in names], color="C0")
+    axes.set_xlabel("importance (PED-ANOVA, share of total)")
+    axes.set_title("Hyperparameter importance")
+    return save(figure, path)
+
+
+def _scatter_param(axes: plt.Axes, values: pd.Series, metric: pd.Series, stopped: pd.Series,
+                   name: str) -> None:
+    numeric = pd.to_numeric(values, errors="coerce")
+    used = values.notna() & (values.astype(str) != "")
+    if numeric[used].notna().all() and used.any():
+        x = numeric
+        positive = numeric[used] > 0
+        if positive.all() and numeric[used].max() / numeric[used].min() > 20:
+            axes.set_xscale("log")
+    else:
+        labels = sorted(values[used].astype(str).unique())
+        x = values.astype(str).map({label: i for i, label in enumerate(labels)})
+        axes.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
+    for mask, style, label in ((used & ~stopped, "o", "ran all epochs"),
+                               (used & stopped, "x", "stopped by ASHA")):
+        if mask.any():
+            axes.scatter(x[mask], metric[mask], marker=style, label=label)
+    axes.set_xlabel(name)
+
+
+def _row_share(matrix: np.ndarray) -> np.ndarray:
+    totals = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+
+
+def _draw_matrix(axes: plt.Axes, shares: np.ndarray, labels: list[str] | None,
+                 counts: np.ndarray | None = None) -> None:
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    axes.figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    if labels is not None:
+        ticks = range(len(labels))
+        axes.set_xticks(ticks, labels, rotation=90, fontsize=7)
+        axes.set_yticks(ticks, labels, fontsize=7)
+    if counts is not None:
+        for (row, column), count in np.ndenumerate(counts):
+            if count:
+                axes.text(column, row, str(int(count)), ha="center", va="center", fontsize=7,
+                          color="white" if shares[row, column] > 0.5 else "black")

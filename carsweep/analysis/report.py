@@ -1,0 +1,153 @@
+"""report.html: one page with everything analyze found, readable offline from any folder.
+
+Every picture is embedded as a base64 data URI, so the file works when copied alone or
+opened straight from disk (no server, no scripts). The gallery shows the most confident
+mistakes first and at most GALLERY_IN_REPORT of them; all of them are in gallery/ and
+misclassified.csv.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from carsweep.config.io import write_text_atomic
+
+REPORT_FILE = "report.html"
+GALLERY_IN_REPORT = 60
+TABLE_ROWS = 25
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:14px;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f3f3f3}
+.kpi{display:inline-block;margin:0 1.5em .5em 0} .kpi b{font-size:1.6em;display:block}
+img.plot{max-width:100%;border:1px solid #eee;margin:.3em 0}
+.gallery{display:flex;flex-wrap:wrap;gap:12px}
+.card{border:1px solid #ddd;border-radius:6px;padding:6px;width:470px;font-size:13px}
+.card img{height:160px;margin-right:4px;vertical-align:top}
+.wrong{color:#b00} .note{color:#666;font-size:13px}
+"""
+
+
+def write_report(folder: Path, summary: dict[str, Any], per_class: pd.DataFrame,
+                 pairs: pd.DataFrame, shown: pd.DataFrame) -> Path:
+    """Write folder/report.html from what analyze wrote into `folder`."""
+    sections = [
+        _header(summary),
+        _section("Confusion matrix", _figures(folder, [
+            ("confusion_zoom.png", "The most confused classes"),
+            ("confusion_by_make.png", "Grouped by make"),
+            ("confusion_full.png", "All classes")]) + _link("confusion_matrix.csv")),
+        _section("Misclassified test images", _gallery(folder, shown)),
+        _section("Most confused pairs", _table(pairs) + _link("confused_pairs.csv")),
+        _section("Per-class accuracy (worst first)",
+                 _table(per_class.head(TABLE_ROWS)) + _link("per_class_accuracy.csv")),
+        _section("The sweep", _sweep(folder, summary["sweep"])),
+        _section("Best trial's configuration", _config(summary["best_trial"]["config"])),
+    ]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>carsweep analysis: "
+            f"{escape(summary['best_trial']['trial_id'])}</title><style>{STYLE}</style></head>"
+            f"<body>{''.join(sections)}</body></html>\n")
+    path = folder / REPORT_FILE
+    write_text_atomic(path, page)
+    return path
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _header(summary: dict[str, Any]) -> str:
+    best = summary["best_trial"]
+    kpis = [("test top-1", _pct(summary["top1"])), ("test top-5", _pct(summary["top5"])),
+            ("mean per-class accuracy", _pct(summary["mean_per_class_accuracy"])),
+            ("test images", str(summary["test_images"]))]
+    spread = ""
+    if "over_seeds" in summary:
+        top1 = summary["over_seeds"]["top1"]
+        spread = (f"<p>Over {len(summary['seeds'])} retrains (seeds "
+                  f"{', '.join(str(s['seed']) for s in summary['seeds'])}): top-1 "
+                  f"{_pct(top1['mean'])} ± {_pct(top1['std'])} (min {_pct(top1['min'])}, "
+                  f"max {_pct(top1['max'])}).</p>")
+    return (
+        "<h1>carsweep analysis</h1>"
+        f"<p>Best trial <b>{escape(best['trial_id'])}</b> ({escape(best['metric'])} "
+        f"{best['value']:.4f} in the sweep), retrained on {escape(summary['trained_on'])} for "
+        f"{summary['epochs']} epochs from its starting weights, then tested once on the "
+        f"{escape(summary['split_scheme'])} test split of {escape(summary['dataset'])}.</p>"
+        + "".join(f"<div class='kpi'><b>{v}</b>{escape(k)}</div>" for k, v in kpis)
+        + spread
+        + f"<p>CAM-guided occlusion: <b>{escape(best['cam_occlusion'])}</b></p>"
+    )
+
+
+def _gallery(folder: Path, shown: pd.DataFrame) -> str:
+    if shown.empty:
+        return "<p>No test image was misclassified.</p>"
+    cards = []
+    for row in shown.head(GALLERY_IN_REPORT).itertuples(index=False):
+        example = (f"<img src='{data_uri(folder / row.example)}' alt='training example of "
+                   f"{escape(row.pred_name)}'>" if row.example else "")
+        cards.append(
+            f"<div class='card'><img src='{data_uri(folder / row.overlay)}' "
+            f"alt='Grad-CAM of {escape(row.path)}'>{example}<br>"
+            f"true <b>{escape(row.true_name)}</b> ({_pct(row.true_score)}), "
+            f"<span class='wrong'>predicted <b>{escape(row.pred_name)}</b> "
+            f"({_pct(row.score)})</span><br><span class='note'>{escape(row.path)}; right: a "
+            f"training image of {escape(row.pred_name)}</span></div>")
+    more = len(shown) - GALLERY_IN_REPORT
+    note = (f"<p class='note'>{more} more in gallery/ and misclassified.csv.</p>"
+            if more > 0 else "")
+    return ("<p class='note'>Left: the test image with the Grad-CAM of the predicted class "
+            "(red = what made the model say it). Most confident mistakes first.</p>"
+            f"<div class='gallery'>{''.join(cards)}</div>{note}" + _link("misclassified.csv"))
+
+
+def _sweep(folder: Path, sweep: dict[str, Any]) -> str:
+    found = sweep["importance"]
+    if found.get("skipped"):
+        text = f"<p>Hyperparameter importance: not computed ({escape(found['skipped'])}).</p>"
+    else:
+        text = (f"<p class='note'>Importance by Optuna's {escape(found['evaluator'])} over "
+                f"{found['trials']} trials (top {found['target_quantile']:.0%}); with few "
+                "trials it is a hint, not a measurement.</p>")
+    return (f"<p>{sweep['trials']} trials; metric {escape(sweep['metric'])} "
+            f"({escape(sweep['mode'])}); searched: {escape(', '.join(sweep['searched']))}.</p>"
+            + text + _figures(folder, [("importance.png", "Importance"),
+                                       ("metric_vs_params.png", "Metric vs hyperparameters"),
+                                       ("asha_rungs.png", "ASHA rungs")]))
+
+
+def _config(config: dict[str, Any]) -> str:
+    return f"<pre>{escape(json.dumps(config, indent=2))}</pre>"
+
+
+def _figures(folder: Path, figures: list[tuple[str, str]]) -> str:
+    return "".join(f"<h3>{escape(title)}</h3><img class='plot' src='{data_uri(folder / name)}' "
+                   f"alt='{escape(title)}'>" for name, title in figures
+                   if (folder / name).is_file())
+
+
+def _table(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "<p>None.</p>"
+    return table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+
+
+def _section(title: str, body: str) -> str:
+    return f"<h2>{escape(title)}</h2>{body}"
+
+
+def _link(name: str) -> str:
+    return f"<p class='note'>Full table: <a href='{name}'>{name}</a></p>"
+
+
+def _pct(value: float) -> str:
+    return f"{value:.1%}"

@@ -1,0 +1,270 @@
+"""carsweep analyze: a real small sweep whose test images were unreadable while it ran, then the
+analysis of its best trial (retrain on train+val, one test pass, report) checked against the
+files it wrote."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from carsweep.analysis import importance
+from carsweep.analysis.analyze import analyze_experiment
+from carsweep.analysis.gradcam import cam_layer, class_maps, load_inputs, pointing_game
+from carsweep.analysis.report import data_uri
+from carsweep.cli import main
+from carsweep.config.sweep import SweepConfig, load_sweep
+from carsweep.config.trial import TrialConfig
+from carsweep.data.manifest import load_dataset
+from carsweep.data.prepare import prepare_dataset
+from carsweep.data.synth import make_synthetic_dataset
+from carsweep.results import load_experiment
+from carsweep.trainable import predict, train
+from carsweep.trainable.cam_occlusion import describe
+
+pytestmark = pytest.mark.slow
+
+SWEEP = {
+    "name": "hidden_test",
+    "num_samples": 2,
+    "max_concurrent_trials": 2,
+    "resources": {"cpu": 1, "gpu": 0},
+    "cluster": {"num_cpus": 2},
+    "asha": {"grace_period": 1, "reduction_factor": 2},
+    "searcher": {"seed": 0, "n_startup_trials": 2},
+    "space": {
+        "optimizer": "adam",
+        "lr": {"loguniform": [3.0e-4, 3.0e-3]},
+        "augmentation": {"choice": ["flip", "flip+cam-occlusion"]},
+        "epochs": 2, "batch_size": 16, "resize": 32, "weights": "none", "num_workers": 0,
+        "device": "cpu", "data_cache": "off",
+    },
+}
+ANALYZE = {"epochs": 3, "seeds": 2}
+
+
+@pytest.fixture(scope="module")
+def analyzed(prepared_dataset, tmp_path_factory) -> Path:
+    """A sweep run while every test image was garbage bytes (so no trial could have read one
+    and gone on), then the images put back and the experiment analyzed."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from carsweep.search import run_sweep
+
+    base = tmp_path_factory.mktemp("analyze")
+    data = base / "data"
+    shutil.copytree(prepared_dataset, data)
+    dataset = load_dataset(data)
+    test_files = [dataset.image_path(p) for p in dataset.rows("test")["path"]]
+    originals = {path: path.read_bytes() for path in test_files}
+    for path in test_files:
+        path.write_bytes(b"not an image: the sweep must never read the test split")
+    (base / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
+    config = load_sweep(base / "sweep.yaml", [f"dataset={data}", f"storage_path={base}/results"])
+    outcome = run_sweep(config, verbose=0)
+    assert (outcome.trials, outcome.errors, outcome.interrupted) == (2, (), False), outcome
+    for path, content in originals.items():
+        path.write_bytes(content)
+    return analyze_experiment(outcome.experiment, **ANALYZE)
+
+
+def read_metrics(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_metrics_json_matches_a_recomputation_from_predictions_csv(analyzed, prepared_dataset):
+    metrics = read_metrics(analyzed)
+    table = pd.read_csv(analyzed / "predictions.csv")
+    dataset = load_dataset(prepared_dataset)
+    assert table["path"].tolist() == dataset.rows("test")["path"].tolist()
+    assert table["label"].tolist() == dataset.rows("test")["label"].tolist()
+    probs = table[[f"p_{i}" for i in range(dataset.num_classes)]].to_numpy()
+    labels = table["label"].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    assert (probs.argmax(axis=1) == table["pred"]).all()
+    ranks = (probs > probs[np.arange(len(labels)), labels][:, None]).sum(axis=1)
+    per_class = [np.mean(table.loc[labels == c, "pred"] == c) for c in range(dataset.num_classes)]
+    assert metrics["test_images"] == len(table) == 32
+    assert metrics["top1"] == pytest.approx(np.mean(ranks == 0))
+    assert metrics["top5"] == pytest.approx(np.mean(ranks < 5))  # 4 classes: always 1
+    assert metrics["mean_per_class_accuracy"] == pytest.approx(np.mean(per_class))
+    assert metrics["split_scheme"] == dataset.split_scheme == "official"
+    assert metrics["epochs"] == ANALYZE["epochs"]
+    assert metrics["trained_on"] == "train+val"
+    seeds = metrics["seeds"]
+    assert [s["seed"] for s in seeds] == [metrics["best_trial"]["config"]["seed"] + k
+                                         for k in range(ANALYZE["seeds"])]
+    assert seeds[0]["top1"] == metrics["top1"]
+    top1 = [s["top1"] for s in seeds]
+    assert metrics["over_seeds"]["top1"]["mean"] == pytest.approx(np.mean(top1))
+    assert metrics["over_seeds"]["top1"]["std"] == pytest.approx(np.std(top1, ddof=1))
+    print(f"test top-1 over seeds: {top1}")
+
+
+def test_best_trial_and_its_cam_occlusion_are_reported(analyzed):
+    metrics = read_metrics(analyzed)
+    best = load_experiment(analyzed.parent).best()
+    assert metrics["best_trial"]["trial_id"] == best.trial_id
+    assert metrics["best_trial"]["value"] == pytest.approx(best.value)
+    assert metrics["best_trial"]["config"]["lr"] == pytest.approx(best.config.lr)
+    assert metrics["best_trial"]["cam_occlusion"] == describe(best.config)
+    used = "cam-occlusion" in best.config.augmentation
+    assert metrics["best_trial"]["cam_occlusion"].startswith("yes" if used else "no")
+    html = (analyzed / "report.html").read_text()
+    assert f"CAM-guided occlusion: <b>{describe(best.config)}</b>" in html
+
+
+def test_confusion_matrix_sums_to_the_test_count_and_matches_per_class_accuracy(analyzed):
+    matrix = pd.read_csv(analyzed / "confusion_matrix.csv", index_col=0)
+    per_class = pd.read_csv(analyzed / "per_class_accuracy.csv").set_index("class_name")
+    table = pd.read_csv(analyzed / "predictions.csv")
+    assert matrix.to_numpy().sum() == read_metrics(analyzed)["test_images"] == len(table)
+    assert list(matrix.index) == list(matrix.columns)
+    for name in matrix.index:
+        row = matrix.loc[name]
+        assert per_class.loc[name, "images"] == row.sum() == (table["true_name"] == name).sum()
+        assert per_class.loc[name, "correct"] == row[name]
+        assert per_class.loc[name, "accuracy"] == pytest.approx(row[name] / row.sum())
+    pairs = pd.read_csv(analyzed / "confused_pairs.csv")
+    for pair in pairs.itertuples():
+        assert matrix.loc[pair.true_name, pair.pred_name] == pair.count
+    assert pairs["count"].sum() == (table["label"] != table["pred"]).sum()
+
+
+def test_every_misclassified_image_has_its_gradcam_overlay(analyzed):
+    table = pd.read_csv(analyzed / "predictions.csv")
+    wrong = table[table["label"] != table["pred"]]
+    shown = pd.read_csv(analyzed / "misclassified.csv")
+    assert sorted(shown["path"]) == sorted(wrong["path"])
+    by_path = wrong.set_index("path")
+    for row in shown.itertuples():
+        assert row.pred_name == by_path.loc[row.path, "pred_name"] != row.true_name
+        with Image.open(analyzed / row.overlay) as overlay:
+            assert overlay.mode == "RGB"
+            assert max(overlay.size) == 224
+        with Image.open(analyzed / row.example) as example:
+            assert example.size[0] > 0
+    print(f"{len(shown)} misclassified of {len(table)}")
+
+
+def test_report_embeds_the_confusion_matrix_and_the_gallery(analyzed):
+    html = (analyzed / "report.html").read_text()
+    for name in ("confusion_full.png", "confusion_by_make.png", "confusion_zoom.png",
+                 "metric_vs_params.png", "asha_rungs.png"):
+        assert data_uri(analyzed / name) in html, name
+    shown = pd.read_csv(analyzed / "misclassified.csv")
+    assert len(shown) > 0, "the retrain should make some mistakes at 32 px after 3 epochs"
+    for row in shown.head(60).itertuples():
+        assert data_uri(analyzed / row.overlay) in html
+    assert "src='gallery/" not in html
+    assert 'src="' not in html
+
+
+def test_bad_input_is_one_line_and_keeps_the_previous_analysis(analyzed, tmp_path, capsys):
+    experiment = tmp_path / "copy"
+    shutil.copytree(analyzed.parent, experiment)
+    before = (experiment / "analysis" / "metrics.json").read_text()
+
+    assert main(["analyze", str(tmp_path)]) == 2
+    assert "not an experiment folder" in capsys.readouterr().err
+
+    sweep = yaml.safe_load((experiment / "sweep.yaml").read_text())
+    sweep["dataset"] = str(tmp_path / "moved")
+    (experiment / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    assert main(["analyze", str(experiment)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "moved" in err
+
+    assert main(["analyze", str(experiment), "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+
+    (experiment / "trials.csv").unlink()
+    for result in experiment.glob("trial_*/result.json"):
+        result.write_text("")
+    assert main(["analyze", str(experiment)]) == 2
+    assert "no trial has reported" in capsys.readouterr().err
+    assert (experiment / "analysis" / "metrics.json").read_text() == before
+    assert sorted(p.name for p in experiment.iterdir() if p.name.startswith(".analysis")) == []
+
+
+def test_importance_finds_the_parameter_that_decides_the_metric(tmp_path):
+    """A trials table in trials.csv's form where val_top1 follows lr and not the optimizer."""
+    sweep = SweepConfig(space={"lr": {"loguniform": [1e-4, 1e-1]},
+                               "optimizer": {"choice": ["sgd", "adam"]},
+                               "batch_size": {"choice": [16, 32]}})
+    rng = np.random.default_rng(0)
+    lr = 10 ** rng.uniform(-4, -1, 24)
+    rows = pd.DataFrame({"trial_id": [f"t{i}" for i in range(24)],
+                         "best_val_top1": 1 - np.abs(np.log10(lr) + 2.5) / 2,
+                         "config/lr": lr, "config/optimizer": rng.choice(["sgd", "adam"], 24),
+                         "config/batch_size": rng.choice([16, 32], 24).astype(float)})
+    buffer = io.StringIO()
+    rows.to_csv(buffer, index=False)  # through CSV, as trials.csv is read back
+    trials = pd.read_csv(io.StringIO(buffer.getvalue()))
+    study = importance.study_from_trials(trials, sweep)
+    assert [t.params["lr"] for t in study.trials] == pytest.approx(list(lr))
+    assert {t.params["batch_size"] for t in study.trials} <= {16, 32}
+    found = importance.param_importances(trials, sweep)
+    print(found)
+    assert set(found["importances"]) == {"lr", "optimizer", "batch_size"}
+    assert max(found["importances"], key=found["importances"].get) == "lr"
+    assert found["importances"]["lr"] > 0.5
+
+
+POINTING = {"classes": 4, "per_class": 60, "test_per_class": 10, "size": 64, "seed": 0}
+POINTING_THRESHOLD = 0.5  # "most" correctly classified test images
+TOLERANCE_PX = 4  # the pointing game's 15 px at 224 px, scaled to these 64 px pictures
+
+
+def test_gradcam_points_at_the_class_deciding_part(tmp_path):
+    """The pointing game on the synthetic data, with the layer the gallery uses at 64 px."""
+    source = make_synthetic_dataset(tmp_path / "source", **POINTING)
+    prepare_dataset(source, tmp_path / "data", split="official", val_fraction=0.25, seed=0)
+    dataset = load_dataset(tmp_path / "data")
+    config = TrialConfig(epochs=8, batch_size=16, resize=64, augmentation="flip",
+                         weights="none", optimizer="adam", lr=1e-3, num_workers=0,
+                         device="cpu", data_cache="off")
+    model = train(config, dataset, reporter=Quiet(), train_splits=("train", "val"),
+                  eval_split=None).model
+    logits, labels = predict(model, dataset, "test", config)
+    correct = (logits.argmax(1) == labels).numpy()
+    rows = dataset.rows("test")
+    layer = cam_layer(config.resize)
+    images = load_inputs([dataset.image_path(p) for p in rows["path"]], config)
+    cams = class_maps(model, images, labels.tolist(), layer=layer)
+    game = pointing_game(cams, rows, dataset.parts(), tolerance=TOLERANCE_PX)
+    hits = game["hit"].to_numpy()[correct]
+    chance = chance_of_a_hit(rows[correct], dataset.parts(), TOLERANCE_PX)
+    print(f"pointing game ({layer}, +-{TOLERANCE_PX} px): {hits.mean():.2f} of "
+          f"{len(hits)} correctly classified (test top-1 {correct.mean():.2f}); a random "
+          f"point hits {chance:.2f}; threshold {POINTING_THRESHOLD}")
+    assert correct.mean() >= 0.6, "the model must have learned the cue for the game to mean much"
+    assert hits.mean() >= POINTING_THRESHOLD
+    assert hits.mean() >= 3 * chance
+
+
+def chance_of_a_hit(rows: pd.DataFrame, parts: pd.DataFrame, tolerance: float) -> float:
+    """How often a uniformly random point would land in a (widened) part box."""
+    shares = []
+    for row in rows.itertuples():
+        boxes = parts[parts["path"] == row.path][["x1", "y1", "x2", "y2"]].to_numpy(float)
+        mask = np.zeros((row.height, row.width), dtype=bool)
+        for x1, y1, x2, y2 in boxes:
+            mask[max(0, int(y1 - tolerance)):int(y2 + tolerance) + 1,
+                 max(0, int(x1 - tolerance)):int(x2 + tolerance) + 1] = True
+        shares.append(mask.mean())
+    return float(np.mean(shares))
+
+
+class Quiet:
+    def report(self, metrics, checkpoint_dir) -> None:
+        pass
