@@ -19,9 +19,8 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
 from carsweep.results import load_experiment
-from carsweep.results.export import FORMAT, load_export
+from carsweep.results.export import FORMAT, load_export, save_retrained_model
 from carsweep.trainable import build_model, load_checkpoint, predict, train
-from carsweep.trainable.checkpoint import save_checkpoint
 from carsweep.trainable.run_folder import RunFolder
 
 RUN_CONFIG = TrialConfig(optimizer="adam", lr=1e-3, epochs=1, batch_size=16, resize=32,
@@ -244,8 +243,7 @@ def test_experiment_export_prefers_the_model_analyze_retrained(finished_experime
     for path in finished_experiment.iterdir():
         (copy / path.name).symlink_to(path, target_is_directory=path.is_dir())
     folder, result = trained_run
-    state = {"model": result.model.state_dict(), "epoch": 1}
-    save_checkpoint(copy / "analysis" / "model", state, RUN_CONFIG, result.classes)
+    save_retrained_model(copy, result.model, RUN_CONFIG, result.classes)
     metrics = {"top1": 0.5, "top5": 1.0, "test_images": 32, "split_scheme": "official"}
     (copy / "analysis" / "metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "best.pt"

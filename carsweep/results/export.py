@@ -43,6 +43,7 @@ from carsweep.trainable.checkpoint import (
     TRIAL_FILE,
     _torch_save_atomic,
     load_checkpoint,
+    save_checkpoint,
 )
 from carsweep.trainable.model import build_model
 from carsweep.trainable.safe_load import load_tensors_only
@@ -119,6 +120,15 @@ def _experiment_source(folder: Path) -> ModelSource:
         "path": path, "trial_id": best.trial_id, "checkpoint": best.checkpoint.name,
         "metric": experiment.sweep.metric, "value": best.value,
     })
+
+
+def save_retrained_model(experiment: Path, model: nn.Module, config: TrialConfig,
+                         classes: list[str]) -> Path:
+    """Keep the model `analyze` retrained where `export` looks for it first
+    (EXPERIMENT/analysis/model/, a checkpoint folder with weights, trial.yaml and classes)."""
+    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "epoch": config.epochs, "classes": list(classes)}
+    return save_checkpoint(Path(experiment) / RETRAINED_MODEL_DIR, state, config, classes)
 
 
 def _test_metrics(folder: Path) -> dict[str, Any] | None:
