@@ -93,3 +93,12 @@ def make_of(class_name: str) -> str:
     """A car's make: the first word of its class name ("BMW M3 Coupe 2012" -> "BMW")."""
     words = class_name.split()
     return words[0] if words else class_name
+
+
+def by_make(matrix: np.ndarray, classes: list[str]) -> tuple[list[str], np.ndarray]:
+    """The makes (sorted) and the (M, M) confusion counts with classes summed into makes."""
+    makes = sorted({make_of(c) for c in classes})
+    index = {make: i for i, make in enumerate(makes)}
+    member = np.zeros((len(classes), len(makes)), dtype=np.int64)
+    member[np.arange(len(classes)), [index[make_of(c)] for c in classes]] = 1
+    return makes, member.T @ np.asarray(matrix, dtype=np.int64) @ member

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from carsweep.analysis.metrics import make_of  # noqa: E402
+from carsweep.analysis.metrics import by_make  # noqa: E402
 
 LABELLED_CLASSES = 40  # above this, class names on the axes overlap
 ZOOM_CLASSES = 20
@@ -43,17 +43,16 @@ def confusion_full(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
     return save(figure, path)
 
 
-def confusion_by_make(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
-    """Classes summed into their makes (first word of the name); row-normalised."""
-    makes = sorted({make_of(c) for c in classes})
-    index = {make: i for i, make in enumerate(makes)}
-    member = np.zeros((len(classes), len(makes)))
-    member[np.arange(len(classes)), [index[make_of(c)] for c in classes]] = 1
-    grouped = member.T @ matrix @ member  # (M, M)
+def confusion_by_make(matrix: np.ndarray, classes: list[str], path: Path) -> Path | None:
+    """Classes summed into their makes (first word of the name); row-normalised. None when
+    every class is its own make (the picture would repeat the full matrix)."""
+    makes, grouped = by_make(matrix, classes)
+    if len(makes) == len(classes):
+        return None
     side = min(14.0, 4 + 0.25 * len(makes))
     figure, axes = plt.subplots(figsize=(side + 1.5, side))
-    _draw_matrix(axes, _row_share(grouped), makes, counts=grouped.astype(int)
-                 if len(makes) <= ZOOM_CLASSES else None)
+    _draw_matrix(axes, _row_share(grouped), makes if len(makes) <= LABELLED_CLASSES else None,
+                 counts=grouped if len(makes) <= ZOOM_CLASSES else None)
     axes.set_title(f"Confusion matrix by make ({len(makes)} makes)")
     return save(figure, path)
 
@@ -68,8 +67,11 @@ def most_confused_classes(matrix: np.ndarray, top: int = ZOOM_CLASSES) -> list[i
     return sorted(chosen) or list(range(min(top, len(matrix))))
 
 
-def confusion_zoom(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
-    """The most confused classes only, with their names and image counts in the cells."""
+def confusion_zoom(matrix: np.ndarray, classes: list[str], path: Path) -> Path | None:
+    """The most confused classes only, with their names and image counts in the cells; None
+    when there are so few classes that the full matrix already shows them so."""
+    if len(classes) <= ZOOM_CLASSES:
+        return None
     chosen = most_confused_classes(matrix)
     sub = matrix[np.ix_(chosen, chosen)]
     figure, axes = plt.subplots(figsize=(10, 9))
