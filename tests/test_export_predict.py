@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -243,7 +244,7 @@ def test_experiment_export_prefers_the_model_analyze_retrained(finished_experime
     for path in finished_experiment.iterdir():
         (copy / path.name).symlink_to(path, target_is_directory=path.is_dir())
     folder, result = trained_run
-    save_retrained_model(copy, result.model, RUN_CONFIG, result.classes)
+    save_retrained_model(copy / "analysis", result.model, RUN_CONFIG, result.classes)
     metrics = {"top1": 0.5, "top5": 1.0, "test_images": 32, "split_scheme": "official"}
     (copy / "analysis" / "metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "best.pt"
@@ -253,3 +254,29 @@ def test_experiment_export_prefers_the_model_analyze_retrained(finished_experime
     assert exported.test_metrics == metrics
     for name, tensor in result.model.state_dict().items():
         assert torch.equal(exported.model.state_dict()[name], tensor), name
+
+
+@pytest.mark.slow
+def test_analyze_then_export_predicts_what_analyze_saved(finished_experiment, prepared_dataset,
+                                                        tmp_path, capsys):
+    """sweep -> analyze -> export -> predict: the exported retrained model gives the test
+    probabilities analyze saved in predictions.csv, and its top-1 in metrics.json."""
+    copy = tmp_path / "experiment"
+    copy.mkdir()
+    for path in finished_experiment.iterdir():  # analyze writes analysis/ into the copy only
+        (copy / path.name).symlink_to(path, target_is_directory=path.is_dir())
+    assert main(["analyze", str(copy), "--epochs", "2", "--device", "cpu"]) == 0
+    out = tmp_path / "retrained.pt"
+    assert main(["export", str(copy), "--out", str(out)]) == 0
+    saved = pd.read_csv(copy / "analysis" / "predictions.csv")
+    test_metrics = json.loads((copy / "analysis" / "metrics.json").read_text())
+    exported = load_export(out)
+    assert exported.source["kind"] == "retrained"
+    assert exported.test_metrics == test_metrics
+    dataset = load_dataset(prepared_dataset)
+    images = [dataset.image_path(p) for p in saved["path"]]
+    got = predicted_probabilities(out, images, dataset.classes, capsys)
+    expected = saved[[f"p_{i}" for i in range(len(dataset.classes))]].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    top1 = float((got.argmax(axis=1) == saved["label"].to_numpy()).mean())
+    assert top1 == pytest.approx(test_metrics["top1"])

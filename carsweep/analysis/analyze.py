@@ -24,6 +24,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError
 from carsweep.results import BestTrial, Experiment, load_experiment
+from carsweep.results.export import save_retrained_model
 from carsweep.trainable.cam_occlusion import describe
 
 ANALYSIS_DIR = "analysis"
@@ -76,6 +77,7 @@ def _build(experiment: Experiment, best: BestTrial, dataset: PreparedDataset,
     shown = gallery.write_gallery(runs[0].model, runs[0].config, dataset, predictions, folder,
                                   layer, out)
     shown.to_csv(folder / "misclassified.csv", index=False)
+    save_retrained_model(folder, runs[0].model, runs[0].config, dataset.classes)  # for export
     say("[analyze] hyperparameter importance and sweep plots", out)
     sweep_summary = _sweep_pictures(experiment, best, folder)
     summary = _metrics_json(experiment, best, dataset, config, per_seed, runs, layer)

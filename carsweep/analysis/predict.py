@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from carsweep.analysis.gradcam import class_maps, load_inputs, overlay
+from carsweep.analysis.gradcam import cam_layer, class_maps, load_inputs, overlay
 from carsweep.data.images import DECODE_ERRORS, open_rgb
 from carsweep.errors import UserError
 from carsweep.results.export import Export
@@ -98,7 +98,8 @@ def save_cams(exported: Export, paths: list[Path], images: torch.Tensor, labels:
     in `out_dir` (named after the image; a repeated name gets a number)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cams = class_maps(exported.model, images, labels)  # (N, S, S) in [0, 1]
+    # The stage analyze uses at this size: layer4 is only 1 x 1 at 32 px.
+    cams = class_maps(exported.model, images, labels, layer=cam_layer(exported.input_size))
     written, used = [], set()
     for path, cam in zip(paths, cams, strict=True):
         original = pil_to_tensor(open_rgb(path))  # (3, H, W) uint8

@@ -122,13 +122,14 @@ def _experiment_source(folder: Path) -> ModelSource:
     })
 
 
-def save_retrained_model(experiment: Path, model: nn.Module, config: TrialConfig,
+def save_retrained_model(analysis_folder: Path, model: nn.Module, config: TrialConfig,
                          classes: list[str]) -> Path:
-    """Keep the model `analyze` retrained where `export` looks for it first
-    (EXPERIMENT/analysis/model/, a checkpoint folder with weights, trial.yaml and classes)."""
+    """Keep the model `analyze` retrained in its analysis folder (as the checkpoint folder
+    analysis/model/: weights, trial.yaml, classes.json), where `export` looks first."""
     state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "epoch": config.epochs, "classes": list(classes)}
-    return save_checkpoint(Path(experiment) / RETRAINED_MODEL_DIR, state, config, classes)
+    return save_checkpoint(Path(analysis_folder) / RETRAINED_MODEL_DIR.name, state, config,
+                           classes)
 
 
 def _test_metrics(folder: Path) -> dict[str, Any] | None:
