@@ -1,26 +1,35 @@
 """ASHA's saving on the demo sweep: epochs actually trained / (trials x max_t), and best metric.
 
-Runs configs/demo.yaml twice on the same data, same searcher seed: with ASHA, and with FIFO
-(no early stopping). Prints a Markdown table for BENCHMARKS.md.
+Runs configs/demo.yaml on the same data, same searcher seed, with ASHA and with FIFO (no early
+stopping), each with the decoded cache (`data_cache: on`) and without it (`off`: every epoch
+decodes the images again), and prints a Markdown table for BENCHMARKS.md: the trials, how many
+ASHA stopped, epochs run, epochs ÷ (trials × max_t), best metric, and the sweep's wall time
+(Ray start, pre-flight dry step and the trials table included: what a user waits for).
 
-    .venv/bin/python bench/asha_saving.py --data demo/data [--config configs/demo.yaml]
+    carsweep synth /tmp/demo-source && carsweep prepare /tmp/demo-source --out /tmp/demo-data \
+        --cache 64
+    .venv/bin/python bench/asha_saving.py --data /tmp/demo-data [--config configs/demo.yaml]
+                                          [--variants asha:on fifo:on asha:off fifo:off]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe, load_average
 
 from carsweep.config.sweep import load_sweep
 from carsweep.search import run_sweep, trials_table
 
 
-def measure(config_path: Path, data: Path, scheduler: str, storage: Path) -> dict:
-    config = load_sweep(config_path, [f"dataset={data}", f"storage_path={storage}",
-                                      f"scheduler={scheduler}", f"name=bench-{scheduler}"])
+def measure(config_path: Path, data: Path, scheduler: str, cache: str, storage: Path) -> dict:
+    overrides = [f"dataset={data}", f"storage_path={storage}", f"scheduler={scheduler}",
+                 f"space.data_cache='{cache}'",  # quoted: YAML reads a bare on as true
+                 f"name=bench-{scheduler}-{cache}"]
+    config = load_sweep(config_path, overrides)
     start = time.perf_counter()
     outcome = run_sweep(config, verbose=0)
     seconds = time.perf_counter() - start
@@ -28,6 +37,7 @@ def measure(config_path: Path, data: Path, scheduler: str, storage: Path) -> dic
     budget = len(table) * config.max_t
     return {
         "scheduler": scheduler,
+        "cache": cache,
         "trials": len(table),
         "epochs": int(table["epochs_run"].sum()),
         "fraction": table["epochs_run"].sum() / budget,
@@ -35,27 +45,39 @@ def measure(config_path: Path, data: Path, scheduler: str, storage: Path) -> dic
         "best": table[f"best_{config.metric}"].max(),
         "seconds": seconds,
         "metric": config.metric,
+        "max_t": config.max_t,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="prepared with --cache 64")
     parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
+    parser.add_argument("--variants", nargs="+", default=["asha:on", "fifo:on", "asha:off",
+                                                         "fifo:off"],
+                        help="scheduler:data_cache pairs, run in this order")
     args = parser.parse_args()
+    start_load = load_average()
     with tempfile.TemporaryDirectory() as storage:
-        rows = [measure(args.config, args.data, s, Path(storage)) for s in ("asha", "fifo")]
-    print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
-          f"config {args.config}, data {args.data}")
-    print(f"| scheduler | trials | stopped early | epochs run | ÷ (trials × max_t) "
-          f"| best {rows[0]['metric']} | wall s |")
-    print("|---|---|---|---|---|---|---|")
+        rows = []
+        for variant in args.variants:
+            scheduler, cache = variant.split(":")
+            rows.append(measure(args.config, args.data, scheduler, cache, Path(storage)))
+            print(f"done {variant}: {rows[-1]['seconds']:.0f} s", flush=True)
+    print(f"\n{describe(start_load)}\nconfig {args.config}, data {args.data}, "
+          f"max_t {rows[0]['max_t']}\n")
+    print(f"| scheduler | decoded cache | trials | stopped early | epochs run "
+          f"| ÷ (trials × max_t) | best {rows[0]['metric']} | sweep wall s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['scheduler']} | {r['trials']} | {r['stopped']} | {r['epochs']} "
-              f"| {r['fraction']:.2f} | {r['best']:.3f} | {r['seconds']:.0f} |")
-    asha, fifo = rows
-    print(f"\nASHA trained {asha['epochs'] / fifo['epochs']:.2f}x the epochs of FIFO "
-          f"in {asha['seconds'] / fifo['seconds']:.2f}x the time")
+        print(f"| {r['scheduler']} | {r['cache']} | {r['trials']} | {r['stopped']} "
+              f"| {r['epochs']} | {r['fraction']:.2f} | {r['best']:.3f} | {r['seconds']:.0f} |")
+    by_name = {(r["scheduler"], r["cache"]): r for r in rows}
+    for cache in ("on", "off"):
+        asha, fifo = by_name.get(("asha", cache)), by_name.get(("fifo", cache))
+        if asha and fifo:
+            print(f"\ncache {cache}: ASHA trained {asha['epochs'] / fifo['epochs']:.2f}x the "
+                  f"epochs of FIFO in {asha['seconds'] / fifo['seconds']:.2f}x the time")
 
 
 if __name__ == "__main__":

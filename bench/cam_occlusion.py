@@ -12,12 +12,11 @@ machine hits every variant alike. Prints a Markdown table for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
 import torch
+from machine import describe, load_average
 from torch import nn
 
 from carsweep.config.trial import TrialConfig
@@ -70,6 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    start_load = load_average()
     config = TrialConfig(epochs=1, resize=args.resize, batch_size=args.batch_size,
                          device=args.device, lr=0.01)
     device = pick_device(config.device)
@@ -85,10 +85,8 @@ def main() -> None:
         for name, hook in VARIANTS.items():
             rates[name].append(one_epoch(model, loader, config, device, hook))
 
-    where = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {platform.node()} {where or platform.machine()}, {os.cpu_count()} cores, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, load {load:.1f}")
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
+    print(describe(start_load, device=gpu))
     print(f"ResNet-18, {args.resize} px, batch {args.batch_size}, {args.batches} batches per "
           f"epoch, median of {args.rounds} interleaved epochs, {device}\n")
     baseline = statistics.median(rates[next(iter(VARIANTS))])
