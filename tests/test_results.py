@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -147,3 +149,34 @@ def test_a_folder_that_is_not_an_experiment_is_one_line(tmp_path, make):
         load_experiment(make(tmp_path))
     assert "\n" not in str(error.value)
     assert str(make(tmp_path)) in str(error.value)
+
+
+NO_RAY_SCRIPT = """
+import sys
+from pathlib import Path
+
+class BlockRay:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"ray is blocked in this test ({name})")
+        return None
+
+sys.meta_path.insert(0, BlockRay())
+from carsweep.results import load_experiment
+from carsweep.results.export import export, load_export
+import carsweep.analysis.predict
+
+experiment = load_experiment(Path(sys.argv[1]))
+export(experiment.folder, Path(sys.argv[2]))
+print(experiment.best().trial_id, len(load_export(Path(sys.argv[2])).classes))
+"""
+
+
+@pytest.mark.slow
+def test_results_export_and_predict_need_no_ray(finished_experiment, tmp_path):
+    done = subprocess.run([sys.executable, "-c", NO_RAY_SCRIPT, str(finished_experiment),
+                           str(tmp_path / "best.pt")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    best = load_experiment(finished_experiment).best().trial_id
+    assert done.stdout.split() == [best, "4"]
