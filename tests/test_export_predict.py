@@ -102,7 +102,8 @@ def test_experiment_export_predicts_as_the_best_checkpoint(finished_experiment,
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_run_folder_export_and_torchscript_predict_as_the_trained_model(
-        trained_run, run_export, prepared_dataset, capsys):
+        trained_run, run_export, prepared_dataset, capsys, monkeypatch):
+    monkeypatch.setattr("carsweep.analysis.predict.BATCH", 5)  # 32 images in 7 batches
     folder, result = trained_run
     dataset = load_dataset(prepared_dataset)
     expected = in_memory_probabilities(result.model, dataset, RUN_CONFIG)
@@ -142,7 +143,8 @@ def test_predict_prints_a_table_of_the_top_classes(run_export, prepared_dataset,
 
 
 def test_predict_cam_writes_one_overlay_per_image(run_export, prepared_dataset, tmp_path,
-                                                  capsys):
+                                                  capsys, monkeypatch):
+    monkeypatch.setattr("carsweep.analysis.predict.BATCH", 1)  # names unique across batches
     dataset = load_dataset(prepared_dataset)
     source = dataset.image_path(dataset.rows("test")["path"].iloc[0])
     folder = tmp_path / "photos"
@@ -173,10 +175,13 @@ def test_predict_cam_writes_one_overlay_per_image(run_export, prepared_dataset, 
     (lambda tmp: _write(tmp / "notes.jpg", "not an image"), "not an image that can be read"),
     (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "no image files in this folder"),
 ])
-def test_predict_bad_input_is_one_line_and_exit_2(run_export, tmp_path, capsys, make, message):
+def test_predict_bad_input_is_one_line_and_exit_2(run_export, prepared_dataset, tmp_path,
+                                                  capsys, monkeypatch, make, message):
+    monkeypatch.setattr("carsweep.analysis.predict.BATCH", 1)  # the good image's batch runs
+    good = images_of_test_split(load_dataset(prepared_dataset))[0]
     path = make(tmp_path)
     capsys.readouterr()
-    assert main(["predict", "--weights", str(run_export), str(path), "--cam",
+    assert main(["predict", "--weights", str(run_export), str(good), str(path), "--cam",
                  str(tmp_path / "cams")]) == 2
     out, err = capsys.readouterr()
     assert out == ""

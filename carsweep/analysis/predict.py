@@ -76,10 +76,8 @@ def model_inputs(paths: list[Path], exported: Export) -> torch.Tensor:
 def probabilities(exported: Export, images: torch.Tensor) -> torch.Tensor:
     """(N, C) softmax of the model's logits for uint8 (N, 3, S, S) images, on the CPU."""
     device = next(exported.model.parameters()).device
-    out = [torch.softmax(exported.model(exported.preprocess(images[i:i + BATCH].to(device)))
-                         .float(), dim=1).cpu()
-           for i in range(0, len(images), BATCH)]
-    return torch.cat(out) if out else torch.empty(0, len(exported.classes))
+    logits = exported.model(exported.preprocess(images.to(device)))
+    return torch.softmax(logits.float(), dim=1).cpu()
 
 
 def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[int, str, float]]]:
@@ -93,14 +91,14 @@ def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[in
 
 
 def save_cams(exported: Export, paths: list[Path], images: torch.Tensor, labels: list[int],
-              out_dir: Path) -> list[Path]:
+              out_dir: Path, used: set[str]) -> list[Path]:
     """Grad-CAM of class labels[i] for image i, drawn over the original picture, one PNG each
-    in `out_dir` (named after the image; a repeated name gets a number)."""
+    in `out_dir` (named after the image; a name already in `used` gets a number)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The stage analyze uses at this size: layer4 is only 1 x 1 at 32 px.
     cams = class_maps(exported.model, images, labels, layer=cam_layer(exported.input_size))
-    written, used = [], set()
+    written = []
     for path, cam in zip(paths, cams, strict=True):
         original = pil_to_tensor(open_rgb(path))  # (3, H, W) uint8
         full = F.interpolate(cam[None, None], size=original.shape[-2:], mode="bilinear",
@@ -113,14 +111,25 @@ def save_cams(exported: Export, paths: list[Path], images: torch.Tensor, labels:
 
 def predict_files(exported: Export, inputs: list[Path], *, k: int = 5,
                   cam_dir: Path | None = None) -> list[Prediction]:
-    """Top-k for every image in `inputs` (files or folders), and CAM overlays if asked."""
+    """Top-k for every image in `inputs` (files or folders), and CAM overlays if asked.
+
+    BATCH images at a time, so a large folder never sits in memory whole; overlays are drawn
+    in a second pass, after every image has decoded, so a bad file leaves none behind.
+    """
     paths = collect_images(inputs)
-    images = model_inputs(paths, exported)
-    probs = probabilities(exported, images)
-    tops = top_k(probs, exported.classes, k)
+    chunks = [paths[i:i + BATCH] for i in range(0, len(paths), BATCH)]
+    tops = []
+    for chunk in chunks:
+        tops += top_k(probabilities(exported, model_inputs(chunk, exported)),
+                      exported.classes, k)
     cams: list[Path | None] = [None] * len(paths)
     if cam_dir is not None:
-        cams = save_cams(exported, paths, images, [top[0][0] for top in tops], cam_dir)
+        used: set[str] = set()
+        cams = []
+        for start, chunk in zip(range(0, len(paths), BATCH), chunks, strict=True):
+            labels = [top[0][0] for top in tops[start:start + len(chunk)]]
+            cams += save_cams(exported, chunk, model_inputs(chunk, exported), labels, cam_dir,
+                              used)
     return [Prediction(path, top, cam) for path, top, cam in zip(paths, tops, cams, strict=True)]
 
 
