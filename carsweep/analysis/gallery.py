@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 from torch import nn
@@ -62,7 +63,7 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
         for offset, (row, image, cam) in enumerate(zip(chunk.itertuples(index=False), images,
                                                        cams, strict=True)):
             index = start + offset
-            width, height = (int(v) for v in manifest.loc[row.path, ["width", "height"]])
+            width, height = _shown_size(manifest.loc[row.path], config.bbox_crop)
             picture = overlay(image, cam).resize(_fit(width, height), Image.BILINEAR)
             rows.append({
                 "rank": index + 1, "path": row.path, "true_name": row.true_name,
@@ -74,6 +75,14 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
     columns = ["rank", "path", "true_name", "pred_name", "score", "true_score", "overlay",
                "example"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _shown_size(row: pd.Series, bbox_crop: bool) -> tuple[int, int]:
+    """The size of what the model saw before its square resize: the box under bbox_crop."""
+    box = row[BOX_COLUMNS].to_numpy(dtype=float)
+    if bbox_crop and not np.isnan(box).any() and box[2] - box[0] >= 2 and box[3] - box[1] >= 2:
+        return int(box[2] - box[0]), int(box[3] - box[1])
+    return int(row["width"]), int(row["height"])
 
 
 def _fit(width: int, height: int) -> tuple[int, int]:
