@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # before pyplot: analyze runs on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from carsweep.analysis.metrics import by_make  # noqa: E402
 
@@ -118,9 +119,10 @@ def asha_rungs(histories: dict[str, pd.DataFrame], metric: str, rungs: list[int]
         best = trial_id == best_trial
         axes.plot(history["epoch"], history[metric], marker="o", markersize=3,
                   linewidth=2.5 if best else 1, alpha=1 if best else 0.6,
-                  label=f"{trial_id} (best)" if best else None, color="C3" if best else None)
+                  label=f"{trial_id} (best)" if best else None, color="black" if best else None)
     for rung in rungs:
         axes.axvline(rung, color="grey", linestyle=":", linewidth=1)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch (dotted: ASHA rungs)")
     axes.set_ylabel(metric)
     axes.set_title(f"{metric} per epoch of every trial ({len(drawn)} trials)")
