@@ -51,27 +51,31 @@ ANALYZE = {"epochs": 2, "seeds": 2}
 
 
 @pytest.fixture(scope="module")
-def analyzed(prepared_dataset, tmp_path_factory) -> Path:
+def analyzed(synthetic_source, tmp_path_factory) -> Path:
     """A sweep run while every test image was garbage bytes (so no trial could have read one
-    and gone on), then the images put back and the experiment analyzed."""
+    and gone on), then the images put back and the experiment analyzed. The images are this
+    fixture's own copy of the shared source: the shared one is never touched."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from carsweep.search import run_sweep
 
     base = tmp_path_factory.mktemp("analyze")
+    source = shutil.copytree(synthetic_source, base / "source")
     data = base / "data"
-    shutil.copytree(prepared_dataset, data)
-    dataset = load_dataset(data)
+    dataset = prepare_dataset(source, data, split="official", val_fraction=0.25, seed=0,
+                              warn=print)  # as the shared prepared_dataset fixture
     test_files = [dataset.image_path(p) for p in dataset.rows("test")["path"]]
     originals = {path: path.read_bytes() for path in test_files}
     for path in test_files:
         path.write_bytes(b"not an image: the sweep must never read the test split")
     (base / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
     config = load_sweep(base / "sweep.yaml", [f"dataset={data}", f"storage_path={base}/results"])
-    outcome = run_sweep(config, verbose=0)
+    try:
+        outcome = run_sweep(config, verbose=0)
+    finally:
+        for path, content in originals.items():
+            path.write_bytes(content)
     assert (outcome.trials, outcome.errors, outcome.interrupted) == (2, (), False), outcome
-    for path, content in originals.items():
-        path.write_bytes(content)
     return analyze_experiment(outcome.experiment, **ANALYZE)
 
 

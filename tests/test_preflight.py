@@ -19,7 +19,6 @@ from carsweep.cli import main
 from carsweep.config.sweep import SweepConfig
 from carsweep.search.preflight import (
     Report,
-    asha_rungs,
     check_asha,
     dry_trial,
     largest_trial,
@@ -61,7 +60,7 @@ def sweep(**changes) -> SweepConfig:
 def test_asha_rungs_and_trials_reaching_each(samples, grace, rf, max_t, expected):
     config = sweep(num_samples=samples,
                    asha={"grace_period": grace, "reduction_factor": rf, "max_t": max_t})
-    rungs = asha_rungs(config)
+    rungs = config.asha_rungs()
     assert [epoch for epoch, _ in rungs] == [epoch for epoch, _ in expected]
     assert [trials for _, trials in rungs] == pytest.approx([t for _, t in expected])
     # The rungs below max_t are the milestones Ray's ASHA bracket stops trials at.

@@ -119,20 +119,10 @@ def _sweep_pictures(experiment: Experiment, best: BestTrial, folder: Path) -> di
     plots.metric_vs_params(experiment.trials, searched, sweep.metric,
                            folder / "metric_vs_params.png")
     histories = {str(t): experiment.history(str(t)) for t in experiment.trials["trial_id"]}
-    plots.asha_rungs(histories, sweep.metric, _rungs(experiment) if sweep.scheduler == "asha"
-                     else [], best.trial_id, folder / "asha_rungs.png")
+    stops = [epoch for epoch, _ in sweep.asha_rungs()[:-1]] if sweep.scheduler == "asha" else []
+    plots.asha_rungs(histories, sweep.metric, stops, best.trial_id, folder / "asha_rungs.png")
     return {"metric": sweep.metric, "mode": sweep.mode, "trials": len(experiment.trials),
             "searched": searched, "importance": found}
-
-
-def _rungs(experiment: Experiment) -> list[int]:
-    """ASHA's rungs as Ray places them: grace_period * reduction_factor**k below max_t."""
-    asha, max_t = experiment.sweep.asha, experiment.sweep.max_t
-    rungs, k = [], 0
-    while asha.grace_period * asha.reduction_factor**k < max_t:
-        rungs.append(int(asha.grace_period * asha.reduction_factor**k))
-        k += 1
-    return rungs
 
 
 def _dataset_of(experiment: Experiment, best: BestTrial) -> PreparedDataset:

@@ -214,6 +214,21 @@ class SweepConfig(BaseModel):
         epochs = self.space.get("epochs")
         return int(epochs.largest()) if epochs else TrialConfig.model_fields["epochs"].default
 
+    def asha_rungs(self) -> list[tuple[int, float]]:
+        """(epoch, trials expected to reach it) for each of ASHA's rungs below max_t, then max_t.
+
+        The rungs are Ray's (grace * rf**k while below max_t); at each, ASHA keeps the best
+        1/rf, so about num_samples / rf**k trials reach rung k. Asynchronous promotion lets a
+        few more through early in a sweep: these are expectations, not promises.
+        """
+        grace, rf = self.asha.grace_period, self.asha.reduction_factor
+        rungs, k = [], 0
+        while grace * rf**k < self.max_t:
+            rungs.append((int(grace * rf**k), self.num_samples / rf**k))
+            k += 1
+        rungs.append((self.max_t, self.num_samples / rf**k))
+        return rungs
+
     def searched(self) -> dict[str, ParamSpec]:
         return {name: spec for name, spec in self.space.items() if spec.searched}
 

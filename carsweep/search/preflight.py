@@ -119,24 +119,6 @@ def cluster_checks(config: SweepConfig, report: Report) -> None:
 
 # ASHA -------------------------------------------------------------------------------------
 
-def asha_rungs(config: SweepConfig) -> list[tuple[int, float]]:
-    """(epoch, trials expected to reach it) for each of ASHA's rungs below max_t, then max_t.
-
-    The rungs are Ray's (grace * rf**k while below max_t); at each, ASHA keeps the best
-    1/rf, so about num_samples / rf**k trials reach rung k. Asynchronous promotion lets a
-    few more through early in a sweep: these are expectations, not promises.
-    """
-    grace, rf, max_t = config.asha.grace_period, config.asha.reduction_factor, config.max_t
-    rungs = []
-    epoch, k = grace, 0
-    while epoch < max_t:
-        rungs.append((int(epoch), config.num_samples / rf**k))
-        k += 1
-        epoch = grace * rf**k
-    rungs.append((max_t, config.num_samples / rf**k))
-    return rungs
-
-
 def check_asha(config: SweepConfig, report: Report) -> None:
     if config.scheduler == "fifo":
         report.passed("asha", "scheduler fifo: no early stopping, every trial runs its epochs")
@@ -148,7 +130,7 @@ def check_asha(config: SweepConfig, report: Report) -> None:
     if not rf > 1:
         report.failed("asha", f"`asha.reduction_factor` is {rf:g}, but must be > 1")
         return
-    rungs = asha_rungs(config)
+    rungs = config.asha_rungs()
     stops = len(rungs) - 1
     note = "" if stops else " (no rung below max_t: ASHA will stop no trial)"
     report.passed("asha", f"grace {grace}, reduction factor {rf:g}, max_t {max_t}: "
