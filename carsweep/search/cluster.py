@@ -58,6 +58,9 @@ def ray_session(cluster: ClusterConfig) -> Iterator[None]:
             ray.init(address=cluster.address, logging_level=logging.WARNING)
         else:
             ray.init(
+                # "local": a Ray of its own; with no address ray.init joins any Ray already
+                # running on this machine (a `ray start`, another sweep) and shares its CPUs.
+                address="local",
                 _node_ip_address="127.0.0.1",  # a local Ray talks over loopback only
                 num_cpus=cluster.num_cpus,
                 log_to_driver=False,  # the progress table, not every trial's log lines

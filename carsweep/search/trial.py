@@ -62,9 +62,15 @@ def run_trial(params: dict[str, Any], *, dataset: str, use_gpu: bool,
 
 @contextmanager
 def restorable_checkpoint(checkpoint: tune.Checkpoint | None) -> Iterator[Path | None]:
-    """The folder to resume from: Ray's latest checkpoint if it loads, else the newest older
-    one of the same trial that does (a node that died mid-write can leave a truncated file);
-    None when nothing loads, so the trial starts over rather than failing every retry."""
+    """The folder to resume from: the trial's newest checkpoint that loads, or None.
+
+    Ray hands over the latest checkpoint its saved experiment state knows. That state is
+    snapshotted every few seconds, so after a killed driver it can name an older checkpoint
+    than the trial folder holds: the newer folders beside it are tried first, so epochs
+    already trained (or a trial that had finished) are not trained again. A checkpoint that
+    does not load (a node that died mid-write truncates it) is passed over for an older one;
+    when none loads the trial starts over rather than failing every retry.
+    """
     from carsweep.trainable import load_checkpoint
 
     if checkpoint is None:
@@ -84,14 +90,15 @@ def restorable_checkpoint(checkpoint: tune.Checkpoint | None) -> Iterator[Path |
 
 
 def _newest_first(latest: Path) -> list[Path]:
-    """`latest`, then the trial's other checkpoint_NNNNNN folders beside it, newest first."""
+    """The trial's checkpoint_NNNNNN folders beside `latest` (and `latest`), newest first."""
     def index(folder: Path) -> int:
         found = re.fullmatch(r"checkpoint_(\d+)", folder.name)
         return int(found.group(1)) if found else -1
 
-    older = [f for f in latest.parent.glob("checkpoint_*")
-             if f.is_dir() and f != latest and index(f) < index(latest)]
-    return [latest, *sorted(older, key=index, reverse=True)]
+    if index(latest) < 0:
+        return [latest]  # a copy in a temporary folder: no siblings to look at
+    beside = [f for f in latest.parent.glob("checkpoint_*") if f.is_dir() and index(f) >= 0]
+    return sorted({*beside, latest}, key=index, reverse=True)
 
 
 def trial_config(params: dict[str, Any], *, use_gpu: bool) -> TrialConfig:
