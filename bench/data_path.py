@@ -21,6 +21,7 @@ pass (posix_fadvise DONTNEED), so every batch is read from the disk: a cache lar
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -105,16 +106,15 @@ def evict_from_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def cold_images_per_second(batches, path: Path, passes: int) -> float:
-    """images/s of `passes` epochs, each starting with the cache file evicted from RAM."""
-    seen, seconds = 0, 0.0
-    for _ in range(passes):
-        evict_from_page_cache(path)
-        start = time.perf_counter()
-        for batch in batches:
-            seen += len(batch[1])
-        seconds += time.perf_counter() - start
-    return seen / seconds
+def cold_images_per_second(make_loader, path: Path) -> float:
+    """images/s of one epoch of a fresh loader, with the cache file evicted from RAM first.
+    Pages mapped by a live memmap are not evicted, so no other loader may hold one."""
+    gc.collect()  # unmap the memmaps of loaders dropped before this call
+    evict_from_page_cache(path)
+    loader = make_loader()
+    start = time.perf_counter()
+    seen = sum(len(labels) for _, labels in loader)
+    return seen / (time.perf_counter() - start)
 
 
 def seed_style_loader(source: Path, size: int, batch: int, workers: int) -> DataLoader:
@@ -138,17 +138,19 @@ def run(args: argparse.Namespace) -> dict:
         build_s = time.perf_counter() - started
         config = TrialConfig(resize=args.size, batch_size=args.batch, num_workers=args.workers,
                              augmentation="none", device="cpu", epochs=1)
-        cached = build_loader(dataset, "train", config, train=True)
         seed = seed_style_loader(source, args.size, args.batch, args.workers)
         array = CacheFiles.of(dataset.folder, args.size).array
         rates: dict[str, list[float]] = {"seed": [], "float": [], "uint8": [], "cold": []}
-        for _ in range(args.rounds):  # interleaved: a load change on a shared box hits all three
+        for _ in range(args.rounds):  # interleaved: a load change on a shared box hits all
             rates["seed"].append(images_per_second(seed, len(paths), args.seed_passes))
+            cached = build_loader(dataset, "train", config, train=True)
             rates["uint8"].append(images_per_second(cached, len(paths), args.cached_passes))
             rates["float"].append(images_per_second(
                 cached, len(paths), args.cached_passes,
-                finish=lambda b: cached.to_model_input(b[0])))
-            rates["cold"].append(cold_images_per_second(cached, array, 1))
+                finish=lambda b, loader=cached: loader.to_model_input(b[0])))
+            del cached  # its memmap would pin the file's pages in RAM
+            rates["cold"].append(cold_images_per_second(
+                lambda: build_loader(dataset, "train", config, train=True), array))
     median = {name: statistics.median(values) for name, values in rates.items()}
     return {
         "machine": describe(start_load),
