@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from carsweep.data.manifest import load_dataset
     from carsweep.errors import UserError
     from carsweep.trainable import check_augmentation, load_weights, train
+    from carsweep.trainable.run import pick_device
     from carsweep.trainable.run_folder import RunFolder
 
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_model(TrialConfig, args.config, args.overrides)
         checkpoint = None
     check_augmentation(config.augmentation)
+    pick_device(config.device)  # `cuda` on a machine without one: an error, no run folder
     # Weights are resolved before the run folder exists, so a bad source leaves nothing behind.
     weights = None if args.resume else load_weights(config.weights)
     eval_split = None if args.eval_split == "none" else args.eval_split

@@ -49,6 +49,7 @@ def prepare_dataset(
     inspected = inspect_images(index.root, index.images["path"].tolist(), workers)
     images = _leave_out_unreadable(index, inspected, strict, warn)
     manifest = build_manifest(index, images, inspected, scheme, seed, val_fraction)
+    _check_every_class_trains(manifest, warn)
     report = audit_report(manifest, inspected, tiny_px=tiny_px)
     info = {
         "root": str(index.root),
@@ -135,3 +136,21 @@ def _copy_parts(root: Path, manifest: pd.DataFrame, target: Path,
         return False
     parts[parts["path"].isin(set(manifest["path"]))].to_csv(target, index=False)
     return True
+
+
+def _check_every_class_trains(manifest: pd.DataFrame, warn: Callable[[str], None]) -> None:
+    """A class with no training image cannot be learnt (an error); one with a single training
+    image can, barely, and gets no val image (a warning)."""
+    train = manifest.loc[manifest["split"] == "train", "class_name"].value_counts()
+    elsewhere = manifest[(manifest["split"] != "train") & ~manifest["class_name"].isin(train.index)]
+    if not elsewhere.empty:
+        first = elsewhere.iloc[0]
+        count = int((elsewhere["class_name"] == first["class_name"]).sum())
+        raise UserError(f"class {first['class_name']!r} has {count} {first['split']} image(s) "
+                        "but none in train, so no model can learn it; add training images or "
+                        "re-split every class with --split pooled:R")
+    single = sorted(train.index[train == 1])
+    if single:
+        shown = ", ".join(repr(name) for name in single[:5]) + (", ..." if len(single) > 5 else "")
+        warn(f"{len(single)} class(es) have a single training image and no val image: {shown}")
+

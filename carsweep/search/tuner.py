@@ -76,16 +76,17 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
     experiment = experiment_path(config)
     _check_experiment_folder(experiment, resume)
     check_storage_writable(experiment)
+    weights = shipped_weights(config)  # a bad weights file stops here, before anything is written
     with ray_session(config.cluster):
         check_before_launch(config)  # resources, a dry step, every node's paths, GPU memory
         if resume:
             tuner = tune.Tuner.restore(
-                str(experiment), trainable=_trainable(config),
+                str(experiment), trainable=_trainable(config, weights),
                 resume_unfinished=True, resume_errored=True,
             )
         else:
             save_sweep(config, experiment / SWEEP_FILE)
-            tuner = _new_tuner(config, pruning_aware=pruning_aware, verbose=verbose)
+            tuner = _new_tuner(config, weights, pruning_aware=pruning_aware, verbose=verbose)
         results = tuner.fit()
     errors = tuple(_last_line(error) for error in results.errors)
     table = trials_table(experiment, config.metric, config.mode)
@@ -124,10 +125,10 @@ def _check_experiment_folder(experiment: Path, resume: bool) -> None:
         )
 
 
-def _trainable(config: SweepConfig) -> tune.Trainable:
+def _trainable(config: SweepConfig, weights: dict[str, dict]) -> tune.Trainable:
     trainable = tune.with_parameters(
         run_trial, dataset=config.dataset, use_gpu=config.resources.gpu > 0,
-        shipped_weights=shipped_weights(config),
+        shipped_weights=weights,
     )
     return tune.with_resources(
         trainable, {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
@@ -147,9 +148,10 @@ def shipped_weights(config: SweepConfig) -> dict[str, dict]:
     return {name: load_weights(name) for name in names if name != "none"}
 
 
-def _new_tuner(config: SweepConfig, *, pruning_aware: bool, verbose: int) -> tune.Tuner:
+def _new_tuner(config: SweepConfig, weights: dict[str, dict], *, pruning_aware: bool,
+               verbose: int) -> tune.Tuner:
     return tune.Tuner(
-        _trainable(config),
+        _trainable(config, weights),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(config, pruning_aware=pruning_aware),
             scheduler=make_scheduler(config),

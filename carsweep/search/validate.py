@@ -17,6 +17,7 @@ def check_sweep(config: SweepConfig) -> None:
     if problems:
         raise UserError(problems[0])
     check_augmentations(config)
+    check_cuda_has_gpus(config)
     check_dataset(config.dataset)
 
 
@@ -32,6 +33,15 @@ def check_augmentations(config: SweepConfig) -> None:
             check_augmentation(name)
         except UserError as error:
             raise UserError(f"space: {error}") from None
+
+
+def check_cuda_has_gpus(config: SweepConfig) -> None:
+    """`device: cuda` with no GPU per trial would fail every trial at its start: say so now."""
+    spec = config.space.get("device")
+    if spec is None or "cuda" not in spec.values or config.resources.gpu > 0:
+        return
+    raise UserError("`space.device` can be 'cuda', but `resources.gpu` is 0, so trials get no "
+                    "GPU; set resources.gpu (e.g. 1 or 0.5) or device: auto")
 
 
 def check_dataset(dataset: str | None) -> None:
