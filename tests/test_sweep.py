@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -165,10 +166,11 @@ def test_study_sees_asha_stops_as_pruned(swept):
 
 
 @pytest.mark.slow
-def test_status_prints_table_and_best(swept, capsys):
+def test_status_prints_table_and_best(swept, capsys, monkeypatch):
     experiment, table = swept
     (experiment / "trials.csv").unlink()
-    assert main(["status", str(experiment)]) == 0
+    monkeypatch.chdir(experiment.parent)  # a relative path, as `make demo` gives it
+    assert main(["status", experiment.name]) == 0
     out = capsys.readouterr().out
     assert f"best trial: {table.iloc[0]['trial_id']}" in out
     assert (experiment / "trials.csv").is_file()
@@ -183,20 +185,24 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(prepared_da
                str(prepared_dataset), "--storage", str(storage), "--num-cpus", "1"]
     experiment = storage / "resumable"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         _wait_for_finished_trials(experiment, count=2, timeout=150)
         process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
-        process.wait(timeout=60)
+        _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
+    assert process.returncode == 130, stderr[-2000:]
+    printed = stderr.rstrip().splitlines()[-1]  # the last line: the command to paste
+    assert printed == f"  carsweep resume {experiment} --num-cpus 1"
     before = _epochs_by_trial(experiment)
     finished_before = {t for t, epochs in before.items() if epochs[-1:] == [2]}
     assert len(finished_before) >= 2
     assert len(before) < 4 or any(len(e) < 2 for e in before.values())  # really interrupted
 
-    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=240)
+    resume = [sys.executable, "-m", *shlex.split(printed)]  # what it printed, run as printed
+    resumed = subprocess.run(resume, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = _epochs_by_trial(experiment)
     assert len(after) == 4
@@ -208,6 +214,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(prepared_da
             assert epochs == [1, 2]  # continued from it, epoch 1 not trained again
     study = load_study(experiment)  # the searcher's state survived the interruption
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    table = pd.read_csv(experiment / "trials.csv")
+    assert len(table) == 4
+    assert table["trial_id"].is_unique
+    assert list(table["state"]) == ["TERMINATED"] * 4
 
 
 def _wait_for_finished_trials(experiment: Path, count: int, timeout: float) -> None:

@@ -26,7 +26,8 @@ def load_analysis(experiment: Path) -> ExperimentAnalysis:
     if not experiment.is_dir():
         raise UserError(f"{experiment}: no such experiment folder")
     try:
-        return ExperimentAnalysis(str(experiment))
+        # Ray reads a relative path as a URI without a scheme: give it an absolute one.
+        return ExperimentAnalysis(str(experiment.resolve()))
     except ValueError:
         raise UserError(
             f"{experiment}: not a sweep's experiment folder (no experiment_state-*.json)"
