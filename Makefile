@@ -26,6 +26,12 @@ demo: $(STAMP)
 	rm -rf $(DEMO)/results/demo  # a fresh sweep each time (`carsweep sweep` never overwrites one)
 	$(BIN)/carsweep sweep configs/demo.yaml --data $(DEMO)/data --storage $(DEMO)/results
 	$(BIN)/carsweep status $(DEMO)/results/demo
+	$(BIN)/carsweep analyze $(DEMO)/results/demo  # retrain the best on train+val, test once
+	$(BIN)/carsweep export $(DEMO)/results/demo --out $(DEMO)/best.pt
+	$(BIN)/carsweep predict --weights $(DEMO)/best.pt --top 3 --cam $(DEMO)/cam \
+		$$(for class in $(DEMO)/source/test/*/; do ls "$$class"* | head -1; done)
+	@echo "report: $(DEMO)/results/demo/analysis/report.html (open it in a browser)"
+	@echo "weights: $(DEMO)/best.pt   Grad-CAM of the predictions: $(DEMO)/cam/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
