@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -86,12 +86,21 @@ def save_model(config: BaseModel, path: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(Path(path), "w") as out:
+        out.write(text)
+
+
+@contextmanager
+def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """A file object for a temporary file beside `path` that is renamed over `path` when the
+    block ends without error (removed otherwise): readers see the old file or the new one,
+    never half of one. A full disk is a UserError naming `path`."""
     with disk_full_is_user_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(handle, "w") as out:
-                out.write(text)
+            with os.fdopen(handle, mode) as out:
+                yield out
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from carsweep import __version__
-from carsweep.config.io import disk_full_is_user_error, load_model, validate
+from carsweep.config.io import atomic_write, load_model, validate
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.results.store import SWEEP_FILE, load_experiment
@@ -41,9 +41,9 @@ from carsweep.trainable.checkpoint import (
     CHECKPOINT_FILE,
     CLASSES_FILE,
     TRIAL_FILE,
-    _torch_save_atomic,
     load_checkpoint,
     save_checkpoint,
+    torch_save_atomic,
 )
 from carsweep.trainable.model import build_model
 from carsweep.trainable.safe_load import load_tensors_only
@@ -173,9 +173,7 @@ def write_export(payload: dict[str, Any], out: Path) -> Path:
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give a file name such as best.pt")
-    with disk_full_is_user_error(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-    _torch_save_atomic(payload, out)
+    torch_save_atomic(payload, out)
     return out
 
 
@@ -261,16 +259,11 @@ def trace(exported: Export) -> Traced:
 
 
 def write_torchscript(traced: Traced, out: Path) -> Path:
-    """Save a `trace` result (to a temporary name, then renamed)."""
+    """Save a `trace` result atomically."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with disk_full_is_user_error(out), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            torch.jit.save(traced.module, str(tmp), _extra_files=traced.extra_files)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(out, "wb") as handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(traced.module, handle, _extra_files=traced.extra_files)
     return out
 
 

@@ -10,16 +10,14 @@ Each file is written to a temporary name and renamed, so a reader never sees hal
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from carsweep.config.io import disk_full_is_user_error, save_model, write_text_atomic
+from carsweep.config.io import atomic_write, save_model, write_text_atomic
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.trainable.safe_load import load_tensors_only
@@ -34,7 +32,7 @@ def save_checkpoint(folder: Path, state: dict[str, Any], config: TrialConfig,
     """Write the three files of a checkpoint folder (created if needed); returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _torch_save_atomic(state, folder / CHECKPOINT_FILE)
+    torch_save_atomic(state, folder / CHECKPOINT_FILE)
     save_model(config, folder / TRIAL_FILE)
     write_text_atomic(folder / CLASSES_FILE, json.dumps(classes, indent=1) + "\n")
     return folder
@@ -78,16 +76,7 @@ def restore_rng_states(states: dict[str, Any], data_order: torch.Generator | Non
         data_order.set_state(states["data_order"])
 
 
-def _torch_save_atomic(state: dict[str, Any], path: Path) -> None:
-    with disk_full_is_user_error(path):
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            # Through a Python file, so a full disk is OSError(ENOSPC), not torch's RuntimeError.
-            with os.fdopen(handle, "wb") as out:
-                torch.save(state, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+def torch_save_atomic(state: dict[str, Any], path: Path) -> None:
+    # Through a Python file, so a full disk is OSError(ENOSPC), not torch's RuntimeError.
+    with atomic_write(path, "wb") as out:
+        torch.save(state, out)
