@@ -117,3 +117,19 @@ def test_lost_node_trials_resume_from_checkpoint_elsewhere(cluster, prepared_dat
     for trial, trial_epochs in seen.items():
         if trial != victim:
             assert trial_epochs == list(range(1, epochs + 1))
+
+
+def test_gpu_trials_on_a_cpu_only_cluster_are_one_line(cluster, prepared_dataset, tmp_path,
+                                                       capsys):
+    from carsweep.cli import main
+
+    config = write_sweep(tmp_path, "gpu", resources={"cpu": 1, "gpu": 1})
+    storage = tmp_path / "results"
+    code = main(["sweep", str(config), "--data", str(prepared_dataset), "--storage", str(storage),
+                 "--address", cluster.address])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == ("carsweep sweep: error: pre-flight resources: `resources.gpu` is 1.0, but the "
+                   "Ray cluster has no GPUs; set resources.gpu=0 or add GPU nodes\n")
+    assert not storage.exists()
+    assert cluster.head_node.remaining_processes_alive()  # the cluster is left running

@@ -10,6 +10,7 @@ the write itself (flush, fsync, rename, clean-up, error message) is the real cod
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -39,7 +40,8 @@ def dataset(tmp_path_factory):
 
 
 class RayLikeTrialFolder:
-    """Keeps each epoch's checkpoint as Ray Tune does: trial/checkpoint_000000, _000001, ..."""
+    """Keeps each epoch as Ray Tune does: trial/checkpoint_000000, _000001, ... and a line of
+    result.json per epoch."""
 
     def __init__(self, folder: Path):
         self.folder, self.epochs = folder, []
@@ -47,6 +49,8 @@ class RayLikeTrialFolder:
     def report(self, metrics, checkpoint_dir):
         self.epochs.append(metrics["epoch"])
         shutil.copytree(checkpoint_dir, self.checkpoint(metrics["epoch"]))
+        with (self.folder / "result.json").open("a") as results:
+            results.write(json.dumps(metrics) + "\n")
 
     def checkpoint(self, epoch: int) -> Path:
         return self.folder / f"checkpoint_{epoch - 1:06d}"
@@ -92,7 +96,8 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
     assert "corrupt or truncated" in caplog.text
 
 
-def test_a_newer_checkpoint_than_rays_is_used_when_it_loads(trained_trial, dataset, tmp_path):
+def test_a_newer_checkpoint_than_rays_is_used_when_its_result_was_recorded(
+        trained_trial, dataset, tmp_path):
     # After a killed driver, Ray's restored state can name epoch 2's checkpoint while the
     # trial folder already holds epoch 3's (the state is snapshotted every few seconds).
     trial = copy_of(trained_trial, tmp_path)
@@ -102,11 +107,24 @@ def test_a_newer_checkpoint_than_rays_is_used_when_it_loads(trained_trial, datas
         resumed = RayLikeTrialFolder(tmp_path / "resumed")
         train(trial_config(), dataset, reporter=resumed, resume_from=folder)
     assert resumed.epochs == []  # the trial had finished: nothing is trained again
-    truncate(trial.checkpoint(3) / CHECKPOINT_FILE)
-    with restorable_checkpoint(handed) as folder:
-        assert folder == trial.checkpoint(2)  # a damaged newer one is passed over
     with restorable_checkpoint(None) as folder:
         assert folder is None
+
+
+def test_a_newer_checkpoint_whose_result_was_never_recorded_is_trained_again(
+        trained_trial, tmp_path):
+    # The driver died after epoch 3's checkpoint was saved but before it wrote that epoch's
+    # result: resuming from it would leave epoch 3 out of the trial's results for good.
+    trial = copy_of(trained_trial, tmp_path)
+    results = trial.folder / "result.json"
+    rows = results.read_text().splitlines()
+    results.write_text("\n".join(rows[:2]) + '\n{"epoch": 3, "val_to')  # and a torn last line
+    with restorable_checkpoint(tune.Checkpoint.from_directory(str(trial.checkpoint(2)))) as folder:
+        assert folder == trial.checkpoint(2)
+    results.write_text("\n".join(rows) + "\n")
+    truncate(trial.checkpoint(3) / CHECKPOINT_FILE)  # recorded, but damaged: passed over
+    with restorable_checkpoint(tune.Checkpoint.from_directory(str(trial.checkpoint(2)))) as folder:
+        assert folder == trial.checkpoint(2)
 
 
 def test_every_checkpoint_damaged_starts_the_trial_over(trained_trial, tmp_path, caplog):

@@ -8,6 +8,7 @@ storage every node sees; a node that cannot read it fails the trial with a messa
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -24,6 +25,7 @@ from carsweep.errors import UserError
 from carsweep.search.release import gpu_memory_released
 
 CHECKPOINT_FILE = "checkpoint.pt"
+RESULT_FILE = "result.json"  # Ray Tune writes one line per reported result here
 logger = logging.getLogger(__name__)
 
 
@@ -62,14 +64,15 @@ def run_trial(params: dict[str, Any], *, dataset: str, use_gpu: bool,
 
 @contextmanager
 def restorable_checkpoint(checkpoint: tune.Checkpoint | None) -> Iterator[Path | None]:
-    """The folder to resume from: the trial's newest checkpoint that loads, or None.
+    """The folder to resume from: the trial's newest usable checkpoint, or None.
 
     Ray hands over the latest checkpoint its saved experiment state knows. That state is
     snapshotted every few seconds, so after a killed driver it can name an older checkpoint
-    than the trial folder holds: the newer folders beside it are tried first, so epochs
-    already trained (or a trial that had finished) are not trained again. A checkpoint that
-    does not load (a node that died mid-write truncates it) is passed over for an older one;
-    when none loads the trial starts over rather than failing every retry.
+    than the trial folder holds. A newer one beside it is used when the epoch it holds is in
+    the trial's result.json: that epoch (or a trial that had finished) is not trained again,
+    and one whose result the driver never wrote is trained again, so no epoch's row is lost.
+    A checkpoint that does not load (a node that died mid-write truncates it) is passed over
+    for an older one; when none loads the trial starts over rather than failing every retry.
     """
     from carsweep.trainable import load_checkpoint
 
@@ -77,28 +80,48 @@ def restorable_checkpoint(checkpoint: tune.Checkpoint | None) -> Iterator[Path |
         yield None
         return
     with checkpoint.as_directory() as latest:
-        for folder in _newest_first(Path(latest)):
+        latest = Path(latest)
+        recorded = _last_recorded_epoch(latest.parent / RESULT_FILE)
+        for folder in _newest_first(latest):
             try:
-                load_checkpoint(folder)
+                epoch = load_checkpoint(folder)["epoch"]
             except UserError as error:
                 logger.warning("skipping checkpoint %s: %s", folder, error)
                 continue
+            if folder != latest and _index(folder) > _index(latest) and epoch > recorded:
+                continue  # its epoch's result never reached the driver: train it again
             yield folder
             return
         logger.warning("no checkpoint of this trial loads; it starts again from epoch 1")
         yield None
 
 
+def _last_recorded_epoch(result_file: Path) -> int:
+    """The last epoch in a trial's result.json (one JSON object per line), 0 if none."""
+    try:
+        lines = result_file.read_text().splitlines()
+    except OSError:
+        return 0
+    epochs = []
+    for line in lines:
+        try:
+            epochs.append(int(json.loads(line)["epoch"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the driver's death
+    return max(epochs, default=0)
+
+
+def _index(folder: Path) -> int:
+    found = re.fullmatch(r"checkpoint_(\d+)", folder.name)
+    return int(found.group(1)) if found else -1
+
+
 def _newest_first(latest: Path) -> list[Path]:
     """The trial's checkpoint_NNNNNN folders beside `latest` (and `latest`), newest first."""
-    def index(folder: Path) -> int:
-        found = re.fullmatch(r"checkpoint_(\d+)", folder.name)
-        return int(found.group(1)) if found else -1
-
-    if index(latest) < 0:
+    if _index(latest) < 0:
         return [latest]  # a copy in a temporary folder: no siblings to look at
-    beside = [f for f in latest.parent.glob("checkpoint_*") if f.is_dir() and index(f) >= 0]
-    return sorted({*beside, latest}, key=index, reverse=True)
+    beside = [f for f in latest.parent.glob("checkpoint_*") if f.is_dir() and _index(f) >= 0]
+    return sorted({*beside, latest}, key=_index, reverse=True)
 
 
 def trial_config(params: dict[str, Any], *, use_gpu: bool) -> TrialConfig:
