@@ -243,3 +243,12 @@ def test_train_on_cuda_without_a_gpu_is_one_line_and_writes_no_run_folder(prepar
     assert only_line(done.stderr) == ("carsweep train: error: `device` = 'cuda', but no CUDA "
                                       "GPU is available; use auto or cpu")
     assert not run.exists()
+
+
+def test_a_cloud_storage_uri_is_refused(prepared_dataset, tmp_path, capsys):
+    args = sweep_args(tmp_path, prepared_dataset)
+    args[args.index("--storage") + 1] = "s3://bucket/results"
+    assert main(args) == 2
+    assert only_line(capsys.readouterr().err) == (
+        "carsweep sweep: error: `storage_path` = 's3://bucket/results': cloud URIs are not "
+        "supported yet; use a folder every node mounts (NFS)")
