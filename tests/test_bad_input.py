@@ -164,6 +164,19 @@ def test_a_raw_source_given_as_the_dataset_is_refused(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_check_reports_a_pickle_with_code_as_weights(prepared_dataset, evil_weights, tmp_path,
+                                                    capsys):
+    code = main(sweep_args(tmp_path, prepared_dataset, "--check",
+                           "--set", f"space.weights={evil_weights}"))
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert only_line(err) == (
+        f"carsweep sweep --check: weights: weights file {str(evil_weights)!r}: refused, it holds "
+        "objects other than tensors and numbers (a pickle with code cannot be loaded safely)")
+    assert "pwned" not in out
+    assert not (tmp_path / "results").exists()
+
+
 # resources, cluster, storage --------------------------------------------------------------
 
 def test_cuda_device_with_no_gpu_per_trial_is_refused(prepared_dataset, tmp_path, capsys):

@@ -98,7 +98,20 @@ def static_checks(config: SweepConfig, report: Report) -> None:
         return
     report.passed("config", f"{len(config.searched())} searched, {len(config.fixed())} fixed "
                   f"parameters; dataset {config.dataset}")
+    check_weights(config, report)
     check_asha(config, report)
+
+
+def check_weights(config: SweepConfig, report: Report) -> None:
+    """Every start-weights source of the space loads (safely), as the launch will load it."""
+    from carsweep.search.tuner import shipped_weights
+
+    try:
+        loaded = shipped_weights(config)
+    except UserError as error:
+        report.failed("weights", str(error))
+        return
+    report.passed("weights", ", ".join(loaded) + " loaded" if loaded else "none (from scratch)")
 
 
 def cluster_checks(config: SweepConfig, report: Report) -> None:
