@@ -4,8 +4,9 @@ is one line naming the file, with the previous file left whole.
 The checkpoints are real ones, written by the trainable into `checkpoint_NNNNNN` folders laid
 out as Ray Tune lays out a trial's folder; no Ray runtime is needed to pick one. The full disk
 is the kernel's own: writes to /dev/full fail with ENOSPC. Only the choice of file descriptor
-is patched (tempfile.mkstemp hands out /dev/full for the "full" folder), so everything above
-the write itself (flush, fsync, rename, clean-up, error message) is the real code path.
+is patched (config.io.open_temporary_beside hands out /dev/full for the "full" folder), so
+everything above the write itself (flush, fsync, rename, clean-up, error message) is the real
+code path.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 from ray import tune
 from trainable_data import make_tiny_dataset
 
+import carsweep.config.io as io_module
 from carsweep.cli import main
 from carsweep.config.io import write_text_atomic
 from carsweep.config.trial import TrialConfig
@@ -147,15 +148,25 @@ def full_disk(monkeypatch, tmp_path):
     """A folder whose disk is full: a new file's descriptor there is /dev/full."""
     full = tmp_path / "full"
     full.mkdir()
-    real_mkstemp = tempfile.mkstemp
+    real_open = io_module.open_temporary_beside
 
-    def mkstemp(suffix=None, prefix=None, dir=None, text=False):
-        if dir is not None and Path(dir).resolve().is_relative_to(full.resolve()):
-            return os.open("/dev/full", os.O_WRONLY), str(Path(dir) / f"{prefix}XXXX{suffix}")
-        return real_mkstemp(suffix=suffix, prefix=prefix, dir=dir, text=text)
+    def open_temporary_beside(path):
+        if Path(path).resolve().is_relative_to(full.resolve()):
+            return os.open("/dev/full", os.O_WRONLY), path.with_name(f".{path.name}.XXXX.tmp")
+        return real_open(path)
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(io_module, "open_temporary_beside", open_temporary_beside)
     return full
+
+
+def test_atomic_writes_leave_files_readable_as_any_new_file(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "trials.csv", "trial_id\n")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "trials.csv").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["trials.csv"]
 
 
 def test_full_disk_text_write_is_one_line_and_keeps_the_old_file(full_disk):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,7 +97,7 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
     never half of one. A full disk is a UserError naming `path`."""
     with disk_full_is_user_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        handle, tmp = open_temporary_beside(path)
         try:
             with os.fdopen(handle, mode) as out:
                 yield out
@@ -107,6 +107,16 @@ def atomic_write(path: Path, mode: str = "wb") -> Iterator[IO]:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def open_temporary_beside(path: Path) -> tuple[int, Path]:
+    """A new, exclusively created hidden file next to `path`: its descriptor and its path.
+
+    Its mode is 0666 less the umask, as for any new file (tempfile.mkstemp's 0600 would make
+    trials tables, checkpoints and exports unreadable to the rest of a team on shared storage).
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
 
 
 @contextmanager
