@@ -15,6 +15,7 @@ Both are read-only for tests: a test that changes data makes its own in tmp_path
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,17 @@ from sweep_runs import TINY_SPACE
 
 from carsweep.data.prepare import prepare_dataset
 from carsweep.data.synth import make_synthetic_dataset
+
+# Every Ray the tests start binds 127.0.0.1 and runs with token authentication, one token for
+# the session, given to every process through the environment (tests/sweep_runs.py copies it
+# into the CLI subprocesses at call time). Without this, the first local ray.init turns token
+# mode on in this process only (Ray >= 2.59 does so for local clusters), and a loopback
+# cluster started afterwards rejects the sweep subprocesses that join it. Nothing is written
+# to ~/.ray.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 SYNTH = {"classes": 4, "per_class": 24, "test_per_class": 8, "size": 64, "seed": 0}
 

@@ -35,8 +35,10 @@ TINY_SWEEP = {
     "space": TINY_SPACE,
 }
 # Ray started by a CLI subprocess binds loopback only and reports no usage.
-CLI_ENV = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+def cli_env() -> dict[str, str]:
+    """This process's environment as it is now (Ray's auth token included), for a CLI child."""
+    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
 
 
 def write_sweep(folder: Path, name: str, space: dict | None = None, **changes) -> Path:
@@ -53,14 +55,14 @@ def sweep_command(config: Path, data: Path, storage: Path, *extra: str) -> list[
 
 
 def run_cli(command: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=CLI_ENV)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=cli_env())
 
 
 def start_cli(command: list[str], logs: Path) -> subprocess.Popen:
     """The CLI in the background, its output in files (a full pipe would block it)."""
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / "stdout.txt").open("w") as out, (logs / "stderr.txt").open("w") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=CLI_ENV)
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=cli_env())
     process.logs = logs
     return process
 

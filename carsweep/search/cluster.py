@@ -69,7 +69,10 @@ def ray_session(cluster: ClusterConfig) -> Iterator[None]:
                 logging_level=logging.WARNING,
             )
     except ConnectionError as error:
-        raise UserError(f"cannot join the Ray cluster at {cluster.address}: {error}") from None
+        raise UserError(
+            f"cannot join the Ray cluster at {cluster.address}: {error} (if the cluster uses "
+            "token authentication, set RAY_AUTH_MODE=token and its token here: docs/cluster.md)"
+        ) from None
     try:
         yield
     finally:
