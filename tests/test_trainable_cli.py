@@ -6,9 +6,8 @@ import csv
 import json
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from trainable_data import make_tiny_dataset
+from trainable_data import make_tiny_dataset, one_torch_thread  # noqa: F401 (autouse)
 
 from carsweep.cli import main
 from carsweep.trainable import load_checkpoint
@@ -17,14 +16,6 @@ METRICS = ["epoch", "train_loss", "train_acc", "images_per_s", "lr", "val_loss",
            "val_top5", "epoch_time_s"]
 QUICK = ["--set", "resize=32", "--set", "batch_size=4", "--set", "num_workers=0",
          "--set", "device=cpu", "--set", "optimizer=adam", "--set", "lr=0.001"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

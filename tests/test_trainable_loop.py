@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trainable_data import make_tiny_dataset
+from trainable_data import make_tiny_dataset, one_torch_thread  # noqa: F401 (autouse)
 
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
@@ -13,14 +13,6 @@ from carsweep.trainable import build_model, load_checkpoint, predict, train
 
 METRICS = {"epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5",
            "images_per_s", "lr", "epoch_time_s"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

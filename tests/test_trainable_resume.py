@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from trainable_data import make_tiny_dataset
+from trainable_data import make_tiny_dataset, one_torch_thread  # noqa: F401 (autouse)
 
 from carsweep.config.io import load_model
 from carsweep.config.trial import TrialConfig
@@ -16,14 +16,6 @@ from carsweep.trainable import load_checkpoint, train
 from carsweep.trainable.checkpoint import CHECKPOINT_FILE
 
 EXACT = ("epoch", "train_loss", "train_acc", "lr", "val_loss", "val_top1", "val_top5")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 from PIL import Image
 
 from carsweep.data.manifest import MANIFEST_COLUMNS
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Autouse where imported: one torch thread, so tiny models train the same everywhere and
+    do not fight the other processes for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (230, 220, 40)]
 
