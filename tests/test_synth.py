@@ -136,7 +136,7 @@ def test_resnet18_from_scratch_learns_the_cue_in_a_few_epochs(tmp_path):
     def load(split):
         paths = sorted(out.glob(f"{split}/*/*.png"))
         names = list(SHAPES)[:4]
-        x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).resize((32, 32)))).permute(
+        x = torch.stack([torch.from_numpy(np.array(Image.open(p).resize((32, 32)))).permute(
             2, 0, 1) for p in paths]).float() / 255
         y = torch.tensor([names.index(p.parent.name) for p in paths])
         return (x - 0.5) / 0.25, y
