@@ -303,3 +303,10 @@ def test_many_classes_are_drawn_by_make_and_zoomed_on_the_most_confused(tmp_path
     four = matrix[:4, :4]
     assert plots.confusion_zoom(four, classes[:4], tmp_path / "z.png") is None  # full shows it
     assert plots.confusion_by_make(four, ["a", "b", "c", "d"], tmp_path / "m.png") is None
+
+
+@pytest.mark.slow  # the sweep + analyze fixture
+def test_analysis_folder_is_readable_like_any_new_folder(analyzed):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert analyzed.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700

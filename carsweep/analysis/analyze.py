@@ -9,8 +9,6 @@ trial's checkpoint, and the test split is read once, after training.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,6 +19,7 @@ from carsweep.analysis.gradcam import cam_layer
 from carsweep.analysis.retrain import TEST_SPLIT, retrain_and_test, say, seed_summary
 from carsweep.config.io import validate
 from carsweep.config.trial import TrialConfig
+from carsweep.data.folders import building_folder
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError
 from carsweep.results import BestTrial, Experiment, load_experiment
@@ -40,12 +39,8 @@ def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 
     dataset = _dataset_of(experiment, best)
     config = _retrain_config(best, epochs, device)
     target = experiment.folder / ANALYSIS_DIR
-    building = Path(tempfile.mkdtemp(prefix=f".{ANALYSIS_DIR}-", dir=experiment.folder))
-    try:
+    with building_folder(target) as building:
         _build(experiment, best, dataset, config, seeds, building, out)
-        _replace(building, target)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     say(f"[analyze] report: {target / report.REPORT_FILE}", out)
     return target
 
@@ -152,19 +147,3 @@ def _retrain_config(best: BestTrial, epochs: int | None, device: str | None) -> 
         update["device"] = device
     data = best.config.model_dump(mode="json") | update
     return validate(TrialConfig, data, f"trial {best.trial_id} with --epochs/--device")
-
-
-def _replace(built: Path, target: Path) -> None:
-    """Put `built` at `target`; the old analysis is removed only once the new one is there."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{ANALYSIS_DIR}-old-", dir=target.parent))
-        target.rename(old / ANALYSIS_DIR)
-    try:
-        built.rename(target)
-    except BaseException:
-        if old is not None:
-            (old / ANALYSIS_DIR).rename(target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
