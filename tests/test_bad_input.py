@@ -238,8 +238,8 @@ def test_storage_path_under_a_file_is_refused(prepared_dataset, tmp_path, capsys
     args[args.index("--storage") + 1] = str(storage)
     assert main(args) == 2
     assert only_line(capsys.readouterr().err) == (
-        f"carsweep sweep: error: storage path {storage / 'bad'}: {blocker} is a file, "
-        "not a folder")
+        f"carsweep sweep: error: storage path {storage / 'bad'} is not writable ({blocker} "
+        "is not a folder); give --storage a folder you can write to")
     assert blocker.read_text() == "not a folder"
 
 

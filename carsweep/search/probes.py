@@ -12,13 +12,14 @@ from __future__ import annotations
 import csv
 import json
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 from ray.exceptions import GetTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from carsweep.search.validate import storage_problem
 
 PROBE_TIMEOUT_S = 60.0
 GPU_PROBE_TIMEOUT_S = 180.0
@@ -63,21 +64,6 @@ def probe_every_node(storage: str, dataset: str) -> list[NodeReport]:
 @ray.remote(num_cpus=0)
 def _probe_paths(storage: str, dataset: str) -> list[str]:
     return [p for p in (storage_problem(storage), dataset_problem(dataset)) if p]
-
-
-def storage_problem(storage: str) -> str | None:
-    """None if a file can be created where the experiment will go; the probe file is removed,
-    and folders that do not exist yet are not created (the check writes nothing)."""
-    target = Path(storage)
-    existing = next((p for p in (target, *target.parents) if p.exists()), None)
-    if existing is None or not existing.is_dir():
-        return f"storage path {storage} is not writable ({existing} is not a folder)"
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".carsweep-probe-"):
-            pass
-    except OSError as error:
-        return f"storage path {storage} is not writable ({error.strerror} in {existing})"
-    return None
 
 
 def dataset_problem(dataset: str) -> str | None:

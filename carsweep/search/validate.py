@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -52,21 +51,23 @@ def check_dataset(dataset: str | None) -> None:
 
 
 def check_storage_writable(storage: Path) -> None:
-    """The storage folder (or the nearest folder above it that exists) must take a new file.
+    """The storage folder (or the nearest folder above it that exists) must take a new file."""
+    problem = storage_problem(str(storage))
+    if problem:
+        raise UserError(f"{problem}; give --storage a folder you can write to")
 
-    Probed with a temporary file that is removed at once, so nothing is left on bad input.
-    """
-    existing = Path(storage)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"storage path {storage}: {existing} is a file, not a folder")
+
+def storage_problem(storage: str) -> str | None:
+    """None if a file can be created where the experiment will go; the probe file is removed,
+    and folders that do not exist yet are not created (the check writes nothing). Run on the
+    driver before Ray starts, and on every node by the pre-flight probes."""
+    target = Path(storage)
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return f"storage path {storage} is not writable ({existing} is not a folder)"
     try:
-        handle, probe = tempfile.mkstemp(dir=existing, prefix=".carsweep-write-test-")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".carsweep-probe-"):
+            pass
     except OSError as error:
-        raise UserError(
-            f"storage path {storage} is not writable ({error.strerror} in {existing}); "
-            "give --storage a folder you can write to"
-        ) from None
-    os.close(handle)
-    os.unlink(probe)
+        return f"storage path {storage} is not writable ({error.strerror} in {existing})"
+    return None
