@@ -72,10 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
 def report_outcome(config, outcome) -> int:
     """Print the final trials table, the best trial and failures; 1 when no trial worked."""
-    from carsweep.search import format_table, trials_table
+    from carsweep.search import format_table
 
-    table = trials_table(outcome.experiment, config.metric, config.mode)
-    print(format_table(table, config.metric))
+    print(format_table(outcome.table, config.metric))
     print(f"\nexperiment: {outcome.experiment}  ({outcome.trials} trials)")
     if outcome.best_trial is None:
         print("No trials are completed yet.")

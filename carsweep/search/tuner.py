@@ -7,9 +7,10 @@ need no Ray, and the cluster's resources are checked before the Tuner is built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
@@ -35,6 +36,8 @@ class SweepOutcome:
     best_value: float | None
     errors: tuple[str, ...] = ()  # one line per trial that ended in ERROR
     interrupted: bool = False  # stopped (Ctrl-C) before every trial ended; resume continues it
+    # The trials table as saved in trials.csv, so the CLI need not read the experiment again.
+    table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
 
 def experiment_path(config: SweepConfig) -> Path:
@@ -99,6 +102,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
         best_value=None if best is None else float(best["best_" + config.metric]),
         errors=errors,
         interrupted=_unfinished(table, config.num_samples),
+        table=table,
     )
 
 
