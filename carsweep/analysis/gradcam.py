@@ -1,10 +1,11 @@
 """Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391) through torchcam.
 
-`class_maps` runs torchcam's GradCAM on ResNet-18's last stage (`layer4`) for a given class of
-each image and returns maps at the input's resolution; the hooks live only inside its `with`
-block, so the model is clean afterwards even when a batch fails. `pointing_game` checks where
-a map's peak falls (Zhang et al. 2016, https://arxiv.org/abs/1608.00507): on the synthetic
-data, inside the box of the part that decides the class.
+`class_maps` runs the trainable's torchcam Grad-CAM (`trainable.cam_occlusion.grad_cam`: hooks
+removed and modes restored even when a batch fails, no parameter gradient touched) on a stage
+of ResNet-18 for a given class of each image, and returns maps at the input's resolution.
+`pointing_game` checks where a map's peak falls (Zhang et al. 2016,
+https://arxiv.org/abs/1608.00507): on the synthetic data, inside the box of the part that
+decides the class.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torchcam.methods import GradCAM
 from torchcam.utils import overlay_mask
 from torchvision.transforms.functional import to_pil_image
 
@@ -26,8 +26,8 @@ from carsweep.data.cache import crop_to_box
 from carsweep.data.images import open_rgb
 from carsweep.trainable import eval_transform
 from carsweep.trainable.augment import normalize_batch
+from carsweep.trainable.cam_occlusion import TARGET_LAYER, grad_cam
 
-TARGET_LAYER = "layer4"
 CAM_BATCH = 16
 # ResNet-18's stages and their strides: a map of layer4 at 64 px input is 2 x 2, too coarse to
 # point at a headlight. MIN_CAM_SIDE picks the deepest stage still this many cells across.
@@ -64,22 +64,13 @@ def class_maps(model: nn.Module, images: torch.Tensor, classes: list[int],
                layer: str = TARGET_LAYER) -> torch.Tensor:
     """(B, S, S) Grad-CAM of class `classes[i]` for image i, in [0, 1], bilinear to S x S."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     maps = []
-    try:
-        for start in range(0, len(images), CAM_BATCH):
-            chunk = images[start:start + CAM_BATCH].to(device)
-            targets = [int(c) for c in classes[start:start + CAM_BATCH]]
-            with GradCAM(model, target_layer=layer) as extractor, torch.enable_grad():
-                scores = model(normalize_batch(chunk))
-                (cams,) = extractor(class_idx=targets, scores=scores)  # (b, h, w)
-            model.zero_grad(set_to_none=True)
-            size = images.shape[-2:]
-            maps.append(F.interpolate(cams.detach()[:, None].float(), size=size,
-                                      mode="bilinear", align_corners=False)[:, 0].cpu())
-    finally:
-        model.train(was_training)
+    for start in range(0, len(images), CAM_BATCH):
+        chunk = normalize_batch(images[start:start + CAM_BATCH].to(device))
+        targets = [int(c) for c in classes[start:start + CAM_BATCH]]
+        cams = grad_cam(model, chunk, targets, layer, normalized=True)  # (b, h, w)
+        maps.append(F.interpolate(cams[:, None], size=images.shape[-2:], mode="bilinear",
+                                  align_corners=False)[:, 0].cpu())
     return torch.cat(maps) if maps else torch.empty(0, *images.shape[-2:])
 
 

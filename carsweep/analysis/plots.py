@@ -36,12 +36,8 @@ def save(figure: plt.Figure, path: Path) -> Path:
 
 def confusion_full(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
     """Every class; row-normalised so each row reads as "where class i's images went"."""
-    side = min(14.0, 4 + 0.25 * len(classes))
-    figure, axes = plt.subplots(figsize=(side + 1.5, side))
-    _draw_matrix(axes, _row_share(matrix), classes if len(classes) <= LABELLED_CLASSES else None,
-                 counts=matrix if len(classes) <= ZOOM_CLASSES else None)
-    axes.set_title(f"Confusion matrix, all {len(classes)} classes (share of each true class)")
-    return save(figure, path)
+    title = f"Confusion matrix, all {len(classes)} classes (share of each true class)"
+    return _row_shared_matrix(matrix, classes, title, path)
 
 
 def confusion_by_make(matrix: np.ndarray, classes: list[str], path: Path) -> Path | None:
@@ -50,11 +46,17 @@ def confusion_by_make(matrix: np.ndarray, classes: list[str], path: Path) -> Pat
     makes, grouped = by_make(matrix, classes)
     if len(makes) == len(classes):
         return None
-    side = min(14.0, 4 + 0.25 * len(makes))
+    return _row_shared_matrix(grouped, makes, f"Confusion matrix by make ({len(makes)} makes)",
+                              path)
+
+
+def _row_shared_matrix(matrix: np.ndarray, labels: list[str], title: str, path: Path) -> Path:
+    """One row-normalised matrix picture; names and counts only while they stay legible."""
+    side = min(14.0, 4 + 0.25 * len(labels))
     figure, axes = plt.subplots(figsize=(side + 1.5, side))
-    _draw_matrix(axes, _row_share(grouped), makes if len(makes) <= LABELLED_CLASSES else None,
-                 counts=grouped if len(makes) <= ZOOM_CLASSES else None)
-    axes.set_title(f"Confusion matrix by make ({len(makes)} makes)")
+    _draw_matrix(axes, _row_share(matrix), labels if len(labels) <= LABELLED_CLASSES else None,
+                 counts=matrix if len(labels) <= ZOOM_CLASSES else None)
+    axes.set_title(title)
     return save(figure, path)
 
 

@@ -113,17 +113,18 @@ class CamOcclusion:
         return x.index_copy(0, on_device, occlude(subset, mask, self.kind))
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """Grad-CAM at layer4 for class `classes[i]` of image i: (B, h, w) float, ReLU'd, not
-    normalised. Parameter gradients are neither created nor touched; the model's modes and
-    BatchNorm statistics are as they were."""
-    with _eval_mode(model), torch.enable_grad(), GradCAM(model, TARGET_LAYER) as extractor:
-        # The input asks for a gradient so layer4's output has a graph even when the backbone
-        # is frozen; autograd.grad stops at layer4 and never reaches it.
+def grad_cam(model: nn.Module, x: torch.Tensor, classes: list[int], layer: str = TARGET_LAYER,
+             *, normalized: bool = False) -> torch.Tensor:
+    """Grad-CAM at `layer` for class `classes[i]` of image i: (B, h, w) float, ReLU'd, scaled
+    to [0, 1] per map only if `normalized`. Parameter gradients are neither created nor
+    touched; the model's modes and BatchNorm statistics are as they were."""
+    with _eval_mode(model), torch.enable_grad(), GradCAM(model, layer) as extractor:
+        # The input asks for a gradient so the layer's output has a graph even when the
+        # backbone is frozen; autograd.grad stops at that layer and never reaches the input.
         inputs = x.detach().requires_grad_(True)
         with autocast(x.device):
             scores = model(inputs)  # (B, C)
-        cams = extractor(class_idx=classes, scores=scores, normalized=False)[0]
+        cams = extractor(class_idx=classes, scores=scores, normalized=normalized)[0]
     return cams.detach().float()
 
 
