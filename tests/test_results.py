@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from no_ray import BLOCK_RAY
 
 from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.config.trial import TrialConfig
@@ -151,17 +152,9 @@ def test_a_folder_that_is_not_an_experiment_is_one_line(tmp_path, make):
     assert str(make(tmp_path)) in str(error.value)
 
 
-NO_RAY_SCRIPT = """
-import sys
+NO_RAY_SCRIPT = BLOCK_RAY + """
 from pathlib import Path
 
-class BlockRay:
-    def find_spec(self, name, path=None, target=None):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError(f"ray is blocked in this test ({name})")
-        return None
-
-sys.meta_path.insert(0, BlockRay())
 from carsweep.results import load_experiment
 from carsweep.results.export import export, load_export
 import carsweep.analysis.predict

@@ -7,16 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-SCRIPT = textwrap.dedent("""
-    import sys
+from no_ray import BLOCK_RAY
 
-    class BlockRay:
-        def find_spec(self, name, path=None, target=None):
-            if name == "ray" or name.startswith("ray."):
-                raise ImportError(f"ray is blocked in this test ({name})")
-            return None
-
-    sys.meta_path.insert(0, BlockRay())
+SCRIPT = BLOCK_RAY + textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
 
     import torch
