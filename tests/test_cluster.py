@@ -108,8 +108,14 @@ def test_lost_node_trials_resume_from_checkpoint_elsewhere(cluster, prepared_dat
     assert seen[victim].count(1) == 1
     assert sorted(set(seen[victim])) == list(range(1, epochs + 1))
     assert seen[victim][-1] == epochs
+    # The trial may report another epoch between our look and the node's removal, so the
+    # boundary is where the lost node's rows end: all of them first, none after, and the
+    # rest (the epochs after the loss) from the surviving nodes.
     rows = result_rows(experiment)[victim]
-    after_loss = [row for row in rows if row["epoch"] > epoch_at_loss]
+    on_lost_node = [i for i, row in enumerate(rows) if row["node_id"] == lost_node]
+    assert on_lost_node == list(range(len(on_lost_node)))
+    assert rows[on_lost_node[-1]]["epoch"] >= epoch_at_loss
+    after_loss = rows[len(on_lost_node):]
     assert after_loss
     assert all(row["node_id"] != lost_node for row in after_loss)
     assert lost_node not in node_ids(cluster)
