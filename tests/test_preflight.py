@@ -144,7 +144,7 @@ def test_passing_check_prints_the_rungs_and_launches_nothing(
     assert "    2  2.0 of 4\n" in out
     assert "    3  1.0 of 4  (max_t)" in out
     assert "dry step: 1 epoch on 12 images reported val_top1 = " in out
-    assert "readable from all 2 node(s)" in out
+    assert "the same (manifest digest) on all 2 node(s)" in out
     assert "no GPU: memory check skipped" in out
     assert "pre-flight: all checks passed" in out
     assert not storage.exists()

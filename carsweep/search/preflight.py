@@ -9,7 +9,9 @@ the same checks first and stops at the first failure. The checks, in order:
     resources   one trial's request fits on some node
     dry step    carsweep.trainable.train for one epoch on a few images at a small size
                 really reports the sweep's metric (and ASHA's time attribute, epoch)
-    nodes       the storage path is writable and the dataset readable from every alive node
+    nodes       the storage path is shared with the driver (a token written by the driver is
+                read by every alive node, which writes its own back for the driver to read)
+                and every node's dataset is the driver's (the manifest's digest)
     gpu memory  one training step at the largest batch size x input size of the space, measured
                 on a GPU, fits in the GPU's memory / trials per GPU
 
@@ -225,8 +227,9 @@ def check_nodes(config: SweepConfig, report: Report) -> None:
         for problem in node.problems:
             report.failed("node", f"node {node.node}: {problem}")
     if not bad:
-        report.passed("nodes", f"storage {config.storage_path} writable and dataset "
-                      f"{config.dataset} readable from all {len(nodes)} node(s)")
+        report.passed("nodes", f"storage {config.storage_path} shared (a token round trip) "
+                      f"and dataset {config.dataset} the same (manifest digest) on all "
+                      f"{len(nodes)} node(s)")
 
 
 # GPU memory -------------------------------------------------------------------------------

@@ -1,17 +1,32 @@
-"""Probe tasks run on the Ray nodes before a sweep: paths every node must see, a GPU's memory.
+"""Probe tasks run on the Ray nodes before a sweep: paths every node must share, a GPU's memory.
 
-A trial can land on any node, so the storage path must be writable and the dataset readable
-from each of them, not only from the driver. One zero-CPU task is pinned to each alive node
-(NodeAffinitySchedulingStrategy, soft=False: it runs there or not at all). The GPU probe
-trains one step of the largest configuration in the space on a GPU node and reports the peak
-memory; it runs in a worker that exits after it (max_calls=1), so it holds no CUDA memory.
+A trial can land on any node, and every node must see the driver's storage and dataset, not a
+folder of the same name on its own disk: a node whose storage path is a local disk would write
+checkpoints the driver never sees (`status`, `resume`, `analyze` and `export` read them there).
+"Writable" is not "shared", so the storage path is proven shared by a round trip: the driver
+writes a fresh token in a folder under it, every node must read that token and write its own
+back, and the driver must then read each node's. The dataset is proven the same by the digest
+of its manifest and class list, and the first image's bytes against the manifest's sha1.
+
+One zero-CPU task is pinned to each alive node (NodeAffinitySchedulingStrategy, soft=False: it
+runs there or not at all). The exchange folder is removed afterwards, and so is any folder the
+driver had to create for it, so the check leaves nothing behind.
+
+The GPU probe trains one step of the largest configuration in the space on a GPU node and
+reports the peak memory; it runs in a worker that exits after it (max_calls=1), so it holds
+no CUDA memory.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import secrets
+import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +39,8 @@ from carsweep.search.validate import storage_problem
 PROBE_TIMEOUT_S = 60.0
 GPU_PROBE_TIMEOUT_S = 180.0
 GIB = 1024**3
+EXCHANGE_PREFIX = ".carsweep-shared-"
+DRIVER_TOKEN = "driver"
 
 
 @dataclass(frozen=True)
@@ -44,30 +61,141 @@ def alive_nodes() -> list[dict]:
 
 
 def probe_every_node(storage: str, dataset: str) -> list[NodeReport]:
-    """Run the path probe on every alive node; a node whose probe never runs is a problem too."""
-    pending = {}
-    for node in alive_nodes():
-        pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-        task = _probe_paths.options(scheduling_strategy=pinned)
-        pending[node_label(node)] = task.remote(storage, dataset)
-    reports = []
-    for label, ref in pending.items():
-        try:
-            problems = ray.get(ref, timeout=PROBE_TIMEOUT_S)
-        except GetTimeoutError:
-            ray.cancel(ref, force=True)
-            problems = [f"the probe task did not run within {PROBE_TIMEOUT_S:.0f} s"]
-        reports.append(NodeReport(node=label, problems=tuple(problems)))
+    """Prove on every alive node that storage and dataset are the driver's; a node whose
+    probe never runs is a problem too."""
+    expected = dataset_digest(dataset)
+    with token_exchange(storage) as exchange:
+        pending = {}
+        for node in alive_nodes():
+            pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+            task = _probe_paths.options(scheduling_strategy=pinned)
+            pending[node["NodeID"]] = (node_label(node), task.remote(
+                storage, dataset, expected, exchange, node["NodeID"]))
+        reports = []
+        for node_id, (label, ref) in pending.items():
+            problems = _probe_result(ref)
+            if exchange is not None and not problems:
+                problems = [p for p in [token_returned(storage, exchange, node_id)] if p]
+            reports.append(NodeReport(node=label, problems=tuple(problems)))
     return reports
 
 
+def _probe_result(ref: ray.ObjectRef) -> list[str]:
+    try:
+        return ray.get(ref, timeout=PROBE_TIMEOUT_S)
+    except GetTimeoutError:
+        ray.cancel(ref, force=True)
+        return [f"the probe task did not run within {PROBE_TIMEOUT_S:.0f} s"]
+
+
 @ray.remote(num_cpus=0)
-def _probe_paths(storage: str, dataset: str) -> list[str]:
-    return [p for p in (storage_problem(storage), dataset_problem(dataset)) if p]
+def _probe_paths(storage: str, dataset: str, expected_dataset: str | None,
+                 exchange: Exchange | None, node_id: str) -> list[str]:
+    problem = storage_problem(storage)
+    if problem is None and exchange is not None:
+        problem = answer_token(storage, exchange, node_id)
+    dataset_found = dataset_problem(dataset) or same_dataset_problem(dataset, expected_dataset)
+    return [p for p in (problem, dataset_found) if p]
+
+
+# The storage round trip ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Exchange:
+    """The folder under the storage path where the driver's and the nodes' tokens meet."""
+
+    folder: str
+    token: str
+
+
+@contextmanager
+def token_exchange(storage: str) -> Iterator[Exchange | None]:
+    """A fresh exchange folder under `storage` holding the driver's token, removed afterwards
+    with every folder made for it. None when the driver cannot write there: then each node's
+    own probe says why, so every node is named."""
+    target = Path(storage)
+    missing = [p for p in (target, *target.parents) if not p.exists()]
+    token = secrets.token_hex(16)
+    folder = target / f"{EXCHANGE_PREFIX}{token}"
+    try:
+        folder.mkdir(parents=True)
+        (folder / DRIVER_TOKEN).write_text(token)
+    except OSError:
+        _remove(folder, missing)
+        yield None
+        return
+    try:
+        yield Exchange(folder=str(folder), token=token)
+    finally:
+        _remove(folder, missing)
+
+
+def _remove(folder: Path, made: list[Path]) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in made:  # deepest first: only folders this check created, and only if empty
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+
+
+def answer_token(storage: str, exchange: Exchange, node_id: str) -> str | None:
+    """On a node: read the driver's token and write this node's answer beside it."""
+    folder = Path(exchange.folder)
+    try:
+        seen = (folder / DRIVER_TOKEN).read_text()
+    except OSError:
+        seen = None
+    if seen != exchange.token:
+        return (f"storage path {storage} is not shared with the driver: the token the driver "
+                "wrote there is not visible on this node (a local disk or another mount at "
+                "that path?); put the storage on a file system every node mounts")
+    try:
+        (folder / node_id).write_text(f"{exchange.token} {node_id}")
+    except OSError as error:
+        return f"storage path {storage} is not writable ({error.strerror} in {folder})"
+    return None
+
+
+def token_returned(storage: str, exchange: Exchange, node_id: str) -> str | None:
+    """On the driver: the node's answer must be there, or the node wrote to another folder."""
+    try:
+        answer = (Path(exchange.folder) / node_id).read_text()
+    except OSError:
+        answer = None
+    if answer != f"{exchange.token} {node_id}":
+        return (f"storage path {storage} is not shared with the driver: what this node wrote "
+                "there never reached the driver (a local disk or another mount at that "
+                "path?); put the storage on a file system every node mounts")
+    return None
+
+
+# The dataset --------------------------------------------------------------------------------
+
+def dataset_digest(dataset: str) -> str | None:
+    """sha1 of the manifest and the class list, or None where they cannot be read."""
+    digest = hashlib.sha1()
+    try:
+        for name in ("manifest.csv", "classes.json"):
+            digest.update((Path(dataset) / name).read_bytes())
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def same_dataset_problem(dataset: str, expected: str | None) -> str | None:
+    """None if this node's copy of the dataset index is the driver's."""
+    here = dataset_digest(dataset)
+    if expected is None or here is None or here == expected:
+        return None
+    return (f"dataset {dataset} is not the driver's: its manifest or classes differ (digest "
+            f"{here[:12]} here, {expected[:12]} on the driver); give every node the same "
+            "prepared dataset at the same path")
 
 
 def dataset_problem(dataset: str) -> str | None:
-    """None if the manifest, the dataset description and the first image can be read."""
+    """None if the manifest, the dataset description and the first image can be read, and
+    the image has the bytes the manifest's sha1 says."""
     folder = Path(dataset)
     try:
         with (folder / "manifest.csv").open(newline="") as handle:
@@ -75,8 +203,10 @@ def dataset_problem(dataset: str) -> str | None:
         info = json.loads((folder / "dataset.json").read_text())
         if first is not None:
             root = Path(info["root"]) if Path(info["root"]).is_absolute() else folder / info["root"]
-            with (root / first["path"]).open("rb") as image:
-                image.read(1)
+            image = root / first["path"]
+            if first.get("sha1") and hashlib.sha1(image.read_bytes()).hexdigest() != first["sha1"]:
+                return (f"dataset {dataset}: {image} has other bytes than its manifest says "
+                        "(another copy of the images at that path?)")
     except OSError as error:
         where = error.filename or folder
         return f"dataset {dataset} is not readable ({error.strerror}: {where})"
