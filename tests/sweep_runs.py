@@ -31,6 +31,7 @@ TINY_SWEEP = {
     "resources": {"cpu": 1, "gpu": 0},
     "scheduler": "fifo",  # every trial runs all its epochs: what was kept is predictable
     "max_failures": 2,
+    "checkpoint_every_min": 0,  # every epoch: these tests count the epochs a restart redoes
     "searcher": {"seed": 0, "n_startup_trials": 2},
     "space": TINY_SPACE,
 }

@@ -180,7 +180,8 @@ def test_status_prints_table_and_best(swept, capsys, monkeypatch):
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(prepared_dataset, tmp_path):
     storage = tmp_path / "results"
     config = write_sweep(tmp_path, "resumable", num_samples=4, max_concurrent_trials=1,
-                         scheduler="fifo", space={**TINY_SWEEP["space"], "epochs": 2})
+                         scheduler="fifo", space={**TINY_SWEEP["space"], "epochs": 2},
+                         checkpoint_every_min=0)  # every epoch: epoch 1 is not redone
     command = [sys.executable, "-m", "carsweep", "sweep", str(config), "--data",
                str(prepared_dataset), "--storage", str(storage), "--num-cpus", "1"]
     experiment = storage / "resumable"

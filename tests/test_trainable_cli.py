@@ -13,7 +13,7 @@ from carsweep.cli import main
 from carsweep.trainable import load_checkpoint
 
 METRICS = ["epoch", "train_loss", "train_acc", "images_per_s", "lr", "val_loss", "val_top1",
-           "val_top5", "epoch_time_s"]
+           "val_top5", "epoch_time_s", "precision"]
 QUICK = ["--set", "resize=32", "--set", "batch_size=4", "--set", "num_workers=0",
          "--set", "device=cpu", "--set", "optimizer=adam", "--set", "lr=0.001"]
 

@@ -12,7 +12,7 @@ from carsweep.errors import UserError
 from carsweep.trainable import build_model, load_checkpoint, predict, train
 
 METRICS = {"epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5",
-           "images_per_s", "lr", "epoch_time_s"}
+           "images_per_s", "lr", "epoch_time_s", "precision"}
 
 
 @pytest.fixture(scope="module")

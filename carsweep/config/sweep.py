@@ -39,7 +39,8 @@ from carsweep.config.io import apply_overrides, read_yaml, validate, write_text_
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 
-# What `trainable.train` reports every epoch; the sweep's metric must be one of them.
+# The numbers `trainable.train` reports every epoch (besides the text `precision`); the
+# sweep's metric must be one of them.
 REPORTED_METRICS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5",
     "images_per_s", "lr", "epoch_time_s",
@@ -193,6 +194,10 @@ class SweepConfig(BaseModel):
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: as resources allow")
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(1, ge=0, description="retries of a failed trial, from its checkpoint")
+    checkpoint_every_min: float = Field(
+        10.0, ge=0, description="besides ASHA's rungs and a trial's last epoch, checkpoint at "
+        "most every N minutes (0: every epoch); a trial moved off a lost node redoes at most "
+        "that much")
     scheduler: Literal["asha", "fifo"] = Field("asha", description="asha stops early; fifo never")
     asha: AshaConfig = Field(default_factory=AshaConfig)
     searcher: SearcherConfig = Field(default_factory=SearcherConfig)

@@ -56,6 +56,9 @@ class TrialConfig(BaseModel):
         "the rest in CPU workers; cpu: all in workers; device: twins on any device")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto picks cuda when available")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast on GPUs with native bf16 (Ampere and newer), "
+        "fp16 with loss scaling on older ones (T4, V100, P100), fp32 on the CPU")
     cam_occlusion_p: float = Field(
         0.5, gt=0, le=1, description="cam-occlusion: fraction of each batch that is occluded")
     cam_occlusion_q: float = Field(

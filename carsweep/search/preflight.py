@@ -13,7 +13,8 @@ the same checks first and stops at the first failure. The checks, in order:
                 read by every alive node, which writes its own back for the driver to read)
                 and every node's dataset is the driver's (the manifest's digest)
     gpu memory  one training step at the largest batch size x input size of the space, measured
-                on a GPU, fits in the GPU's memory / trials per GPU
+                on a GPU (the allocator's peak reserve and the CUDA context), fits in the
+                GPU's memory / trials per GPU
 
 Every failure is one line naming the node, path or value.
 """
@@ -268,8 +269,9 @@ def check_gpu_memory(config: SweepConfig, report: Report) -> None:
         return
     share = measured.total_bytes / trials_per_gpu(gpu)
     step = (f"one training step at batch_size={trial['batch_size']} x "
-            f"resize={trial['resize']} ({trial['optimizer']}) peaks at "
-            f"{measured.peak_bytes / GIB:.2f} GiB on node {measured.node} "
+            f"resize={trial['resize']} ({trial['optimizer']}) needs "
+            f"{measured.peak_bytes / GIB:.2f} GiB (tensors, allocator reserve and CUDA "
+            f"context) on node {measured.node} "
             f"({measured.gpu_name}, {measured.total_bytes / GIB:.0f} GiB)")
     if measured.peak_bytes > share:
         report.failed("gpu memory", f"{step}, more than the {share / GIB:.2f} GiB each of "

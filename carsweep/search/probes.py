@@ -22,9 +22,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -244,9 +246,12 @@ def _measure_gpu_step(trial: dict, num_classes: int) -> GpuMeasurement:
 
 
 def peak_step_memory(trial: dict, num_classes: int, steps: int = 2) -> tuple[str, int, int]:
-    """(GPU name, total bytes, peak bytes allocated) over `steps` training steps of `trial` on
-    random data: forward, backward and optimizer step as the epoch loop does them (bf16
-    autocast, channels_last). Two steps, because optimizers allocate their state on the first."""
+    """(GPU name, total bytes, bytes the trial's process needs) over `steps` training steps of
+    `trial` on random data: forward, backward and optimizer step as the epoch loop does them
+    (the GPU's autocast, channels_last). Two steps, because optimizers allocate their state on
+    the first. What a process needs is more than the tensors it allocates: the caching
+    allocator's reserve (cuDNN's workspace included) and the CUDA context, which nvidia-smi
+    sees for this process; where it cannot be read, a typical context size is added."""
     import torch
     from torch import nn
 
@@ -267,14 +272,37 @@ def peak_step_memory(trial: dict, num_classes: int, steps: int = 2) -> tuple[str
         images = torch.randn(shape, device=device).to(memory_format=torch.channels_last)
         labels = torch.randint(0, num_classes, (config.batch_size,), device=device)
         for _ in range(steps):
-            with autocast(device):
+            with autocast(device, config.precision):
                 loss = criterion(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         torch.cuda.synchronize(device)
         properties = torch.cuda.get_device_properties(device)
-        return properties.name, properties.total_memory, torch.cuda.max_memory_allocated(device)
+        reserved = torch.cuda.max_memory_reserved(device)
+        needed = max(process_gpu_bytes() or 0, reserved + CUDA_CONTEXT_BYTES)
+        return properties.name, properties.total_memory, needed
     finally:
         del model, optimizer, images, labels
         torch.cuda.empty_cache()
+
+
+# A CUDA context with cuDNN and cuBLAS loaded takes a few hundred MiB outside PyTorch's
+# allocator (CUDA 12-13, measured on other machines at 300-600 MiB): the upper end is assumed
+# where nvidia-smi cannot say what this process holds.
+CUDA_CONTEXT_BYTES = 600 * 1024**2
+
+
+def process_gpu_bytes() -> int | None:
+    """GPU memory nvidia-smi counts for this process (context included), or None."""
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in listing.splitlines():
+        pid, _, used = line.partition(",")
+        if pid.strip() == str(os.getpid()) and used.strip().isdigit():
+            return int(used.strip()) * 1024**2  # MiB
+    return None  # another PID namespace (a container): nvidia-smi shows the host's PIDs

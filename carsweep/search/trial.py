@@ -15,7 +15,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
@@ -23,6 +23,9 @@ from ray import tune
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.search.release import gpu_memory_released
+
+if TYPE_CHECKING:  # torch is imported in the trial's process only
+    from carsweep.trainable.checkpoint import CheckpointPolicy
 
 CHECKPOINT_FILE = "checkpoint.pt"
 RESULT_FILE = "result.json"  # Ray Tune writes one line per reported result here
@@ -43,23 +46,27 @@ class DatasetUnreachableError(RuntimeError):
     """The trial's node cannot read the dataset folder (it is not on shared storage)."""
 
 
-def run_trial(params: dict[str, Any], *, dataset: str, use_gpu: bool,
+def run_trial(params: dict[str, Any], *, dataset: str, gpu: float,
+              checkpoints: CheckpointPolicy | None = None,
               shipped_weights: dict[str, dict] | None = None) -> None:
     """Train one trial's configuration; Ray calls this with the searcher's parameters.
 
-    `shipped_weights` maps a `weights` name to the state dict the driver loaded, so this
-    node needs neither internet (imagenet) nor the weights file.
+    `gpu` is the share of a GPU the trial holds (its CUDA memory is capped to it);
+    `checkpoints` says which epochs write one. `shipped_weights` maps a `weights` name to the
+    state dict the driver loaded, so this node needs neither internet (imagenet) nor the file.
     """
     from carsweep.trainable import train  # torch is imported in the trial's process only
 
-    config = trial_config(params, use_gpu=use_gpu)
+    config = trial_config(params, use_gpu=gpu > 0)
     dataset_path = readable_dataset(dataset)
     weights = (shipped_weights or {}).get(config.weights)
+    how = {"reporter": TuneReporter(), "gpu_fraction": gpu,
+           **({"checkpoints": checkpoints} if checkpoints is not None else {})}
     with gpu_memory_released(), restorable_checkpoint(tune.get_checkpoint()) as folder:
         if folder is None:
-            train(config, dataset_path, reporter=TuneReporter(), initial_weights=weights)
+            train(config, dataset_path, initial_weights=weights, **how)
         else:
-            train(config, dataset_path, reporter=TuneReporter(), resume_from=folder)
+            train(config, dataset_path, resume_from=folder, **how)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from ray import tune
@@ -24,6 +25,9 @@ from carsweep.search.searcher import make_searcher
 from carsweep.search.table import save_trials_table, trials_table
 from carsweep.search.trial import run_trial
 from carsweep.search.validate import check_storage_writable, check_sweep
+
+if TYPE_CHECKING:  # torch is imported where training starts, not with this module
+    from carsweep.trainable.checkpoint import CheckpointPolicy
 
 SWEEP_FILE = "sweep.yaml"
 
@@ -131,12 +135,22 @@ def _check_experiment_folder(experiment: Path, resume: bool) -> None:
 
 def _trainable(config: SweepConfig, weights: dict[str, dict]) -> tune.Trainable:
     trainable = tune.with_parameters(
-        run_trial, dataset=config.dataset, use_gpu=config.resources.gpu > 0,
-        shipped_weights=weights,
+        run_trial, dataset=config.dataset, gpu=config.resources.gpu,
+        checkpoints=checkpoint_policy(config), shipped_weights=weights,
     )
     return tune.with_resources(
         trainable, {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     )
+
+
+def checkpoint_policy(config: SweepConfig) -> CheckpointPolicy:
+    """ASHA's rungs (where a trial may stop: its last epoch must be kept) and max_t, and in
+    between at most one checkpoint every `checkpoint_every_min`."""
+    from carsweep.trainable.checkpoint import CheckpointPolicy
+
+    rungs = [epoch for epoch, _ in config.asha_rungs()] if config.scheduler == "asha" else []
+    return CheckpointPolicy(at_epochs=frozenset(rungs),
+                            every_s=60.0 * config.checkpoint_every_min)
 
 
 def shipped_weights(config: SweepConfig) -> dict[str, dict]:

@@ -115,10 +115,17 @@ def build_loader(dataset: PreparedDataset, splits: str | tuple[str, ...], config
         num_workers=config.num_workers,
         worker_init_fn=_seed_worker if config.num_workers else None,
         pin_memory=on_gpu,
-        persistent_workers=False,
+        persistent_workers=persistent_workers(config),
     )
     return Loader(batches=batches, num_images=len(images), generator=generator,
                   channels_last=on_gpu, normalize=normalize)
+
+
+def persistent_workers(config: TrialConfig) -> bool:
+    """Workers live for the whole run, not forked again every epoch; except for a
+    `deterministic` run, whose workers are seeded anew each epoch from the saved data-order
+    generator, so a resumed run draws exactly what an uninterrupted one does."""
+    return config.num_workers > 0 and not config.deterministic
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -1,12 +1,17 @@
 """One epoch of training, one pass of evaluation, and prediction: each returns what it measured.
 
-Mixed precision is bf16 autocast on GPU (no loss scaling needed) and plain fp32 on the CPU.
+Mixed precision follows the GPU generation: bf16 autocast where the GPU computes bf16
+natively (Ampere and newer; no loss scaling needed), fp16 autocast with a GradScaler where it
+does not (T4, V100, P100: bf16 there is emulated, slower than fp32), plain fp32 on the CPU
+(faster there, and exact). `precision` can also be forced (fp16 works on the CPU too, which is
+how the GradScaler path is tested without a GPU).
 Sums are kept on the device and read once per pass, so the GPU never waits for a `.item()`.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -17,12 +22,38 @@ from torch.nn import functional as F
 from carsweep.errors import UserError
 from carsweep.trainable.data import Loader
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+NATIVE_BF16_MAJOR = 8  # compute capability 8.x (Ampere) is the first with bf16 tensor cores
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; nothing on the CPU (fp32 is faster there and exact)."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
+
+def pick_precision(choice: str, device: torch.device) -> str:
+    """"bf16", "fp16" or "fp32" for a run's `precision` setting on `device`."""
+    if choice == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if native_bf16(device) else "fp16"
+    if choice == "bf16" and device.type == "cuda" and not native_bf16(device):
+        name = torch.cuda.get_device_name(device)
+        raise UserError(f"`precision` = 'bf16', but {name} has no native bf16 (compute "
+                        "capability below 8.0, where it is emulated and slow); use auto or fp16")
+    return choice
+
+
+def native_bf16(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= NATIVE_BF16_MAJOR
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The autocast context of `precision` (as `pick_precision` resolves it) on `device`."""
+    dtype = AUTOCAST_DTYPES[pick_precision(precision, device)]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (its gradients underflow without it); a no-op otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=pick_precision(precision, device) == "fp16")
 
 
 # Batches between looks for a NaN/inf loss on a GPU (each look waits for the GPU); on the
@@ -36,12 +67,13 @@ class NonFiniteLossError(UserError):
 
 def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
-                    device: torch.device, batch_hook: Callable | None = None) -> dict[str, float]:
+                    device: torch.device, batch_hook: Callable | None = None,
+                    precision: str = "auto") -> dict[str, float]:
     """One pass over `loader` with an optimizer and scheduler step per batch.
 
     `batch_hook(model, x, labels_on_cpu) -> x` changes each batch's model input with the
     current model before the forward pass that trains (model-dependent augmentation:
-    cam_occlusion.py)."""
+    cam_occlusion.py). `scaler` must match `precision` (`grad_scaler`)."""
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = batches = 0
@@ -54,15 +86,18 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
         x = loader.to_model_input(images)  # (B, 3, S, S) float
         if batch_hook is not None:
             x = batch_hook(model, x, cpu_labels)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(x)  # (B, C)
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
+        scaler.step(optimizer)  # skipped by an fp16 scaler when the gradients overflowed
         scaler.update()
         last_lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        with warnings.catch_warnings():
+            # ...so the schedule may step before the optimizer first does: expected with fp16.
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            scheduler.step()
         loss_sum += loss.detach().double() * labels.numel()
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += labels.numel()
@@ -91,10 +126,11 @@ def _stop_if_not_finite(loss_sum: torch.Tensor, batches: int, lr: float) -> None
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Loader, device: torch.device,
+             precision: str = "auto") -> dict[str, float]:
     """Plain cross-entropy (no label smoothing, so trials compare), top-1 and top-5 accuracy
     (fractions) over `loader`; below 5 classes top-5 is top-C."""
-    logits, labels = predict_logits(model, loader, device)
+    logits, labels = predict_logits(model, loader, device, precision)
     topk = min(5, logits.shape[1])
     best = logits.topk(topk, dim=1).indices  # (N, k)
     return {
@@ -105,8 +141,8 @@ def evaluate(model: nn.Module, loader: Loader, device: torch.device) -> dict[str
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: Loader,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(model: nn.Module, loader: Loader, device: torch.device,
+                   precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, C) float32 on the CPU, labels (N,)) in the loader's order, model in eval."""
     was_training = model.training
     model.eval()
@@ -114,7 +150,7 @@ def predict_logits(model: nn.Module, loader: Loader,
     try:
         for images, labels in loader:
             x = loader.to_model_input(images.to(device, non_blocking=True))
-            with autocast(device):
+            with autocast(device, precision):
                 all_logits.append(model(x).float())
             all_labels.append(labels)
     finally:

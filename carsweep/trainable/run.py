@@ -1,9 +1,13 @@
 """`train(config, dataset, reporter=...)`: one training run, the function a sweep calls per trial.
 
-Per epoch: train, evaluate on `eval_split`, write a checkpoint folder (a fresh temporary
-folder), and hand both to `reporter.report(metrics, checkpoint_dir)`. The reporter must keep
-what it wants of that folder during the call (Ray Tune copies it to the trial's storage; the
-standalone run folder copies it to checkpoints/last): it is deleted when `report` returns.
+Per epoch: train, evaluate on `eval_split`, and hand the metrics to
+`reporter.report(metrics, checkpoint_dir)`; on the epochs the CheckpointPolicy asks for
+(every epoch unless told otherwise; a sweep asks for ASHA's rungs, the last epoch and at most
+one every few minutes) `checkpoint_dir` is a fresh temporary folder holding the checkpoint,
+else None. The reporter must keep what it wants of that folder during the call (Ray Tune
+copies it to the trial's storage; the standalone run folder copies it to checkpoints/last):
+it is deleted when `report` returns. The metrics include `precision`, the autocast the run
+computes in (loop.py), which the checkpoint stores too.
 """
 
 from __future__ import annotations
@@ -27,15 +31,24 @@ from carsweep.errors import UserError
 from carsweep.trainable.augment import check_augmentation
 from carsweep.trainable.cam_occlusion import batch_hook_for
 from carsweep.trainable.checkpoint import (
+    CheckpointPolicy,
     load_checkpoint,
     restore_rng_states,
     rng_states,
     save_checkpoint,
 )
 from carsweep.trainable.data import build_loader
-from carsweep.trainable.loop import evaluate, predict_logits, train_one_epoch
+from carsweep.trainable.loop import (
+    evaluate,
+    grad_scaler,
+    pick_precision,
+    predict_logits,
+    train_one_epoch,
+)
 from carsweep.trainable.model import build_model, set_backbone_frozen
 from carsweep.trainable.optim import build_optimizer, build_scheduler
+
+EVERY_EPOCH = CheckpointPolicy()
 
 
 class Reporter(Protocol):
@@ -55,12 +68,18 @@ class TrainResult:
 
 def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Reporter,
           train_splits: tuple[str, ...] = ("train",), eval_split: str | None = "val",
-          resume_from: Path | None = None, initial_weights: dict | None = None) -> TrainResult:
-    """Train ResNet-18 on `train_splits` for `config.epochs` epochs, reporting every epoch."""
+          resume_from: Path | None = None, initial_weights: dict | None = None,
+          checkpoints: CheckpointPolicy = EVERY_EPOCH,
+          gpu_fraction: float | None = None) -> TrainResult:
+    """Train ResNet-18 on `train_splits` for `config.epochs` epochs, reporting every epoch
+    (with a checkpoint on the epochs `checkpoints` asks for). `gpu_fraction` below 1 caps
+    this process's CUDA memory to that share of the GPU (trials that share one)."""
     check_augmentation(config.augmentation)
     check_splits(*train_splits, *([eval_split] if eval_split else []))
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
     device = pick_device(config.device)
+    precision = pick_precision(config.precision, device)
+    cap_gpu_memory(device, gpu_fraction)
     with deterministic_mode(config.deterministic, device):
         torch.manual_seed(config.seed)
         train_loader = build_loader(data, tuple(train_splits), config, train=True, device=device)
@@ -75,7 +94,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         optimizer = build_optimizer(model, config)
         scheduler = build_scheduler(optimizer, config, len(train_loader))
-        scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
+        scaler = grad_scaler(precision, device)
         history: list[dict[str, float]] = []
         first_epoch = 1
         if resumed is not None:
@@ -83,10 +102,14 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
             model.load_state_dict(resumed["model"])
             optimizer.load_state_dict(resumed["optimizer"])
             scheduler.load_state_dict(resumed["scheduler"])
-            scaler.load_state_dict(resumed["scaler"])
+            if scaler.is_enabled() and resumed["scaler"]:
+                # A run resumed on another GPU generation may switch bf16 <-> fp16: the
+                # fp32 weights carry over, a scale exists only where both sides used one.
+                scaler.load_state_dict(resumed["scaler"])
             restore_rng_states(resumed["rng"], train_loader.generator)
             history = list(resumed["history"])
             first_epoch = int(resumed["epoch"]) + 1
+        last_saved = time.monotonic()
         for epoch in range(first_epoch, config.epochs + 1):
             started = time.perf_counter()
             model.train()
@@ -94,20 +117,26 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
             metrics = {"epoch": epoch}
             metrics |= train_one_epoch(model, train_loader, criterion, optimizer, scheduler,
                                        scaler, device,
-                                       batch_hook=batch_hook_for(config, epoch))
+                                       batch_hook=batch_hook_for(config, epoch),
+                                       precision=precision)
             if eval_loader is not None:
-                metrics |= evaluate(model, eval_loader, device)
+                metrics |= evaluate(model, eval_loader, device, precision)
             metrics["epoch_time_s"] = time.perf_counter() - started
+            metrics["precision"] = precision
             history.append(metrics)
+            if not checkpoints.due(epoch, config.epochs, time.monotonic() - last_saved):
+                reporter.report(dict(metrics), None)
+                continue
             state = {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch, "history": history, "classes": data.classes,
-                "rng": rng_states(train_loader.generator),
+                "rng": rng_states(train_loader.generator), "precision": precision,
             }
             with _temporary_folder() as folder:
                 save_checkpoint(folder, state, config, data.classes)
                 reporter.report(dict(metrics), folder)
+            last_saved = time.monotonic()
         set_backbone_frozen(model, False)
         model.eval()
     return TrainResult(model=model, history=history, classes=list(data.classes))
@@ -121,7 +150,7 @@ def predict(model: nn.Module, dataset: PreparedDataset | Path, split: str, confi
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
     device = next(model.parameters()).device
     loader = build_loader(data, split, config, train=False, batch_size=batch_size, device=device)
-    return predict_logits(model, loader, device)
+    return predict_logits(model, loader, device, config.precision)
 
 
 def check_splits(*splits: str) -> None:
@@ -138,6 +167,13 @@ def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
+
+
+def cap_gpu_memory(device: torch.device, fraction: float | None) -> None:
+    """Cap this process's CUDA allocator to `fraction` of the GPU, so trials sharing a GPU
+    cannot starve each other (the one that overreaches gets an out-of-memory error)."""
+    if device.type == "cuda" and fraction is not None and 0 < fraction < 1:
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
 
 
 @contextmanager

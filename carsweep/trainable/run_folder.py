@@ -68,7 +68,7 @@ class RunFolder:
         write_text_atomic(self.folder / METRICS_FILE, _to_csv(self.rows))
         if self.writer is not None:
             for name, value in metrics.items():
-                if name != "epoch":
+                if name != "epoch" and isinstance(value, int | float):  # not `precision`
                     self.writer.add_scalar(name, value, epoch)
             self.writer.flush()
         if checkpoint_dir is not None:
@@ -85,7 +85,7 @@ class RunFolder:
         if not path.is_file():
             return []
         with path.open(newline="") as handle:
-            rows = [{k: float(v) for k, v in row.items() if v != ""}
+            rows = [{k: _number_or_text(v) for k, v in row.items() if v != ""}
                     for row in csv.DictReader(handle)]
         for row in rows:
             row["epoch"] = int(row["epoch"])
@@ -99,9 +99,17 @@ def progress_line(metrics: dict[str, float], epochs: int) -> str:
     if "val_top1" in metrics:
         parts.append(f"val loss {metrics['val_loss']:.4f} top1 {metrics['val_top1']:.1%} "
                      f"top5 {metrics['val_top5']:.1%}")
-    parts.append(f"lr {metrics['lr']:.3g}  {metrics['images_per_s']:.0f} img/s  "
-                 f"{metrics['epoch_time_s']:.1f} s")
+    parts.append(f"lr {metrics['lr']:.3g}  {metrics['images_per_s']:.0f} img/s"
+                 + (f" {metrics['precision']}" if "precision" in metrics else "")
+                 + f"  {metrics['epoch_time_s']:.1f} s")
     return "  ".join(parts)
+
+
+def _number_or_text(value: str) -> float | str:
+    try:
+        return float(value)
+    except ValueError:
+        return value  # `precision`
 
 
 def copy_folder_atomic(source: Path, target: Path) -> None:
