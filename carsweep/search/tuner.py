@@ -93,7 +93,8 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
             )
         else:
             save_sweep(config, experiment / SWEEP_FILE)
-            tuner = _new_tuner(config, weights, pruning_aware=pruning_aware, verbose=verbose)
+            tuner = new_tuner(config, _trainable(config, weights), pruning_aware=pruning_aware,
+                              verbose=verbose)
         results = tuner.fit()
     errors = tuple(_last_line(error) for error in results.errors)
     table = trials_table(experiment, config.metric, config.mode)
@@ -166,10 +167,11 @@ def shipped_weights(config: SweepConfig) -> dict[str, dict]:
     return {name: load_weights(name) for name in names if name != "none"}
 
 
-def _new_tuner(config: SweepConfig, weights: dict[str, dict], *, pruning_aware: bool,
-               verbose: int) -> tune.Tuner:
+def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, pruning_aware: bool = True,
+              verbose: int = 1) -> tune.Tuner:
+    """The sweep's Tuner around `trainable` (carsweep's trial, or a benchmark's stand-in)."""
     return tune.Tuner(
-        _trainable(config, weights),
+        trainable,
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(config, pruning_aware=pruning_aware),
             scheduler=make_scheduler(config),
