@@ -104,6 +104,19 @@ def test_dry_trial_is_tiny_and_on_the_cpu():
     assert (trial.optimizer, trial.lr) == ("sgd", 1.0e-4)  # first choice, low end
 
 
+BRANCHED_LR = [{"loguniform": [1.0e-3, 0.1], "when": {"optimizer": ["sgd"]}},
+               {"loguniform": [1.0e-5, 3.0e-3], "when": {"optimizer": ["adam"]}}]
+
+
+def test_dry_and_largest_trial_of_a_branched_space():
+    branched = sweep(space={**SPACE, "optimizer": {"choice": ["adam", "sgd"]}, "lr": BRANCHED_LR,
+                            "batch_size": [{"fixed": 128, "when": {"optimizer": ["sgd"]}},
+                                           {"choice": [16, 32], "when": {"optimizer": ["adam"]}}]})
+    trial = dry_trial(branched)
+    assert (trial.optimizer, trial.lr) == ("adam", 1.0e-5)  # the branch adam selects
+    assert largest_trial(branched) == {"batch_size": 128, "resize": 400, "optimizer": "adam"}
+
+
 # Through the CLI, on a two-node loopback Ray cluster ---------------------------------------
 
 @pytest.fixture(scope="module")

@@ -109,3 +109,25 @@ def test_fifo_never_stops():
     trial = Trial("__fake", stub=True)
     scheduler.on_trial_add(None, trial)
     assert scheduler.on_trial_result(None, trial, {"epoch": 1, "val_top1": 0.0}) == "CONTINUE"
+
+
+BRANCHED = SweepConfig.model_validate({
+    "space": {"optimizer": {"choice": ["sgd", "adam"]},
+              "lr": [{"loguniform": [1e-3, 0.3], "when": {"optimizer": ["sgd"]}},
+                     {"loguniform": [1e-5, 3e-3], "when": {"optimizer": ["adam"]}}],
+              "epochs": 4},
+    "searcher": {"seed": 0, "n_startup_trials": 2,
+                 "points_to_evaluate": [{"optimizer": "adam", "lr": 2e-3}]},
+})
+
+
+def test_branches_reach_ray_under_the_field_name():
+    searcher = make_searcher(BRANCHED)
+    first = searcher.suggest("t0")
+    assert first == {"optimizer": "adam", "lr": 2e-3, "epochs": 4}  # the point, as given
+    assert searcher.study.trials[0].params == {"optimizer": "adam", "lr|adam": 2e-3}
+    for i in range(1, 8):
+        config = searcher.suggest(f"t{i}")
+        assert set(config) == {"optimizer", "lr", "epochs"}
+        low, high = (1e-3, 0.3) if config["optimizer"] == "sgd" else (1e-5, 3e-3)
+        assert low <= config["lr"] <= high

@@ -170,8 +170,9 @@ def dry_trial(config: SweepConfig) -> TrialConfig:
     """A trial from the space (first choice, low end of ranges), shrunk to seconds on a CPU:
     one epoch, tiny images, no weights download, no cache, no workers."""
     values: dict[str, Any] = config.fixed()
-    for name, spec in config.searched().items():
-        values[name] = spec.values[0]
+    for param in config.parameters():  # parents first: a branch sees its parent's value
+        if param.applies(values):
+            values[param.field] = param.spec.values[0]
     values |= {"epochs": 1, "warmup_epochs": 0, "freeze_backbone_epochs": 0,
                "batch_size": DRY_BATCH, "resize": DRY_RESIZE, "num_workers": 0,
                "device": "cpu", "data_cache": "off", "weights": "none"}

@@ -6,6 +6,9 @@ Optuna trial as an intermediate value (step = epoch), and a trial that ended bef
 `epochs` (stopped by the scheduler, or cut at ASHA's max_t) is told as PRUNED; Optuna keeps
 its intermediate values and TPE treats it as pruned. A trial that ran all its epochs is
 COMPLETE with its final value; a trial that errored is FAIL.
+
+Suggestions reach Ray under the TrialConfig field names: a branch's study name (`lr|sgd`) is
+mapped back to its field (`lr`), and `points_to_evaluate` go the other way.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from carsweep.config.sweep import SweepConfig
+from carsweep.config.sweep import SweepConfig, field_values
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.search.space import DefineByRunSpace
@@ -46,6 +49,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if config is not None:
+            config = field_values(config)
             self._planned[trial_id] = int(config.get("epochs", self._default_epochs))
         return config
 
@@ -120,7 +124,8 @@ def make_searcher(config: SweepConfig, *, pruning_aware: bool = True) -> OptunaS
         space=DefineByRunSpace(config),
         metric=config.metric,
         mode=config.mode,
-        points_to_evaluate=[dict(p) for p in config.searcher.points_to_evaluate] or None,
+        points_to_evaluate=[config.searcher_point(p) for p in config.searcher.points_to_evaluate]
+        or None,
         sampler=make_sampler(config),
         **kwargs,
     )

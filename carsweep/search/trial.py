@@ -20,6 +20,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from carsweep.config.sweep import field_values
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.search.release import gpu_memory_released
@@ -125,8 +126,9 @@ def _newest_first(latest: Path) -> list[Path]:
 
 
 def trial_config(params: dict[str, Any], *, use_gpu: bool) -> TrialConfig:
-    """The TrialConfig of a trial; `device: auto` means cpu when the trial was given no GPU."""
-    values = dict(params)
+    """The TrialConfig of a trial; `device: auto` means cpu when the trial was given no GPU.
+    A branch's study name (`lr|sgd`, from a searcher that did not map it back) is its field."""
+    values = field_values(params)
     if not use_gpu and values.get("device", "auto") == "auto":
         values["device"] = "cpu"
     try:
