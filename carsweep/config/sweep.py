@@ -60,6 +60,10 @@ REPORTED_METRICS = (
 SAMPLERS = ("choice", "uniform", "loguniform", "int", "fixed")
 BRANCHES = "branches"  # the kind of a field given as a list of specs
 BRANCH_MARK = "|"  # `lr|sgd,rmsprop`: the study's name for lr's branch for sgd and rmsprop
+# What a trial whose loss became NaN/inf reports last (carsweep.search.trial): the epoch, the
+# sweep's metric at its worst, and these two. Every reported metric is >= 0, so 0.0 is the
+# worst for mode max; for mode min it is +inf.
+DIVERGED, DIVERGED_MESSAGE = "diverged", "diverged_message"
 
 # Fields that only matter for some optimizers: searched only there, unless `when` says otherwise.
 IMPLIED_CONDITIONS: dict[str, dict[str, list[str]]] = {

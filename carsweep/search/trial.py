@@ -4,6 +4,13 @@ Every epoch's metrics and checkpoint go to `ray.tune.report`; on a restart (a re
 failure, or a resumed sweep) `ray.tune.get_checkpoint()` hands back the last one and training
 continues from it. The dataset is read from its path on the trial's node, so it must sit on
 storage every node sees; a node that cannot read it fails the trial with a message saying so.
+
+A trial whose training loss becomes NaN/inf ends with one last report instead of an exception:
+Ray would retry an exception `max_failures` times (the same settings diverge again) and print
+each traceback. The report (`diverged_result`) holds the epoch it diverged in, the sweep's
+metric at its worst (0.0 for mode max, +inf for min), `diverged` and the one-line message; the
+trial ends TERMINATED, so it is never retried nor rerun on resume, and the searcher tells
+Optuna (search/searcher.py).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from carsweep.config.sweep import field_values
+from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, field_values
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.search.release import gpu_memory_released
@@ -44,23 +51,35 @@ class DatasetUnreachableError(RuntimeError):
     """The trial's node cannot read the dataset folder (it is not on shared storage)."""
 
 
-def run_trial(params: dict[str, Any], *, dataset: str, use_gpu: bool,
+def run_trial(params: dict[str, Any], *, dataset: str, use_gpu: bool, metric: str, mode: str,
               shipped_weights: dict[str, dict] | None = None) -> None:
     """Train one trial's configuration; Ray calls this with the searcher's parameters.
 
     `shipped_weights` maps a `weights` name to the state dict the driver loaded, so this
-    node needs neither internet (imagenet) nor the weights file.
+    node needs neither internet (imagenet) nor the weights file. `metric` and `mode` are the
+    sweep's: a trial that diverges reports the metric's worst value.
     """
     from carsweep.trainable import train  # torch is imported in the trial's process only
+    from carsweep.trainable.loop import NonFiniteLossError
 
     config = trial_config(params, use_gpu=use_gpu)
     dataset_path = readable_dataset(dataset)
     weights = (shipped_weights or {}).get(config.weights)
+    reporter = TuneReporter()
     with gpu_memory_released(), restorable_checkpoint(tune.get_checkpoint()) as folder:
-        if folder is None:
-            train(config, dataset_path, reporter=TuneReporter(), initial_weights=weights)
-        else:
-            train(config, dataset_path, reporter=TuneReporter(), resume_from=folder)
+        try:
+            if folder is None:
+                train(config, dataset_path, reporter=reporter, initial_weights=weights)
+            else:
+                train(config, dataset_path, reporter=reporter, resume_from=folder)
+        except NonFiniteLossError as error:
+            reporter.report(diverged_result(error.epoch, str(error), metric, mode))
+
+
+def diverged_result(epoch: int, message: str, metric: str, mode: str) -> dict[str, Any]:
+    """The last report of a trial that diverged in `epoch`: its metric at the worst value."""
+    worst = 0.0 if mode == "max" else float("inf")  # every reported metric is >= 0
+    return {"epoch": epoch, metric: worst, DIVERGED: True, DIVERGED_MESSAGE: message}
 
 
 @contextmanager

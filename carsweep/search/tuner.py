@@ -18,7 +18,11 @@ from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.search.cluster import check_local_gpus, ray_session
-from carsweep.search.monitor import LiveHParamsCallback, progress_reporter
+from carsweep.search.monitor import (
+    DivergedTrialsCallback,
+    LiveHParamsCallback,
+    progress_reporter,
+)
 from carsweep.search.preflight import check_before_launch
 from carsweep.search.searcher import make_searcher
 from carsweep.search.table import save_trials_table, trials_table
@@ -132,7 +136,7 @@ def _check_experiment_folder(experiment: Path, resume: bool) -> None:
 def _trainable(config: SweepConfig, weights: dict[str, dict]) -> tune.Trainable:
     trainable = tune.with_parameters(
         run_trial, dataset=config.dataset, use_gpu=config.resources.gpu > 0,
-        shipped_weights=weights,
+        metric=config.metric, mode=config.mode, shipped_weights=weights,
     )
     return tune.with_resources(
         trainable, {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
@@ -174,7 +178,7 @@ def _new_tuner(config: SweepConfig, weights: dict[str, dict], *, pruning_aware: 
                 checkpoint_score_order=config.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            callbacks=[LiveHParamsCallback()],
+            callbacks=[LiveHParamsCallback(), DivergedTrialsCallback()],
             progress_reporter=progress_reporter(config.metric, list(config.searched())),
             verbose=verbose,
         ),

@@ -94,7 +94,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
             metrics = {"epoch": epoch}
             metrics |= train_one_epoch(model, train_loader, criterion, optimizer, scheduler,
                                        scaler, device,
-                                       batch_hook=batch_hook_for(config, epoch))
+                                       batch_hook=batch_hook_for(config, epoch), epoch=epoch)
             if eval_loader is not None:
                 metrics |= evaluate(model, eval_loader, device)
             metrics["epoch_time_s"] = time.perf_counter() - started
