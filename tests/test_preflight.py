@@ -119,6 +119,20 @@ def test_dry_and_largest_trial_of_a_branched_space():
     assert largest_trial(branched) == {"batch_size": 128, "resize": 400, "optimizer": "adam"}
 
 
+def test_checks_of_every_value_see_every_branch():
+    from carsweep.errors import UserError
+    from carsweep.search.validate import check_augmentations, check_cuda_has_gpus
+
+    def per_optimizer(field, sgd, adam):
+        return sweep(space={**SPACE, field: [{"fixed": sgd, "when": {"optimizer": ["sgd"]}},
+                                             {"fixed": adam, "when": {"optimizer": ["adam"]}}]})
+
+    with pytest.raises(UserError, match="unknown preset 'warp'"):
+        check_augmentations(per_optimizer("augmentation", "flip", "flip+warp"))
+    with pytest.raises(UserError, match="`space.device` can be 'cuda'"):
+        check_cuda_has_gpus(per_optimizer("device", "cpu", "cuda"))
+
+
 ASHA_3 = {"grace_period": 3, "reduction_factor": 3}  # rungs 3, 9, 27 below max_t 30
 
 
