@@ -14,9 +14,11 @@ class UserError(Exception):
 
 
 def describe_validation_error(error: ValidationError, source: str) -> str:
-    """One line for the first problem pydantic found, naming the field by its dotted path."""
+    """One line for the first problem pydantic found, naming the field by its path as YAML
+    writes it (`space.lr[1]`, `searcher.points_to_evaluate[0]`)."""
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
+                    for part in first["loc"]).removeprefix(".") or "(top level)"
     kind = first["type"]
     if kind == "extra_forbidden":
         return f"{source}: unknown key `{field}`"

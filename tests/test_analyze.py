@@ -228,6 +228,22 @@ def test_importance_finds_the_parameter_that_decides_the_metric(tmp_path):
     assert found["importances"]["lr"] > 0.5
 
 
+def test_importance_counts_each_trial_under_the_branch_its_optimizer_selected():
+    sweep = SweepConfig(space={
+        "optimizer": {"choice": ["sgd", "adam"]},
+        "lr": [{"loguniform": [1e-3, 0.1], "when": {"optimizer": ["sgd"]}},
+               {"loguniform": [1e-5, 3e-3], "when": {"optimizer": ["adam"]}}]})
+    rows = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "best_val_top1": [0.5, 0.4, 0.3, 0.2],
+                         "config/optimizer": ["sgd", "adam", "adam", "sgd"],
+                         # 2e-3 lies in both ranges: the optimizer decides which it came from
+                         "config/lr": [2e-3, 2e-3, 1e-5, 0.1]})
+    study = importance.study_from_trials(rows, sweep)
+    assert [t.params for t in study.trials] == [
+        {"optimizer": "sgd", "lr|sgd": 2e-3}, {"optimizer": "adam", "lr|adam": 2e-3},
+        {"optimizer": "adam", "lr|adam": 1e-5}, {"optimizer": "sgd", "lr|sgd": 0.1}]
+    assert study.trials[1].distributions["lr|adam"].high == 3e-3
+
+
 POINTING = {"classes": 4, "per_class": 60, "test_per_class": 10, "size": 64, "seed": 0}
 POINTING_THRESHOLD = 0.5  # "most" correctly classified test images
 TOLERANCE_PX = 4  # the pointing game's 15 px at 224 px, scaled to these 64 px pictures

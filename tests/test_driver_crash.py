@@ -1,5 +1,5 @@
 """A sweep whose driver dies (SIGKILL: no handler runs, nothing is flushed on the way out) and
-a sweep with a trial that blows up: what is kept, what is lost, what runs again.
+a sweep whose trials blow up (NaN loss): what is kept, what is lost, what runs again.
 
 Both run the CLI in a subprocess on a local Ray of one or two CPUs (loopback only).
 """
@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-import torchvision
+from optuna.trial import TrialState
 from sweep_runs import (
     METRIC,
     epochs_by_trial,
@@ -27,6 +26,8 @@ from sweep_runs import (
     write_sweep,
 )
 
+from carsweep.results import load_experiment, rebuild_trials_table
+from carsweep.results.store import read_trials_csv
 from carsweep.search.searcher import load_study
 
 pytestmark = pytest.mark.slow
@@ -99,41 +100,70 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(prepared_datase
     assert len(study.trials) == 3
 
 
-def test_a_trial_with_nan_loss_is_an_error_and_the_sweep_goes_on(prepared_dataset, tmp_path):
-    # Start weights with a NaN in them make the loss NaN at the first batch. (A huge lr does
-    # not do it reliably: lr is capped at 10, and BatchNorm keeps the loss finite, ~1e9.)
-    broken = tmp_path / "nan-weights.pt"
-    state = torchvision.models.resnet18(weights=None).state_dict()
-    state["conv1.weight"][0, 0, 0, 0] = float("nan")
-    torch.save(state, broken)
-    config = write_sweep(
-        tmp_path, "nan", num_samples=2, max_failures=1,
-        space={"weights": {"choice": ["none", str(broken)]}, "epochs": EPOCHS},
-        searcher={"seed": 0, "n_startup_trials": 2,
-                  "points_to_evaluate": [{"weights": str(broken)}, {"weights": "none"}]},
-    )
-    storage = tmp_path / "results"
-    done = run_cli(sweep_command(config, prepared_dataset, storage, "--num-cpus", "1"),
-                   timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]  # one trial worked: the sweep did
-    assert "1 trial(s) failed; first error: " in done.stderr
-    assert "training loss became nan by batch 1 of the epoch" in done.stderr
+# sgd at lr 9-10 with Nesterov momentum, no decay and batch 8: on this data the training loss
+# passes 1e17 and is NaN in epoch 3 (cosine-decayed, or at batch 16, it stays finite). adam
+# at its own lr range trains normally. The three trials are the points to evaluate.
+DIVERGING = {
+    "optimizer": {"choice": ["sgd", "adam"]},
+    "lr": [{"choice": [9.0, 10.0], "when": {"optimizer": ["sgd"]}},
+           {"loguniform": [1.0e-4, 1.0e-2], "when": {"optimizer": ["adam"]}}],
+    "nesterov": True, "lr_schedule": "constant", "warmup_epochs": 1, "batch_size": 8,
+    "epochs": EPOCHS,
+}
+POINTS = [{"optimizer": "sgd", "lr": 10.0}, {"optimizer": "adam", "lr": 1.0e-3},
+          {"optimizer": "sgd", "lr": 9.0}]
 
-    table = pd.read_csv(storage / "nan" / "trials.csv", keep_default_na=False)
-    assert len(table) == 2
-    table = table.set_index("config/weights")
-    blown, healthy = table.loc[str(broken)], table.loc["none"]
-    assert blown["state"] == "ERROR"
-    assert blown["error"].startswith("carsweep.trainable.loop.NonFiniteLossError: training "
-                                     "loss became nan by batch 1 of the epoch")
-    assert "check the start weights" in blown["error"]
-    assert blown["epochs_run"] == 0  # stopped at its first batch, not after 3 epochs of NaN
-    assert blown["failures"] == 2  # the first try and its one retry, each ended at once
-    assert blown["best_checkpoint"] == ""
-    assert healthy["state"] == "TERMINATED"
-    assert healthy["epochs_run"] == EPOCHS
-    assert healthy["error"] == ""
-    assert 0 < float(healthy[f"best_{METRIC}"]) <= 1
+
+def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_path):
+    config = write_sweep(tmp_path, "blowup", num_samples=3, max_concurrent_trials=2,
+                         max_failures=2, space=DIVERGING,
+                         searcher={"seed": 0, "n_startup_trials": 3, "points_to_evaluate": POINTS})
+    storage = tmp_path / "results"
+    experiment = storage / "blowup"
+    done = run_cli(sweep_command(config, prepared_dataset, storage, "--num-cpus", "2"),
+                   timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]  # the adam trial worked: the sweep did
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "2 trial(s) diverged (loss NaN/inf) and were not retried: " in done.stderr
+
+    table = read_trials_csv((experiment / "trials.csv").read_text())
+    assert not [c for c in table.columns if "|" in c]  # branch names never reach Ray
+    assert list(table["config/optimizer"]) == ["adam", "sgd", "sgd"]  # diverged ones last
+    healthy, blown = table.iloc[0], table.iloc[1:]
+    assert (healthy["diverged"], healthy["epochs_run"]) == (False, EPOCHS)
+    assert sorted(blown["config/lr"]) == [9.0, 10.0]
+    assert list(blown["diverged"]) == [True, True]
+    assert list(blown["state"]) == ["TERMINATED"] * 2  # ended by a report, not an error
+    assert list(blown["failures"]) == [0, 0]  # max_failures 2, and not one retry
+    assert list(blown["epochs_run"]) == [EPOCHS] * 2  # the epoch it diverged in
+    assert list(blown[f"last_{METRIC}"]) == [0.0, 0.0]  # the worst value for mode max
+    assert all(e.startswith("training loss became nan by batch ") for e in blown["error"])
+    assert list(table["trial_id"]) == list(load_experiment(experiment).trials["trial_id"])
+    pd.testing.assert_frame_equal(  # the Ray-free builder reads the same table
+        rebuild_trials_table(experiment, METRIC, "max"), table)
+    for row in blown.itertuples():
+        line = f"{row.trial_dir} diverged at epoch {EPOCHS}: {row.error} (not retried)"
+        assert done.stdout.count(line) == 1, done.stdout[-3000:]
+    trained = epochs_by_trial(experiment)
+    assert all(trained[row.trial_dir] == [1, 2, 3] for row in table.itertuples())  # once each
+
+    study = load_study(experiment)
+    by_lr = {t.params.get("lr|sgd", t.params.get("lr|adam")): t for t in study.trials}
+    assert set(by_lr) == {10.0, 1.0e-3, 9.0}  # each range under its own name
+    assert by_lr[1.0e-3].state == TrialState.COMPLETE
+    for lr, error in zip(blown["config/lr"], blown["error"], strict=True):
+        told = by_lr[lr]
+        assert told.state == TrialState.PRUNED
+        assert told.constraints == {"diverged": 1.0}
+        assert told.user_attrs == {"diverged": error}
+        assert told.intermediate_values[EPOCHS] == 0.0
+
+    resumed = run_cli([sys.executable, "-m", "carsweep", "resume", str(experiment),
+                       "--num-cpus", "2"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "diverged at epoch" not in resumed.stdout  # nothing ran again
+    assert epochs_by_trial(experiment) == trained
+    assert len(load_study(experiment).trials) == 3
 
 
 def saved_experiment_state(experiment: Path) -> str:

@@ -20,6 +20,8 @@ from carsweep.config.sweep import SweepConfig
 from carsweep.search.preflight import (
     Report,
     check_asha,
+    check_before_launch,
+    check_schedules,
     dry_trial,
     largest_trial,
     trials_per_gpu,
@@ -104,6 +106,105 @@ def test_dry_trial_is_tiny_and_on_the_cpu():
     assert (trial.optimizer, trial.lr) == ("sgd", 1.0e-4)  # first choice, low end
 
 
+BRANCHED_LR = [{"loguniform": [1.0e-3, 0.1], "when": {"optimizer": ["sgd"]}},
+               {"loguniform": [1.0e-5, 3.0e-3], "when": {"optimizer": ["adam"]}}]
+
+
+def test_dry_and_largest_trial_of_a_branched_space():
+    branched = sweep(space={**SPACE, "optimizer": {"choice": ["adam", "sgd"]}, "lr": BRANCHED_LR,
+                            "batch_size": [{"fixed": 128, "when": {"optimizer": ["sgd"]}},
+                                           {"choice": [16, 32], "when": {"optimizer": ["adam"]}}]})
+    trial = dry_trial(branched)
+    assert (trial.optimizer, trial.lr) == ("adam", 1.0e-5)  # the branch adam selects
+    assert largest_trial(branched) == {"batch_size": 128, "resize": 400, "optimizer": "adam"}
+
+
+def test_checks_of_every_value_see_every_branch():
+    from carsweep.errors import UserError
+    from carsweep.search.validate import check_augmentations, check_cuda_has_gpus
+
+    def per_optimizer(field, sgd, adam):
+        return sweep(space={**SPACE, field: [{"fixed": sgd, "when": {"optimizer": ["sgd"]}},
+                                             {"fixed": adam, "when": {"optimizer": ["adam"]}}]})
+
+    with pytest.raises(UserError, match="unknown preset 'warp'"):
+        check_augmentations(per_optimizer("augmentation", "flip", "flip+warp"))
+    with pytest.raises(UserError, match="`space.device` can be 'cuda'"):
+        check_cuda_has_gpus(per_optimizer("device", "cpu", "cuda"))
+
+
+ASHA_3 = {"grace_period": 3, "reduction_factor": 3}  # rungs 3, 9, 27 below max_t 30
+
+
+def schedule_warnings(space: dict, **changes) -> list[str]:
+    report = Report()
+    check_schedules(sweep(space={"epochs": 30, **space}, **{"asha": ASHA_3, **changes}), report)
+    assert report.ok
+    assert report.lines == [f"  warn  {w}" for w in report.warnings]
+    return report.warnings
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        ({"epochs": {"choice": [15, 30]}},
+         "schedules: `epochs` is searched (15, 30) with a cosine schedule: at every rung a "
+         "shorter schedule has decayed further, so ASHA keeps short runs; fix epochs at max_t "
+         "(30) and let ASHA stop trials"),
+        ({"warmup_epochs": {"int": [0, 3]}},
+         "schedules: `warmup_epochs` can be 3, so some trials are still warming up at the first "
+         "rung (epoch 3); keep warmup_epochs below asha.grace_period (3) or raise the grace "
+         "period"),
+        ({"freeze_backbone_epochs": {"choice": [0, 4]}},
+         "schedules: `freeze_backbone_epochs` can be 4, so some trials are training only the "
+         "head at the first rung (epoch 3)"),
+        ({"lr_schedule": {"choice": ["cosine", "constant"]}},
+         "schedules: `lr_schedule` is searched (cosine, constant): at a rung the shapes have "
+         "decayed by different amounts"),
+        ({"lr_schedule": "step", "step_size": {"choice": [3, 4]}},
+         # decays after epochs 3, 6 or 4, 8: alike at rungs 3 and 9, not at 27
+         "schedules: with lr_schedule step, trials reach the rung at epoch 27 after 6 or 8 "
+         "decays (step_size 3, 4, warmup_epochs 0); fix step_size and warmup_epochs so every "
+         "trial has decayed as often"),
+        ({"lr_schedule": "step", "step_size": 4, "warmup_epochs": {"int": [0, 2]}},
+         "schedules: with lr_schedule step, trials reach the rung at epoch 9 after 1 or 2 "
+         "decays (step_size 4, warmup_epochs 0, 1, 2)"),
+    ],
+)
+def test_schedules_asha_cannot_compare_are_warned_in_one_line(space, expected):
+    (warning,) = schedule_warnings(space)
+    assert warning.startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("space", "changes"),
+    [
+        ({"epochs": 30, "warmup_epochs": {"int": [0, 2]}, "freeze_backbone_epochs": 2}, {}),
+        ({"epochs": {"choice": [15, 30]}, "lr_schedule": "constant"}, {}),  # nothing decays
+        ({"lr_schedule": "step", "step_size": 10, "warmup_epochs": {"int": [0, 2]}}, {}),
+        ({"epochs": {"choice": [15, 30]}, "warmup_epochs": 5}, {"scheduler": "fifo"}),
+        ({"epochs": {"choice": [15, 30]}}, {"asha": {"grace_period": 30}}),  # no rung to stop at
+    ],
+)
+def test_schedules_every_trial_reaches_alike_are_not_warned(space, changes):
+    assert schedule_warnings(space, **changes) == []
+
+
+def test_cars_config_gives_asha_comparable_schedules():
+    from carsweep.config.sweep import load_sweep
+
+    cars = load_sweep("configs/stanford-cars.yaml")
+    report = Report()
+    check_schedules(cars, report)
+    assert report.warnings == []
+    assert cars.space["epochs"].values == [cars.max_t] == [30]
+    assert max(cars.space["warmup_epochs"].values) < cars.asha.grace_period
+    sgd, adaptive = cars.space["lr"].branches
+    assert (sgd.values, sgd.when) == ([1.0e-3, 0.1], {"optimizer": ["sgd"]})
+    assert (adaptive.values, adaptive.when) == (
+        [1.0e-5, 3.0e-3], {"optimizer": ["adam", "adamw", "rmsprop"]})
+
+
 # Through the CLI, on a two-node loopback Ray cluster ---------------------------------------
 
 @pytest.fixture(scope="module")
@@ -149,6 +250,25 @@ def test_passing_check_prints_the_rungs_and_launches_nothing(
     assert "pre-flight: all checks passed" in out
     assert not storage.exists()
     assert list(tmp_path.iterdir()) == [tmp_path / "checked.yaml"]
+
+
+@pytest.mark.slow
+def test_schedule_warnings_are_printed_and_the_launch_goes_on(
+        two_node_ray, prepared_dataset, tmp_path, capsys):
+    space = {**CHECKED_SWEEP["space"], "warmup_epochs": {"int": [0, 1]}}  # grace period 1
+    assert main(check(tmp_path, prepared_dataset, "--storage", str(tmp_path / "results"),
+                      space=space)) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "  warn  schedules: `warmup_epochs` can be 1, so some trials are still warming up " \
+           "at the first rung (epoch 1)" in out
+    assert "pre-flight: all checks passed (1 warning(s) above)" in out
+    config = SweepConfig.model_validate({**CHECKED_SWEEP, "space": space,
+                                         "dataset": str(prepared_dataset),
+                                         "storage_path": str(tmp_path / "results")})
+    check_before_launch(config)  # what a real launch runs: no error, one line on stderr
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: schedules: `warmup_epochs` can be 1, so some trials")
 
 
 @pytest.mark.slow

@@ -129,6 +129,26 @@ def test_history_keeps_the_last_row_of_an_epoch_repeated_after_a_restart(tmp_pat
     assert list(loaded.trials["state"]) == ["UNKNOWN", "TERMINATED"]
 
 
+def test_a_diverged_trial_is_marked_listed_last_and_never_best(tmp_path):
+    experiment = _bare_experiment(tmp_path)  # val_loss, mode min: the worst value is +inf
+    message = "training loss became nan by batch 3 of the epoch (lr 9); the run stopped"
+    _write_trial(experiment, "blown", [
+        {"epoch": 1, "val_loss": 0.2},
+        {"epoch": 2, "val_loss": float("inf"), "diverged": True, "diverged_message": message},
+    ], {"epochs": 3, "lr": 9.0})
+    _write_trial(experiment, "fine", [{"epoch": e, "val_loss": 1.0 / e} for e in (1, 2, 3)],
+                 {"epochs": 3, "lr": 0.01})
+    _write_trial(experiment, "started", [], {"epochs": 3, "lr": 0.02})
+    table = rebuild_trials_table(experiment, "val_loss", "min")
+    assert list(table["trial_id"]) == ["fine", "blown", "started"]  # blown's 0.2 beats 0.33
+    assert list(table["diverged"]) == [False, True, False]
+    assert list(table["error"].fillna("")) == ["", message, ""]
+    blown = table.iloc[1]
+    assert (blown["epochs_run"], blown["best_val_loss"]) == (2, 0.2)
+    assert blown["last_val_loss"] == float("inf")  # read back from the CSV as a number
+    assert load_experiment(experiment).best().trial_id == "fine"
+
+
 def test_best_without_any_reported_metric_is_a_user_error(tmp_path):
     experiment = _bare_experiment(tmp_path)
     _write_trial(experiment, "a", [], {"epochs": 3})

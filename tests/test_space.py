@@ -66,3 +66,35 @@ def test_log_uniform_spreads_over_decades(sampled):
     # Uniform on a log scale: about a third of 60 samples per decade of [1e-4, 1e-1].
     low_decade = sum(p["lr"] < 1e-3 for p in sampled)
     assert 8 <= low_decade <= 35
+
+
+BRANCHED = {
+    "optimizer": {"choice": ["sgd", "adam", "rmsprop"]},
+    "lr": [
+        {"loguniform": [1.0e-3, 0.3], "when": {"optimizer": ["sgd"]}},
+        {"loguniform": [1.0e-5, 3.0e-3], "when": {"optimizer": ["adam"]}},
+        {"fixed": 1.0e-4, "when": {"optimizer": ["rmsprop"]}},
+    ],
+    "epochs": 4,
+}
+
+
+def test_each_branch_is_its_own_study_parameter_and_trials_get_the_field():
+    space = DefineByRunSpace(SweepConfig.model_validate({"space": BRANCHED}))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trials = [study.ask() for _ in range(45)]
+    samples = [space.sample_all(trial) for trial in trials]
+    ranges = {"sgd": (1.0e-3, 0.3), "adam": (1.0e-5, 3.0e-3), "rmsprop": (1.0e-4, 1.0e-4)}
+    for trial, params in zip(trials, samples, strict=True):
+        low, high = ranges[params["optimizer"]]
+        assert low <= params["lr"] <= high
+        assert set(params) == {"optimizer", "lr", "epochs"}  # field names only
+        TrialConfig.model_validate(params)
+        names = set(trial.params) - {"optimizer"}
+        # TPE sees each range under its own name; the fixed branch is not suggested at all.
+        assert names == {"sgd": {"lr|sgd"}, "adam": {"lr|adam"}, "rmsprop": set()}[
+            params["optimizer"]]
+    assert {p["optimizer"] for p in samples} == {"sgd", "adam", "rmsprop"}
+    adam = next(t for t, p in zip(trials, samples, strict=True) if p["optimizer"] == "adam")
+    assert adam.distributions["lr|adam"] == optuna.distributions.FloatDistribution(
+        1.0e-5, 3.0e-3, log=True)

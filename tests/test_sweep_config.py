@@ -64,6 +64,57 @@ def test_saved_sweep_reads_back_equal(tmp_path):
     assert again == config
 
 
+BRANCHED = {
+    "optimizer": {"choice": ["sgd", "adam", "adamw", "rmsprop"]},
+    "lr": [
+        {"loguniform": [1.0e-3, 0.3], "when": {"optimizer": ["sgd"]}},
+        {"loguniform": [1.0e-5, 3.0e-3], "when": {"optimizer": ["adam", "adamw"]}},
+        {"fixed": 1.0e-4, "when": {"optimizer": ["rmsprop"]}},
+    ],
+    "epochs": 4,
+}
+
+
+def test_a_range_per_optimizer(tmp_path):
+    config = load_sweep(write(tmp_path, {"space": BRANCHED}))
+    lr = config.space["lr"]
+    assert lr.kind == "branches"
+    assert [b.kind for b in lr.branches] == ["loguniform", "loguniform", "fixed"]
+    assert lr.values == [1.0e-3, 0.3, 1.0e-5, 3.0e-3, 1.0e-4]  # every value a trial can get
+    assert set(config.searched()) == {"optimizer", "lr"}  # varies with the optimizer
+    assert config.fixed() == {"epochs": 4}
+    assert config.conditions("lr") == {"optimizer": ["sgd", "adam", "adamw", "rmsprop"]}
+    assert [(p.name, p.field) for p in config.parameters()] == [
+        ("optimizer", "optimizer"), ("lr|sgd", "lr"), ("lr|adam,adamw", "lr"),
+        ("lr|rmsprop", "lr")]
+    assert config.branch("lr", {"optimizer": "adamw"})[0] == 1
+    assert config.branch("lr", {"optimizer": "lion"}) is None
+
+
+def test_branched_field_reads_back_and_gives_max_t(tmp_path):
+    space = {**BRANCHED, "epochs": [{"fixed": 2, "when": {"optimizer": ["sgd"]}},
+                                    {"choice": [3, 6], "when": {"optimizer": ["adam"]}}],
+             "warmup_epochs": [{"fixed": 1, "when": {"optimizer": ["sgd"]}},
+                               {"int": [0, 2], "when": {"optimizer": ["adam"]}}]}
+    config = load_sweep(write(tmp_path, {"space": space}))
+    # warm-up 2 with epochs 2 would be invalid, but no trial gets both: each is per optimizer.
+    assert config.max_t == 6
+    save_sweep(config, tmp_path / "out" / "sweep.yaml")
+    assert yaml.safe_load((tmp_path / "out" / "sweep.yaml").read_text())["space"]["lr"] == (
+        BRANCHED["lr"])  # written as the YAML list it was read from
+    assert load_sweep(tmp_path / "out" / "sweep.yaml", ["name=demo"]) == config
+
+
+def test_points_to_evaluate_go_to_the_branch_their_optimizer_selects(tmp_path):
+    points = [{"optimizer": "adam", "lr": 1e-4}, {"optimizer": "sgd", "lr": 0.01},
+              {"optimizer": "rmsprop", "lr": 1e-4}]
+    config = load_sweep(write(tmp_path, {"space": BRANCHED,
+                                         "searcher": {"points_to_evaluate": points}}))
+    assert [config.searcher_point(p) for p in points] == [
+        {"optimizer": "adam", "lr|adam,adamw": 1e-4}, {"optimizer": "sgd", "lr|sgd": 0.01},
+        {"optimizer": "rmsprop"}]  # a fixed branch is returned by the space, not suggested
+
+
 def test_fractional_gpu_allowed(tmp_path):
     config = load_sweep(write(tmp_path, {"resources": {"cpu": 2, "gpu": 0.25}}))
     assert config.resources.gpu == 0.25
@@ -97,6 +148,52 @@ def test_fractional_gpu_allowed(tmp_path):
          "outside the range"),
         ({"space": SPACE, "searcher": {"points_to_evaluate": [{"batch_size": 8}]}},
          "not a searched parameter"),
+        # A range per optimizer: each branch checked as a spec, named `space.lr[i]`.
+        ({"space": {**BRANCHED, "lr": []}},
+         "`space.lr` = [] is invalid: a list of branches needs at least one branch"),
+        ({"space": {**BRANCHED, "lr": [BRANCHED["lr"][0],
+                                       {"loguniform": [0, 0.1], "when": {"optimizer": ["adam"]}}]}},
+         "`space.lr[1]` = {'loguniform': [0, 0.1], 'when': {'optimizer': ['adam']}} is invalid: "
+         "log-scale range [0, 0.1] must have low > 0"),
+        ({"space": {**BRANCHED, "lr": [BRANCHED["lr"][0],
+                                       {"uniform": [0.1, 20], "when": {"optimizer": ["adam"]}}]}},
+         "`space.lr[1]` = 20 is invalid: Input should be less than or equal to 10"),
+        ({"space": {**BRANCHED, "lr": [BRANCHED["lr"][0], {"loguniform": [1e-5, 1e-3]}]}},
+         "`space.lr[1]` has no `when`; each branch says which trials it is for"),
+        ({"space": {**BRANCHED, "lr": [BRANCHED["lr"][0], [0.1, 0.2]]}},
+         "`space.lr[1]` is a list; a branch is one spec"),
+        ({"space": {**BRANCHED, "lr": [{"fixed": 0.1, "when": {"optimiser": ["sgd"]}}]}},
+         "`space.lr[0].when`: `optimiser` is not another parameter of the space"),
+        ({"space": {**BRANCHED, "lr": [{"fixed": 0.1, "when": {"optimizer": ["lion"]}}]}},
+         "`space.lr[0].when.optimizer` = ['lion'] are not among its choices"),
+        ({"space": {**BRANCHED, "batch_size": {"choice": [32, 64]},
+                    "lr": [BRANCHED["lr"][0], {"fixed": 0.1, "when": {"batch_size": [64]}}]}},
+         "`space.lr`: its branches are selected by batch_size, optimizer; every branch of lr "
+         "must be selected by the same one parameter"),
+        ({"space": {**BRANCHED, "optimizer": "sgd"}},
+         "`space.lr`: its branches are selected by `optimizer`, which is fixed"),
+        ({"space": {**BRANCHED, "momentum": [{"fixed": 0.9, "when": {"optimizer": ["sgd"]}}],
+                    "lr": [{"fixed": 0.1, "when": {"momentum": [0.9]}}]}},
+         "`space.lr`: its branches are selected by `momentum`, which has branches itself"),
+        ({"space": {**BRANCHED, "weights": {"choice": ["none", "/w/start.pt"]},
+                    "lr": [{"fixed": 0.1, "when": {"weights": ["/w/start.pt"]}}]}},
+         "`space.lr`: a branch cannot be selected by '/w/start.pt'"),
+        ({"space": {**BRANCHED, "lr": [BRANCHED["lr"][0],
+                                       {"fixed": 0.1, "when": {"optimizer": ["adam", "sgd"]}}]}},
+         "`space.lr[0]` and `space.lr[1]` overlap: both apply where optimizer is 'sgd'"),
+        ({"space": {**BRANCHED, "warmup_epochs": [{"fixed": 4, "when": {"optimizer": ["sgd"]}}]}},
+         "space: some trials would be invalid: warmup_epochs is 4, but must be < epochs (4)"),
+        ({"space": BRANCHED, "searcher": {"points_to_evaluate": [{"lr": 0.01}]}},
+         "`searcher.points_to_evaluate[0]`: `lr` has a branch per optimizer; give optimizer too"),
+        ({"space": {**BRANCHED, "lr": BRANCHED["lr"][:2]},
+          "searcher": {"points_to_evaluate": [{"optimizer": "rmsprop", "lr": 0.01}]}},
+         "no branch of `space.lr` applies where optimizer is 'rmsprop'"),
+        ({"space": BRANCHED, "searcher": {"points_to_evaluate": [{"optimizer": "adam",
+                                                                  "lr": 0.01}]}},
+         "lr = 0.01 is invalid: outside the range [1e-05, 0.003] of `space.lr[1]`"),
+        ({"space": BRANCHED, "searcher": {"points_to_evaluate": [{"optimizer": "rmsprop",
+                                                                  "lr": 0.01}]}},
+         "lr = 0.01 is invalid: not the fixed value 0.0001 of `space.lr[2]`"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_field(tmp_path, data, expected):

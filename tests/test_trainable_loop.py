@@ -111,3 +111,26 @@ def test_empty_split_is_a_user_error(dataset):
 def test_unknown_split_names_the_valid_ones(dataset):
     with pytest.raises(UserError, match="split 'valid' is not one of train, val, test"):
         train(small(), dataset, reporter=Collect(), eval_split="valid")
+
+
+def test_a_nan_loss_stops_the_run_at_once_naming_its_epoch(dataset, tmp_path):
+    from carsweep.trainable.checkpoint import torch_save_atomic
+    from carsweep.trainable.loop import NonFiniteLossError
+
+    class KeepEpochOne(Collect):
+        def report(self, metrics, checkpoint_dir):
+            super().report(metrics, checkpoint_dir)
+            if metrics["epoch"] == 1:
+                state = load_checkpoint(checkpoint_dir)
+                state["model"]["fc.weight"][0, 0] = float("nan")  # blows up the next epoch
+                torch_save_atomic(state, tmp_path / "checkpoint.pt")
+                for name in ("trial.yaml", "classes.json"):
+                    (tmp_path / name).write_bytes((checkpoint_dir / name).read_bytes())
+
+    train(small(epochs=2), dataset, reporter=KeepEpochOne())
+    reporter = Collect()
+    with pytest.raises(NonFiniteLossError) as caught:
+        train(small(epochs=3), dataset, reporter=reporter, resume_from=tmp_path)
+    assert caught.value.epoch == 2  # the first epoch after the resumed one
+    assert str(caught.value).startswith("training loss became nan by batch 1 of the epoch")
+    assert reporter.metrics == []  # stopped in its first batch, nothing reported

@@ -5,7 +5,9 @@ an in-memory study is rebuilt from the trials table (`config/<name>` columns) wi
 `optuna.trial.create_trial` and the distributions of the sweep's space, so the analysis reads
 only the experiment folder. Every trial with a result counts with its best value of the
 sweep's metric; a trial ASHA stopped early counts with the best it reached before the stop,
-which is what the sweep ranked it by.
+which is what the sweep ranked it by. A branched field (a range per optimizer) is one parameter
+per branch, named as in the sweep's study (`lr|sgd`), each trial counted under the branch its
+parent's value selected.
 
 PED-ANOVA (Watanabe et al. 2023, https://arxiv.org/abs/2304.10255) is the evaluator: it needs
 no scikit-learn (fANOVA and MDI do) and is what Optuna Dashboard uses. It says which
@@ -47,15 +49,18 @@ def distribution(spec: ParamSpec) -> BaseDistribution:
 def study_from_trials(trials: pd.DataFrame, sweep: SweepConfig) -> optuna.Study:
     """An in-memory study: one COMPLETE trial per row that has a value of the metric."""
     column = f"best_{sweep.metric}"
-    distributions = {name: distribution(spec) for name, spec in sweep.searched().items()}
+    searched = [param for param in sweep.parameters() if param.spec.searched]  # parents first
+    distributions = {param.name: distribution(param.spec) for param in searched}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if sweep.mode == "max" else "minimize")
     for _, row in trials.dropna(subset=[column]).iterrows():
-        params = {}
-        for name, dist in distributions.items():
-            value = _param_value(row.get(CONFIG_PREFIX + name), dist)
+        params, fields = {}, dict(sweep.fixed())
+        for param in searched:
+            if not param.applies(fields):
+                continue  # another branch's trial, or a field its parent's value leaves out
+            value = _param_value(row.get(CONFIG_PREFIX + param.field), distributions[param.name])
             if value is not None:
-                params[name] = value
+                params[param.name] = fields[param.field] = value
         used = {name: distributions[name] for name in params}
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=used, value=float(row[column]),

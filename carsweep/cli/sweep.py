@@ -71,9 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report_outcome(config, outcome) -> int:
-    """Print the final trials table, the best trial and failures; 1 when no trial worked."""
+    """Print the final trials table, the best trial, failures and diverged trials; 1 when no
+    trial worked (every one failed or diverged)."""
+    from carsweep.results.store import diverged
     from carsweep.search import format_table
 
+    blown = list(outcome.table.loc[diverged(outcome.table), "trial_id"])
     print(format_table(outcome.table, config.metric))
     print(f"\nexperiment: {outcome.experiment}  ({outcome.trials} trials)")
     if outcome.best_trial is None:
@@ -83,11 +86,15 @@ def report_outcome(config, outcome) -> int:
     if outcome.errors:
         print(f"{len(outcome.errors)} trial(s) failed; first error: {outcome.errors[0]}",
               file=sys.stderr)
+    if blown:
+        print(f"{len(blown)} trial(s) diverged (loss NaN/inf) and were not retried: "
+              f"{', '.join(map(str, blown))}; see the error column of trials.csv",
+              file=sys.stderr)
     if outcome.interrupted:
         print(f"sweep stopped before every trial ended; its state is saved. "
               f"Resume with:\n  {resume_command(config, outcome.experiment)}", file=sys.stderr)
         return 130
-    return 1 if outcome.errors and len(outcome.errors) == outcome.trials else 0
+    return 1 if outcome.trials and len(outcome.errors) + len(blown) >= outcome.trials else 0
 
 
 def resume_command(config, experiment: Path) -> str:

@@ -6,10 +6,12 @@ Sits between the trainable (below) and search/analysis (above): pandas, JSON and
 from carsweep.results.store import (
     BestTrial,
     Experiment,
+    best_first,
+    diverged_message,
     load_experiment,
     read_result_rows,
     rebuild_trials_table,
 )
 
-__all__ = ["BestTrial", "Experiment", "load_experiment", "read_result_rows",
-           "rebuild_trials_table"]
+__all__ = ["BestTrial", "Experiment", "best_first", "diverged_message", "load_experiment",
+           "read_result_rows", "rebuild_trials_table"]

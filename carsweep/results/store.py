@@ -4,6 +4,10 @@
 stopped or resumed). The trials table is the `trials.csv` the sweep wrote; a sweep killed
 before writing it still has Ray's plain-JSON files, from which the same table is rebuilt
 (`rebuild_trials_table`) without importing Ray. See docs/experiment-folder.md.
+
+A trial whose loss became NaN/inf is `diverged` in the table, with its message in `error`; the
+table lists it after every trial that did not diverge, and `best()` passes it over while any
+other trial has a result (its settings would diverge again when retrained).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from carsweep.config.io import load_model, validate
-from carsweep.config.sweep import SweepConfig, load_sweep
+from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, SweepConfig, load_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.trainable.checkpoint import CHECKPOINT_FILE, CLASSES_FILE, TRIAL_FILE
@@ -73,8 +77,11 @@ class Experiment:
         return self.folder / str(match.iloc[0])
 
     def best(self) -> BestTrial:
-        """The trial with the best value of the sweep's metric (the first such row on a tie)."""
+        """The trial with the best value of the sweep's metric (the first such row on a tie),
+        among those that did not diverge unless every trial with a result diverged."""
         scored = self.trials.dropna(subset=[self.best_column])
+        healthy = scored[~diverged(scored)]
+        scored = healthy if len(healthy) else scored
         if scored.empty:
             raise UserError(
                 f"{self.folder}: no trial has reported {self.sweep.metric} yet "
@@ -126,16 +133,38 @@ def rebuild_trials_table(folder: Path, metric: str, mode: str) -> pd.DataFrame:
     )
     rows = [_trial_row(folder, trial_id, states.get(trial_id, {}), metric, mode)
             for trial_id in ids]
-    best = f"best_{metric}"
     table = pd.DataFrame(rows)
     if table.empty:
-        table = pd.DataFrame(columns=["trial_id", "state", "stopped_early", "epochs_run",
-                                      "planned_epochs", f"last_{metric}", best])
+        table = pd.DataFrame(columns=["trial_id", "state", "stopped_early", DIVERGED,
+                                      "epochs_run", "planned_epochs", f"last_{metric}",
+                                      f"best_{metric}"])
     else:
-        table = table.sort_values(best, ascending=(mode == "min"), na_position="last",
-                                  kind="stable")
+        table = best_first(table, metric, mode)
     # Through CSV, so the types are those of a trials.csv read back.
     return read_trials_csv(table.to_csv(index=False))
+
+
+def best_first(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """The trials table's order (both builders): trials with a result by their best value,
+    then those that diverged, then those with no result; ties keep their order."""
+    best = f"best_{metric}"
+    rank = table[best].isna() * 2 + diverged(table)
+    ordered = table.assign(_rank=rank).sort_values(
+        ["_rank", best], ascending=[True, mode == "min"], na_position="last", kind="stable")
+    return ordered.drop(columns="_rank").reset_index(drop=True)
+
+
+def diverged(table: pd.DataFrame) -> pd.Series:
+    """Per row, whether the trial diverged (False for a table older than the column)."""
+    if DIVERGED not in table:
+        return pd.Series(False, index=table.index)
+    return table[DIVERGED].fillna(False).astype(bool)
+
+
+def diverged_message(rows: list[dict[str, Any]]) -> str:
+    """The message of a trial's `diverged` report among its result rows, "" if none."""
+    messages = [row.get(DIVERGED_MESSAGE) for row in rows]
+    return next((m for m in reversed(messages) if isinstance(m, str)), "")
 
 
 def read_result_rows(trial_folder: Path) -> list[dict[str, Any]]:
@@ -183,17 +212,19 @@ def _trial_row(folder: Path, trial_id: str, state: dict[str, Any], metric: str,
     planned = int(config.get("epochs", TrialConfig.model_fields["epochs"].default))
     status = state.get("status") or _status_from_folder(folder / trial_dir, epochs_run, planned)
     checkpoint = _best_kept_checkpoint(folder, trial_dir, rows, metric, mode)
+    message = diverged_message(rows)
     return {
         "trial_id": trial_id,
         "state": status,
         "stopped_early": status == "TERMINATED" and epochs_run < planned,
+        DIVERGED: bool(message),
         "epochs_run": epochs_run,
         "planned_epochs": planned,
         f"last_{metric}": float(scores[-1]) if scores else None,
         f"best_{metric}": float(max(scores) if mode == "max" else min(scores))
         if scores else None,
         "failures": int(state.get("failures", 0)),
-        "error": _last_error_line(folder / trial_dir) if status == "ERROR" else "",
+        "error": message or (_last_error_line(folder / trial_dir) if status == "ERROR" else ""),
         "trial_dir": trial_dir,
         "best_checkpoint": checkpoint,
         **{f"config/{k}": v for k, v in _flatten(config).items()},

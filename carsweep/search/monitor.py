@@ -7,15 +7,20 @@ first result; the view's metric columns come from the trial's latest scalars, so
 shows up from its first epoch with its latest metrics. At the end it writes the session's end
 status. It writes no per-trial experiment summary, so TensorBoard builds the experiment from
 all trials' sessions instead of picking one trial's.
+
+A trial whose loss became NaN/inf ends with a report, not an exception (search/trial.py), so Ray
+prints no traceback for it; `DivergedTrialsCallback` prints one line per such trial instead.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ray.tune import CLIReporter
+from ray.tune import Callback, CLIReporter
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.utils import flatten_dict
+
+from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE
 
 # The console table: the sweep's metric first, then the columns worth a glance.
 PROGRESS_METRICS = ("epoch", "val_top1", "val_loss", "train_loss", "images_per_s")
@@ -51,6 +56,25 @@ class LiveHParamsCallback(TBXLoggerCallback):
         writer = self._trial_writer[trial]
         writer.file_writer.add_summary(session_start)
         writer.flush()
+
+
+class DivergedTrialsCallback(Callback):
+    """One console line per trial that diverged, when its last report arrives."""
+
+    def __init__(self) -> None:
+        self._told: set[str] = set()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if result.get(DIVERGED) and trial.trial_id not in self._told:
+            self._told.add(trial.trial_id)
+            print(diverged_line(str(trial), result), flush=True)
+
+
+def diverged_line(trial: str, result: dict) -> str:
+    """`trial_ab12 diverged at epoch 2: training loss became nan ... (not retried)`."""
+    return (f"{trial} diverged at epoch {result.get('epoch')}: {result[DIVERGED_MESSAGE]} "
+            "(not retried)")
 
 
 def session_end_summary(failed: bool) -> Any:

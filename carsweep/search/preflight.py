@@ -6,6 +6,8 @@ the same checks first and stops at the first failure. The checks, in order:
     config      schema, space, augmentation names, the dataset is a prepared one (driver side)
     asha        grace period <= max_t, reduction factor > 1, the rungs that gives and how many
                 trials are expected to reach each (printed)
+    schedules   warnings (not failures) where trials reach an ASHA rung at different points
+                of their learning-rate schedule, so the rung compares schedules, not settings
     resources   one trial's request fits on some node
     dry step    carsweep.trainable.train for one epoch on a few images at a small size
                 really reports the sweep's metric (and ASHA's time attribute, epoch)
@@ -16,7 +18,21 @@ the same checks first and stops at the first failure. The checks, in order:
                 on a GPU (the allocator's peak reserve and the CUDA context), fits in the
                 GPU's memory / trials per GPU
 
-Every failure is one line naming the node, path or value.
+Every failure is one line naming the node, path or value. A warning is one line too, saying
+what to do; `--check` prints it as `warn`, a real launch prints it once and goes on.
+
+The schedule warnings follow one rule: at each rung below max_t, ASHA ranks trials by their
+metric at that epoch, which is only a fair ranking when every trial is at the same point of
+its lr schedule there. It is not when, under ASHA with a rung below max_t:
+
+    epochs          is searched and cosine is possible: a shorter cosine has decayed further
+                    at every rung, so ASHA keeps short schedules
+    warmup_epochs   can be >= grace_period: those trials are still warming up at the first rung
+    freeze_backbone_epochs  can be >= grace_period: their backbone has not trained by then
+    lr_schedule     can be more than one shape: at a rung they have decayed by different amounts
+    step_size       with lr_schedule step possible: the number of decays a trial has had by
+                    some rung differs across the step_size and warmup_epochs values (e.g.
+                    step_size searched, or a warm-up range that moves a decay across a rung)
 """
 
 from __future__ import annotations
@@ -44,6 +60,7 @@ class Report:
 
     lines: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -55,6 +72,10 @@ class Report:
     def failed(self, check: str, problem: str) -> None:
         self.lines.append(f"  FAIL  {check}: {problem}")
         self.failures.append(f"{check}: {problem}")
+
+    def warned(self, check: str, text: str) -> None:
+        self.lines.append(f"  warn  {check}: {text}")
+        self.warnings.append(f"{check}: {text}")
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -81,13 +102,17 @@ def preflight(config: SweepConfig) -> Report:
 
 
 def check_before_launch(config: SweepConfig) -> None:
-    """For a real launch, inside its Ray session (config and ASHA were checked before Ray)."""
+    """For a real launch, inside its Ray session (config and ASHA were checked before Ray);
+    its warnings are printed once, on stderr, when every check passed."""
     report = Report()
+    check_schedules(config, report)
     cluster_checks(config, report)
     if not report.ok:
         more = len(report.failures) - 1
         suffix = f" (and {more} more; see `carsweep sweep --check`)" if more else ""
         raise UserError(f"pre-flight {report.failures[0]}{suffix}")
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def static_checks(config: SweepConfig, report: Report) -> None:
@@ -103,6 +128,7 @@ def static_checks(config: SweepConfig, report: Report) -> None:
                   f"parameters; dataset {config.dataset}")
     check_weights(config, report)
     check_asha(config, report)
+    check_schedules(config, report)
 
 
 def check_weights(config: SweepConfig, report: Report) -> None:
@@ -157,6 +183,79 @@ def check_asha(config: SweepConfig, report: Report) -> None:
         report.lines.append(f"        {epoch:>5}  {trials:.1f} of {config.num_samples}{where}")
 
 
+def check_schedules(config: SweepConfig, report: Report) -> None:
+    """One warning per way trials can reach a rung at different points of their lr schedule
+    (the rule is in the module docstring)."""
+    rungs = [epoch for epoch, _ in config.asha_rungs()[:-1]]
+    if config.scheduler != "asha" or not rungs:
+        return
+    grace = config.asha.grace_period
+    epochs, warmup = _possible(config, "epochs"), _possible(config, "warmup_epochs")
+    schedules = _possible(config, "lr_schedule")
+    if len(epochs) > 1 and "cosine" in schedules:
+        report.warned("schedules", f"`epochs` is searched ({_listed(epochs)}) with a cosine "
+                      "schedule: at every rung a shorter schedule has decayed further, so ASHA "
+                      f"keeps short runs; fix epochs at max_t ({config.max_t}) and let ASHA stop "
+                      "trials")
+    for name, what in (("warmup_epochs", "still warming up"),
+                       ("freeze_backbone_epochs", "training only the head")):
+        longest = max(_possible(config, name))
+        if longest >= grace:
+            report.warned("schedules", f"`{name}` can be {longest}, so some trials are {what} "
+                          f"at the first rung (epoch {grace}); keep {name} below "
+                          f"asha.grace_period ({grace}) or raise the grace period")
+    if len(schedules) > 1:
+        report.warned("schedules", f"`lr_schedule` is searched ({_listed(schedules)}): at a "
+                      "rung the shapes have decayed by different amounts, so ASHA compares "
+                      "shapes, not settings; fix lr_schedule (cosine suits fine-tuning)")
+    if "step" in schedules:
+        _warn_uneven_step_decays(config, report, rungs, warmup)
+
+
+def _warn_uneven_step_decays(config: SweepConfig, report: Report, rungs: list[int],
+                             warmup: list[int]) -> None:
+    """Step decays happen at warm-up + k * step_size; the count before a rung's evaluation
+    must not depend on the trial."""
+    step_sizes = _possible(config, "step_size")
+    for rung in rungs:
+        counts = sorted({_decays_before(rung, w, s) for w in warmup for s in step_sizes})
+        if len(counts) > 1:
+            report.warned("schedules", f"with lr_schedule step, trials reach the rung at epoch "
+                          f"{rung} after {' or '.join(map(str, counts))} decays (step_size "
+                          f"{_listed(step_sizes)}, warmup_epochs {_listed(warmup)}); fix "
+                          "step_size and warmup_epochs so every trial has decayed as often")
+            return
+
+
+def _decays_before(rung: int, warmup: int, step_size: int) -> int:
+    """Decays in effect during epoch `rung` (one lands after epoch warm-up + k * step_size)."""
+    return max(0, math.ceil((rung - warmup) / step_size) - 1)
+
+
+def _possible(config: SweepConfig, name: str) -> list[Any]:
+    """Every value a trial can take for `name`: its choices, every integer of an int range,
+    the default where the space leaves it out."""
+    spec = config.space.get(name)
+    if spec is None:
+        return [TrialConfig.model_fields[name].default]
+    if spec.kind == "branches":
+        return list(dict.fromkeys(v for b in spec.branches for v in _spec_values(b)))
+    return _spec_values(spec)
+
+
+def _spec_values(spec) -> list[Any]:
+    if spec.kind == "int":
+        return list(range(spec.values[0], spec.values[1] + 1))
+    return list(spec.candidate_values())
+
+
+def _listed(values: list[Any]) -> str:
+    """`15, 30`; a run of four or more integers as `0..5`."""
+    if len(values) > 3 and values == list(range(values[0], values[0] + len(values))):
+        return f"{values[0]}..{values[-1]}"
+    return ", ".join(map(str, values))
+
+
 # Dry step ---------------------------------------------------------------------------------
 
 class _KeepMetrics:
@@ -173,8 +272,9 @@ def dry_trial(config: SweepConfig) -> TrialConfig:
     """A trial from the space (first choice, low end of ranges), shrunk to seconds on a CPU:
     one epoch, tiny images, no weights download, no cache, no workers."""
     values: dict[str, Any] = config.fixed()
-    for name, spec in config.searched().items():
-        values[name] = spec.values[0]
+    for param in config.parameters():  # parents first: a branch sees its parent's value
+        if param.applies(values):
+            values[param.field] = param.spec.values[0]
     values |= {"epochs": 1, "warmup_epochs": 0, "freeze_backbone_epochs": 0,
                "batch_size": DRY_BATCH, "resize": DRY_RESIZE, "num_workers": 0,
                "device": "cpu", "data_cache": "off", "weights": "none"}
@@ -265,7 +365,7 @@ def check_gpu_memory(config: SweepConfig, report: Report) -> None:
     try:
         measured = measure_gpu_step(gpu, trial, classes)
     except TimeoutError as error:  # a busy cluster is not a broken sweep: say so, go on
-        report.lines.append(f"  warn  gpu memory: {error}; not checked")
+        report.warned("gpu memory", f"{error}; not checked")
         return
     share = measured.total_bytes / trials_per_gpu(gpu)
     step = (f"one training step at batch_size={trial['batch_size']} x "
@@ -285,7 +385,8 @@ def check_gpu_memory(config: SweepConfig, report: Report) -> None:
 def print_report(report: Report) -> int:
     """The report on stdout, each failure once more on stderr; the exit code (0 or 2)."""
     print(report.text())
-    print("pre-flight: all checks passed" if report.ok
+    warned = f" ({len(report.warnings)} warning(s) above)" if report.warnings else ""
+    print(f"pre-flight: all checks passed{warned}" if report.ok
           else f"pre-flight: {len(report.failures)} check(s) failed")
     for failure in report.failures:
         print(f"carsweep sweep --check: {failure}", file=sys.stderr)

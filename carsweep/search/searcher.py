@@ -6,6 +6,11 @@ Optuna trial as an intermediate value (step = epoch), and a trial that ended bef
 `epochs` (stopped by the scheduler, or cut at ASHA's max_t) is told as PRUNED; Optuna keeps
 its intermediate values and TPE treats it as pruned. A trial that ran all its epochs is
 COMPLETE with its final value; a trial that errored is FAIL.
+
+A trial whose loss became NaN/inf (it reports `diverged`, see search/trial.py) is told so that
+TPE ranks it below every other trial; `tell_diverged` says why it is told the way it is.
+Suggestions reach Ray under the TrialConfig field names: a branch's study name (`lr|sgd`) is
+mapped back to its field (`lr`), and `points_to_evaluate` go the other way.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from carsweep.config.sweep import SweepConfig
+from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, SweepConfig, field_values
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.search.space import DefineByRunSpace
@@ -46,6 +51,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if config is not None:
+            config = field_values(config)
             self._planned[trial_id] = int(config.get("epochs", self._default_epochs))
         return config
 
@@ -61,7 +67,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
             return
         ot_trial = self._ot_trials[trial_id]
         value = (result or {}).get(self.metric)
-        if error or value is None:
+        if (result or {}).get(DIVERGED):
+            self._report(trial_id, result)  # the worst value, at the epoch it diverged in
+            self._tell_diverged(ot_trial, result[DIVERGED_MESSAGE])
+        elif error or value is None:
             # No final score: a crash is FAIL; a trial removed before it reported is PRUNED.
             state = TrialState.FAIL if error else TrialState.PRUNED
             self._tell(ot_trial, None, state)
@@ -93,6 +102,31 @@ class PruningAwareOptunaSearch(OptunaSearch):
         except (ValueError, RuntimeError) as exc:  # e.g. a NaN metric: Optuna refuses it
             logger.warning("Optuna refused trial %s as %s: %s", ot_trial.number, state.name, exc)
 
+    def _tell_diverged(self, ot_trial: optuna.Trial, message: str) -> None:
+        try:
+            tell_diverged(self._ot_study, ot_trial, message)
+        except (ValueError, RuntimeError) as exc:
+            logger.warning("Optuna refused diverged trial %s: %s", ot_trial.number, exc)
+
+
+def tell_diverged(study: optuna.Study, trial: optuna.Trial, message: str) -> None:
+    """Tell `study` that `trial` diverged: PRUNED, infeasible, `diverged` = message.
+
+    TPE splits the trials it has seen into a good and a bad group
+    (optuna/samplers/_tpe/sampler.py, `_split_trials`): it fills the good group with COMPLETE
+    trials by value first, then PRUNED trials by the last step they reported (deeper first),
+    then infeasible trials (a constraint above 0). So neither state alone ranks a diverged
+    trial last: COMPLETE with the worst value outranks every trial ASHA stopped, and PRUNED
+    with the worst intermediate value, at epoch 5, outranks every trial stopped at epoch 3.
+    A violated `diverged` constraint does: the trial goes to the good group only after every
+    other trial, and `study.best_trial` never picks it. It is PRUNED because it did not run
+    its epochs (its intermediate values, the worst last, are its record); FAIL would hide it
+    from TPE altogether.
+    """
+    trial.set_user_attr(DIVERGED, message)
+    trial.set_constraint(DIVERGED, 1.0)
+    study.tell(trial, state=TrialState.PRUNED)
+
 
 def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
     """TPE (multivariate, grouped so conditional parameters are modelled together) or random."""
@@ -120,7 +154,8 @@ def make_searcher(config: SweepConfig, *, pruning_aware: bool = True) -> OptunaS
         space=DefineByRunSpace(config),
         metric=config.metric,
         mode=config.mode,
-        points_to_evaluate=[dict(p) for p in config.searcher.points_to_evaluate] or None,
+        points_to_evaluate=[config.searcher_point(p) for p in config.searcher.points_to_evaluate]
+        or None,
         sampler=make_sampler(config),
         **kwargs,
     )

@@ -4,6 +4,11 @@ Ray Tune's dict spaces cannot say "momentum only for sgd"; a define-by-run funct
 suggests the parents first, then each child only where its `when` holds. Fixed values are
 returned, not suggested, so Optuna's study holds only what TPE should learn from while the
 trial's config still carries every field it was run with.
+
+A branched field (a range per optimizer) is one study parameter per branch, each under its own
+name (`lr|sgd`, `lr|adam,adamw`): TPE models each range alone, never two ranges as one. Ray's
+OptunaSearch hands a trial the suggested names, so the searcher maps them back to the field
+(`config.sweep.field_values`) before Ray sees them; a fixed branch is returned where it applies.
 """
 
 from __future__ import annotations
@@ -12,30 +17,32 @@ from typing import Any
 
 import optuna
 
-from carsweep.config.sweep import ParamSpec, SweepConfig
+from carsweep.config.sweep import ParamSpec, SweepConfig, field_values
 
 
 class DefineByRunSpace:
     """Callable `(optuna.Trial) -> fixed values`, picklable so Ray can save the searcher."""
 
     def __init__(self, config: SweepConfig):
-        self.order = _parents_first(config)
-        self.specs = {name: config.space[name] for name in self.order}
-        self.conditions = {name: config.conditions(name) for name in self.order}
+        self.parameters = config.parameters()  # parents first
         self.fixed_values = config.fixed()
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         chosen: dict[str, Any] = dict(self.fixed_values)
-        for name in self.order:
-            spec = self.specs[name]
-            if spec.searched and _holds(self.conditions[name], chosen):
-                chosen[name] = suggest(trial, name, spec)
-        return self.fixed_values
+        returned: dict[str, Any] = dict(self.fixed_values)
+        for param in self.parameters:
+            if not param.applies(chosen):
+                continue
+            if param.spec.searched:
+                chosen[param.field] = suggest(trial, param.name, param.spec)
+            else:  # a fixed branch: returned like any fixed value, nothing for TPE to learn
+                chosen[param.field] = returned[param.field] = param.spec.values[0]
+        return returned
 
     def sample_all(self, trial: optuna.Trial) -> dict[str, Any]:
-        """The full parameter dict of one trial (what Ray's config will hold)."""
+        """The full parameter dict of one trial, by field (what Ray's config will hold)."""
         fixed = self(trial)
-        return {**trial.params, **fixed}
+        return field_values({**trial.params, **fixed})
 
 
 def suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
@@ -46,13 +53,3 @@ def suggest(trial: optuna.Trial, name: str, spec: ParamSpec) -> Any:
     if spec.kind == "int":
         return trial.suggest_int(name, low, high, log=spec.log)
     return trial.suggest_float(name, float(low), float(high), log=spec.kind == "loguniform")
-
-
-def _holds(conditions: dict[str, list[Any]], chosen: dict[str, Any]) -> bool:
-    return all(name in chosen and chosen[name] in allowed for name, allowed in conditions.items())
-
-
-def _parents_first(config: SweepConfig) -> list[str]:
-    """Space order, except that a parameter named in a `when` comes before its children."""
-    parents = {parent for name in config.space for parent in config.conditions(name)}
-    return [n for n in config.space if n in parents] + [n for n in config.space if n not in parents]

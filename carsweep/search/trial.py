@@ -4,6 +4,13 @@ Every epoch's metrics and checkpoint go to `ray.tune.report`; on a restart (a re
 failure, or a resumed sweep) `ray.tune.get_checkpoint()` hands back the last one and training
 continues from it. The dataset is read from its path on the trial's node, so it must sit on
 storage every node sees; a node that cannot read it fails the trial with a message saying so.
+
+A trial whose training loss becomes NaN/inf ends with one last report instead of an exception:
+Ray would retry an exception `max_failures` times (the same settings diverge again) and print
+each traceback. The report (`diverged_result`) holds the epoch it diverged in, the sweep's
+metric at its worst (0.0 for mode max, +inf for min), `diverged` and the one-line message; the
+trial ends TERMINATED, so it is never retried nor rerun on resume, and the searcher tells
+Optuna (search/searcher.py).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray import tune
 
+from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, field_values
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.search.release import gpu_memory_released
@@ -46,7 +54,7 @@ class DatasetUnreachableError(RuntimeError):
     """The trial's node cannot read the dataset folder (it is not on shared storage)."""
 
 
-def run_trial(params: dict[str, Any], *, dataset: str, gpu: float,
+def run_trial(params: dict[str, Any], *, dataset: str, gpu: float, metric: str, mode: str,
               checkpoints: CheckpointPolicy | None = None,
               shipped_weights: dict[str, dict] | None = None) -> None:
     """Train one trial's configuration; Ray calls this with the searcher's parameters.
@@ -54,19 +62,31 @@ def run_trial(params: dict[str, Any], *, dataset: str, gpu: float,
     `gpu` is the share of a GPU the trial holds (its CUDA memory is capped to it);
     `checkpoints` says which epochs write one. `shipped_weights` maps a `weights` name to the
     state dict the driver loaded, so this node needs neither internet (imagenet) nor the file.
+    `metric` and `mode` are the sweep's: a trial that diverges reports the metric's worst value.
     """
     from carsweep.trainable import train  # torch is imported in the trial's process only
+    from carsweep.trainable.loop import NonFiniteLossError
 
     config = trial_config(params, use_gpu=gpu > 0)
     dataset_path = readable_dataset(dataset)
     weights = (shipped_weights or {}).get(config.weights)
-    how = {"reporter": TuneReporter(), "gpu_fraction": gpu,
+    reporter = TuneReporter()
+    how = {"reporter": reporter, "gpu_fraction": gpu,
            **({"checkpoints": checkpoints} if checkpoints is not None else {})}
     with gpu_memory_released(), restorable_checkpoint(tune.get_checkpoint()) as folder:
-        if folder is None:
-            train(config, dataset_path, initial_weights=weights, **how)
-        else:
-            train(config, dataset_path, resume_from=folder, **how)
+        try:
+            if folder is None:
+                train(config, dataset_path, initial_weights=weights, **how)
+            else:
+                train(config, dataset_path, resume_from=folder, **how)
+        except NonFiniteLossError as error:
+            reporter.report(diverged_result(error.epoch, str(error), metric, mode))
+
+
+def diverged_result(epoch: int, message: str, metric: str, mode: str) -> dict[str, Any]:
+    """The last report of a trial that diverged in `epoch`: its metric at the worst value."""
+    worst = 0.0 if mode == "max" else float("inf")  # every reported metric is >= 0
+    return {"epoch": epoch, metric: worst, DIVERGED: True, DIVERGED_MESSAGE: message}
 
 
 @contextmanager
@@ -132,8 +152,9 @@ def _newest_first(latest: Path) -> list[Path]:
 
 
 def trial_config(params: dict[str, Any], *, use_gpu: bool) -> TrialConfig:
-    """The TrialConfig of a trial; `device: auto` means cpu when the trial was given no GPU."""
-    values = dict(params)
+    """The TrialConfig of a trial; `device: auto` means cpu when the trial was given no GPU.
+    A branch's study name (`lr|sgd`, from a searcher that did not map it back) is its field."""
+    values = field_values(params)
     if not use_gpu and values.get("device", "auto") == "auto":
         values["device"] = "cpu"
     try:

@@ -19,7 +19,11 @@ from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.search.cluster import check_local_gpus, ray_session
-from carsweep.search.monitor import LiveHParamsCallback, progress_reporter
+from carsweep.search.monitor import (
+    DivergedTrialsCallback,
+    LiveHParamsCallback,
+    progress_reporter,
+)
 from carsweep.search.preflight import check_before_launch
 from carsweep.search.searcher import make_searcher
 from carsweep.search.table import save_trials_table, trials_table
@@ -137,7 +141,8 @@ def _check_experiment_folder(experiment: Path, resume: bool) -> None:
 def _trainable(config: SweepConfig, weights: dict[str, dict]) -> tune.Trainable:
     trainable = tune.with_parameters(
         run_trial, dataset=config.dataset, gpu=config.resources.gpu,
-        checkpoints=checkpoint_policy(config), shipped_weights=weights,
+        metric=config.metric, mode=config.mode, checkpoints=checkpoint_policy(config),
+        shipped_weights=weights,
     )
     return tune.with_resources(
         trainable, {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
@@ -190,7 +195,7 @@ def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, pruning_aware: 
                 checkpoint_score_order=config.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            callbacks=[LiveHParamsCallback()],
+            callbacks=[LiveHParamsCallback(), DivergedTrialsCallback()],
             progress_reporter=progress_reporter(config.metric, list(config.searched())),
             verbose=verbose,
         ),

@@ -62,14 +62,22 @@ CHECK_FINITE_EVERY = 20
 
 
 class NonFiniteLossError(UserError):
-    """The training loss became NaN or infinite: more epochs cannot bring it back."""
+    """The training loss became NaN or infinite: more epochs cannot bring it back.
+
+    `epoch` is the epoch it happened in (None where the caller did not say), so a sweep can
+    record where its trial diverged."""
+
+    def __init__(self, message: str, epoch: int | None = None):
+        super().__init__(message)
+        self.epoch = epoch
 
 
 def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
                     device: torch.device, batch_hook: Callable | None = None,
-                    precision: str = "auto") -> dict[str, float]:
-    """One pass over `loader` with an optimizer and scheduler step per batch.
+                    precision: str = "auto", epoch: int | None = None) -> dict[str, float]:
+    """One pass over `loader` with an optimizer and scheduler step per batch; `epoch` (which
+    one this is) goes into the NonFiniteLossError that stops it.
 
     `batch_hook(model, x, labels_on_cpu) -> x` changes each batch's model input with the
     current model before the forward pass that trains (model-dependent augmentation:
@@ -103,8 +111,8 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
         seen += labels.numel()
         batches += 1
         if device.type != "cuda" or batches % CHECK_FINITE_EVERY == 0:
-            _stop_if_not_finite(loss_sum, batches, last_lr)
-    _stop_if_not_finite(loss_sum, batches, last_lr)
+            _stop_if_not_finite(loss_sum, batches, last_lr, epoch)
+    _stop_if_not_finite(loss_sum, batches, last_lr, epoch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -116,12 +124,14 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
     }
 
 
-def _stop_if_not_finite(loss_sum: torch.Tensor, batches: int, lr: float) -> None:
+def _stop_if_not_finite(loss_sum: torch.Tensor, batches: int, lr: float,
+                        epoch: int | None) -> None:
     """End the run at the first NaN/inf loss instead of spending the rest of its epochs."""
     if not torch.isfinite(loss_sum):
         raise NonFiniteLossError(
             f"training loss became {loss_sum.item()} by batch {batches} of the epoch (lr {lr:g});"
-            " the run stopped: lower the learning rate, or check the start weights and data"
+            " the run stopped: lower the learning rate, or check the start weights and data",
+            epoch,
         )
 
 

@@ -118,7 +118,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
             metrics |= train_one_epoch(model, train_loader, criterion, optimizer, scheduler,
                                        scaler, device,
                                        batch_hook=batch_hook_for(config, epoch),
-                                       precision=precision)
+                                       precision=precision, epoch=epoch)
             if eval_loader is not None:
                 metrics |= evaluate(model, eval_loader, device, precision)
             metrics["epoch_time_s"] = time.perf_counter() - started
