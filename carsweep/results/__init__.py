@@ -6,10 +6,11 @@ Sits between the trainable (below) and search/analysis (above): pandas, JSON and
 from carsweep.results.store import (
     BestTrial,
     Experiment,
+    experiment_sweep,
     load_experiment,
     read_result_rows,
     rebuild_trials_table,
 )
 
-__all__ = ["BestTrial", "Experiment", "load_experiment", "read_result_rows",
+__all__ = ["BestTrial", "Experiment", "experiment_sweep", "load_experiment", "read_result_rows",
            "rebuild_trials_table"]
