@@ -43,7 +43,7 @@ class Placement:
 
     def describe(self) -> str:
         if self.node is None:
-            return f"this machine ({self.hostname})"
+            return f"host {self.hostname} (in the analyze process)"
         return f"node {self.node} ({self.hostname})"
 
     def as_json(self) -> dict[str, Any]:
