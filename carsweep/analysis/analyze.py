@@ -4,6 +4,11 @@ Everything is checked before anything is trained, and EXPERIMENT/analysis/ is bu
 temporary folder beside it and renamed into place at the end: a failed or interrupted analyze
 leaves the previous analysis as it was. The retrain (analysis/retrain.py) never touches the
 trial's checkpoint, and the test split is read once, after training.
+
+Where the retrains run is the `retrain` strategy the caller passes: here, one after another
+(the default), or as Ray tasks on a cluster (carsweep.search.cluster_retrain, chosen by the
+CLI), so this package never imports ray. Grad-CAM and the saved model use the first retrain's
+model, which a cluster strategy rebuilds on this machine from the weights its task sent back.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ import pandas as pd
 
 from carsweep.analysis import gallery, importance, metrics, plots, report
 from carsweep.analysis.gradcam import cam_layer
-from carsweep.analysis.retrain import TEST_SPLIT, retrain_and_test, say, seed_summary
+from carsweep.analysis.retrain import (
+    TEST_SPLIT,
+    Retrain,
+    Retrained,
+    retrain_locally,
+    say,
+    seed_summary,
+)
 from carsweep.config.io import validate
 from carsweep.config.trial import TrialConfig
 from carsweep.data.folders import building_folder
@@ -30,8 +42,10 @@ ANALYSIS_DIR = "analysis"
 
 
 def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 1,
-                       device: str | None = None, out: TextIO | None = None) -> Path:
-    """Retrain the best trial `seeds` times, test, write folder/analysis/; returns that path."""
+                       device: str | None = None, retrain: Retrain = retrain_locally,
+                       out: TextIO | None = None) -> Path:
+    """Retrain the best trial `seeds` times with `retrain`, test, write folder/analysis/;
+    returns that path."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     experiment = load_experiment(Path(folder))
@@ -40,17 +54,17 @@ def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 
     config = _retrain_config(best, epochs, device)
     target = experiment.folder / ANALYSIS_DIR
     with building_folder(target) as building:
-        _build(experiment, best, dataset, config, seeds, building, out)
+        _build(experiment, best, dataset, config, seeds, retrain, building, out)
     say(f"[analyze] report: {target / report.REPORT_FILE}", out)
     return target
 
 
 def _build(experiment: Experiment, best: BestTrial, dataset: PreparedDataset,
-           config: TrialConfig, seeds: int, folder: Path, out: TextIO | None) -> None:
+           config: TrialConfig, seeds: int, retrain: Retrain, folder: Path,
+           out: TextIO | None) -> None:
     say(f"[analyze] best trial {best.trial_id} ({experiment.sweep.metric} {best.value:.4f}); "
         f"retraining on train+val, {config.epochs} epochs, {seeds} seed(s)", out)
-    runs = [retrain_and_test(config, dataset, seed_index=k, seeds=seeds, out=out)
-            for k in range(seeds)]
+    runs = retrain(config, dataset, seeds, out)
     paths = dataset.rows(TEST_SPLIT)["path"].tolist()
     tables = [metrics.predictions_table(paths, r.labels, r.probs, dataset.classes) for r in runs]
     per_seed = [metrics.test_metrics(t, dataset.num_classes) for t in tables]
@@ -82,7 +96,7 @@ def _build(experiment: Experiment, best: BestTrial, dataset: PreparedDataset,
 
 
 def _metrics_json(experiment: Experiment, best: BestTrial, dataset: PreparedDataset,
-                  config: TrialConfig, per_seed: list[dict], runs: list, layer: str
+                  config: TrialConfig, per_seed: list[dict], runs: list[Retrained], layer: str
                   ) -> dict[str, Any]:
     summary: dict[str, Any] = dict(per_seed[0])
     summary |= {
@@ -91,7 +105,8 @@ def _metrics_json(experiment: Experiment, best: BestTrial, dataset: PreparedData
         "classes": dataset.num_classes,
         "trained_on": "train+val",
         "epochs": config.epochs,
-        "seeds": [{"seed": r.config.seed, **m} for r, m in zip(runs, per_seed, strict=True)],
+        "seeds": [{"seed": r.config.seed, **m, **r.placement.as_json()}
+                  for r, m in zip(runs, per_seed, strict=True)],
         "best_trial": {
             "trial_id": best.trial_id,
             "metric": experiment.sweep.metric,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from carsweep.analysis.retrain import Placement
 from carsweep.config.io import write_text_atomic
 
 REPORT_FILE = "report.html"
@@ -84,8 +85,18 @@ def _header(summary: dict[str, Any]) -> str:
         f"{escape(summary['split_scheme'])} test split of {escape(summary['dataset'])}.</p>"
         + "".join(f"<div class='kpi'><b>{v}</b>{escape(k)}</div>" for k, v in kpis)
         + spread
+        + f"<p>{escape(_where(summary['seeds']))}</p>"
         + f"<p>CAM-guided occlusion: <b>{escape(best['cam_occlusion'])}</b></p>"
     )
+
+
+def _where(seeds: list[dict[str, Any]]) -> str:
+    """One line: where each retrain ran (metrics.json's per-seed placement)."""
+    placed = [(seed["seed"], Placement.from_json(seed)) for seed in seeds]
+    if all(placement.ran_on == "local" for _, placement in placed):
+        return f"Retrained on {placed[0][1].describe()}."
+    return "Retrained as Ray tasks on the cluster: " + ", ".join(
+        f"seed {seed} on {placement.describe()}" for seed, placement in placed) + "."
 
 
 def _gallery(folder: Path, shown: pd.DataFrame) -> str:

@@ -1,9 +1,16 @@
-"""`carsweep analyze EXPERIMENT`: retrain the best trial on train+val, test it once, explain it."""
+"""`carsweep analyze EXPERIMENT`: retrain the best trial on train+val, test it once, explain it.
+
+Where the retrains run: on the Ray cluster the sweep ran on (sweep.yaml's `cluster.address`)
+or the one `--address` names, as Ray tasks with the sweep's per-trial resources; in this
+process when the sweep ran on a local Ray or `--local` is given.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from carsweep.errors import UserError
 
 HELP = ("retrain a sweep's best trial on train+val, test it once, and write "
         "EXPERIMENT/analysis/ (metrics, confusion matrix, Grad-CAM of mistakes, report.html)")
@@ -17,12 +24,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retrain K times (seeds seed..seed+K-1) and report mean and spread")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to retrain (default: the best trial's device)")
+    parser.add_argument("--address", default=None,
+                        help="retrain as Ray tasks on this cluster, 'auto' or HOST:PORT "
+                        "(default: the cluster the sweep ran on, if it ran on one)")
+    parser.add_argument("--local", action="store_true",
+                        help="retrain in this process, one seed after another, even when the "
+                        "sweep ran on a cluster")
 
 
 def run(args: argparse.Namespace) -> int:
     from carsweep.analysis.analyze import analyze_experiment
 
     folder = analyze_experiment(args.experiment, epochs=args.epochs, seeds=args.seeds,
-                                device=args.device)
+                                device=args.device, retrain=retrain_strategy(args))
     print(f"analysis written: {folder}")
     return 0
+
+
+def retrain_strategy(args: argparse.Namespace):
+    """Local unless the sweep ran on a cluster or --address is given; --local wins."""
+    from carsweep.analysis.retrain import retrain_locally
+    from carsweep.results import experiment_sweep
+
+    if args.local and args.address is not None:
+        raise UserError(f"--local and --address {args.address} contradict each other: --local "
+                        "retrains in this process, --address on a cluster; give one of them")
+    if args.local:
+        return retrain_locally
+    sweep = experiment_sweep(args.experiment)
+    address = args.address if args.address is not None else sweep.cluster.address
+    if address is None:
+        return retrain_locally
+    from carsweep.search.cluster_retrain import ClusterRetrain
+
+    return ClusterRetrain(sweep, address)

@@ -8,10 +8,11 @@ from carsweep.results.store import (
     Experiment,
     best_first,
     diverged_message,
+    experiment_sweep,
     load_experiment,
     read_result_rows,
     rebuild_trials_table,
 )
 
-__all__ = ["BestTrial", "Experiment", "best_first", "diverged_message", "load_experiment",
-           "read_result_rows", "rebuild_trials_table"]
+__all__ = ["BestTrial", "Experiment", "best_first", "diverged_message", "experiment_sweep",
+           "load_experiment", "read_result_rows", "rebuild_trials_table"]

@@ -105,18 +105,24 @@ class Experiment:
 def load_experiment(folder: Path) -> Experiment:
     """Read an experiment folder; a folder that is not one is a one-line UserError."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such experiment folder")
-    if not (folder / SWEEP_FILE).is_file():
-        raise UserError(f"{folder}: not an experiment folder (no {SWEEP_FILE}); give the "
-                        "folder `carsweep sweep` wrote, e.g. results/<name>")
-    sweep = load_sweep(folder / SWEEP_FILE)
+    sweep = experiment_sweep(folder)
     saved = folder / TRIALS_FILE
     if saved.is_file():
         trials = read_trials_csv(saved.read_text())
     else:
         trials = rebuild_trials_table(folder, sweep.metric, sweep.mode)
     return Experiment(folder=folder, sweep=sweep, trials=trials)
+
+
+def experiment_sweep(folder: Path) -> SweepConfig:
+    """The sweep.yaml of an experiment folder (as launched: paths absolute), without its trials."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such experiment folder")
+    if not (folder / SWEEP_FILE).is_file():
+        raise UserError(f"{folder}: not an experiment folder (no {SWEEP_FILE}); give the "
+                        "folder `carsweep sweep` wrote, e.g. results/<name>")
+    return load_sweep(folder / SWEEP_FILE)
 
 
 def read_trials_csv(text: str) -> pd.DataFrame:

@@ -53,7 +53,8 @@ def experiment_path(config: SweepConfig) -> Path:
 
 
 def resolved(config: SweepConfig) -> SweepConfig:
-    """Paths made absolute, so trials on any node and a later `analyze` find the same ones."""
+    """Paths made absolute (dataset, storage, weights files), so trials on any node and a
+    later `analyze` from any folder find the same ones; sweep.yaml records them so."""
     if "://" in config.storage_path:
         raise UserError(
             f"`storage_path` = {config.storage_path!r}: cloud URIs are not supported yet; "
@@ -62,7 +63,22 @@ def resolved(config: SweepConfig) -> SweepConfig:
     dataset = str(Path(config.dataset).expanduser().resolve()) if config.dataset else None
     storage = str(Path(config.storage_path).expanduser().resolve())
     asha = config.asha.model_copy(update={"max_t": config.max_t})
-    return config.model_copy(update={"dataset": dataset, "storage_path": storage, "asha": asha})
+    space, searcher = dict(config.space), config.searcher
+    if "weights" in space:  # a weights file, fixed or a choice; imagenet and none stay names
+        from carsweep.trainable.model import IMAGENET, NONE
+
+        def absolute(value):  # not a string: left for check_sweep to name
+            if not isinstance(value, str) or value in (IMAGENET, NONE):
+                return value
+            return str(Path(value).expanduser().resolve())
+
+        files = [absolute(value) for value in space["weights"].values]
+        space["weights"] = space["weights"].model_copy(update={"values": files})
+        points = [point | {"weights": absolute(point["weights"])} if "weights" in point else point
+                  for point in searcher.points_to_evaluate]
+        searcher = searcher.model_copy(update={"points_to_evaluate": points})
+    return config.model_copy(update={"dataset": dataset, "storage_path": storage, "asha": asha,
+                                     "space": space, "searcher": searcher})
 
 
 def make_scheduler(config: SweepConfig) -> TrialScheduler:

@@ -1,0 +1,241 @@
+"""analyze's retrains as Ray tasks on a cluster: where the GPUs are, all seeds at once.
+
+`ClusterRetrain` is the `analysis.retrain.Retrain` strategy the CLI picks when the sweep ran on
+a cluster (sweep.yaml's `cluster.address`) or `--address` is given. Each retrain is one Ray task
+asking the sweep's per-trial resources, so with `resources.gpu` > 0 it runs only on a node with
+a GPU (the head node needs none), and `--seeds K` is K tasks submitted together.
+
+A task is a streaming generator (`num_returns="streaming"`). It yields where it started, then
+each progress line as training makes it (training runs in a thread of the task that feeds a
+queue, because `train` reports through a callback), then what the driver needs: the trained
+weights as CPU tensors, the test probabilities and labels, the history. The driver `ray.wait`s
+on all the generators, prints each line as it arrives, and rebuilds each model from its weights
+for the Grad-CAM gallery and the export, which run here on the CPU.
+
+What travels: the dataset does not (each node reads it at the same path, as trials do); start
+weights are loaded once here by the sweep's own `shipped_weights` and put in the object store
+once for every task. A task is never retried (max_retries=0): a failure (node lost, NaN loss,
+out of memory) is one line naming the retrain and its node, the other tasks are cancelled, and
+analyze writes nothing. Each task gets a fresh worker process that exits after it (max_calls=1),
+so no GPU memory stays held on the node.
+
+This module imports analysis.retrain (the ray-free training and result types) sideways; the
+analysis package never imports this one.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import RayError
+
+from carsweep.analysis.retrain import (
+    Placement,
+    Retrained,
+    retrain_name,
+    say,
+    seeded,
+    train_and_test,
+)
+from carsweep.config.sweep import ParamSpec, Resources, SweepConfig
+from carsweep.config.trial import TrialConfig
+from carsweep.data.manifest import PreparedDataset, load_dataset
+from carsweep.errors import UserError
+from carsweep.search.cluster import check_cluster_resources, ray_session
+from carsweep.search.probes import node_label
+from carsweep.search.release import gpu_memory_released
+from carsweep.search.trial import readable_dataset, trial_config
+from carsweep.search.tuner import shipped_weights
+
+
+@dataclass(frozen=True)
+class Started:
+    """The first thing a task yields: the node it runs on."""
+
+    node_id: str
+    hostname: str
+
+
+@dataclass
+class Shipped:
+    """The last thing a task yields: the retrain, with the model as CPU weights."""
+
+    state_dict: dict[str, torch.Tensor]
+    history: list[dict[str, float]]
+    probs: np.ndarray  # (N, C)
+    labels: np.ndarray  # (N,)
+
+
+class ClusterRetrain:
+    """Retrain on the Ray cluster at `address` with the sweep's per-trial resources."""
+
+    def __init__(self, sweep: SweepConfig, address: str) -> None:
+        self.sweep, self.address = sweep, address
+
+    def __call__(self, config: TrialConfig, dataset: PreparedDataset, seeds: int,
+                 out: TextIO | None = None) -> list[Retrained]:
+        resources = self.sweep.resources
+        config = task_config(config, resources)
+        # The sweep's loader, for this retrain's source only: another choice of the space
+        # (imagenet on a driver without internet) must not stop it.
+        space = self.sweep.space | {"weights": ParamSpec.model_validate(config.weights)}
+        weights = shipped_weights(self.sweep.model_copy(update={"space": space})).get(
+            config.weights)
+        with _joined(self.sweep, self.address):
+            say(f"[analyze] {seeds} retrain task(s) on the Ray cluster at {self.address}, "
+                f"{resources.cpu:g} CPU and {resources.gpu:g} GPU each; each starts when a "
+                "node has them free", out)
+            task = _retrain_task.options(num_cpus=resources.cpu, num_gpus=resources.gpu)
+            shared_weights = ray.put(weights)  # one copy in the object store for all tasks
+            runs = {}
+            for k in range(seeds):
+                run = _Run(seeded(config, k), k, seeds)
+                runs[task.remote(run.config, str(dataset.folder), shared_weights)] = run
+            return _collect(runs, dataset.num_classes, out)
+
+
+def task_config(config: TrialConfig, resources: Resources) -> TrialConfig:
+    """The config a task trains: `device: auto` means cpu when the task gets no GPU, as for a
+    trial; `cuda` without a GPU per task is refused here rather than on the node."""
+    if config.device == "cuda" and resources.gpu == 0:
+        raise UserError("`device` is 'cuda', but the sweep's `resources.gpu` is 0, so a "
+                        "retrain task gets no GPU; give --device auto, or --local on a "
+                        "machine with a GPU")
+    return trial_config(config.model_dump(), use_gpu=resources.gpu > 0)
+
+
+@contextmanager
+def _joined(sweep: SweepConfig, address: str) -> Iterator[None]:
+    """Ray joined at `address` with the sweep's cluster settings, and one retrain's resources
+    fit on some node; a cluster that is not there, or too small, is one line offering --local."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(ray_session(sweep.cluster.model_copy(update={"address": address})))
+            check_cluster_resources(sweep.resources)
+        except UserError as error:
+            raise UserError(f"{error}; or retrain on this machine with --local") from None
+        yield
+
+
+@dataclass
+class _Run:
+    """One submitted retrain, as the driver follows it."""
+
+    config: TrialConfig
+    index: int
+    seeds: int
+    placement: Placement | None = None
+
+    @property
+    def name(self) -> str:
+        return retrain_name(self.config, self.index, self.seeds)
+
+    @property
+    def where(self) -> str:
+        return f"on {self.placement.describe()}" if self.placement else "before it started"
+
+
+def _collect(runs: dict[Any, _Run], num_classes: int, out: TextIO | None) -> list[Retrained]:
+    """Follow every task's stream until each has sent its result; lines printed as they come."""
+    from carsweep.trainable import build_model
+
+    done: dict[int, Retrained] = {}
+    try:
+        while len(done) < len(runs):
+            streaming = [g for g, run in runs.items() if run.index not in done]
+            ready, _ = ray.wait(streaming, num_returns=1)
+            for generator in ready:
+                run = runs[generator]
+                item = _next_item(generator, run)
+                if isinstance(item, Started):
+                    run.placement = _placement(item)
+                    say(f"[analyze] {run.name} {run.where}: started", out)
+                elif isinstance(item, Shipped):
+                    model = build_model(num_classes, item.state_dict).eval()
+                    done[run.index] = Retrained(
+                        config=run.config, model=model, history=item.history,
+                        probs=item.probs, labels=item.labels, placement=run.placement)
+                else:
+                    say(f"[analyze] {run.name} {run.where} {item}", out)
+    finally:
+        for generator, run in runs.items():
+            if run.index not in done:
+                ray.cancel(generator, force=True)
+    return [done[k] for k in sorted(done)]
+
+
+def _next_item(generator, run: _Run) -> Any:
+    """What the task yielded next; its failure as one line naming the retrain and the node."""
+    try:
+        return ray.get(next(generator))
+    except StopIteration:
+        raise UserError(f"{run.name} {run.where} ended without a result") from None
+    except RayError as error:
+        raise UserError(f"{run.name} {run.where} failed: {failure_reason(error)}") from None
+
+
+def failure_reason(error: RayError) -> str:
+    """One line: the exception the task raised (NaN loss, a dataset the node cannot read), or
+    what Ray says happened to it (node lost, worker killed for memory)."""
+    cause = getattr(error, "cause", None)  # RayTaskError: the task's own exception
+    if isinstance(cause, UserError):
+        return str(cause)
+    shown = cause if cause is not None else error
+    lines = [line.strip() for line in str(shown).splitlines() if line.strip()]
+    if not lines:
+        return type(shown).__name__
+    # Ray's own errors go on with how to debug Ray (`ray list nodes ...`); its first sentence
+    # says what happened, and the message already names the node.
+    first = lines[0] if cause is not None else lines[0].split(". ")[0].rstrip(".")
+    return f"{type(shown).__name__}: {first}"
+
+
+def _placement(started: Started) -> Placement:
+    node = next((n for n in ray.nodes() if n["NodeID"] == started.node_id), None)
+    label = node_label(node) if node is not None else started.node_id[:8]
+    return Placement(ran_on="cluster", hostname=started.hostname, node=label,
+                     node_id=started.node_id)
+
+
+@ray.remote(num_returns="streaming", max_retries=0, max_calls=1)
+def _retrain_task(config: TrialConfig, dataset: str, weights: dict | None):
+    """On the node: where it runs, the progress lines as they come, then the result."""
+    yield Started(node_id=ray.get_runtime_context().get_node_id(),
+                  hostname=socket.gethostname())
+    lines: queue.Queue[str | None] = queue.Queue()
+    outcome: dict[str, Any] = {}
+    worker = threading.Thread(target=_train_into, args=(config, dataset, weights, lines, outcome),
+                              daemon=True)
+    worker.start()
+    while (line := lines.get()) is not None:
+        yield line
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    yield outcome["result"]
+
+
+def _train_into(config: TrialConfig, dataset: str, weights: dict | None,
+                lines: queue.Queue, outcome: dict[str, Any]) -> None:
+    """The task's training thread: lines into `lines` (None at the end), result or error into
+    `outcome`."""
+    try:
+        with gpu_memory_released():
+            data = load_dataset(readable_dataset(dataset))
+            tested = train_and_test(config, data, lines.put, initial_weights=weights)
+            outcome["result"] = Shipped(
+                state_dict={k: v.detach().cpu() for k, v in tested.model.state_dict().items()},
+                history=tested.history, probs=tested.probs, labels=tested.labels)
+    except BaseException as error:  # noqa: BLE001 - re-raised by the task, for the driver
+        outcome["error"] = error
+    finally:
+        lines.put(None)
