@@ -354,7 +354,7 @@ def trials_per_gpu(gpu: float) -> int:
 
 def check_gpu_memory(config: SweepConfig, report: Report) -> None:
     from carsweep.data.manifest import load_dataset
-    from carsweep.search.probes import GIB, measure_gpu_step
+    from carsweep.search.probes import GIB, NoCudaOnGpuNode, measure_gpu_step
 
     gpu = config.resources.gpu
     if gpu == 0:
@@ -364,7 +364,7 @@ def check_gpu_memory(config: SweepConfig, report: Report) -> None:
     classes = load_dataset(Path(config.dataset)).num_classes
     try:
         measured = measure_gpu_step(gpu, trial, classes)
-    except TimeoutError as error:  # a busy cluster is not a broken sweep: say so, go on
+    except (TimeoutError, NoCudaOnGpuNode) as error:  # a busy cluster, logical GPUs: go on
         report.warned("gpu memory", f"{error}; not checked")
         return
     share = measured.total_bytes / trials_per_gpu(gpu)

@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -225,24 +224,38 @@ class GpuMeasurement:
     peak_bytes: int
 
 
+class NoCudaOnGpuNode(RuntimeError):
+    """A node gives Ray GPUs, but torch on it sees no CUDA device (trials would use its CPU)."""
+
+
 def measure_gpu_step(gpu_fraction: float, trial: dict, num_classes: int) -> GpuMeasurement:
     """Peak memory of one training step of `trial` on a GPU node Ray picks."""
-    task = _measure_gpu_step.options(num_gpus=min(gpu_fraction, 1.0), max_calls=1)
-    ref = task.remote(trial, num_classes)
+    ref = _measure_gpu_step.options(num_gpus=min(gpu_fraction, 1.0)).remote(trial, num_classes)
     try:
-        return ray.get(ref, timeout=GPU_PROBE_TIMEOUT_S)
+        node_id, measured = ray.get(ref, timeout=GPU_PROBE_TIMEOUT_S)
     except GetTimeoutError:
         ray.cancel(ref, force=True)
         raise TimeoutError(
             f"no GPU was free within {GPU_PROBE_TIMEOUT_S:.0f} s to measure a training step"
         ) from None
+    node = next((n for n in alive_nodes() if n["NodeID"] == node_id), None)
+    label = node_label(node) if node is not None else node_id[:8]
+    if measured is None:
+        raise NoCudaOnGpuNode(
+            f"node {label} gives Ray GPUs, but torch there sees no CUDA device, so trials on it "
+            "would train on its CPU (check its NVIDIA driver and that its torch is a CUDA build)")
+    return GpuMeasurement(label, *measured)
 
 
-@ray.remote(num_cpus=0)
-def _measure_gpu_step(trial: dict, num_classes: int) -> GpuMeasurement:
+# A fresh worker that exits after the measurement (max_calls=1), so it holds no CUDA memory.
+@ray.remote(num_cpus=0, max_calls=1)
+def _measure_gpu_step(trial: dict, num_classes: int) -> tuple[str, tuple | None]:
+    import torch
+
     node = ray.get_runtime_context().get_node_id()
-    name, total, peak = peak_step_memory(trial, num_classes)
-    return GpuMeasurement(f"{socket.gethostname()}/{node[:8]}", name, total, peak)
+    if not torch.cuda.is_available():
+        return node, None
+    return node, peak_step_memory(trial, num_classes)
 
 
 def peak_step_memory(trial: dict, num_classes: int, steps: int = 2) -> tuple[str, int, int]:
