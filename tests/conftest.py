@@ -9,6 +9,9 @@
                        + Optuna, 3 epochs at 32 px, 2 local Ray CPUs): for results, analyze,
                        export and predict
 
+Every process of the session (Ray's too) puts decoded caches in SESSION_CACHE_DIR
+($CARSWEEP_CACHE_DIR), removed at the end.
+
 Both are read-only for tests: a test that changes data makes its own in tmp_path.
 """
 
@@ -16,14 +19,21 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from sweep_runs import TINY_SPACE
+from sweep_runs import TINY_SPACE  # no carsweep import in there
 
-from carsweep.data.prepare import prepare_dataset
-from carsweep.data.synth import make_synthetic_dataset
+# Decoded caches go to a folder of this session, never to the machine's /tmp/carsweep-cache:
+# set before anything imports carsweep, and inherited by every Ray and CLI process started.
+SESSION_CACHE_DIR = Path(tempfile.mkdtemp(prefix="carsweep-test-caches-"))
+os.environ["CARSWEEP_CACHE_DIR"] = str(SESSION_CACHE_DIR)
+
+from carsweep.data.prepare import prepare_dataset  # noqa: E402
+from carsweep.data.synth import make_synthetic_dataset  # noqa: E402
 
 # Every Ray the tests start binds 127.0.0.1 and runs with token authentication, one token for
 # the session, given to every process through the environment (tests/sweep_runs.py copies it
@@ -94,3 +104,7 @@ def finished_experiment(prepared_dataset, tmp_path_factory) -> Path:
 
 def _no_warnings(line: str) -> None:
     raise AssertionError(f"the shared synthetic dataset should prepare cleanly: {line}")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    shutil.rmtree(SESSION_CACHE_DIR, ignore_errors=True)
