@@ -8,6 +8,7 @@
     finished_experiment  the experiment folder of one real 4-trial ASHA sweep on it (Ray Tune
                        + Optuna, 3 epochs at 32 px, 2 local Ray CPUs): for results, analyze,
                        export and predict
+    two_node_ray       a two-node loopback Ray cluster (module scope), joined by the test
 
 Every process of the session (Ray's too) puts decoded caches in SESSION_CACHE_DIR
 ($CARSWEEP_CACHE_DIR), removed at the end.
@@ -100,6 +101,26 @@ def finished_experiment(prepared_dataset, tmp_path_factory) -> Path:
     assert outcome.trials == 4, outcome
     assert not outcome.errors, outcome
     return outcome.experiment
+
+
+@pytest.fixture(scope="module")
+def two_node_ray():
+    """A head and a worker node on loopback, 1 CPU each, joined by this process (one per test
+    module); `carsweep sweep --check` and the node tasks run on both."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=loopback)
+    cluster.add_node(**loopback)
+    ray.init(address=cluster.address, _node_ip_address="127.0.0.1", logging_level="ERROR",
+             log_to_driver=False)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def _no_warnings(line: str) -> None:

@@ -10,6 +10,9 @@ the same checks first and stops at the first failure. The checks, in order:
     dry step    carsweep.trainable.train for one epoch on a few images at a small size
                 really reports the sweep's metric (and ASHA's time attribute, epoch)
     nodes       the storage path is writable and the dataset readable from every alive node
+    caches      per node that can run a trial and per resize: the decoded cache is there, or
+                the disk has room to build it (search/node_caches.py); a cache folder on
+                shared storage is a warning (warn lines never stop a sweep)
     gpu memory  one training step at the largest batch size x input size of the space, measured
                 on a GPU, fits in the GPU's memory / trials per GPU
 
@@ -48,6 +51,10 @@ class Report:
 
     def passed(self, check: str, detail: str) -> None:
         self.lines.append(f"  ok    {check}: {detail}")
+
+    def warned(self, check: str, detail: str) -> None:
+        """A line worth reading that does not stop the sweep."""
+        self.lines.append(f"  warn  {check}: {detail}")
 
     def failed(self, check: str, problem: str) -> None:
         self.lines.append(f"  FAIL  {check}: {problem}")
@@ -127,6 +134,7 @@ def cluster_checks(config: SweepConfig, report: Report) -> None:
                   "per trial fit on a node")
     check_dry_step(config, report)
     check_nodes(config, report)
+    check_node_caches(config, report)
     check_gpu_memory(config, report)
 
 
@@ -227,6 +235,16 @@ def check_nodes(config: SweepConfig, report: Report) -> None:
     if not bad:
         report.passed("nodes", f"storage {config.storage_path} writable and dataset "
                       f"{config.dataset} readable from all {len(nodes)} node(s)")
+
+
+def check_node_caches(config: SweepConfig, report: Report) -> None:
+    """Per node and cache size: there, or missing with room to build it, or no room (a failure
+    under data_cache: on, a warning under auto); the shared-storage warning. Builds nothing."""
+    from carsweep.search.node_caches import node_cache_reports
+
+    verdicts = {"ok": report.passed, "warn": report.warned, "fail": report.failed}
+    for line in node_cache_reports(config):
+        verdicts[line.verdict](line.check, line.text)
 
 
 # GPU memory -------------------------------------------------------------------------------

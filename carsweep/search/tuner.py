@@ -19,6 +19,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.search.cluster import check_local_gpus, ray_session
 from carsweep.search.monitor import LiveHParamsCallback, progress_reporter
+from carsweep.search.node_caches import prebuild_node_caches
 from carsweep.search.preflight import check_before_launch
 from carsweep.search.searcher import make_searcher
 from carsweep.search.table import save_trials_table, trials_table
@@ -82,6 +83,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
     weights = shipped_weights(config)  # a bad weights file stops here, before anything is written
     with ray_session(config.cluster):
         check_before_launch(config)  # resources, a dry step, every node's paths, GPU memory
+        prebuild_node_caches(config)  # each node's decoded caches, progress on this console
         if resume:
             tuner = tune.Tuner.restore(
                 str(experiment), trainable=_trainable(config, weights),
