@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from machine import describe, load_average
+from machine import describe, evict_from_page_cache, load_average
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -93,17 +93,6 @@ def images_per_second(batches, count: int, passes: int, finish=lambda b: b) -> f
             finish(batch)
             seen += len(batch[1])
     return seen / (time.perf_counter() - start)
-
-
-def evict_from_page_cache(path: Path) -> None:
-    """Drop the file's pages from the page cache (this file only), so the next read goes to the
-    disk: what every read costs when the cache is larger than RAM."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def cold_images_per_second(make_loader, path: Path) -> float:
