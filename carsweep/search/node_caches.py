@@ -39,8 +39,17 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from carsweep.config.sweep import SweepConfig
 from carsweep.config.trial import TrialConfig
-from carsweep.data.manifest import load_dataset
-from carsweep.errors import UserError
+from carsweep.data.cache import (
+    CacheDiskError,
+    CacheError,
+    CachePlan,
+    build_steps,
+    cache_plan,
+    format_bytes,
+    shared_storage_warning,
+)
+from carsweep.data.manifest import PreparedDataset, load_dataset
+from carsweep.errors import UserError, last_line
 from carsweep.search.probes import PROBE_TIMEOUT_S, alive_nodes, node_label
 
 START_TIMEOUT_S = 120.0  # a node's task must report once within this; then builds take their time
@@ -65,47 +74,6 @@ class CacheEvent:
     kind: str
     label: str
     text: str
-
-
-@dataclass(frozen=True)
-class NodeCacheReport:
-    """A pre-flight line: one cache on one node (label "400px"), a node ("" label) or the
-    sweep (node ""); `verdict` ok, warn or fail."""
-
-    node: str
-    label: str
-    verdict: str
-    text: str
-
-    @property
-    def check(self) -> str:
-        return cache_line_name(self.label, self.node)
-
-
-def cache_line_name(label: str, node: str) -> str:
-    """"cache 400px on node 10.0.0.2/1a2b3c4d", "cache on node ...", or "cache"."""
-    return " ".join(["cache", *([label] if label else []), *([f"on node {node}"] if node else [])])
-
-
-def data_cache_required(config: SweepConfig) -> bool:
-    """Whether some trial has `data_cache: on` (then no room is an error, not a warning)."""
-    return "on" in (space_values(config, "data_cache") or [])
-
-
-def plan_report(node: str, plan, required: bool) -> NodeCacheReport:
-    """The pre-flight line of one cache plan on one node."""
-    from carsweep.data.cache import format_bytes
-
-    size = f"{plan.count:,} images, {format_bytes(plan.bytes_needed)}"
-    if plan.state == "fresh":
-        return NodeCacheReport(node, plan.label, "ok", f"there ({size} in {plan.folder})")
-    if plan.has_room:
-        return NodeCacheReport(node, plan.label, "ok", (
-            f"missing, built before trials start ({size}; "
-            f"{format_bytes(plan.bytes_free)} free in {plan.folder})"))
-    if required:
-        return NodeCacheReport(node, plan.label, "fail", plan.room_problem())
-    return NodeCacheReport(node, plan.label, "warn", f"{plan.room_problem()}{DECODES_INSTEAD}")
 
 
 # What the space asks for --------------------------------------------------------------------
@@ -139,6 +107,11 @@ def unbuildable_note(config: SweepConfig) -> str | None:
             "and size), nearly one per trial: search resize as a choice to share them")
 
 
+def data_cache_required(config: SweepConfig) -> bool:
+    """Whether some trial has `data_cache: on` (then no room is an error, not a warning)."""
+    return "on" in (space_values(config, "data_cache") or [])
+
+
 def cache_jobs(config: SweepConfig) -> list[CacheJob]:
     folders = space_values(config, "cache_dir") or [None]
     return [CacheJob(folder, size, crop)
@@ -154,7 +127,7 @@ def trial_nodes(config: SweepConfig) -> list[dict]:
     return sorted(fit, key=node_label)
 
 
-def shared_paths(config: SweepConfig, dataset) -> dict[str, str | Path]:
+def shared_paths(config: SweepConfig, dataset: PreparedDataset) -> dict[str, str | Path]:
     """The folders every node of the sweep shares, as the warning names them."""
     return {"the experiment storage": config.storage_path, "the dataset folder": dataset.folder,
             "the image folder": dataset.root}
@@ -203,7 +176,7 @@ def _follow(streams: dict, required: bool, say: Callable[[str], None]) -> list[s
             except StopIteration:
                 continue
             except RayError as error:
-                event = CacheEvent("error", "", f"the cache task failed: {_last_line(error)}")
+                event = CacheEvent("error", "", f"the cache task failed: {last_line(error)}")
             else:
                 heard.add(stream)
                 pending.append(stream)
@@ -222,17 +195,10 @@ def _follow(streams: dict, required: bool, say: Callable[[str], None]) -> list[s
     return failures
 
 
-def _last_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
 @ray.remote(num_cpus=0)
 def _build_on_node(config: SweepConfig, jobs: list[CacheJob], workers: int,
                    required: bool) -> Iterator[CacheEvent]:
     """On one node: each job's cache, built if missing, as a stream of events."""
-    from carsweep.data.cache import CacheDiskError, CacheError
-
     yield CacheEvent("started", "", "")
     try:
         dataset = load_dataset(Path(config.dataset))
@@ -245,16 +211,15 @@ def _build_on_node(config: SweepConfig, jobs: list[CacheJob], workers: int,
         try:
             yield from _build_one(dataset, plan, workers)
         except CacheDiskError as error:
-            text = str(error) if required else f"{error.problem}{DECODES_INSTEAD}"
+            text = str(error) if required else f"warning: {error.problem}{DECODES_INSTEAD}"
             yield CacheEvent("no-room", plan.label, text)
         except CacheError as error:
             yield CacheEvent("error", plan.label, str(error))
 
 
-def _plans(config: SweepConfig, dataset, jobs: list[CacheJob]):
+def _plans(config: SweepConfig, dataset: PreparedDataset,
+           jobs: list[CacheJob]) -> Iterator[tuple[CachePlan, str | None]]:
     """(plan, shared-storage warning or None) per job, the warning once per cache folder."""
-    from carsweep.data.cache import cache_plan, shared_storage_warning
-
     warned: set[Path] = set()
     for job in jobs:
         plan = cache_plan(dataset, job.size, job.bbox_crop, job.cache_dir)
@@ -265,9 +230,8 @@ def _plans(config: SweepConfig, dataset, jobs: list[CacheJob]):
         yield plan, warning
 
 
-def _build_one(dataset, plan, workers: int) -> Iterator[CacheEvent]:
-    from carsweep.data.cache import build_steps, format_bytes
-
+def _build_one(dataset: PreparedDataset, plan: CachePlan,
+               workers: int) -> Iterator[CacheEvent]:
     if plan.state == "fresh":
         yield CacheEvent("there", plan.label, f"there ({plan.count:,} images, "
                          f"{format_bytes(plan.bytes_needed)} in {plan.folder})")
@@ -288,6 +252,40 @@ def _build_one(dataset, plan, workers: int) -> Iterator[CacheEvent]:
 
 # The pre-flight's view ----------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class NodeCacheReport:
+    """A pre-flight line: one cache on one node (label "400px"), a node ("" label) or the
+    sweep (node ""); `verdict` ok, warn or fail."""
+
+    node: str
+    label: str
+    verdict: str
+    text: str
+
+    @property
+    def check(self) -> str:
+        return cache_line_name(self.label, self.node)
+
+
+def cache_line_name(label: str, node: str) -> str:
+    """"cache 400px on node 10.0.0.2/1a2b3c4d", "cache on node ...", or "cache"."""
+    return " ".join(["cache", *([label] if label else []), *([f"on node {node}"] if node else [])])
+
+
+def plan_report(node: str, plan: CachePlan, required: bool) -> NodeCacheReport:
+    """The pre-flight line of one cache plan on one node."""
+    size = f"{plan.count:,} images, {format_bytes(plan.bytes_needed)}"
+    if plan.state == "fresh":
+        return NodeCacheReport(node, plan.label, "ok", f"there ({size} in {plan.folder})")
+    if plan.has_room:
+        return NodeCacheReport(node, plan.label, "ok", (
+            f"missing, built before trials start ({size}; "
+            f"{format_bytes(plan.bytes_free)} free in {plan.folder})"))
+    if required:
+        return NodeCacheReport(node, plan.label, "fail", plan.room_problem())
+    return NodeCacheReport(node, plan.label, "warn", f"{plan.room_problem()}{DECODES_INSTEAD}")
+
+
 def node_cache_reports(config: SweepConfig) -> list[NodeCacheReport]:
     """The pre-flight's cache lines: per node that can run a trial and per cache, there or not,
     bytes needed vs free, the shared-storage warning; builds nothing."""
@@ -307,7 +305,7 @@ def node_cache_reports(config: SweepConfig) -> list[NodeCacheReport]:
             reports.extend(ray.get(ref, timeout=PROBE_TIMEOUT_S))
         except (RayError, TimeoutError) as error:
             ray.cancel(ref, force=True)
-            reports.append(NodeCacheReport(node, "", "warn", f"not checked ({_last_line(error)})"))
+            reports.append(NodeCacheReport(node, "", "warn", f"not checked ({last_line(error)})"))
     return reports
 
 
