@@ -10,7 +10,9 @@ train+val JPEGs (8,144 of the 16,185 on the official split) and resize them, in 
 process per core, into a fresh cache folder on the local disk, one size after the other. Each
 size is built into a new folder, so nothing is reused; the JPEGs' own pages are dropped from
 the page cache first (posix_fadvise DONTNEED), so the first size reads them from the disk as a
-node would. Prints the machine line (load average at start and end) and one row per size.
+node would. Prints the machine line (load average at start and end) and one row per size:
+wall time and images/s, and the CPU time the build used (this process and its decoders), whose
+images per CPU-second the other processes of a shared machine change far less.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -43,14 +46,24 @@ def small_dataset(folder: Path, workers: int) -> Path:
 def measure(dataset, size: int, cache_dir: Path, workers: int) -> dict:
     for path in dataset.rows("train", "val")["path"]:
         evict_from_page_cache(dataset.image_path(path))
-    load = load_average()
+    load, cpu = load_average(), cpu_seconds()
     started = time.perf_counter()
     array = build_cache(dataset, size, cache_dir=cache_dir, workers=workers, progress=False)
     seconds = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu
     count = cache_plan(dataset, size, cache_dir=cache_dir).count
     return {"size": size, "images": count, "seconds": round(seconds, 1),
             "images_per_s": round(count / seconds, 1), "bytes": array.stat().st_size,
+            "cpu_s": round(cpu, 1), "images_per_cpu_s": round(count / cpu, 1),
             "load_start": round(load, 1), "load_end": round(load_average(), 1)}
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children (the decoders): on a
+    shared machine, images per CPU-second is what the load does not change much."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                          resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -82,12 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print(result["machine"])
     print(f"cache build of {result['dataset']}, train+val, {result['workers']} processes")
-    print("| size | train+val images | build time | images/s | cache size | load (start, end) |")
-    print("|---|---|---|---|---|---|")
+    print("| size | train+val images | build time | images/s | CPU time | images per CPU-s "
+          "| cache size | load (start, end) |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in result["rows"]:
         print(f"| {row['size']} px | {row['images']:,} | {row['seconds']:.1f} s "
-              f"| {row['images_per_s']:,.0f} | {format_bytes(row['bytes'])} "
-              f"({row['bytes'] / 2**30:.2f} GiB) | {row['load_start']}, {row['load_end']} |")
+              f"| {row['images_per_s']:,.0f} | {row['cpu_s']:.0f} s "
+              f"| {row['images_per_cpu_s']:.0f} "
+              f"| {format_bytes(row['bytes'])} ({row['bytes'] / 2**30:.2f} GiB) "
+              f"| {row['load_start']}, {row['load_end']} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

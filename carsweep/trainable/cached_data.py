@@ -127,7 +127,7 @@ def _usable_cache(dataset: PreparedDataset, splits: tuple[str, ...],
     try:
         return build_cache(dataset, config.resize, bbox_crop=config.bbox_crop,
                            cache_dir=config.cache_dir, workers=max(1, config.num_workers),
-                           progress=False)
+                           progress=True)  # a bar on stderr while it builds
     except CacheDiskError as error:
         if config.data_cache == "on":
             raise
