@@ -2,7 +2,7 @@
 
 For rehearsing the full-size path (a decoded cache of 8,144 images at 400 px, a sweep at
 Stanford Cars' scale, the data path's speed) without the real photos. What matters is the
-shape, not the look: 196 classes with make-model-body-year names (one with a "/", as "Ram C/V
+shape, not the look: 196 classes with make-model-body-year names (21 with a "/", as "Ram C/V
 Cargo Van Minivan 2012" has), 8,144 train and 8,041 test images by default (41 or 42 per
 class, as the real 24-68 average out), 700x480 RGB JPEGs at quality 90 of about 100 kB each,
 so decoding one costs what decoding a real photo costs, and a box per car.
