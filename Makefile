@@ -42,6 +42,7 @@ test-fast: $(STAMP)
 # CPU data path (seed-style vs decoded cache) here; the GPU rows need a GPU box (BENCHMARKS.md).
 bench: $(STAMP)
 	$(BIN)/python bench/data_path.py --images 300 --size 400
+	$(BIN)/python bench/cache_build.py --small
 	$(BIN)/python bench/train_gpu.py \
 		$$($(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else '--smoke')")
 

@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from machine import describe, load_average
+from machine import describe, evict_from_page_cache, load_average
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from carsweep.config.trial import TrialConfig
-from carsweep.data.cache import CacheFiles, build_cache
+from carsweep.data.cache import build_cache
 from carsweep.data.manifest import MANIFEST_COLUMNS, load_dataset
 from carsweep.trainable.augment import normalization
 from carsweep.trainable.data import build_loader
@@ -95,17 +95,6 @@ def images_per_second(batches, count: int, passes: int, finish=lambda b: b) -> f
     return seen / (time.perf_counter() - start)
 
 
-def evict_from_page_cache(path: Path) -> None:
-    """Drop the file's pages from the page cache (this file only), so the next read goes to the
-    disk: what every read costs when the cache is larger than RAM."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def cold_images_per_second(make_loader, path: Path) -> float:
     """images/s of one epoch of a fresh loader, with the cache file evicted from RAM first.
     Pages mapped by a live memmap are not evicted, so no other loader may hold one."""
@@ -133,13 +122,14 @@ def run(args: argparse.Namespace) -> dict:
         paths = write_jpegs(source, args.images)
         kb = sum(p.stat().st_size for p in paths) / len(paths) / 1024
         dataset = load_dataset(write_prepared(Path(tmp) / "data", source, paths))
+        caches = Path(tmp) / "caches"  # the same disk as the JPEGs
         started = time.perf_counter()
-        build_cache(dataset, args.size, workers=args.workers, progress=False)
+        array = build_cache(dataset, args.size, cache_dir=caches, workers=args.workers,
+                            progress=False)
         build_s = time.perf_counter() - started
         config = TrialConfig(resize=args.size, batch_size=args.batch, num_workers=args.workers,
-                             augmentation="none", device="cpu", epochs=1)
+                             augmentation="none", device="cpu", epochs=1, cache_dir=str(caches))
         seed = seed_style_loader(source, args.size, args.batch, args.workers)
-        array = CacheFiles.of(dataset.folder, args.size).array
         rates: dict[str, list[float]] = {"seed": [], "float": [], "uint8": [], "cold": []}
         for _ in range(args.rounds):  # interleaved: a load change on a shared box hits all
             rates["seed"].append(images_per_second(seed, len(paths), args.seed_passes))

@@ -1,4 +1,5 @@
-"""The machine line every benchmark prints: CPU model, cores, torch version, load average.
+"""The machine line every benchmark prints: CPU model, cores, torch version, load average;
+and dropping a file from the page cache, for cold reads.
 
 A figure measured on a shared machine means little without the load it ran under, so the
 load is read at the start and again at the end of a run (`describe(start_load)`).
@@ -39,3 +40,15 @@ def describe(start_load: float | None = None, device: str | None = None) -> str:
     load = f"{now:.1f}" if start_load is None else f"{start_load:.1f} at start, {now:.1f} at end"
     parts.append(f"load average {load}")
     return "machine: " + "; ".join(parts)
+
+
+def evict_from_page_cache(path: Path) -> None:
+    """Drop the file's pages from the page cache (this file only), so the next read goes to the
+    disk: what every read costs when the file is not in RAM (a cache larger than RAM, a node
+    reading its JPEGs for the first time)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)

@@ -26,3 +26,10 @@ def describe_validation_error(error: ValidationError, source: str) -> str:
     if "input" in first and kind != "missing":
         return f"{source}: `{field}` = {first['input']!r} is invalid: {message}"
     return f"{source}: `{field}`: {message}"
+
+
+def last_line(error: BaseException) -> str:
+    """The line of an error worth showing: Ray wraps a remote error in a long traceback whose
+    last line is the error itself."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -8,6 +8,10 @@
     finished_experiment  the experiment folder of one real 4-trial ASHA sweep on it (Ray Tune
                        + Optuna, 3 epochs at 32 px, 2 local Ray CPUs): for results, analyze,
                        export and predict
+    two_node_ray       a two-node loopback Ray cluster (module scope), joined by the test
+
+Every process of the session (Ray's too) puts decoded caches in SESSION_CACHE_DIR
+($CARSWEEP_CACHE_DIR), removed at the end.
 
 Both are read-only for tests: a test that changes data makes its own in tmp_path.
 """
@@ -16,14 +20,21 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from sweep_runs import TINY_SPACE
+from sweep_runs import TINY_SPACE  # no carsweep import in there
 
-from carsweep.data.prepare import prepare_dataset
-from carsweep.data.synth import make_synthetic_dataset
+# Decoded caches go to a folder of this session, never to the machine's /tmp/carsweep-cache:
+# set before anything imports carsweep, and inherited by every Ray and CLI process started.
+SESSION_CACHE_DIR = Path(tempfile.mkdtemp(prefix="carsweep-test-caches-"))
+os.environ["CARSWEEP_CACHE_DIR"] = str(SESSION_CACHE_DIR)
+
+from carsweep.data.prepare import prepare_dataset  # noqa: E402
+from carsweep.data.synth import make_synthetic_dataset  # noqa: E402
 
 # Every Ray the tests start binds 127.0.0.1 and runs with token authentication, one token for
 # the session, given to every process through the environment (tests/sweep_runs.py copies it
@@ -92,5 +103,29 @@ def finished_experiment(prepared_dataset, tmp_path_factory) -> Path:
     return outcome.experiment
 
 
+@pytest.fixture(scope="module")
+def two_node_ray():
+    """A head and a worker node on loopback, 1 CPU each, joined by this process (one per test
+    module); `carsweep sweep --check` and the node tasks run on both."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=loopback)
+    cluster.add_node(**loopback)
+    ray.init(address=cluster.address, _node_ip_address="127.0.0.1", logging_level="ERROR",
+             log_to_driver=False)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 def _no_warnings(line: str) -> None:
     raise AssertionError(f"the shared synthetic dataset should prepare cleanly: {line}")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    shutil.rmtree(SESSION_CACHE_DIR, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pandas as pd
 import pytest
@@ -205,27 +206,7 @@ def test_cars_config_gives_asha_comparable_schedules():
         [1.0e-5, 3.0e-3], {"optimizer": ["adam", "adamw", "rmsprop"]})
 
 
-# Through the CLI, on a two-node loopback Ray cluster ---------------------------------------
-
-@pytest.fixture(scope="module")
-def two_node_ray():
-    """A head and a worker node on loopback; `carsweep sweep --check` joins it."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
-    cluster = Cluster(initialize_head=True, head_node_args=loopback)
-    cluster.add_node(**loopback)
-    ray.init(address=cluster.address, _node_ip_address="127.0.0.1", logging_level="ERROR",
-             log_to_driver=False)
-    cluster.wait_for_nodes()
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
+# Through the CLI, on a two-node loopback Ray cluster (conftest.py's two_node_ray) ----------
 
 def check(tmp_path, dataset, *extra, **changes) -> list[str]:
     path = tmp_path / "checked.yaml"
@@ -236,8 +217,9 @@ def check(tmp_path, dataset, *extra, **changes) -> list[str]:
 @pytest.mark.slow
 def test_passing_check_prints_the_rungs_and_launches_nothing(
         two_node_ray, prepared_dataset, tmp_path, capsys):
-    storage = tmp_path / "results"
-    assert main(check(tmp_path, prepared_dataset, "--storage", str(storage))) == 0
+    storage, caches = tmp_path / "results", tmp_path / "caches"
+    assert main(check(tmp_path, prepared_dataset, "--storage", str(storage),
+                      "--set", f"space.cache_dir={caches}")) == 0
     out, err = capsys.readouterr()
     assert err == ""
     assert "epoch  trials expected to reach it" in out
@@ -246,6 +228,13 @@ def test_passing_check_prints_the_rungs_and_launches_nothing(
     assert "    3  1.0 of 4  (max_t)" in out
     assert "dry step: 1 epoch on 12 images reported val_top1 = " in out
     assert "the same (manifest digest) on all 2 node(s)" in out
+    # One line per node that can run a trial and per size; the check builds nothing.
+    cache_lines = [line for line in out.splitlines() if " cache " in line]
+    nodes = sorted(f"{n['NodeManagerAddress']}/{n['NodeID'][:8]}" for n in _alive_nodes())
+    for line, node in zip(cache_lines, nodes, strict=True):
+        assert re.fullmatch(rf"  ok    cache 32px on node {node}: missing, built before trials "
+                            rf"start \(96 images, 295\.0 kB; [\d.]+ [kMG]B free in "
+                            rf"{re.escape(str(caches))}\)", line), line
     assert "no GPU: memory check skipped" in out
     assert "pre-flight: all checks passed" in out
     assert not storage.exists()

@@ -44,11 +44,11 @@ def make_tiny_dataset(folder: Path, *, per_split: dict[str, int] | None = None,
             for index in range(count):
                 relative = f"class{label}/{split}_{index}.png"
                 box = _draw(folder / "images" / relative, COLOURS[label], size, rng)
+                sha1 = hashlib.sha1((folder / "images" / relative).read_bytes()).hexdigest()
                 rows.append({
                     "path": relative, "label": label, "class_name": f"class {label}",
                     "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3],
-                    "source_split": split, "split": split,
-                    "sha1": hashlib.sha1((folder / "images" / relative).read_bytes()).hexdigest(),
+                    "source_split": split, "split": split, "sha1": sha1,
                     "width": size + 8, "height": size,
                 })
     pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(folder / "manifest.csv", index=False)

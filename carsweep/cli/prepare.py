@@ -8,7 +8,10 @@ prepared dataset folder described in carsweep/data/manifest.py. The images stay 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from carsweep.errors import UserError
 
 HELP = "index, audit and split a dataset (devkit, class folders + CSV, ImageFolder)"
 
@@ -33,8 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int,
                         help="processes decoding images (default: up to 8 for large sources)")
     parser.add_argument("--cache", type=_sizes, default=(), metavar="S1,S2",
-                        help="also decode every image once per input size into a memory-mapped "
-                        "uint8 cache (e.g. 256,400) that trials of that `resize` read")
+                        help="also decode the train+val images once per input size into a "
+                        "memory-mapped uint8 cache (e.g. 256,400) that trials of that `resize` "
+                        "on this machine read: warms this machine's cache up front")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="the caches' folder on this machine's local disk (default: "
+                        "$CARSWEEP_CACHE_DIR, else /tmp/carsweep-cache)")
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -51,6 +58,9 @@ def _sizes(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     from carsweep.data.prepare import prepare_dataset, summary
 
+    if args.cache_dir is not None and not args.cache:
+        raise UserError("--cache-dir is where --cache SIZES builds; give --cache too, "
+                        "e.g. --cache 256,400")
     dataset = prepare_dataset(
         args.source, args.out, layout=args.layout, split=args.split,
         val_fraction=args.val_fraction, seed=args.seed, strict=args.strict, force=args.force,
@@ -58,9 +68,29 @@ def run(args: argparse.Namespace) -> int:
     )
     print(summary(dataset))
     if args.cache:
-        from carsweep.data.cache import build_cache
-
-        for size in args.cache:
-            path = build_cache(dataset, size, workers=args.workers)
-            print(f"decoded cache {size}px: {path} ({path.stat().st_size / 2**30:.2f} GiB)")
+        warm_caches(dataset, args.cache, args.cache_dir, args.workers)
     return 0
+
+
+def warm_caches(dataset, sizes: tuple[int, ...], cache_dir: str | None,
+                workers: int | None) -> None:
+    """Build this machine's decoded cache of each size (train+val), saying where each went."""
+    from carsweep.data.cache import (
+        build_cache,
+        cache_plan,
+        format_bytes,
+        resolve_cache_dir,
+        shared_storage_warning,
+    )
+
+    folder = resolve_cache_dir(cache_dir)
+    shared = {"the prepared dataset": dataset.folder, "the image folder": dataset.root}
+    warning = shared_storage_warning(folder, shared)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    for size in sizes:
+        plan = cache_plan(dataset, size, cache_dir=folder)
+        there = plan.state == "fresh"
+        path = build_cache(dataset, size, cache_dir=folder, workers=workers)
+        print(f"decoded cache {plan.label} ({plan.count:,} train+val images, "
+              f"{format_bytes(path.stat().st_size)}): {path}{' (already there)' if there else ''}")

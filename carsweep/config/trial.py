@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
 Schedule = Literal["cosine", "step", "constant"]
@@ -49,8 +50,11 @@ class TrialConfig(BaseModel):
         False, description="deterministic algorithms (slower; for exact resume checks)")
     num_workers: int = Field(2, ge=0, le=256, description="DataLoader worker processes")
     data_cache: Literal["auto", "on", "off"] = Field(
-        "auto", description="decoded uint8 cache of `resize`: auto uses a fresh one if present, "
-        "on builds it if missing, off decodes JPEGs every epoch")
+        "auto", description="decoded train+val cache of `resize` in cache_dir: auto builds it "
+        "once if the disk has room (else warns, decodes), on builds it or fails, off decodes")
+    cache_dir: str | None = Field(
+        None, min_length=1, description="folder for decoded caches on the node that runs the "
+        "trial; default: $CARSWEEP_CACHE_DIR, else /tmp/carsweep-cache")
     augment_on: Literal["auto", "cpu", "device"] = Field(
         "auto", description="auto runs presets with a batched twin on the GPU (per sample), "
         "the rest in CPU workers; cpu: all in workers; device: twins on any device")
@@ -69,6 +73,15 @@ class TrialConfig(BaseModel):
     cam_occlusion_start_epoch: int = Field(
         2, ge=1, description="cam-occlusion: first epoch it runs (the map of an untrained model "
         "is noise); beyond `epochs` it never runs")
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _absolute_cache_dir(cls, cache_dir: str | None) -> str | None:
+        if cache_dir is not None and not os.path.isabs(os.path.expanduser(cache_dir)):
+            raise ValueError("a relative folder would be inside each trial's folder, on the "
+                             "shared storage; give an absolute folder on the node's local "
+                             "disk, e.g. /tmp/carsweep-cache")
+        return cache_dir
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrialConfig:

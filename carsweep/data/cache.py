@@ -1,37 +1,59 @@
-"""Decode once: every image of a prepared dataset, resized, as one memory-mapped uint8 array.
+"""Decode once: a prepared dataset's train+val images, resized, as one memory-mapped uint8 array
+on the local disk of the node that trains.
 
 A trial that decodes JPEGs every epoch is limited by the CPU (about 150-300 images/s per core
-with resize), while a GPU trains ResNet-18 at thousands. So `build_cache` decodes each image of
-the manifest once per input size, in parallel over the CPU cores, and writes
+with resize), while a GPU trains ResNet-18 at thousands. So each node decodes every train and
+val image once per (input size, bbox crop), in parallel over its cores, into a folder of its
+own local disk, `cache_dir` (TrialConfig; default $CARSWEEP_CACHE_DIR, else
+/tmp/carsweep-cache, resolved on the node itself, so every node uses its own disk):
 
-    DATASET/cache/400.u8.npy     uint8 (N, 3, 400, 400), manifest order, CHW like PILToTensor
-    DATASET/cache/400.json       size, count, bbox_crop, and the manifest checksum it was built from
+    CACHE_DIR/400px-<key>.u8.npy   uint8 (N, 3, 400, 400): the train+val rows, manifest order,
+                                   CHW like PILToTensor
+    CACHE_DIR/400px-<key>.json     size, count, crop, splits, the full checksum, the dataset
+    CACHE_DIR/400px-<key>.lock     held while building, so concurrent builders build once
 
-(`400-bbox.*` when images were cropped to their boxes first). The array is a plain .npy file, so
-`np.load(mmap_mode="r")` maps it read-only: every trial on a node maps the same file and the
-kernel's page cache holds one copy for all of them. When the file does not fit in RAM, pages are
-read from disk on demand and evicted again, so the cache still works, at disk speed.
+(`400px-bbox-<key>` when images were cropped to their boxes first). Only train and val are
+cached: a sweep and analyze's retrain read nothing else; the test split is decoded once by
+analyze and never cached. A loader of splits within train+val reads the cache; any loader
+touching test decodes.
 
-The resize is PIL's bilinear (antialiased) resize to a square, exactly what the trainable's
-`eval_transform` does (torchvision's `v2.Resize((S, S))` on a PIL image), so a cached image and
-a freshly decoded one are the same tensor. The checksum covers the path, sha1 and order of every
-row (and the boxes when cropping): a re-prepared dataset makes the old cache stale, which
-`open_cache` detects. Files are written to a temporary name and renamed; a lock file keeps two
-processes from building the same cache at once (the second waits and reuses the first's).
+The key is the first 16 hex digits of a sha1 over the format version, size, crop flag and, in
+manifest order, every train+val row's path and sha1 (and box when cropping). Two datasets, or
+two preparations of one, never share a file, and a changed manifest simply means a new key:
+the old file is never read again. Nothing deletes old caches: clear them on each node with
+`rm -rf /tmp/carsweep-cache` (or your cache_dir) while no trial runs there.
+
+The array is a plain .npy file, so `np.load(mmap_mode="r")` maps it read-only: every trial on
+a node maps the same file and the kernel's page cache holds one copy for all of them; a cache
+larger than RAM is paged in from disk on demand. The resize is PIL's bilinear (antialiased)
+resize to a square, exactly what the trainable's `eval_transform` does, so a cached image and
+a freshly decoded one are the same tensor.
+
+Building happens under the lock (a second builder waits, then reuses the first one's file),
+only when the disk has room for the whole array plus a reserve (`cache_plan`: 5 % of the disk,
+at most 1 GiB, for the checkpoints, logs and spilled objects that share it), into a temporary
+file allocated in full up front (so a disk that fills up meanwhile is an error at the start,
+not a crash halfway), then renamed. An unreadable image is one line naming it, and the
+temporary file is removed.
+
+A cache on a network file system, or under a folder every node shares, still works, but is no
+faster than decoding (BENCHMARKS.md: 100-200 MB/s): `shared_storage_warning` says so.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import io
 import json
+import math
 import os
-import sys
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
-from multiprocessing import get_context
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +62,7 @@ from PIL import Image
 
 from carsweep.config.io import write_text_atomic
 from carsweep.data.images import DECODE_ERRORS, open_rgb
+from carsweep.data.parallel import forked_map, progress_bar
 from carsweep.errors import UserError
 
 if TYPE_CHECKING:  # pandas is only needed by callers that hold a manifest
@@ -47,32 +70,41 @@ if TYPE_CHECKING:  # pandas is only needed by callers that hold a manifest
 
     from carsweep.data.manifest import PreparedDataset
 
-CACHE_FOLDER = "cache"
-FORMAT_VERSION = 1
+CACHE_DIR_VARIABLE = "CARSWEEP_CACHE_DIR"
+DEFAULT_CACHE_DIR = "/tmp/carsweep-cache"
+CACHED_SPLITS = ("train", "val")
+FORMAT_VERSION = 2
+KEY_DIGITS = 16
 MIN_SIZE, MAX_SIZE = 16, 2048
-CHUNK = 32  # images per task handed to a worker: small enough for a smooth progress bar
+CHUNK = 32  # at most this many images per task handed to a worker
+RESERVE_FRACTION, RESERVE_MAX = 0.05, 2**30
 BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
+# File system types whose reads cross the network (statfs names, as /proc/mounts shows them).
+NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph",
+                        "beegfs")
 
 
 class CacheError(UserError):
-    """A cache that cannot be used as asked (missing, stale, an unreadable image); the message
-    says what to run."""
+    """A cache that cannot be built as asked (an unreadable image, a bad size)."""
 
 
-@dataclass(frozen=True)
-class CacheFiles:
-    """Where the cache of one (size, bbox_crop) lives inside a dataset folder."""
+class CacheDiskError(CacheError):
+    """The cache folder cannot take the cache: no room on its disk, or not writable.
 
-    array: Path
-    sidecar: Path
-    lock: Path
+    `problem` says what; the message adds what to do. `data_cache: auto` warns with the
+    problem and decodes instead; `on` raises it."""
 
-    @classmethod
-    def of(cls, folder: Path, size: int, bbox_crop: bool = False) -> CacheFiles:
-        stem = f"{size}-bbox" if bbox_crop else f"{size}"
-        base = Path(folder) / CACHE_FOLDER
-        return cls(array=base / f"{stem}.u8.npy", sidecar=base / f"{stem}.json",
-                   lock=base / f"{stem}.lock")
+    def __init__(self, problem: str, *, unwritable: bool = False) -> None:
+        self.problem = problem
+        advice = ("point cache_dir (${}) at a folder you can write" if unwritable else
+                  "free some space there or point cache_dir (${}) at a larger local disk")
+        super().__init__(f"{problem}; {advice.format(CACHE_DIR_VARIABLE)}")
+
+
+def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """The cache folder on this machine: `cache_dir`, else $CARSWEEP_CACHE_DIR, else the default."""
+    chosen = cache_dir or os.environ.get(CACHE_DIR_VARIABLE) or DEFAULT_CACHE_DIR
+    return Path(chosen).expanduser().absolute()
 
 
 def check_size(size: int) -> int:
@@ -84,48 +116,122 @@ def check_size(size: int) -> int:
     return int(size)
 
 
-def manifest_checksum(manifest: pd.DataFrame, size: int, bbox_crop: bool = False) -> str:
-    """sha1 over the format version, size, crop flag and every row's path and sha1, in order."""
+def cached_rows(dataset: PreparedDataset) -> pd.DataFrame:
+    """The rows a cache holds, in its order: train and val, in manifest order."""
+    return dataset.rows(*CACHED_SPLITS)
+
+
+def rows_checksum(rows: pd.DataFrame, size: int, bbox_crop: bool = False) -> str:
+    """sha1 over the format version, size, crop flag and every row's path and sha1 (and box
+    when cropping), in order."""
     digest = hashlib.sha1(f"carsweep-cache v{FORMAT_VERSION} {size} {bbox_crop}\n".encode())
     columns = ["path", "sha1"] + (BOX_COLUMNS if bbox_crop else [])
-    for row in manifest[columns].itertuples(index=False):
+    for row in rows[columns].itertuples(index=False):
         digest.update(("\t".join(map(str, row)) + "\n").encode())
     return digest.hexdigest()
 
 
-def cache_state(dataset: PreparedDataset, size: int, bbox_crop: bool = False) -> str:
-    """"fresh", "missing" or "stale" (built from another manifest, size or crop setting)."""
-    files = CacheFiles.of(dataset.folder, check_size(size), bbox_crop)
-    if not (files.array.is_file() and files.sidecar.is_file()):
-        return "missing"
+@dataclass(frozen=True)
+class CachePlan:
+    """One cache on this machine: where it goes, whether it is there, and whether it fits."""
+
+    size: int
+    bbox_crop: bool
+    folder: Path
+    count: int  # images (train+val rows)
+    checksum: str
+    state: str  # "fresh" or "missing"
+    bytes_needed: int  # the .npy file: header + count * 3 * size * size
+    bytes_free: int  # on the disk of the folder (its nearest existing parent)
+    bytes_reserved: int  # kept free for everything else on that disk
+
+    @property
+    def stem(self) -> str:
+        return f"{self.size}px{'-bbox' if self.bbox_crop else ''}-{self.checksum[:KEY_DIGITS]}"
+
+    @property
+    def array(self) -> Path:
+        return self.folder / f"{self.stem}.u8.npy"
+
+    @property
+    def sidecar(self) -> Path:
+        return self.folder / f"{self.stem}.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / f"{self.stem}.lock"
+
+    @property
+    def label(self) -> str:
+        """How messages name it: "400px", "400px bbox-crop"."""
+        return f"{self.size}px{' bbox-crop' if self.bbox_crop else ''}"
+
+    @property
+    def has_room(self) -> bool:
+        return self.state == "fresh" or self.bytes_needed + self.bytes_reserved <= self.bytes_free
+
+    def room_problem(self) -> str | None:
+        """None when it fits (or is there), else one line: what it needs, what the disk has."""
+        if self.has_room:
+            return None
+        return (f"the {self.label} cache of {self.count:,} train+val images needs "
+                f"{format_bytes(self.bytes_needed)} in {self.folder}, but that disk has "
+                f"{format_bytes(self.bytes_free)} free ({format_bytes(self.bytes_reserved)} "
+                "kept spare)")
+
+
+def cache_plan(dataset: PreparedDataset, size: int, bbox_crop: bool = False,
+               cache_dir: str | Path | None = None, *, disk=None) -> CachePlan:
+    """The plan of one cache of `dataset` in `cache_dir` (resolved here; see resolve_cache_dir).
+
+    `disk(path) -> (free bytes, total bytes)` measures the disk; default `disk_space`."""
+    size = check_size(size)
+    rows = cached_rows(dataset)
+    folder = resolve_cache_dir(cache_dir)
+    free, total = (disk or disk_space)(folder)
+    checksum = rows_checksum(rows, size, bbox_crop)
+    plan = CachePlan(size=size, bbox_crop=bbox_crop, folder=folder, count=len(rows),
+                     checksum=checksum, state="missing",
+                     bytes_needed=npy_bytes((len(rows), 3, size, size)), bytes_free=free,
+                     bytes_reserved=min(RESERVE_MAX, int(total * RESERVE_FRACTION)))
+    return replace(plan, state="fresh") if _is_fresh(plan) else plan
+
+
+def _is_fresh(plan: CachePlan) -> bool:
+    """The array is there, whole, and its sidecar records the same rows."""
     try:
-        recorded = json.loads(files.sidecar.read_text())
+        recorded = json.loads(plan.sidecar.read_text())
+        whole = plan.array.stat().st_size == plan.bytes_needed
     except (OSError, json.JSONDecodeError):
-        return "stale"
-    expected = manifest_checksum(dataset.manifest, size, bbox_crop)
-    fresh = (recorded.get("checksum") == expected and recorded.get("count") == len(dataset.manifest)
-             and recorded.get("size") == size)
-    return "fresh" if fresh else "stale"
+        return False
+    same_rows = (recorded.get("checksum"), recorded.get("count")) == (plan.checksum, plan.count)
+    return whole and same_rows
 
 
-def open_cache(dataset: PreparedDataset, size: int, *, bbox_crop: bool = False,
-               build: bool = False, workers: int | None = None,
-               progress: bool = False) -> np.memmap:
-    """The cache of `size` as a read-only memmap (N, 3, size, size), rows in manifest order.
+def npy_bytes(shape: tuple[int, ...]) -> int:
+    """Size of a uint8 .npy file of `shape`, header included (as np.lib.format writes it)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
+    return header.tell() + math.prod(shape)
 
-    A missing or stale cache is built when `build` is true, else a CacheError says so and
-    names the command that builds it.
-    """
-    state = cache_state(dataset, size, bbox_crop)
-    if state != "fresh":
-        if not build:
-            raise CacheError(
-                f"{dataset.folder}: the {size}px decoded cache is {state}"
-                + (" (the manifest changed since it was built)" if state == "stale" else "")
-                + f"; build it with `carsweep prepare ... --cache {size}` or build_cache()"
-            )
-        build_cache(dataset, size, bbox_crop=bbox_crop, workers=workers, progress=progress)
-    return map_array(CacheFiles.of(dataset.folder, size, bbox_crop).array)
+
+def disk_space(path: Path) -> tuple[int, int]:
+    """(free, total) bytes of the disk that holds `path`, or would: its nearest existing parent."""
+    usage = shutil.disk_usage(nearest_existing(Path(path)))
+    return usage.free, usage.total
+
+
+def nearest_existing(path: Path) -> Path:
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def format_bytes(count: float) -> str:
+    """Decimal units, as disks are sold: 3.9 GB, 512 MB, 12 kB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{int(count)} B"
 
 
 def map_array(path: Path) -> np.memmap:
@@ -134,33 +240,88 @@ def map_array(path: Path) -> np.memmap:
 
 
 def build_cache(dataset: PreparedDataset, size: int, *, bbox_crop: bool = False,
-                workers: int | None = None, progress: bool = True, force: bool = False) -> Path:
-    """Decode and resize every manifest image to `size` px once; returns the array's path.
+                cache_dir: str | Path | None = None, workers: int | None = None,
+                progress: bool = True) -> Path:
+    """The array of the cache of `size`: there already, or built now; see `build_steps`."""
+    plan = cache_plan(dataset, size, bbox_crop, cache_dir)
+    if plan.state == "fresh":
+        return plan.array
+    with closing(build_steps(dataset, plan, workers=workers)) as steps, \
+            progress_bar(plan.count, f"decoding to {plan.label}", progress) as advance:
+        done_before = 0
+        for done, _ in steps:
+            advance(done - done_before)
+            done_before = done
+    return plan.array
 
-    A fresh cache is kept unless `force`. Uses `workers` processes (default: all CPU cores).
-    """
-    size = check_size(size)
-    files = CacheFiles.of(dataset.folder, size, bbox_crop)
-    files.array.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(files.lock):
-        if not force and cache_state(dataset, size, bbox_crop) == "fresh":
-            return files.array  # built meanwhile by another process, or already there
-        paths = [str(dataset.image_path(p)) for p in dataset.manifest["path"]]
-        boxes = (dataset.manifest[BOX_COLUMNS].to_numpy(dtype=float) if bbox_crop
-                 else np.full((len(paths), 4), np.nan))
-        temporary = files.array.with_name(f".{files.array.name}.{os.getpid()}.tmp.npy")
-        try:
-            _decode_all(temporary, paths, boxes, size, workers or os.cpu_count() or 1, progress)
-            sidecar = {
-                "format_version": FORMAT_VERSION, "size": size, "count": len(paths),
-                "bbox_crop": bbox_crop, "layout": "N,3,H,W uint8 RGB",
-                "checksum": manifest_checksum(dataset.manifest, size, bbox_crop),
-            }
-            os.replace(temporary, files.array)
-            write_text_atomic(files.sidecar, json.dumps(sidecar, indent=2) + "\n")
-        finally:
-            temporary.unlink(missing_ok=True)
-    return files.array
+
+def build_steps(dataset: PreparedDataset, plan: CachePlan, *,
+                workers: int | None = None) -> Iterator[tuple[int, int]]:
+    """Build the cache `plan` describes, yielding (images decoded, total) as it goes.
+
+    Under the lock: a cache another process finished meanwhile is kept (nothing is yielded);
+    no room, or a folder that cannot be written, is a CacheDiskError; otherwise every image is
+    decoded, in `workers` processes (default: all cores), into a temporary file that replaces
+    the array only when whole."""
+    with _exclusive(plan.folder, plan.lock):
+        plan = cache_plan(dataset, plan.size, plan.bbox_crop, plan.folder)  # as it is now
+        if plan.state == "fresh":
+            return
+        if not plan.has_room:
+            raise CacheDiskError(plan.room_problem())
+        _remove_leftovers(plan)
+        yield from _decode_into_place(dataset, plan, workers or os.cpu_count() or 1)
+
+
+def _decode_into_place(dataset: PreparedDataset, plan: CachePlan,
+                       workers: int) -> Iterator[tuple[int, int]]:
+    rows = cached_rows(dataset)
+    paths = [str(dataset.image_path(p)) for p in rows["path"]]
+    boxes = (rows[BOX_COLUMNS].to_numpy(dtype=float) if plan.bbox_crop
+             else np.full((len(paths), 4), np.nan))
+    temporary = plan.folder / f".{plan.array.name}.{os.getpid()}.tmp"
+    try:
+        _allocate(temporary, plan)
+        yield 0, len(paths)
+        done = 0
+        for count in _decode_all(temporary, paths, boxes, plan.size, workers):
+            done += count
+            yield done, len(paths)
+        sidecar = {
+            "format_version": FORMAT_VERSION, "size": plan.size, "count": len(paths),
+            "bbox_crop": plan.bbox_crop, "splits": list(CACHED_SPLITS),
+            "layout": "N,3,H,W uint8 RGB", "checksum": plan.checksum,
+            "dataset": str(Path(dataset.folder).absolute()),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_text_atomic(plan.sidecar, json.dumps(sidecar, indent=2) + "\n")
+        os.replace(temporary, plan.array)  # last: a whole array is the sign of a whole cache
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _allocate(temporary: Path, plan: CachePlan) -> None:
+    """A new .npy with its header, its whole size reserved on the disk: a full disk fails
+    here, not as a SIGBUS when a worker writes a page of the memory map later."""
+    shape = (plan.count, 3, plan.size, plan.size)
+    array = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
+    del array  # header and file size are on disk; workers map the file themselves
+    descriptor = os.open(temporary, os.O_RDWR)
+    try:
+        os.posix_fallocate(descriptor, 0, plan.bytes_needed)
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # no fallocate there: go on
+            raise CacheDiskError(f"cannot reserve {format_bytes(plan.bytes_needed)} for the "
+                                 f"{plan.label} cache in {plan.folder} "
+                                 f"({error.strerror})") from None
+    finally:
+        os.close(descriptor)
+
+
+def _remove_leftovers(plan: CachePlan) -> None:
+    """Temporary files of builders that were killed (we hold the lock: no builder is live)."""
+    for leftover in plan.folder.glob(f".{plan.array.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def decode_resized(path: str | Path, size: int, box: Sequence[float] | None = None) -> np.ndarray:
@@ -187,26 +348,14 @@ def crop_to_box(image: Image.Image, box: np.ndarray) -> Image.Image:
     return image.crop((x1, y1, x2, y2))
 
 
-def _decode_all(target: Path, paths: list[str], boxes: np.ndarray, size: int, workers: int,
-                progress: bool) -> None:
-    """Fill a new .npy at `target` with every image, `workers` processes writing disjoint rows."""
-    array = np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8,
-                                      shape=(len(paths), 3, size, size))
-    del array  # header and file size are on disk; workers map the file themselves
-    tasks = [(str(target), start, paths[start:start + CHUNK], boxes[start:start + CHUNK], size)
-             for start in range(0, len(paths), CHUNK)]
-    with _progress_bar(len(paths), f"decoding to {size}px", progress) as advance:
-        if workers <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                advance(_decode_chunk(task))
-            return
-        # fork, as DataLoader workers do: a spawned worker would re-import the caller's main
-        # module (torch and all) first. The workers use only PIL and numpy, never CUDA.
-        context = get_context("fork")
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)),
-                                 mp_context=context) as pool:
-            for done in pool.map(_decode_chunk, tasks):
-                advance(done)
+def _decode_all(target: Path, paths: list[str], boxes: np.ndarray, size: int,
+                workers: int) -> Iterator[int]:
+    """Fill the .npy at `target`, workers writing disjoint rows; yields images done per task."""
+    # Small sets get small tasks, so progress still moves in steps of about a tenth.
+    chunk = max(1, min(CHUNK, len(paths) // (10 * workers)))
+    tasks = [(str(target), start, paths[start:start + chunk], boxes[start:start + chunk], size)
+             for start in range(0, len(paths), chunk)]
+    yield from forked_map(_decode_chunk, tasks, workers)
 
 
 def _decode_chunk(task: tuple[str, int, list[str], np.ndarray, int]) -> int:
@@ -219,26 +368,68 @@ def _decode_chunk(task: tuple[str, int, list[str], np.ndarray, int]) -> int:
 
 
 @contextmanager
-def _progress_bar(total: int, label: str, enabled: bool) -> Iterator:
-    """tqdm on stderr when enabled (and installed); a no-op counter otherwise."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if not enabled or tqdm is None:
-        yield lambda n: None
-        return
-    with tqdm(total=total, desc=label, unit="img", file=sys.stderr) as bar:
-        yield bar.update
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
+def _exclusive(folder: Path, lock_path: Path) -> Iterator[None]:
     """An advisory lock held while building, so concurrent trials build a cache only once."""
-    with open(lock_path, "a") as handle:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a")  # noqa: SIM115 - closed by the `with` below
+    except OSError as error:
+        raise CacheDiskError(f"cannot write the cache folder {folder} "
+                             f"({error.strerror or error})", unwritable=True) from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
+
+# Shared storage ---------------------------------------------------------------------------
+
+def file_system_of(path: str | Path, mounts: str | None = None) -> tuple[str, str]:
+    """(type, mount point) of the file system that holds, or will hold, `path`, from
+    /proc/mounts (or the `mounts` text given); ("", "") where there is none to read."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return "", ""
+    target = Path(os.path.realpath(Path(path).absolute()))  # symlinks of the existing part
+    best = ("", "")
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")  # /proc/mounts escapes spaces
+        if _is_within(target, Path(point)) and len(point) >= len(best[1]):
+            best = (fields[2], point)
+    return best
+
+
+def is_network_file_system(kind: str) -> bool:
+    return kind in NETWORK_FILE_SYSTEMS or kind.startswith("fuse.")
+
+
+def shared_storage_warning(cache_dir: str | Path,
+                           shared_paths: Mapping[str, str | Path | None], *,
+                           mounts: str | None = None) -> str | None:
+    """One line when the cache folder is on a network file system, or inside a folder the
+    caller says every node shares (`{"the experiment storage": path, ...}`); else None."""
+    folder = Path(cache_dir).expanduser().absolute()
+    kind, point = file_system_of(folder, mounts)
+    if is_network_file_system(kind):
+        where = f"is on a network file system ({kind} at {point})"
+    else:
+        inside = [(what, Path(path).absolute()) for what, path in shared_paths.items()
+                  if path is not None and _is_within(folder, Path(path).absolute())]
+        if not inside:
+            return None
+        what, path = inside[0]
+        where = f"is inside {what} ({path}), which every node shares"
+    return (f"cache folder {folder} {where}: the cache works there, but reading it over a "
+            "network file system (100-200 MB/s) is no faster than decoding the JPEGs "
+            f"(BENCHMARKS.md); set cache_dir (${CACHE_DIR_VARIABLE}) to a local disk of each node")
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents

@@ -22,6 +22,7 @@ the `class-csv` layout with car boxes (or, with `layout="imagefolder"`, as plain
     OUT/synth.json                        the parameters, for the record
 
 Deterministic for a seed: image i of class c in split s depends only on (seed, s, c, i).
+The Stanford-Cars-shaped source (196 classes of 700x480 JPEGs) is synth_cars.py.
 """
 
 from __future__ import annotations
@@ -105,31 +106,38 @@ def _draw_dataset(out: Path, *, classes: int, per_class: int, test_per_class: in
                 annotations.append([filename, *drawn.car_box, label + 1])
                 parts_rows.extend([relative, part, *box] for part, box in drawn.parts)
         if layout == "class-csv":
-            _write_csv(out / f"anno_{split}.csv", annotations)
+            write_csv(out / f"anno_{split}.csv", annotations)
     if layout == "class-csv":
-        _write_csv(out / "names.csv", [[name] for name in names])
-    _write_csv(out / PARTS_FILE, parts_rows, header=PARTS_COLUMNS)
+        write_csv(out / "names.csv", [[name] for name in names])
+    write_csv(out / PARTS_FILE, parts_rows, header=PARTS_COLUMNS)
     record = {"classes": names, "per_class": per_class, "test_per_class": test_per_class,
               "size": size, "seed": seed, "cues": list(cues), "coloured_parts": coloured_parts,
               "layout": layout, "image_format": image_format}
     (out / "synth.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def draw_car(shape: str, *, size: int, cues: tuple[str, ...], coloured_parts: bool,
-             rng: np.random.Generator) -> SynthImage:
-    """One picture of a car whose `cues` parts have the class `shape`; all else is random."""
-    canvas_size = size * SUPERSAMPLE
-    image = _background(canvas_size, rng)
+def draw_car(shape: str, *, size: int | tuple[int, int], cues: tuple[str, ...],
+             coloured_parts: bool, rng: np.random.Generator, part_colour: Colour | None = None,
+             supersample: int = SUPERSAMPLE, noise: float = 6.0) -> SynthImage:
+    """One picture of a car whose `cues` parts have the class `shape`; all else is random.
+
+    `size` is the side of a square picture or (width, height); `part_colour` replaces the
+    shape's own class colour; `noise` is the standard deviation of the Gaussian grain added
+    last (0: none). synth_cars.py draws Stanford-Cars-shaped pictures with it."""
+    width, height = (size, size) if isinstance(size, int) else size
+    canvas_w, canvas_h = width * supersample, height * supersample
+    image = _background(canvas_w, canvas_h, rng)
     draw = ImageDraw.Draw(image)
     drawer, class_colour = SHAPES[shape]
-    colour = class_colour if coloured_parts else None
-    line = max(1, round(canvas_size / 80))
+    colour = (part_colour or class_colour) if coloured_parts else None
+    line = max(1, round(min(canvas_w, canvas_h) / 80))
 
-    length = rng.uniform(0.62, 0.92) * canvas_size
+    # The car is 0.69 lengths tall: on a wide canvas its height, not the width, limits it.
+    length = rng.uniform(0.62, 0.92) * min(canvas_w, canvas_h / 0.75)
     body_h, cabin_h, wheel_r = 0.34 * length, 0.22 * length, 0.13 * length
-    left = rng.uniform(0.02, 0.98 - length / canvas_size) * canvas_size
-    bottom_room = canvas_size - (cabin_h + body_h + wheel_r)
-    top = rng.uniform(0.02 * canvas_size, bottom_room - 0.02 * canvas_size) + cabin_h
+    left = rng.uniform(0.02, 0.98 - length / canvas_w) * canvas_w
+    bottom_room = canvas_h - (cabin_h + body_h + wheel_r)
+    top = rng.uniform(0.02 * canvas_h, bottom_room - 0.02 * canvas_h) + cabin_h
     facing_right = bool(rng.integers(2))
 
     def x(u: float) -> float:  # car-local position 0..1 (rear to front) -> canvas x
@@ -173,24 +181,25 @@ def draw_car(shape: str, *, size: int, cues: tuple[str, ...], coloured_parts: bo
             draw.ellipse(hub, fill=NEUTRAL_HUB)
 
     car = (bx1, top - cabin_h, bx2, top + body_h + wheel_r)
-    small = image.resize((size, size), Image.Resampling.LANCZOS)
+    if supersample > 1:
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
     return SynthImage(
-        image=_add_noise(small, rng),
-        car_box=_to_pixels(car, size),
-        parts=[(name, _to_pixels(box, size)) for name, box in parts],
+        image=_add_noise(image, rng, noise) if noise else image,
+        car_box=_to_pixels(car, width, height, supersample),
+        parts=[(name, _to_pixels(box, width, height, supersample)) for name, box in parts],
     )
 
 
-def _background(canvas_size: int, rng: np.random.Generator) -> Image.Image:
+def _background(width: int, height: int, rng: np.random.Generator) -> Image.Image:
     """Sky over ground at a random horizon, with a few muted blocks (buildings, trees)."""
-    image = Image.new("RGB", (canvas_size, canvas_size), _muted_colour(rng, light=True))
+    image = Image.new("RGB", (width, height), _muted_colour(rng, light=True))
     draw = ImageDraw.Draw(image)
-    horizon = rng.uniform(0.45, 0.8) * canvas_size
+    horizon = rng.uniform(0.45, 0.8) * height
     for _ in range(int(rng.integers(0, 4))):
-        x1 = rng.uniform(0, canvas_size)
-        w, h = rng.uniform(0.1, 0.35) * canvas_size, rng.uniform(0.1, 0.4) * canvas_size
+        x1 = rng.uniform(0, width)
+        w, h = rng.uniform(0.1, 0.35) * width, rng.uniform(0.1, 0.4) * height
         draw.rectangle((x1, horizon - h, x1 + w, horizon), fill=_muted_colour(rng))
-    draw.rectangle((0, horizon, canvas_size, canvas_size), fill=_muted_colour(rng))
+    draw.rectangle((0, horizon, width, height), fill=_muted_colour(rng))
     return image
 
 
@@ -201,19 +210,23 @@ def _muted_colour(rng: np.random.Generator, *, light: bool = False) -> Colour:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _add_noise(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 6, (*image.size[::-1], 3))
+def _add_noise(image: Image.Image, rng: np.random.Generator, std: float) -> Image.Image:
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, std, (*image.size[::-1], 3))
     return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
 
 
-def _to_pixels(box: Box, size: int) -> tuple[int, int, int, int]:
+def _to_pixels(box: Box, width: int, height: int, supersample: int) -> tuple[int, int, int, int]:
     """A canvas box -> integer pixel box of the final image, clamped to it (x2, y2 inclusive)."""
-    x1, y1, x2, y2 = (v / SUPERSAMPLE for v in box)
-    clamp = lambda v: int(min(max(v, 0), size - 1))  # noqa: E731
-    return clamp(math.floor(x1)), clamp(math.floor(y1)), clamp(math.ceil(x2)), clamp(math.ceil(y2))
+    x1, y1, x2, y2 = (v / supersample for v in box)
+
+    def clamp(v: float, side: int) -> int:
+        return int(min(max(v, 0), side - 1))
+
+    return (clamp(math.floor(x1), width), clamp(math.floor(y1), height),
+            clamp(math.ceil(x2), width), clamp(math.ceil(y2), height))
 
 
-def _write_csv(path: Path, rows: list[list], header: list[str] | None = None) -> None:
+def write_csv(path: Path, rows: list[list], header: list[str] | None = None) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         if header:

@@ -14,6 +14,9 @@ the same checks first and stops at the first failure. The checks, in order:
     nodes       the storage path is shared with the driver (a token written by the driver is
                 read by every alive node, which writes its own back for the driver to read)
                 and every node's dataset is the driver's (the manifest's digest)
+    caches      per node that can run a trial and per resize: the decoded cache is there, or
+                the disk has room to build it (search/node_caches.py); a cache folder on
+                shared storage is a warning (warn lines never stop a sweep)
     gpu memory  one training step at the largest batch size x input size of the space, measured
                 on a GPU (the allocator's peak reserve and the CUDA context), fits in the
                 GPU's memory / trials per GPU
@@ -74,6 +77,7 @@ class Report:
         self.failures.append(f"{check}: {problem}")
 
     def warned(self, check: str, text: str) -> None:
+        """A line worth reading that does not stop the sweep."""
         self.lines.append(f"  warn  {check}: {text}")
         self.warnings.append(f"{check}: {text}")
 
@@ -156,6 +160,7 @@ def cluster_checks(config: SweepConfig, report: Report) -> None:
                   "per trial fit on a node")
     check_dry_step(config, report)
     check_nodes(config, report)
+    check_node_caches(config, report)
     check_gpu_memory(config, report)
 
 
@@ -331,6 +336,16 @@ def check_nodes(config: SweepConfig, report: Report) -> None:
         report.passed("nodes", f"storage {config.storage_path} shared (a token round trip) "
                       f"and dataset {config.dataset} the same (manifest digest) on all "
                       f"{len(nodes)} node(s)")
+
+
+def check_node_caches(config: SweepConfig, report: Report) -> None:
+    """Per node and cache size: there, or missing with room to build it, or no room (a failure
+    under data_cache: on, a warning under auto); the shared-storage warning. Builds nothing."""
+    from carsweep.search.node_caches import node_cache_reports
+
+    verdicts = {"ok": report.passed, "warn": report.warned, "fail": report.failed}
+    for line in node_cache_reports(config):
+        verdicts[line.verdict](line.check, line.text)
 
 
 # GPU memory -------------------------------------------------------------------------------

@@ -17,13 +17,14 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.config.trial import TrialConfig
-from carsweep.errors import UserError
+from carsweep.errors import UserError, last_line
 from carsweep.search.cluster import check_local_gpus, ray_session
 from carsweep.search.monitor import (
     DivergedTrialsCallback,
     LiveHParamsCallback,
     progress_reporter,
 )
+from carsweep.search.node_caches import prebuild_node_caches
 from carsweep.search.preflight import check_before_launch
 from carsweep.search.searcher import make_searcher
 from carsweep.search.table import save_trials_table, trials_table
@@ -106,6 +107,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
     weights = shipped_weights(config)  # a bad weights file stops here, before anything is written
     with ray_session(config.cluster):
         check_before_launch(config)  # resources, a dry step, every node's paths, GPU memory
+        prebuild_node_caches(config)  # each node's decoded caches, progress on this console
         if resume:
             tuner = tune.Tuner.restore(
                 str(experiment), trainable=_trainable(config, weights),
@@ -116,7 +118,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
             tuner = new_tuner(config, _trainable(config, weights), pruning_aware=pruning_aware,
                               verbose=verbose)
         results = tuner.fit()
-    errors = tuple(_last_line(error) for error in results.errors)
+    errors = tuple(last_line(error) for error in results.errors)
     table = trials_table(experiment, config.metric, config.mode)
     save_trials_table(table, experiment)
     best = table.iloc[0] if len(table) and table["best_" + config.metric].notna().any() else None
@@ -135,12 +137,6 @@ def _unfinished(table, num_samples: int) -> bool:
     """Tune returns normally on Ctrl-C: trials still pending or running, or never created."""
     ended = table["state"].isin(["TERMINATED", "ERROR"]).all() if len(table) else False
     return len(table) < num_samples or not ended
-
-
-def _last_line(error: BaseException) -> str:
-    """The line of a trial's error worth showing (Ray wraps it in a long traceback)."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(error).__name__
 
 
 def _check_experiment_folder(experiment: Path, resume: bool) -> None:

@@ -1,12 +1,14 @@
 """The fast data path: batches read from the decoded cache, augmentation split CPU / device.
 
-`build_loader` (data.py) asks `fast_loader` first. When the dataset has a fresh decoded cache
-of `config.resize` (`carsweep prepare --cache`, see carsweep/data/cache.py), a batch is one
-gather from a read-only memory map, (B, 3, S, S) uint8, the same tensors that decoding the
-JPEGs with `eval_transform` gives, with no JPEG decoding at all. `config.data_cache` decides:
+`build_loader` (data.py) asks `fast_loader` first. For splits within train+val, a batch is one
+gather from the read-only memory map of the node-local decoded cache of `config.resize`
+(carsweep/data/cache.py), (B, 3, S, S) uint8, the same tensors that decoding the JPEGs with
+`eval_transform` gives, with no JPEG decoding at all. A loader that touches the test split
+always decodes (the cache never holds it). `config.data_cache` decides:
 
-    auto  use a fresh cache when there is one (a stale one: warn, decode JPEGs as before)
-    on    build the cache when it is missing or stale (once per node: a lock), then use it
+    auto  use the cache in `config.cache_dir`, building it first if it is missing (once per
+          node: a lock) when the disk has room; else one warning line, and decode JPEGs
+    on    the same, but no room (or a folder that cannot be written) is a one-line error
     off   never; decode the JPEGs every epoch
 
 `split_augmentation` decides where the preset runs (`config.augment_on`, gpu_augment.py): the
@@ -25,7 +27,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from carsweep.config.trial import TrialConfig
-from carsweep.data.cache import CacheFiles, cache_state, map_array, open_cache
+from carsweep.data.cache import CACHED_SPLITS, CacheDiskError, build_cache, cached_rows, map_array
 from carsweep.data.manifest import PreparedDataset
 from carsweep.trainable.augment import (
     build_augmentation,
@@ -91,17 +93,21 @@ def fast_loader(dataset: PreparedDataset, splits: tuple[str, ...], config: Trial
                 train: bool, batch_size: int, device: torch.device | None,
                 cpu_augmentation: str, normalize: Callable):
     """A `Loader` over the decoded cache, or None when the cache is not to be used."""
-    from carsweep.trainable.data import Loader, _seed_worker  # data.py imports this module
+    from carsweep.trainable.data import (  # data.py imports this module
+        Loader,
+        _seed_worker,
+        persistent_workers,
+    )
 
-    array_path = _usable_cache(dataset, config)
+    array_path = _usable_cache(dataset, splits, config)
     if array_path is None:
         return None
-    selected = dataset.manifest["split"].isin(splits).to_numpy()
-    positions = np.flatnonzero(selected)
+    rows = cached_rows(dataset)  # the cache's rows, in its order
+    positions = np.flatnonzero(rows["split"].isin(splits).to_numpy())
     transform = (build_augmentation(cpu_augmentation, config.resize)
                  if cpu_augmentation != "none" else None)
-    images = CachedBatches(array_path, positions,
-                           dataset.manifest["label"].to_numpy()[positions], transform)
+    images = CachedBatches(array_path, positions, rows["label"].to_numpy()[positions],
+                           transform)
     generator = torch.Generator().manual_seed(config.seed) if train else None
     order = RandomSampler(images, generator=generator) if train else SequentialSampler(images)
     count = len(images)
@@ -112,24 +118,24 @@ def fast_loader(dataset: PreparedDataset, splits: tuple[str, ...], config: Trial
     workers = config.num_workers if transform is not None else 0
     on_gpu = device is not None and device.type == "cuda"
     loader = DataLoader(images, sampler=batches, batch_size=None, num_workers=workers,
-                        worker_init_fn=_seed_worker if workers else None, pin_memory=on_gpu)
+                        worker_init_fn=_seed_worker if workers else None, pin_memory=on_gpu,
+                        persistent_workers=workers > 0 and persistent_workers(config))
     return Loader(batches=loader, num_images=count, generator=generator,
                   channels_last=on_gpu, normalize=normalize)
 
 
-def _usable_cache(dataset: PreparedDataset, config: TrialConfig) -> Path | None:
-    if config.data_cache == "off":
+def _usable_cache(dataset: PreparedDataset, splits: tuple[str, ...],
+                  config: TrialConfig) -> Path | None:
+    """The cache array to read `splits` from (built now if needed), or None to decode."""
+    if config.data_cache == "off" or not set(splits) <= set(CACHED_SPLITS):
         return None
-    files = CacheFiles.of(dataset.folder, config.resize, config.bbox_crop)
-    if config.data_cache == "on":
-        open_cache(dataset, config.resize, bbox_crop=config.bbox_crop, build=True,
-                   workers=max(1, config.num_workers), progress=False)
-        return files.array
-    state = cache_state(dataset, config.resize, config.bbox_crop)
-    if state == "stale":
-        warnings.warn(
-            f"{files.array} is stale (the manifest changed since it was built); decoding JPEGs "
-            f"instead. Rebuild it with `carsweep prepare ... --cache {config.resize}`",
-            stacklevel=4,
-        )
-    return files.array if state == "fresh" else None
+    try:
+        return build_cache(dataset, config.resize, bbox_crop=config.bbox_crop,
+                           cache_dir=config.cache_dir, workers=max(1, config.num_workers),
+                           progress=True)  # a bar on stderr while it builds
+    except CacheDiskError as error:
+        if config.data_cache == "on":
+            raise
+        warnings.warn(f"{error.problem}; decoding the JPEGs every epoch instead "
+                      "(data_cache: auto)", stacklevel=4)
+        return None
