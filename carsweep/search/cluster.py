@@ -30,6 +30,21 @@ def quiet_ray_environment() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+def bind_loopback_only() -> None:
+    """Make the local Ray about to start bind 127.0.0.1, whenever ray was imported.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is imported, and while it is
+    unset it turns the 127.0.0.1 asked of `ray.init` into the machine's network address: a
+    `carsweep sweep` run from a shell that had not exported the variable opened Ray's ports on
+    the network. The variable (set by quiet_ray_environment) reaches the processes Ray starts;
+    the value this process read already is corrected here. Only for a local Ray: a driver
+    joining a cluster must find its raylet at the node's real address."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def check_local_gpus(resources: Resources, cluster: ClusterConfig) -> None:
     """For a local Ray, refuse GPU trials this machine cannot hold, before starting Ray."""
     if cluster.address is not None or resources.gpu == 0:
@@ -57,6 +72,7 @@ def ray_session(cluster: ClusterConfig) -> Iterator[None]:
             check_address_answers(cluster.address)
             ray.init(address=cluster.address, logging_level=logging.WARNING)
         else:
+            bind_loopback_only()
             ray.init(
                 # "local": a Ray of its own; with no address ray.init joins any Ray already
                 # running on this machine (a `ray start`, another sweep) and shares its CPUs.
