@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The demo's data: 4 classes, each decided by the shape and colour of the headlight and both
+# wheel hubs; 200 train (160 train + 40 val after prepare) and 50 test drawings per class.
 demo: $(STAMP)
-	$(BIN)/carsweep synth $(DEMO)/source --seed 0
-	$(BIN)/carsweep prepare $(DEMO)/source --out $(DEMO)/data --force
-	rm -rf $(DEMO)/train  # one standalone trial, 2 quick CPU epochs at 64 px
+	$(BIN)/carsweep synth $(DEMO)/source --seed 0 --per-class 200 --test-per-class 50 \
+		--size 64 --cues headlight+wheel
+	$(BIN)/carsweep prepare $(DEMO)/source --out $(DEMO)/data --val-fraction 0.2 --force
+	rm -rf $(DEMO)/train  # one standalone trial, 2 quick CPU epochs at 32 px
 	$(BIN)/carsweep train --data $(DEMO)/data --out $(DEMO)/train --set epochs=2 \
-		--set resize=64 --set batch_size=16 --set optimizer=adam --set lr=0.001 --set device=cpu
+		--set resize=32 --set batch_size=32 --set optimizer=adam --set lr=0.001 \
+		--set num_workers=0 --set device=cpu
 	rm -rf $(DEMO)/results/demo  # a fresh sweep each time (`carsweep sweep` never overwrites one)
 	$(BIN)/carsweep sweep configs/demo.yaml --data $(DEMO)/data --storage $(DEMO)/results
 	$(BIN)/carsweep status $(DEMO)/results/demo

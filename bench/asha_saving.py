@@ -6,8 +6,8 @@ decodes the images again), and prints a Markdown table for BENCHMARKS.md: the tr
 ASHA stopped, epochs run, epochs ÷ (trials × max_t), best metric, and the sweep's wall time
 (Ray start, pre-flight dry step and the trials table included: what a user waits for).
 
-    carsweep synth /tmp/demo-source && carsweep prepare /tmp/demo-source --out /tmp/demo-data \
-        --cache 64
+    # the demo's data: the `carsweep synth` and `carsweep prepare` lines of `make demo`, with
+    # /tmp/demo-source and /tmp/demo-data for demo/source and demo/data, and `--cache 32`
     .venv/bin/python bench/asha_saving.py --data /tmp/demo-data [--config configs/demo.yaml]
                                           [--variants asha:on fifo:on asha:off fifo:off]
 """

@@ -1,8 +1,9 @@
 """The `carsweep` command. Thin: parse, call one library function, print, exit.
 
 Each subcommand is a module here with `HELP` (one line), `add_arguments(parser)` and
-`run(args) -> int`; COMMANDS lists them in the order `--help` shows. Modules import their
-heavy dependencies (torch, ray) inside `run`, so `carsweep --help` answers at once.
+`run(args) -> int`, optionally `EPILOG` (a line shown after its options); COMMANDS lists them
+in the order `--help` shows. Modules import their heavy dependencies (torch, ray) inside
+`run`, so `carsweep --help` answers at once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ COMMANDS = (
     "analyze",
     "export",
     "predict",
+    "settings",
 )
 
 
@@ -37,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"carsweep.cli.{name}")
-        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP,
+                                    epilog=getattr(module, "EPILOG", None))
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
     return parser

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 HELP = "run a hyperparameter sweep (Ray Tune + Optuna + ASHA), or resume one"
+EPILOG = "Every sweep and trial setting and augmentation preset: carsweep settings"
 
 # Flags that set a SweepConfig field; each is a shorthand for `--set FIELD=VALUE`.
 FIELD_FLAGS = {

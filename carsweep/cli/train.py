@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 HELP = "train one trial (ResNet-18) on a prepared dataset, standalone, without Ray"
+EPILOG = "Every trial setting and augmentation preset: carsweep settings"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Optimizer = Literal["sgd", "adam", "adamw", "rmsprop"]
 Schedule = Literal["cosine", "step", "constant"]
 
+# How `carsweep settings` groups TrialConfig's fields, in the order it lists them (a test keeps
+# every field in exactly one group; one left out would be listed under "other").
+FIELD_GROUPS: dict[str, tuple[str, ...]] = {
+    "training": ("optimizer", "lr", "weight_decay", "momentum", "nesterov", "epochs",
+                 "batch_size", "label_smoothing", "lr_schedule", "step_size", "step_gamma",
+                 "warmup_epochs", "weights", "freeze_backbone_epochs"),
+    "data": ("resize", "bbox_crop", "num_workers", "data_cache"),
+    "augmentation": ("augmentation", "augment_on", "cam_occlusion_p", "cam_occlusion_q",
+                     "cam_occlusion_kind", "cam_occlusion_start_epoch"),
+    "run": ("device", "seed", "deterministic"),
+}
+
 
 class TrialConfig(BaseModel):
     """A training run's settings. Defaults suit a quick CPU run; YAML and `--set` override them.

@@ -4,6 +4,10 @@ A local Ray binds 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) and starts no 
 unless asked; `address: auto` or HOST:PORT joins a cluster started with `ray start`, the
 cluster launcher or KubeRay. Resource requests are checked against what Ray sees before any
 trial is created, so asking for GPUs on a CPU-only cluster is one line, not a hung sweep.
+
+A local Ray is carsweep's own choice, so Ray's announcements of its own defaults for it are
+silenced (each where it is made, with the reason); Ray's warnings about a cluster the user
+joins, and carsweep's own warnings, stay visible.
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ import ray
 
 from carsweep.config.sweep import ClusterConfig, Resources
 from carsweep.errors import UserError
+
+# Ray >= 2.59 turns token authentication on for every new local cluster and logs a WARNING
+# that it did ("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled
+# to opt out", authentication_token_setup._warn_token_auth_enabled, called by ray.init when
+# RAY_AUTH_MODE is unset). It announces Ray's default, not something the user did, on a cluster
+# carsweep starts on loopback. Setting RAY_AUTH_MODE=token would say the same without the
+# warning, but Ray reads it when `ray` is imported, before carsweep knows whether it will start
+# a Ray or join one; so this logger is quieted during the local ray.init only.
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 def quiet_ray_environment() -> None:
@@ -73,17 +86,18 @@ def ray_session(cluster: ClusterConfig) -> Iterator[None]:
             ray.init(address=cluster.address, logging_level=logging.WARNING)
         else:
             bind_loopback_only()
-            ray.init(
-                # "local": a Ray of its own; with no address ray.init joins any Ray already
-                # running on this machine (a `ray start`, another sweep) and shares its CPUs.
-                address="local",
-                _node_ip_address="127.0.0.1",  # a local Ray talks over loopback only
-                num_cpus=cluster.num_cpus,
-                log_to_driver=False,  # the progress table, not every trial's log lines
-                include_dashboard=cluster.dashboard,
-                dashboard_host=cluster.dashboard_host,
-                logging_level=logging.WARNING,
-            )
+            with _logger_quieted(TOKEN_AUTH_LOGGER):
+                ray.init(
+                    # "local": a Ray of its own; with no address ray.init joins any Ray
+                    # already running here (a `ray start`, another sweep) and shares its CPUs.
+                    address="local",
+                    _node_ip_address="127.0.0.1",  # a local Ray talks over loopback only
+                    num_cpus=cluster.num_cpus,
+                    log_to_driver=False,  # the progress table, not every trial's log lines
+                    include_dashboard=cluster.dashboard,
+                    dashboard_host=cluster.dashboard_host,
+                    logging_level=logging.WARNING,
+                )
     except ConnectionError as error:
         raise UserError(
             f"cannot join the Ray cluster at {cluster.address}: {error} (if the cluster uses "
@@ -93,6 +107,18 @@ def ray_session(cluster: ClusterConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def _logger_quieted(name: str) -> Iterator[None]:
+    """Only errors from logger `name` while the block runs; its own level again after."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def check_address_answers(address: str, timeout_s: float = 5.0) -> None:

@@ -98,13 +98,21 @@ def hparam_values(params: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, bool | int | float | str)}
 
 
-def progress_reporter(metric: str, parameter_names: list[str]) -> CLIReporter:
-    """Ray's console table, trimmed: the metric and a few columns, the searched parameters."""
+def progress_reporter(metric: str, parameter_names: list[str],
+                      mode: str | None = None) -> CLIReporter:
+    """Ray's console table, trimmed: the metric and a few columns, the searched parameters;
+    finished trials sorted best first when `mode` is given.
+
+    CLIReporter sorts only when it knows both metric and mode (the TuneConfig carries neither:
+    the searcher and ASHA get them); asked to sort without them it warns on the first table
+    and sorts nothing, so without `mode` no sorting is asked for."""
     columns = [metric, *(m for m in PROGRESS_METRICS if m != metric)]
     return CLIReporter(
         metric_columns=columns,
         parameter_columns=parameter_names,
         max_report_frequency=30,
         max_column_length=14,
-        sort_by_metric=True,
+        metric=metric if mode else None,
+        mode=mode,
+        sort_by_metric=mode is not None,
     )

@@ -6,7 +6,8 @@ conversion to float and normalisation happen afterwards (`normalize_batch`, on t
 Keeping presets on uint8 images lets a decoded cache and GPU-side augmentation reuse them.
 
 Names join with '+' to combine presets in order: `flip+color-jitter`. Adding a preset is one
-`@register` entry below (and the test that runs every entry on a batch picks it up).
+`@register` entry below (the test that runs every entry on a batch picks it up, and
+`carsweep settings` lists it with its doc).
 """
 
 from __future__ import annotations
@@ -140,12 +141,6 @@ def build_augmentation(name: str, size: int) -> v2.Transform:
     check_augmentation(name)
     parts = [AUGMENTATIONS[part].build(size) for part in preset_names(name)]
     return parts[0] if len(parts) == 1 else v2.Compose(parts)
-
-
-def describe_augmentations() -> str:
-    """One line per preset, for `--help` and error messages."""
-    width = max(map(len, AUGMENTATIONS))
-    return "\n".join(f"{p.name:<{width}}  {p.doc}" for p in AUGMENTATIONS.values())
 
 
 @cache

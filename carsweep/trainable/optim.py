@@ -21,31 +21,53 @@ Shape = Callable[[float, TrialConfig], float]
 
 WARMUP_START = 0.1
 
+
+def _sgd(params: Iterable[torch.nn.Parameter], c: TrialConfig) -> torch.optim.Optimizer:
+    """SGD with `momentum`; Nesterov momentum with `nesterov: true`"""
+    return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                           nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
+
+
+def _adam(params: Iterable[torch.nn.Parameter], c: TrialConfig) -> torch.optim.Optimizer:
+    """Adam; `weight_decay` is added to the gradient (L2), `momentum` is ignored"""
+    return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+
+
+def _adamw(params: Iterable[torch.nn.Parameter], c: TrialConfig) -> torch.optim.Optimizer:
+    """AdamW: Adam with decoupled `weight_decay`; `momentum` is ignored"""
+    return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+
+
+def _rmsprop(params: Iterable[torch.nn.Parameter], c: TrialConfig) -> torch.optim.Optimizer:
+    """RMSprop with `momentum`"""
+    return torch.optim.RMSprop(params, lr=c.lr, momentum=c.momentum,
+                               weight_decay=c.weight_decay)
+
+
+# Each entry's docstring is its one-line description (`carsweep settings` lists them).
 OPTIMIZERS: dict[str, OptimizerBuilder] = {
-    "sgd": lambda params, c: torch.optim.SGD(
-        params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov and c.momentum > 0,
-        weight_decay=c.weight_decay),
-    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
-    "rmsprop": lambda params, c: torch.optim.RMSprop(
-        params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+    "sgd": _sgd, "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop,
 }
 
 
 def _cosine(t: float, config: TrialConfig) -> float:
+    """half a cosine from lr down to 0 at the last step"""
     length = config.epochs - config.warmup_epochs
     return 0.5 * (1.0 + math.cos(math.pi * min(t / length, 1.0)))
 
 
 def _step(t: float, config: TrialConfig) -> float:
+    """lr times `step_gamma` every `step_size` epochs"""
     return config.step_gamma ** math.floor(t / config.step_size + 1e-9)
 
 
-SCHEDULES: dict[str, Shape] = {
-    "cosine": _cosine,          # half a cosine from lr down to 0 at the last step
-    "step": _step,              # times step_gamma every step_size epochs
-    "constant": lambda t, config: 1.0,
-}
+def _constant(t: float, config: TrialConfig) -> float:
+    """lr throughout"""
+    return 1.0
+
+
+# As OPTIMIZERS: each entry's docstring describes it. All start after the warm-up, if any.
+SCHEDULES: dict[str, Shape] = {"cosine": _cosine, "step": _step, "constant": _constant}
 
 
 def lr_factor(epoch_progress: float, config: TrialConfig) -> float:
