@@ -208,8 +208,7 @@ def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, pruning_aware: 
             ),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             callbacks=[LiveHParamsCallback(), DivergedTrialsCallback()],
-            progress_reporter=progress_reporter(config.metric, list(config.searched()),
-                                                mode=config.mode),
+            progress_reporter=progress_reporter(config.metric, list(config.searched())),
             verbose=verbose,
         ),
     )
