@@ -16,10 +16,10 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "training": ("optimizer", "lr", "weight_decay", "momentum", "nesterov", "epochs",
                  "batch_size", "label_smoothing", "lr_schedule", "step_size", "step_gamma",
                  "warmup_epochs", "weights", "freeze_backbone_epochs"),
-    "data": ("resize", "bbox_crop", "num_workers", "data_cache"),
+    "data": ("resize", "bbox_crop", "num_workers", "data_cache", "cache_dir"),
     "augmentation": ("augmentation", "augment_on", "cam_occlusion_p", "cam_occlusion_q",
                      "cam_occlusion_kind", "cam_occlusion_start_epoch"),
-    "run": ("device", "seed", "deterministic"),
+    "run": ("device", "precision", "seed", "deterministic"),
 }
 
 
