@@ -247,11 +247,11 @@ class CacheRows:
     process that maps the file pays a page fault per 4 kB page it touches the first time (a
     fresh trial, a fresh worker), and the gather writes into a newly allocated array that
     faults again; `pread` copies from the page cache without mapping anything, straight into
-    the batch's own memory (pinned, when the batch goes to a GPU). Before reading, the kernel is told which rows
-    follow (POSIX_FADV_WILLNEED), so a cache that is not in RAM is read from the disk with
-    the whole batch in flight instead of one row at a time (BENCHMARKS.md, "Data path at
-    Stanford Cars' size"). The file is opened lazily in each process (a pickled reader
-    reopens it), so DataLoader workers each hold their own descriptor.
+    the batch's own memory (pinned, when the batch goes to a GPU). Before reading, the kernel
+    is told which rows follow (POSIX_FADV_WILLNEED), so a cache that is not in RAM is read
+    from the disk with the whole batch in flight instead of one row at a time (BENCHMARKS.md,
+    "Data path at Stanford Cars' size"). The file is opened lazily in each process (a pickled
+    reader reopens it), so DataLoader workers each hold their own descriptor.
     """
 
     def __init__(self, path: Path) -> None:

@@ -9,7 +9,7 @@ tests/test_gpu_augment.py compares the statistics of the two forms). They take f
 (B, 3, S, S) in 0..1 and return the same.
 
 Where kornia.augmentation has the preset's meaning, the op is kornia's (per-sample draws
-are its default). Where it does not, the op is written here on kornia's functional kernels:
+are its default). Where it does not, or was measurably slower, the op is written here:
 
 - `trivialaugment` and `randaugment`: kornia.augmentation.auto's TrivialAugment and
   RandAugment pick the operation once per call, i.e. per batch, from their own op list and
@@ -17,15 +17,23 @@ are its default). Where it does not, the op is written here on kornia's function
   (two) of 14 operations per image with torchvision's magnitude tables. `_Policy` draws the
   operation, magnitude bin and sign per sample from those tables and runs each operation
   once on the samples that drew it.
-- the rest: BENCHMARKS.md ("Batch ops: kornia vs hand-written") measures each kornia op
-  against the hand-written one it replaced, per op, on the CPU device.
+- `elastic`: kornia's RandomElasticTransform pads the random field with zeros where
+  torchvision reflects it, so displacements fade within 20 px of every border (at 32 px it
+  moved pixels half as far as the CPU form): written here on kornia's gaussian_blur2d.
+- `color-jitter`, `sharpness`, `autocontrast`: hand-written, because they were measurably
+  faster than kornia's ColorJitter, RandomSharpness and RandomAutoContrast in two runs of
+  bench/augment_ops.py on the CPU device (1.9-2.4x, 1.2-1.5x, 2.0-2.4x images/s at 224 px,
+  and a third to a half of kornia's host time per call; BENCHMARKS.md, "Batch ops: kornia vs
+  hand-written"). flip, rotation, gaussian-blur and random-crop are kornia's: there the
+  hand-written ops this module had were no faster in both runs (random-crop's was slower).
+  The comparison on a GPU is not measured yet (`bench/augment_ops.py --device cuda`).
 
 Randomness: every draw comes from torch's default (CPU) generator, as kornia's own do, so one
 `torch.manual_seed` makes a run repeatable and the generator state a checkpoint saves
 resumes it exactly. Parameters are drawn on the host and copied to the device with the
 batch's work: no host sync.
 
-ColorJitter's four operations run in an order drawn per batch (kornia, as torchvision per
+ColorJitter's four operations run in an order drawn per batch (torchvision draws it per
 image); the four commute except for clipping and hue, so an image's distribution is kept.
 
 This module imports torch, torchvision and kornia only (bench/train_gpu.py loads it by path
@@ -45,7 +53,6 @@ from kornia.filters import gaussian_blur2d
 from kornia.geometry import transform as kgt
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import roi_align
 
 BatchOp = Callable[[torch.Tensor], torch.Tensor]  # float (B, 3, S, S) in 0..1 -> the same
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -65,20 +72,13 @@ def _coin(batch: torch.Tensor, p: float) -> torch.Tensor:
 # Each builder takes the square size and returns the batch op of one preset of augment.py.
 
 def flip(size: int) -> BatchOp:
+    """v2.RandomHorizontalFlip(0.5)."""
     return K.RandomHorizontalFlip(p=0.5)
-
-
-def hw_flip(size: int) -> BatchOp:
-    return lambda x: torch.where(_coin(x, 0.5), x.flip(-1), x)
 
 
 def rotation(size: int) -> BatchOp:
     """v2.RandomRotation(15): angle U(-15, 15) degrees, nearest, corners filled black."""
     return K.RandomRotation(degrees=15.0, resample="nearest", align_corners=False, p=1.0)
-
-
-def hw_rotation(size: int) -> BatchOp:
-    return lambda x: rotate_batch(x, _uniform(x, -15.0, 15.0))
 
 
 def rotate_batch(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
@@ -104,33 +104,6 @@ def gaussian_blur(size: int) -> BatchOp:
     kernel = blur_kernel_size(size)
     return K.RandomGaussianBlur((kernel, kernel), sigma=(0.1, 2.0), border_type="reflect",
                                 p=0.5)
-
-
-def hw_gaussian_blur(size: int) -> BatchOp:
-    kernel = blur_kernel_size(size)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        sigma = _uniform(x, 0.1, 2.0)
-        offsets = torch.arange(kernel, device=x.device, dtype=x.dtype) - (kernel - 1) / 2
-        weights = torch.exp(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2)  # (B, K)
-        weights = weights / weights.sum(1, keepdim=True)
-        # Samples that lose the coin toss get a delta kernel: exactly the identity, no branch.
-        delta = (offsets == 0).to(x.dtype).expand_as(weights)
-        weights = torch.where(_coin(x, 0.5).view(-1, 1), weights, delta)
-        weights = weights.repeat_interleave(c, 0)  # (B*C, K): one kernel per channel of a sample
-        pad = kernel // 2
-        planes = F.pad(x.reshape(1, b * c, h, w), (pad, pad, pad, pad), mode="reflect")
-        planes = F.conv2d(planes, weights.view(b * c, 1, 1, kernel), groups=b * c)
-        planes = F.conv2d(planes, weights.view(b * c, 1, kernel, 1), groups=b * c)
-        return planes.view(b, c, h, w)
-
-    return blur
-
-
-def color_jitter(size: int) -> BatchOp:
-    """ColorJitter(0.4, 0.4, 0.4, 0.1) with torchvision's formulas (kornia's ColorJitter)."""
-    return K.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, p=1.0)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +135,8 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return maxc.unsqueeze(1) * (1.0 - saturation.unsqueeze(1) * ramp)
 
 
-def hw_color_jitter(size: int) -> BatchOp:
+def color_jitter(size: int) -> BatchOp:
+    """ColorJitter(0.4, 0.4, 0.4, 0.1): factors per sample, the order of the four per batch."""
     def jitter(x: torch.Tensor) -> torch.Tensor:
         factors = [_uniform(x, 0.6, 1.4), _uniform(x, 0.6, 1.4),
                    _uniform(x, 0.6, 1.4), _uniform(x, -0.1, 0.1)]
@@ -181,33 +155,22 @@ def hw_color_jitter(size: int) -> BatchOp:
 
 
 def sharpness(size: int) -> BatchOp:
-    """RandomAdjustSharpness(2, p=0.5): kornia's sharpness at a fixed factor of 2."""
-    return K.RandomSharpness(sharpness=(2.0, 2.0), p=0.5)
-
-
-def hw_sharpness(size: int) -> BatchOp:
+    """RandomAdjustSharpness(2, p=0.5): blend with a 3x3 smoothed copy, borders untouched."""
     kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
 
     def sharpen(x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        weight = kernel.to(x.device, x.dtype).expand(c, 1, 3, 3)
+        smooth = x.clone()
+        smooth[..., 1:-1, 1:-1] = F.conv2d(x, weight, groups=c)
         factor = torch.where(_coin(x, 0.5).view(-1), 2.0, 1.0).to(x.dtype)
-        return _sharpen(x, factor, kernel)
+        return _blend(x, smooth, factor)
 
     return sharpen
 
 
-def _sharpen(x: torch.Tensor, factor: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    c = x.shape[1]
-    weight = kernel.to(x.device, x.dtype).expand(c, 1, 3, 3)
-    smooth = x.clone()
-    smooth[..., 1:-1, 1:-1] = F.conv2d(x, weight, groups=c)
-    return _blend(x, smooth, factor)
-
-
 def autocontrast(size: int) -> BatchOp:
-    return K.RandomAutoContrast(p=0.5)
-
-
-def hw_autocontrast(size: int) -> BatchOp:
+    """RandomAutocontrast(p=0.5): stretch each channel of a chosen sample to 0..1."""
     return lambda x: torch.where(_coin(x, 0.5), stretch_channels(x), x)
 
 
@@ -226,37 +189,6 @@ CROP_SCALE, CROP_RATIO = (0.35, 1.0), (3 / 4, 4 / 3)
 def random_crop(size: int) -> BatchOp:
     """RandomResizedCrop(scale 0.35-1, ratio 3/4-4/3): one box per sample, bilinear resize."""
     return K.RandomResizedCrop((size, size), scale=CROP_SCALE, ratio=CROP_RATIO, p=1.0)
-
-
-def hw_random_crop(size: int) -> BatchOp:
-    def crop(x: torch.Tensor) -> torch.Tensor:
-        boxes = _crop_boxes(x, CROP_SCALE, CROP_RATIO)
-        return roi_align(x, boxes, output_size=x.shape[-2:], spatial_scale=1.0,
-                         sampling_ratio=1, aligned=True)
-
-    return crop
-
-
-def _crop_boxes(x: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
-                attempts: int = 10) -> torch.Tensor:
-    """(B, 5) boxes [index, x1, y1, x2, y2] drawn as RandomResizedCrop.get_params does: up to
-    `attempts` tries of area and aspect per sample, else the whole (square) image."""
-    b, _, h, w = x.shape
-    area = h * w * (torch.rand(b, attempts) * (scale[1] - scale[0]) + scale[0])
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(torch.rand(b, attempts) * (log_hi - log_lo) + log_lo)
-    cw, ch = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
-    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-    first = torch.where(fits.any(1), fits.int().argmax(1), 0)  # index of the first try that fits
-    pick = first.view(-1, 1)
-    any_fit = fits.any(1)
-    cw = torch.where(any_fit, cw.gather(1, pick).view(-1), torch.full_like(cw[:, 0], w))
-    ch = torch.where(any_fit, ch.gather(1, pick).view(-1), torch.full_like(ch[:, 0], h))
-    top = torch.floor(torch.rand(b) * (h - ch + 1))
-    left = torch.floor(torch.rand(b) * (w - cw + 1))
-    index = torch.arange(b, dtype=torch.float32)
-    boxes = torch.stack([index, left, top, left + cw, top + ch], 1)
-    return boxes.to(x.device, x.dtype, non_blocking=True)
 
 
 ELASTIC_ALPHA, ELASTIC_SIGMA = 30.0, 5.0
