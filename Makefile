@@ -43,9 +43,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
-# CPU data path (seed-style vs decoded cache) here; the GPU rows need a GPU box (BENCHMARKS.md).
+# CPU data path (seed-style vs decoded cache, small Cars-shaped set; the full-size command is in
+# BENCHMARKS.md) and the batch ops here; the GPU rows need a GPU box (BENCHMARKS.md).
 bench: $(STAMP)
-	$(BIN)/python bench/data_path.py --images 300 --size 400
+	$(BIN)/python bench/data_path.py --small
+	$(BIN)/python bench/augment_ops.py
 	$(BIN)/python bench/cache_build.py --small
 	$(BIN)/python bench/train_gpu.py \
 		$$($(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else '--smoke')")

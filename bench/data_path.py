@@ -1,21 +1,34 @@
-"""Data path, CPU: images/s of the seed-style pipeline vs carsweep's cached path, side by side.
+"""Data path at Stanford Cars' size, CPU: images/s per core the loader gives a trial, side by side.
 
-    .venv/bin/python bench/data_path.py                 # 300 JPEGs, 400 px, all cores
-    .venv/bin/python bench/data_path.py --size 256 --images 600 --json out.json
+    carsweep synth /tmp/cars-full/source --preset cars               # 16,185 JPEGs, 700x480
+    carsweep prepare /tmp/cars-full/source --out /tmp/cars-full/prepared
+    .venv/bin/python bench/data_path.py --prepared /tmp/cars-full/prepared --size 400
+    .venv/bin/python bench/data_path.py --small                      # seconds (the test runs it)
 
-On synthetic JPEGs of Stanford Cars' typical size (700x480, quality 90), in one process:
+On the training split of a prepared Cars-shaped set (7,360 images on the official split), in
+one process, with `--cores` CPU cores given to the loader:
 
-  (a) seed-style: torchvision ImageFolder (PIL open), Resize((S, S)), ToTensor, Normalize, in a
-      DataLoader with one worker per core: every epoch decodes every JPEG again;
-  (b) carsweep: `build_loader` of a prepared dataset with a decoded cache of S px (built first,
-      timed): a batch is one gather from the memory-mapped uint8 file, then `to_model_input`
-      makes the same normalised float tensors on the CPU (on a GPU box that step runs on the
-      device, so (b, uint8) is what the GPU path really asks of the CPU).
+  seed-style   the seed's loader: PIL open + convert RGB, Resize((S, S)), ToTensor,
+               Normalize, in a DataLoader with one worker per core (every epoch decodes
+               every JPEG again); timed on the first `--seed-images` of a shuffled epoch
+  warm         carsweep's `build_loader` over the decoded cache (built first if missing),
+               uint8 batches as a GPU trial's CPU side hands them over, one loader for the
+               trial as `train` makes it, `--epochs` timed epochs with the file in RAM
+  cold         the same, one epoch of a fresh loader right after the cache file's pages
+               are dropped from the page cache (posix_fadvise DONTNEED): read from the disk
+  warm, float  warm plus `to_model_input` on the CPU (normalisation): a CPU-only trial;
+               and the same with the batch normalised in one piece (`images.float()` then
+               scale and shift in place: what Normalize did before it worked in chunks)
+  <preset>     each per-image preset: its per-image CPU form in the loader's workers
+               (augment_on: cpu) vs its batch op on the CPU device in this process
+               (augment_on: device; on a GPU box it runs on the GPU), both followed by
+               `to_model_input`, on the first `--preset-images` of an epoch
 
-Both get the same cores (DataLoader workers and torch threads), in interleaved rounds so a load
-change on a shared machine hits both alike. Prints median images/s and (b)/(a).
-The cache file is fresh in the page cache for (b); "cold" evicts the file's pages before each
-pass (posix_fadvise DONTNEED), so every batch is read from the disk: a cache larger than RAM.
+"per core" divides by the cores the variant uses: `--cores` worker processes for the seed-style
+and per-image rows, one (this process; torch threads 1) for the cached and batch-op rows. The
+seed-style and warm rows run in `--rounds` interleaved rounds, so a load change on a shared
+machine hits both alike; medians are printed, and every ratio is against the seed-style rate
+per core of the same run.
 """
 
 from __future__ import annotations
@@ -30,167 +43,202 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from machine import describe, evict_from_page_cache, load_average
 from PIL import Image
-from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 
 from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import build_cache
-from carsweep.data.manifest import MANIFEST_COLUMNS, load_dataset
-from carsweep.trainable.augment import normalization
+from carsweep.data.manifest import PreparedDataset, load_dataset
+from carsweep.data.prepare import prepare_dataset
+from carsweep.data.synth_cars import make_cars_dataset
+from carsweep.trainable.augment import AUGMENTATIONS, normalization
 from carsweep.trainable.data import build_loader
 
-WIDTH, HEIGHT, QUALITY, CLASSES = 700, 480, 90, 4
+SMALL = {"classes": 4, "per_class": 16, "test_per_class": 2}
 
 
-def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` 700x480 quality-90 JPEGs in class folders: smooth colours, edges and noise, so
-    they compress like photos (about 60-90 kB each) rather than flat fields."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
-    paths = []
-    for index in range(count):
-        colour = rng.uniform(40, 220, 3).astype(np.float32)
-        phase = rng.uniform(0, 6.28, 3).astype(np.float32)
-        waves = np.sin(xs[..., None] / rng.uniform(20, 90) + phase) * 40
-        waves += np.cos(ys[..., None] / rng.uniform(15, 60) + phase) * 30
-        pixels = colour + waves + rng.normal(0, 12, (HEIGHT, WIDTH, 3))
-        x1, y1 = rng.integers(0, WIDTH // 2), rng.integers(0, HEIGHT // 2)
-        pixels[y1:y1 + HEIGHT // 3, x1:x1 + WIDTH // 3] = rng.uniform(0, 255, 3)
-        path = folder / f"class{index % CLASSES}" / f"{index:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=QUALITY)
-        paths.append(path)
-    return paths
+class SeedStyleImages(Dataset):
+    """The seed's pipeline over manifest rows: what torchvision's ImageFolder loader does."""
+
+    def __init__(self, dataset: PreparedDataset, rows: pd.DataFrame, size: int) -> None:
+        self.paths = [str(dataset.image_path(p)) for p in rows["path"]]
+        self.labels = rows["label"].tolist()
+        mean, std = normalization()
+        self.transform = transforms.Compose([transforms.Resize((size, size)),
+                                             transforms.ToTensor(),
+                                             transforms.Normalize(mean, std)])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB")), self.labels[index]
 
 
-def write_prepared(folder: Path, source: Path, paths: list[Path]) -> Path:
-    """A prepared dataset (manifest.csv, classes.json, dataset.json) over the JPEGs, all train."""
-    rows = [{"path": p.relative_to(source).as_posix(), "label": int(p.parent.name[5:]),
-             "class_name": p.parent.name, "x1": None, "y1": None, "x2": None, "y2": None,
-             "source_split": "", "split": "train", "sha1": f"{i:040x}", "width": WIDTH,
-             "height": HEIGHT} for i, p in enumerate(paths)]
-    folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(folder / "manifest.csv", index=False)
-    (folder / "classes.json").write_text(json.dumps([f"class{i}" for i in range(CLASSES)]))
-    (folder / "dataset.json").write_text(json.dumps(
-        {"root": str(source), "layout": "imagefolder", "split_scheme": "official", "seed": 0}))
-    return folder
-
-
-def images_per_second(batches, count: int, passes: int, finish=lambda b: b) -> float:
-    """Deliver `passes` epochs (after one untimed warm-up pass) and return images/s."""
-    for batch in batches:  # warm-up: worker start-up, first page-ins
-        finish(batch)
-    start = time.perf_counter()
-    seen = 0
-    for _ in range(passes):
-        for batch in batches:
-            finish(batch)
-            seen += len(batch[1])
+def timed(batches, limit: int | None, finish=lambda images: None) -> float:
+    """images/s over the first `limit` images of one pass (all of it when None)."""
+    seen, start = 0, time.perf_counter()
+    for images, labels in batches:
+        finish(images)
+        seen += len(labels)
+        if limit is not None and seen >= limit:
+            break
     return seen / (time.perf_counter() - start)
 
 
-def cold_images_per_second(make_loader, path: Path) -> float:
-    """images/s of one epoch of a fresh loader, with the cache file evicted from RAM first.
-    Pages mapped by a live memmap are not evicted, so no other loader may hold one."""
-    gc.collect()  # unmap the memmaps of loaders dropped before this call
-    evict_from_page_cache(path)
-    loader = make_loader()
-    start = time.perf_counter()
-    seen = sum(len(labels) for _, labels in loader)
-    return seen / (time.perf_counter() - start)
+def seed_style(dataset: PreparedDataset, args: argparse.Namespace) -> DataLoader:
+    images = SeedStyleImages(dataset, dataset.rows("train"), args.size)
+    return DataLoader(images, batch_size=args.batch, shuffle=True, num_workers=args.cores,
+                      persistent_workers=args.cores > 0)
 
 
-def seed_style_loader(source: Path, size: int, batch: int, workers: int) -> DataLoader:
-    mean, std = normalization()
-    transform = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
-                                    transforms.Normalize(mean, std)])
-    return DataLoader(datasets.ImageFolder(str(source), transform=transform), batch_size=batch,
-                      shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+def trial_config(args: argparse.Namespace, **changes) -> TrialConfig:
+    settings = {"resize": args.size, "batch_size": args.batch, "num_workers": args.cores,
+                "augmentation": "none", "device": "cpu", "epochs": 1,
+                "cache_dir": str(args.cache_dir)}
+    return TrialConfig(**(settings | changes))
+
+
+def warm_epochs(dataset: PreparedDataset, args: argparse.Namespace) -> list[float]:
+    """images/s of each of `--epochs` epochs of one loader, after one untimed epoch."""
+    loader = build_loader(dataset, "train", trial_config(args), train=True)
+    timed(loader, None)  # the file into RAM, as a trial's first epoch leaves it
+    return [timed(loader, None) for _ in range(args.epochs)]
+
+
+def cold_epoch(dataset: PreparedDataset, array: Path, args: argparse.Namespace) -> float:
+    gc.collect()
+    evict_from_page_cache(array)
+    return timed(build_loader(dataset, "train", trial_config(args), train=True), None)
+
+
+def float_epoch(dataset: PreparedDataset, args: argparse.Namespace, *, one_piece: bool) -> float:
+    loader = build_loader(dataset, "train", trial_config(args), train=True)
+    mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in normalization())
+    scale, shift = 1 / (255 * std), -mean / std
+
+    def in_one_piece(images: torch.Tensor) -> torch.Tensor:
+        return images.float().mul_(scale).add_(shift)
+
+    return timed(loader, None, finish=in_one_piece if one_piece else loader.to_model_input)
+
+
+def preset_rates(dataset: PreparedDataset, name: str, args: argparse.Namespace) -> dict:
+    """images/s of preset `name`: per image in `--cores` workers, and as a batch op here."""
+    rates = {}
+    for where, workers in (("cpu", args.cores), ("device", 0)):
+        loader = build_loader(dataset, "train", trial_config(
+            args, augmentation=name, augment_on=where, num_workers=workers), train=True)
+        timed(loader, args.batch)  # workers started, first pages read
+        rates[where] = timed(loader, args.preset_images, finish=loader.to_model_input)
+        del loader
+    return {"preset": name, "cpu_per_image": rates["cpu"],
+            "cpu_per_image_per_core": rates["cpu"] / args.cores,
+            "batch_op": rates["device"], "batch_op_per_core": rates["device"]}
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.workers)
+    torch.set_num_threads(1)  # the cached and batch-op rows use this process's one core
     start_load = load_average()
-    with tempfile.TemporaryDirectory(prefix="carsweep-bench-") as tmp:
-        source = Path(tmp) / "source"
-        paths = write_jpegs(source, args.images)
-        kb = sum(p.stat().st_size for p in paths) / len(paths) / 1024
-        dataset = load_dataset(write_prepared(Path(tmp) / "data", source, paths))
-        caches = Path(tmp) / "caches"  # the same disk as the JPEGs
+    with tempfile.TemporaryDirectory(prefix="carsweep-bench-data-") as tmp:
+        if args.prepared is None:
+            source = make_cars_dataset(Path(tmp) / "source", workers=args.cores,
+                                       progress=False, **SMALL)
+            args.prepared = prepare_dataset(source, Path(tmp) / "prepared",
+                                            warn=lambda line: None).folder
+        args.cache_dir = args.cache_dir or Path(tmp) / "caches"
+        dataset = load_dataset(args.prepared)
         started = time.perf_counter()
-        array = build_cache(dataset, args.size, cache_dir=caches, workers=args.workers,
+        array = build_cache(dataset, args.size, cache_dir=args.cache_dir, workers=args.cores,
                             progress=False)
         build_s = time.perf_counter() - started
-        config = TrialConfig(resize=args.size, batch_size=args.batch, num_workers=args.workers,
-                             augmentation="none", device="cpu", epochs=1, cache_dir=str(caches))
-        seed = seed_style_loader(source, args.size, args.batch, args.workers)
-        rates: dict[str, list[float]] = {"seed": [], "float": [], "uint8": [], "cold": []}
-        for _ in range(args.rounds):  # interleaved: a load change on a shared box hits all
-            rates["seed"].append(images_per_second(seed, len(paths), args.seed_passes))
-            cached = build_loader(dataset, "train", config, train=True)
-            rates["uint8"].append(images_per_second(cached, len(paths), args.cached_passes))
-            rates["float"].append(images_per_second(
-                cached, len(paths), args.cached_passes,
-                finish=lambda b, loader=cached: loader.to_model_input(b[0])))
-            del cached  # its memmap would pin the file's pages in RAM
-            rates["cold"].append(cold_images_per_second(
-                lambda: build_loader(dataset, "train", config, train=True), array))
-    median = {name: statistics.median(values) for name, values in rates.items()}
+        seed = seed_style(dataset, args)
+        timed(seed, args.batch)  # workers started
+        rounds = {"seed": [], "warm": []}
+        for _ in range(args.rounds):
+            rounds["seed"].append(timed(seed, args.seed_images))
+            rounds["warm"].append(statistics.median(warm_epochs(dataset, args)))
+        del seed
+        result = {
+            "seed": statistics.median(rounds["seed"]),
+            "warm": statistics.median(rounds["warm"]),
+            "cold": cold_epoch(dataset, array, args),
+            "warm_float": float_epoch(dataset, args, one_piece=False),
+            "warm_float_one_piece": float_epoch(dataset, args, one_piece=True),
+            "presets": [preset_rates(dataset, name, args) for name, preset
+                        in AUGMENTATIONS.items()
+                        if name != "none" and not preset.model_dependent
+                        and (not args.presets or name in args.presets)],
+        }
+        images = len(dataset.rows("train"))
+    seed_per_core = result["seed"] / args.cores
     return {
-        "machine": describe(start_load),
-        "size": args.size, "images": len(paths), "jpeg_kb": round(kb, 1),
-        "workers": args.workers, "batch": args.batch, "rounds": args.rounds,
-        "cache_build_s": round(build_s, 2),
-        "cache_build_images_per_s": round(len(paths) / build_s, 1),
-        "seed_images_per_s": round(median["seed"], 1),
-        "cached_float_images_per_s": round(median["float"], 1),
-        "cached_uint8_images_per_s": round(median["uint8"], 1),
-        "cached_uint8_cold_images_per_s": round(median["cold"], 1),
-        "ratio_float": round(median["float"] / median["seed"], 1),
-        "ratio_cold": round(median["cold"] / median["seed"], 1),
-        "ratio_uint8": round(median["uint8"] / median["seed"], 1),
-        "round_ratios_float": [round(f / a, 1) for f, a in zip(rates["float"], rates["seed"],
-                                                               strict=True)],
-        "round_ratios_uint8": [round(u / a, 1) for u, a in zip(rates["uint8"], rates["seed"],
-                                                               strict=True)],
+        "machine": describe(start_load), "dataset": str(args.prepared), "size": args.size,
+        "train_images": images, "batch": args.batch, "cores": args.cores,
+        "epochs": args.epochs, "rounds": args.rounds, "cache_build_s": round(build_s, 1),
+        "round_rates": {k: [round(v) for v in values] for k, values in rounds.items()},
+        "rows": [
+            {"what": "seed-style", "images_per_s": result["seed"], "cores": args.cores},
+            {"what": "cached uint8, warm", "images_per_s": result["warm"], "cores": 1},
+            {"what": "cached uint8, cold", "images_per_s": result["cold"], "cores": 1},
+            {"what": "cached, warm, normalised on the CPU", "images_per_s": result["warm_float"],
+             "cores": 1},
+            {"what": "cached, warm, normalised on the CPU in one piece",
+             "images_per_s": result["warm_float_one_piece"], "cores": 1},
+        ],
+        "presets": result["presets"], "seed_per_core": seed_per_core,
     }
+
+
+def print_result(result: dict) -> None:
+    seed = result["seed_per_core"]
+    print(result["machine"])
+    print(f"data path of {result['dataset']}: {result['train_images']:,} training images at "
+          f"{result['size']} px, batch {result['batch']}, {result['cores']} cores for the "
+          f"loader; cache build {result['cache_build_s']} s; rounds {result['round_rates']}")
+    print("| what | images/s | cores | images/s per core | vs seed-style per core |")
+    print("|---|---|---|---|---|")
+    for row in result["rows"]:
+        per_core = row["images_per_s"] / row["cores"]
+        print(f"| {row['what']} | {row['images_per_s']:,.0f} | {row['cores']} "
+              f"| {per_core:,.0f} | {per_core / seed:.1f}x |")
+    print("| preset | per image on the CPU, per core | batch op on the CPU device, per core "
+          "| batch op / per image |")
+    print("|---|---|---|---|")
+    for row in result["presets"]:
+        print(f"| {row['preset']} | {row['cpu_per_image_per_core']:,.0f} "
+              f"| {row['batch_op_per_core']:,.0f} "
+              f"| {row['batch_op_per_core'] / row['cpu_per_image_per_core']:.2f}x |")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=300, help="synthetic JPEGs to make")
+    parser.add_argument("--prepared", type=Path, help="a prepared Cars-shaped set "
+                        "(default: --small draws a few images)")
+    parser.add_argument("--small", action="store_true", help="seconds: 64 images at 64 px")
     parser.add_argument("--size", type=int, default=400, help="square input size in px")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="DataLoader workers and torch threads, the same for both paths")
-    parser.add_argument("--seed-passes", type=int, default=1, help="timed epochs of (a)")
-    parser.add_argument("--cached-passes", type=int, default=5, help="timed epochs of (b)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="interleaved rounds of (a) and (b); medians are printed")
+    parser.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1),
+                        help="loader worker processes for the seed-style and per-image rows")
+    parser.add_argument("--epochs", type=int, default=3, help="timed warm epochs per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed-images", type=int, default=1280)
+    parser.add_argument("--preset-images", type=int, default=640)
+    parser.add_argument("--presets", nargs="*", help="only these presets")
+    parser.add_argument("--cache-dir", type=Path, help="where the cache is (built if missing)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    if args.small or args.prepared is None:
+        args.prepared = None
+        args.size, args.rounds, args.epochs = 64, 1, 1
+        args.seed_images, args.preset_images, args.batch = 32, 16, 8
     result = run(args)
-    print(result["machine"])
-    print(f"data path at {result['size']} px, {result['images']} JPEGs of {WIDTH}x{HEIGHT} "
-          f"(~{result['jpeg_kb']} kB), {result['workers']} workers and torch threads, "
-          f"median of {result['rounds']} interleaved rounds")
-    print(f"  cache build            {result['cache_build_s']:8.2f} s "
-          f"({result['cache_build_images_per_s']:.0f} images/s)")
-    print(f"  (a) seed-style         {result['seed_images_per_s']:8.1f} images/s")
-    print(f"  (b) cached, float      {result['cached_float_images_per_s']:8.1f} images/s   "
-          f"(b)/(a) = {result['ratio_float']:.1f}x")
-    print(f"  (b) cached, uint8      {result['cached_uint8_images_per_s']:8.1f} images/s   "
-          f"(b)/(a) = {result['ratio_uint8']:.1f}x  (normalise on the GPU)")
-    print(f"  (b) cached, uint8, cold{result['cached_uint8_cold_images_per_s']:8.1f} images/s   "
-          f"(b)/(a) = {result['ratio_cold']:.1f}x  (file evicted from RAM: read from disk)")
-    print(f"  per-round (b)/(a): float {result['round_ratios_float']}, "
-          f"uint8 {result['round_ratios_uint8']}")
+    print_result(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

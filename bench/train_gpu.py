@@ -1,8 +1,8 @@
 """Training speed of ResNet-18 on one GPU: seed-style fp32 loop vs carsweep's, side by side.
 
-Needs torch and torchvision only (numpy comes with them): it imports nothing of carsweep but
-carsweep/trainable/gpu_augment.py, loaded by path so the package's other dependencies are not
-needed on a bare GPU box. On a GPU machine, from the repository root:
+Needs torch, torchvision and kornia only (numpy comes with them): it imports nothing of
+carsweep but carsweep/trainable/gpu_augment.py, loaded by path so the package's other
+dependencies are not needed on a bare GPU box. On a GPU machine, from the repository root:
 
     python bench/train_gpu.py --json gpu.json                 # all rows, about 5-8 minutes
     python bench/train_gpu.py --compile --sizes 400           # + torch.compile, compile time
@@ -106,8 +106,8 @@ def make_step(style: str, device: torch.device, size: int, use_compile: bool, gp
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
     forward = torch.compile(model) if use_compile else model
-    augment = gpu_augment.DeviceAugment(["flip", "random-crop"], size, seed=0)
-    normalize = gpu_augment.Normalize(MEAN, STD)
+    augment = gpu_augment.DeviceAugment([gpu_augment.flip(size), gpu_augment.random_crop(size)])
+    normalize = gpu_augment.Normalize(MEAN, STD).to(device)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None

@@ -1,4 +1,5 @@
-"""bench/train_gpu.py runs on a bare box: torch and torchvision only, here in its CPU smoke mode."""
+"""bench/train_gpu.py runs on a bare box: torch, torchvision and kornia only, here in its CPU
+smoke mode."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import (
     DEFAULT_CACHE_DIR,
     CacheError,
+    CacheRows,
     build_cache,
     cache_plan,
     check_size,
@@ -93,6 +95,20 @@ def test_cached_and_decoded_paths_give_the_same_tensors(dataset, cache_dir, bbox
         assert torch.equal(cached_labels, decoded_labels)
         x = cached.to_model_input(cached_images[:3])
         torch.testing.assert_close(x, decoded.to_model_input(decoded_images[:3]), rtol=0, atol=0)
+
+
+def test_rows_read_with_pread_are_the_rows_of_the_array(dataset, cache_dir):
+    path = build_cache(dataset, SIZE, cache_dir=cache_dir, workers=1, progress=False)
+    array = np.array(map_array(path))
+    reader = CacheRows(path)
+    assert (len(reader), reader.shape[1:]) == (24, (3, SIZE, SIZE))
+    rows = np.array([0, 1, 2, 5, 9, 10, 23])  # runs of consecutive rows, and single ones
+    out = np.empty((len(rows), 3, SIZE, SIZE), dtype=np.uint8)
+    assert np.array_equal(reader.read(rows, out), array[rows])
+    copy = pickle.loads(pickle.dumps(reader))  # as a worker gets it: it opens its own file
+    assert np.array_equal(copy.read(rows[-2:], out[:2]), array[rows[-2:]])
+    with pytest.raises(ValueError, match=r"out is \(2, 3, 32, 32\), need \(7, "):
+        reader.read(rows, out[:2])
 
 
 def test_the_cache_holds_train_and_val_only_and_test_is_decoded(dataset, cache_dir):

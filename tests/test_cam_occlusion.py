@@ -16,8 +16,11 @@ from carsweep.data.synth import make_synthetic_dataset
 from carsweep.search.space import DefineByRunSpace
 from carsweep.trainable import AUGMENTATIONS, check_augmentation, train
 from carsweep.trainable import run as run_module
-from carsweep.trainable.augment import per_image_augmentation
-from carsweep.trainable.cached_data import split_augmentation
+from carsweep.trainable.augment import (
+    AugmentPlan,
+    build_device_augmentation,
+    plan_augmentation,
+)
 from carsweep.trainable.cam_occlusion import (
     CamOcclusion,
     batch_hook_for,
@@ -182,18 +185,18 @@ def test_each_field_is_validated(field, value):
 def test_registry_marks_it_model_dependent_and_it_combines():
     assert AUGMENTATIONS["cam-occlusion"].model_dependent
     check_augmentation("flip+cam-occlusion")
-    assert per_image_augmentation("flip+cam-occlusion") == "flip"
-    assert per_image_augmentation("cam-occlusion") == "none"
+    assert plan_augmentation("flip+cam-occlusion", "cpu").cpu == ("flip",)
+    assert plan_augmentation("cam-occlusion", "cuda") == AugmentPlan(loop=("cam-occlusion",))
     assert uses_cam_occlusion("flip+cam-occlusion")
     assert not uses_cam_occlusion("flip")
 
 
 def test_flip_stays_on_the_device_and_cam_occlusion_out_of_the_data_workers():
-    config = TrialConfig(augmentation="flip+cam-occlusion", augment_on="device", resize=SIZE)
-    cpu_part, normalize = split_augmentation(config, torch.device("cpu"), train=True)
-    assert cpu_part == "none"
+    plan = plan_augmentation("flip+cam-occlusion", "cpu", where="device")
+    assert (plan.cpu, plan.device) == ((), ("flip",))
+    augment = build_device_augmentation(plan.device, SIZE)
     images = torch.randint(0, 256, (64, 3, SIZE, SIZE), dtype=torch.uint8)
-    flipped = (normalize(images) != normalize(images.flip(-1))).flatten(1).any(1)
+    flipped = (augment(images) != images.float() / 255).flatten(1).any(1)
     assert flipped.any()  # the device flip ran (and only flip: nothing needs a model there)
 
 

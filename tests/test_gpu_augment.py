@@ -1,8 +1,9 @@
-"""The batched device twins of the augmentation presets keep each preset's meaning.
+"""Both forms of every augmentation preset keep its meaning, and the plan puts them where the
+issue asks: nothing per image on the CPU when the model is on a GPU.
 
-Every preset with a device twin runs both ways on the same few hundred 32 px images (on CPU
-tensors here; the code is the same on a GPU), and the statistics of what they produce must
-agree: how many images change, by how much, and the mean and spread of the outputs.
+Every per-image preset runs both ways on the same few hundred 32 px images (its batch op on
+CPU tensors here; the code is the same on a GPU), and the statistics of what they produce
+must agree: how many images change, by how much, and the mean and spread of the outputs.
 """
 
 from __future__ import annotations
@@ -13,19 +14,18 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from carsweep.trainable.augment import AUGMENTATIONS, normalize_batch
-from carsweep.trainable.gpu_augment import (
-    DEVICE_PRESETS,
-    DeviceAugment,
-    Normalize,
-    _shift_hue,
+from carsweep.trainable.augment import (
+    AUGMENTATIONS,
+    AugmentPlan,
+    build_device_augmentation,
+    normalization,
     plan_augmentation,
-    rotate_batch,
 )
+from carsweep.trainable.gpu_augment import Normalize, _shift_hue, rotate_batch
 
 SIZE = 32
 COUNT = 384
-CPU_ONLY = {"elastic", "trivialaugment", "randaugment"}
+PER_IMAGE = sorted(name for name, preset in AUGMENTATIONS.items() if not preset.model_dependent)
 
 
 def _images(count: int, seed: int = 0) -> torch.Tensor:
@@ -44,8 +44,9 @@ def _cpu_outputs(name: str, images: torch.Tensor) -> torch.Tensor:
     return torch.stack([transform(image) for image in images]).float()
 
 
-def _device_outputs(name: str, images: torch.Tensor) -> torch.Tensor:
-    return DeviceAugment([name], SIZE, seed=1)(images) * 255.0
+def _device_outputs(name: str, images: torch.Tensor, seed: int = 1) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return build_device_augmentation((name,), SIZE)(images) * 255.0
 
 
 def _statistics(inputs: torch.Tensor, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -61,8 +62,8 @@ def _statistics(inputs: torch.Tensor, outputs: torch.Tensor) -> dict[str, torch.
     }
 
 
-@pytest.mark.parametrize("name", sorted(DEVICE_PRESETS))
-def test_device_twin_has_the_statistics_of_the_cpu_preset(name):
+@pytest.mark.parametrize("name", sorted(set(PER_IMAGE) - {"none"}))
+def test_device_form_has_the_statistics_of_the_cpu_form(name):
     images = _images(COUNT)
     cpu = _statistics(images, _cpu_outputs(name, images))
     device = _statistics(images, _device_outputs(name, images))
@@ -77,14 +78,16 @@ def test_device_twin_has_the_statistics_of_the_cpu_preset(name):
             f"{name}: spread of {key} {a.std():.3f} (cpu) vs {b.std():.3f} (device)")
 
 
-@pytest.mark.parametrize("name", sorted(set(DEVICE_PRESETS) - {"none"}))
+@pytest.mark.parametrize("name", sorted(set(PER_IMAGE) - {"none"}))
 def test_every_sample_draws_its_own_parameters(name):
     same = _images(1).expand(64, -1, -1, -1).contiguous()  # one image, 64 times
-    outputs = DeviceAugment([name], SIZE, seed=3)(same)
+    outputs = _device_outputs(name, same, seed=3)
     distinct = torch.unique(outputs.flatten(1), dim=0).shape[0]
     # One draw per batch would give one distinct output; a coin per sample gives 2, a
-    # continuous parameter per sample about 64 (half that after a coin).
-    coins = {"flip": 2, "sharpness": 2, "autocontrast": 2, "gaussian-blur": 16}
+    # continuous parameter per sample about 64 (half that after a coin); the auto-augment
+    # policies draw one of 14 operations (some without a magnitude) per sample.
+    coins = {"flip": 2, "sharpness": 2, "autocontrast": 2, "gaussian-blur": 16,
+             "trivialaugment": 16, "randaugment": 16}
     assert distinct >= coins.get(name, 32), f"{name}: {distinct} distinct outputs of 64"
 
 
@@ -111,45 +114,52 @@ def test_hue_shift_matches_torchvision():
         torch.testing.assert_close(result, TF.adjust_hue(image, shift), atol=1e-5, rtol=0)
 
 
-def test_device_presets_are_the_cpu_presets_minus_the_cpu_only_ones():
-    assert set(DEVICE_PRESETS) <= set(AUGMENTATIONS)
-    per_image = {name for name, preset in AUGMENTATIONS.items() if not preset.model_dependent}
-    assert set(per_image) - set(DEVICE_PRESETS) == CPU_ONLY
+def test_every_per_image_preset_has_a_device_form():
+    assert all(AUGMENTATIONS[name].device is not None for name in PER_IMAGE)
+    assert AUGMENTATIONS["cam-occlusion"].device is None  # model-dependent: the epoch loop
 
 
-def test_plan_puts_the_device_tail_on_cuda_and_everything_on_cpu_otherwise():
-    assert plan_augmentation("flip+color-jitter", "cuda").device == ("flip", "color-jitter")
-    assert plan_augmentation("flip+color-jitter", "cuda").cpu is None
-    # Order is kept: only what comes after the last CPU-only preset moves to the device.
-    plan = plan_augmentation("flip+elastic+random-crop", "cuda")
-    assert (plan.cpu, plan.device) == ("flip+elastic", ("random-crop",))
-    assert plan_augmentation("flip+trivialaugment", "cuda").device == ()
-    assert plan_augmentation("flip", "cpu").cpu == "flip"
-    assert plan_augmentation("flip", "cpu", where="device").device == ("flip",)
-    assert plan_augmentation("flip", "cuda", where="cpu").device == ()
-    assert plan_augmentation("none", "cuda") == plan_augmentation("none", "cpu")
+@pytest.mark.parametrize("name", [*AUGMENTATIONS, "flip+elastic+random-crop",
+                                  "rotation+trivialaugment+cam-occlusion", "randaugment+flip"])
+def test_with_the_model_on_a_gpu_no_preset_leaves_per_image_work_on_the_cpu(name):
+    plan = plan_augmentation(name, "cuda")  # a plan needs no GPU to be made
+    assert plan.cpu == ()
+    parts = [part for part in name.split("+") if part != "none"]
+    assert list(plan.device) + list(plan.loop) == sorted(parts, key=lambda p: (
+        AUGMENTATIONS[p].model_dependent, parts.index(p)))
+
+
+def test_plan_on_the_cpu_and_by_placement():
+    assert plan_augmentation("flip+color-jitter", "cpu") == AugmentPlan(
+        cpu=("flip", "color-jitter"))
+    assert plan_augmentation("flip+cam-occlusion", "cpu") == AugmentPlan(
+        cpu=("flip",), loop=("cam-occlusion",))
+    assert plan_augmentation("flip", "cpu", where="device") == AugmentPlan(device=("flip",))
+    assert plan_augmentation("flip", "cuda", where="cpu") == AugmentPlan(cpu=("flip",))
+    assert plan_augmentation("flip", "cuda", train=False) == AugmentPlan()
+    assert plan_augmentation("none", "cuda") == plan_augmentation("none", "cpu") == AugmentPlan()
     with pytest.raises(ValueError, match="'gpu'; valid: auto, cpu, device"):
         plan_augmentation("flip", "cuda", where="gpu")
 
 
-def test_unknown_device_preset_is_named():
-    with pytest.raises(ValueError, match=r"\['elastic'\]"):
-        DeviceAugment(["elastic"], SIZE)
-
-
 def test_same_seed_same_augmentation():
     images = _images(16)
-    first = DeviceAugment(["flip", "color-jitter", "random-crop"], SIZE, seed=5)(images)
-    again = DeviceAugment(["flip", "color-jitter", "random-crop"], SIZE, seed=5)(images)
-    other = DeviceAugment(["flip", "color-jitter", "random-crop"], SIZE, seed=6)(images)
+    names = ("flip", "color-jitter", "random-crop", "trivialaugment")
+    first, again, other = (_device_outputs_of(names, images, seed) for seed in (5, 5, 6))
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
 
 
-def test_normalize_matches_the_trainable_normalisation():
-    from carsweep.trainable.augment import normalization
+def _device_outputs_of(names: tuple[str, ...], images: torch.Tensor, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    return build_device_augmentation(names, SIZE)(images)
 
+
+def test_normalize_matches_the_weights_normalisation_from_bytes_and_from_floats():
     images = _images(8)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization())
+    expected = (images.float() / 255 - mean) / std
     normalize = Normalize(*normalization())
-    torch.testing.assert_close(normalize(images), normalize_batch(images))
-    torch.testing.assert_close(normalize(images.float() / 255), normalize_batch(images))
+    torch.testing.assert_close(normalize(images), expected)
+    torch.testing.assert_close(normalize(images.float() / 255), expected)
+    assert torch.equal(images, _images(8))  # the caller's batch is left as it was

@@ -10,7 +10,8 @@ from torchvision.transforms import v2
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.trainable import AUGMENTATIONS, check_augmentation, eval_transform, train_transform
-from carsweep.trainable.augment import build_augmentation, normalization, normalize_batch
+from carsweep.trainable.augment import build_augmentation, normalization
+from carsweep.trainable.gpu_augment import Normalize
 
 SIZE = 48
 
@@ -66,7 +67,7 @@ def test_normalisation_comes_from_torchvision_weights_metadata():
     assert normalization() == (tuple(reference.mean), tuple(reference.std))
     white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     expected = (1.0 - torch.tensor(reference.mean)) / torch.tensor(reference.std)
-    torch.testing.assert_close(normalize_batch(white)[0, :, 0, 0], expected)
+    torch.testing.assert_close(Normalize(*normalization())(white)[0, :, 0, 0], expected)
 
 
 def test_eval_transform_is_deterministic_and_square():

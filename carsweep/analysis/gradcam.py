@@ -25,8 +25,9 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import crop_to_box
 from carsweep.data.images import open_rgb
 from carsweep.trainable import eval_transform
-from carsweep.trainable.augment import normalize_batch
+from carsweep.trainable.augment import normalization
 from carsweep.trainable.cam_occlusion import TARGET_LAYER, grad_cam
+from carsweep.trainable.gpu_augment import Normalize
 
 CAM_BATCH = 16
 # ResNet-18's stages and their strides: a map of layer4 at 64 px input is 2 x 2, too coarse to
@@ -61,12 +62,14 @@ def load_inputs(paths: list[Path], config: TrialConfig,
 
 
 def class_maps(model: nn.Module, images: torch.Tensor, classes: list[int],
-               layer: str = TARGET_LAYER) -> torch.Tensor:
-    """(B, S, S) Grad-CAM of class `classes[i]` for image i, in [0, 1], bilinear to S x S."""
+               layer: str = TARGET_LAYER, normalize: Normalize | None = None) -> torch.Tensor:
+    """(B, S, S) Grad-CAM of class `classes[i]` for image i, in [0, 1], bilinear to S x S;
+    `normalize` makes the model's input (default: the trainable's normalisation)."""
     device = next(model.parameters()).device
+    normalize = (normalize or Normalize(*normalization())).to(device)
     maps = []
     for start in range(0, len(images), CAM_BATCH):
-        chunk = normalize_batch(images[start:start + CAM_BATCH].to(device))
+        chunk = normalize(images[start:start + CAM_BATCH].to(device))
         targets = [int(c) for c in classes[start:start + CAM_BATCH]]
         cams = grad_cam(model, chunk, targets, layer, normalized=True)  # (b, h, w)
         maps.append(F.interpolate(cams[:, None], size=images.shape[-2:], mode="bilinear",

@@ -76,7 +76,7 @@ def model_inputs(paths: list[Path], exported: Export) -> torch.Tensor:
 def probabilities(exported: Export, images: torch.Tensor) -> torch.Tensor:
     """(N, C) softmax of the model's logits for uint8 (N, 3, S, S) images, on the CPU."""
     device = next(exported.model.parameters()).device
-    logits = exported.model(exported.preprocess(images.to(device)))
+    logits = exported.model(exported.normalize.to(device)(images.to(device)))
     return torch.softmax(logits.float(), dim=1).cpu()
 
 
@@ -97,7 +97,8 @@ def save_cams(exported: Export, paths: list[Path], images: torch.Tensor, labels:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The stage analyze uses at this size: layer4 is only 1 x 1 at 32 px.
-    cams = class_maps(exported.model, images, labels, layer=cam_layer(exported.input_size))
+    cams = class_maps(exported.model, images, labels, layer=cam_layer(exported.input_size),
+                      normalize=exported.normalize)
     written = []
     for path, cam in zip(paths, cams, strict=True):
         original = pil_to_tensor(open_rgb(path))  # (3, H, W) uint8

@@ -68,8 +68,9 @@ class TrialConfig(BaseModel):
         None, min_length=1, description="folder for decoded caches on the node that runs the "
         "trial; default: $CARSWEEP_CACHE_DIR, else /tmp/carsweep-cache")
     augment_on: Literal["auto", "cpu", "device"] = Field(
-        "auto", description="auto runs presets with a batched twin on the GPU (per sample), "
-        "the rest in CPU workers; cpu: all in workers; device: twins on any device")
+        "auto", description="auto: with the model on a GPU every preset runs there, per "
+        "sample; on a CPU per image in the loader's workers; cpu: always in workers; device: "
+        "the batch ops on any device")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto picks cuda when available")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(

@@ -45,6 +45,7 @@ from carsweep.trainable.checkpoint import (
     save_checkpoint,
     torch_save_atomic,
 )
+from carsweep.trainable.gpu_augment import Normalize
 from carsweep.trainable.model import build_model
 from carsweep.trainable.safe_load import load_tensors_only
 
@@ -79,11 +80,10 @@ class Export:
     test_metrics: dict[str, Any] | None
     source: dict[str, Any]
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, S, S) -> float normalised with the export's own mean and std."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+    @property
+    def normalize(self) -> Normalize:
+        """The model's input normaliser, with the export's own mean and std (on the CPU)."""
+        return Normalize(self.mean, self.std)
 
 
 def find_source(folder: Path) -> ModelSource:
@@ -223,19 +223,6 @@ def from_payload(data: Any, what: str) -> Export:
     )
 
 
-class _NormalizedModel(nn.Module):
-    """The model with its input normalisation inside: takes float RGB (B, 3, S, S) in 0..1."""
-
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
-
-
 @dataclass(frozen=True)
 class Traced:
     module: torch.jit.ScriptModule
@@ -245,7 +232,7 @@ class Traced:
 def trace(exported: Export) -> Traced:
     """TorchScript of the model with its normalisation: float RGB (B, 3, S, S) in 0..1 in,
     logits out; the class names and input size ride along as extra files."""
-    wrapped = _NormalizedModel(exported.model, exported.mean, exported.std).eval()
+    wrapped = nn.Sequential(exported.normalize, exported.model).eval()
     example = torch.zeros(2, 3, exported.input_size, exported.input_size)
     with warnings.catch_warnings():
         # Deprecated in favour of torch.export, but still what libtorch (C++) loads.

@@ -1,12 +1,24 @@
-"""Augmentation presets: named, documented sets of random transforms, one registry.
+"""Augmentation presets: named, documented sets of random transforms, one registry that holds
+both forms of each preset and one function that plans where each part of a trial's runs.
 
-A preset acts on a uint8 image tensor (C, H, W) or a batch (B, C, H, W) that was already
-resized to the trial's square input size, and returns the same shape, dtype and 0..255 range;
-conversion to float and normalisation happen afterwards (`normalize_batch`, on the device).
-Keeping presets on uint8 images lets a decoded cache and GPU-side augmentation reuse them.
+A preset has two forms with one meaning:
+
+    cpu     a torchvision v2 transform of one uint8 image (C, H, W), already resized to the
+            trial's square size, returning the same shape, dtype and 0..255 range: what a
+            loader's workers run per image;
+    device  a batch op (gpu_augment.py) of a float batch (B, 3, S, S) in 0..1 that draws its
+            random parameters per sample: what runs where the model is, in the loader's
+            `to_model_input`.
+
+tests/test_gpu_augment.py checks that the two forms of every preset produce the same
+statistics. `plan_augmentation` decides where each part of a '+'-combined name runs: with the
+model on a GPU, every per-image preset runs on the device (the CPU only reads bytes); on a
+CPU-only trial the presets run per image in the loader's workers, beside the model step;
+model-dependent presets (cam-occlusion) run per batch in the epoch loop. Normalisation comes
+last, on the device (gpu_augment.Normalize, with `normalization()`'s mean and std).
 
 Names join with '+' to combine presets in order: `flip+color-jitter`. Adding a preset is one
-`@register` entry below (the test that runs every entry on a batch picks it up, and
+`@register` entry below with both forms (the tests that run every entry pick it up, and
 `carsweep settings` lists it with its doc).
 """
 
@@ -21,94 +33,119 @@ from torchvision.models import ResNet18_Weights
 from torchvision.transforms import v2
 
 from carsweep.errors import UserError
+from carsweep.trainable import gpu_augment
+from carsweep.trainable.gpu_augment import BatchOp, DeviceAugment
 
 COMBINE = "+"
+PLACEMENTS = ("auto", "cpu", "device")
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One augmentation preset: `build(size)` makes the transform for square images of `size`."""
+    """One augmentation preset: `build(size)` makes the per-image transform for square images
+    of `size`, `device(size)` the batch op with the same meaning (None only for a
+    model-dependent preset, which needs the current model: both forms are the identity and
+    the epoch loop applies it per batch, as a batch hook)."""
 
     name: str
     doc: str
     build: Callable[[int], v2.Transform]
-    # A model-dependent preset needs the current model, so it cannot run per image in a data
-    # worker: its `build` is the identity and the epoch loop applies it per batch (a batch hook).
+    device: Callable[[int], BatchOp] | None
     model_dependent: bool = False
 
 
 AUGMENTATIONS: dict[str, Preset] = {}
 
 
-def register(name: str, doc: str, *, model_dependent: bool = False
+def register(name: str, doc: str, *, device: Callable[[int], BatchOp] | None,
+             model_dependent: bool = False
              ) -> Callable[[Callable[[int], v2.Transform]], Callable]:
+    if device is None and not model_dependent:
+        raise TypeError(f"preset {name!r} needs a device form (a batch op of gpu_augment.py)")
+
     def add(build: Callable[[int], v2.Transform]) -> Callable[[int], v2.Transform]:
-        AUGMENTATIONS[name] = Preset(name=name, doc=doc, build=build,
+        AUGMENTATIONS[name] = Preset(name=name, doc=doc, build=build, device=device,
                                      model_dependent=model_dependent)
         return build
 
     return add
 
 
-@register("none", "no augmentation: resize and normalise only")
+def _identity_op(size: int) -> BatchOp:
+    return lambda x: x
+
+
+@register("none", "no augmentation: resize and normalise only", device=_identity_op)
 def _none(size: int) -> v2.Transform:
     return v2.Identity()
 
 
-@register("flip", "horizontal flip with probability 0.5 (a car seen from the other side)")
+@register("flip", "horizontal flip with probability 0.5 (a car seen from the other side)",
+          device=gpu_augment.flip)
 def _flip(size: int) -> v2.Transform:
     return v2.RandomHorizontalFlip(p=0.5)
 
 
-@register("rotation", "rotation by up to ±15 degrees, corners filled black")
+@register("rotation", "rotation by up to ±15 degrees, corners filled black",
+          device=gpu_augment.rotation)
 def _rotation(size: int) -> v2.Transform:
     return v2.RandomRotation(degrees=15)
 
 
-@register("elastic", "elastic warp (alpha 30, sigma 5) with probability 0.5, as in the seed")
+@register("elastic", "elastic warp (alpha 30, sigma 5) with probability 0.5, as in the seed",
+          device=gpu_augment.elastic)
 def _elastic(size: int) -> v2.Transform:
-    return v2.RandomApply([v2.ElasticTransform(alpha=30.0, sigma=5.0)], p=0.5)
+    elastic = v2.ElasticTransform(alpha=gpu_augment.ELASTIC_ALPHA, sigma=gpu_augment.ELASTIC_SIGMA)
+    return v2.RandomApply([elastic], p=0.5)
 
 
-@register("gaussian-blur", "Gaussian blur, sigma 0.1-2.0, with probability 0.5")
+@register("gaussian-blur", "Gaussian blur, sigma 0.1-2.0, with probability 0.5",
+          device=gpu_augment.gaussian_blur)
 def _gaussian_blur(size: int) -> v2.Transform:
-    kernel = max(3, (size // 32) | 1)  # odd, grows with the image so the blur is visible
+    kernel = gpu_augment.blur_kernel_size(size)
     return v2.RandomApply([v2.GaussianBlur(kernel_size=kernel, sigma=(0.1, 2.0))], p=0.5)
 
 
-@register("color-jitter", "brightness, contrast and saturation ±0.4, hue ±0.1")
+@register("color-jitter", "brightness, contrast and saturation ±0.4, hue ±0.1",
+          device=gpu_augment.color_jitter)
 def _color_jitter(size: int) -> v2.Transform:
     return v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
 
 
-@register("sharpness", "sharpen by a factor of 2 with probability 0.5")
+@register("sharpness", "sharpen by a factor of 2 with probability 0.5",
+          device=gpu_augment.sharpness)
 def _sharpness(size: int) -> v2.Transform:
     return v2.RandomAdjustSharpness(sharpness_factor=2.0, p=0.5)
 
 
-@register("autocontrast", "stretch each channel to the full range with probability 0.5")
+@register("autocontrast", "stretch each channel to the full range with probability 0.5",
+          device=gpu_augment.autocontrast)
 def _autocontrast(size: int) -> v2.Transform:
     return v2.RandomAutocontrast(p=0.5)
 
 
-@register("random-crop", "random crop of 35-100% of the area, resized back (Inception-style)")
+@register("random-crop", "random crop of 35-100% of the area, resized back (Inception-style)",
+          device=gpu_augment.random_crop)
 def _random_crop(size: int) -> v2.Transform:
-    return v2.RandomResizedCrop(size=(size, size), scale=(0.35, 1.0), antialias=True)
+    return v2.RandomResizedCrop(size=(size, size), scale=gpu_augment.CROP_SCALE,
+                                ratio=gpu_augment.CROP_RATIO, antialias=True)
 
 
-@register("trivialaugment", "TrivialAugmentWide: one random op of random strength per image")
+@register("trivialaugment", "TrivialAugmentWide: one random op of random strength per image",
+          device=gpu_augment.trivialaugment)
 def _trivialaugment(size: int) -> v2.Transform:
     return v2.TrivialAugmentWide()
 
 
-@register("randaugment", "RandAugment: two random ops of magnitude 9 per image")
+@register("randaugment", "RandAugment: two random ops of magnitude 9 per image",
+          device=gpu_augment.randaugment)
 def _randaugment(size: int) -> v2.Transform:
     return v2.RandAugment(num_ops=2, magnitude=9)
 
 
 @register("cam-occlusion", "blur or erase the top-q Grad-CAM area of a fraction p of each batch "
           "(cam_occlusion_* fields); runs last, in the epoch loop, with the current model",
-          model_dependent=True)
+          device=None, model_dependent=True)
 def _cam_occlusion(size: int) -> v2.Transform:
     return v2.Identity()  # per image nothing: trainable/cam_occlusion.py runs it per batch
 
@@ -116,14 +153,6 @@ def _cam_occlusion(size: int) -> v2.Transform:
 def preset_names(name: str) -> list[str]:
     """`flip+color-jitter` -> ["flip", "color-jitter"] (no check)."""
     return [part.strip() for part in name.split(COMBINE)]
-
-
-def per_image_augmentation(name: str) -> str:
-    """`name` without its model-dependent presets ("none" if nothing is left): the part that
-    data workers or the device augmentation run. `flip+cam-occlusion` -> `flip`."""
-    kept = [part for part in preset_names(name)
-            if part not in AUGMENTATIONS or not AUGMENTATIONS[part].model_dependent]
-    return COMBINE.join(kept) or "none"
 
 
 def check_augmentation(name: str) -> None:
@@ -143,6 +172,47 @@ def build_augmentation(name: str, size: int) -> v2.Transform:
     return parts[0] if len(parts) == 1 else v2.Compose(parts)
 
 
+@dataclass(frozen=True)
+class AugmentPlan:
+    """Where each part of a trial's augmentation runs, each a tuple of preset names in order:
+    `cpu` per image in the loader (its workers), then `device` per sample on the batch where
+    the model is, then `loop` per batch in the epoch loop with the current model."""
+
+    cpu: tuple[str, ...] = ()
+    device: tuple[str, ...] = ()
+    loop: tuple[str, ...] = ()
+
+
+def plan_augmentation(name: str, device: torch.device | str, *, train: bool = True,
+                      where: str = "auto") -> AugmentPlan:
+    """Where the parts of `name` ('+'-joined presets) run for a trial whose model is on
+    `device`; evaluation (`train` False) augments nothing.
+
+    `where` (TrialConfig.augment_on): "auto" runs every per-image preset on the device when it
+    is a GPU, so the CPU only reads bytes, and per image in the workers otherwise (there
+    they run beside the model step); "cpu" and "device" force one side (e.g. to measure the
+    device forms on the CPU)."""
+    if where not in PLACEMENTS:
+        raise ValueError(f"augment placement is {where!r}; valid: {', '.join(PLACEMENTS)}")
+    check_augmentation(name)
+    if not train:
+        return AugmentPlan()
+    parts = [AUGMENTATIONS[part] for part in preset_names(name) if part != "none"]
+    per_image = tuple(p.name for p in parts if not p.model_dependent)
+    loop = tuple(p.name for p in parts if p.model_dependent)
+    on_device = where == "device" or (where == "auto" and torch.device(device).type == "cuda")
+    if on_device:
+        return AugmentPlan(device=per_image, loop=loop)
+    return AugmentPlan(cpu=per_image, loop=loop)
+
+
+def build_device_augmentation(names: tuple[str, ...], size: int) -> DeviceAugment | None:
+    """The batch ops of presets `names` on images of `size` px, in order; None for none."""
+    if not names:
+        return None
+    return DeviceAugment([AUGMENTATIONS[name].device(size) for name in names])
+
+
 @cache
 def normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) per channel, from torchvision's ResNet-18 ImageNet weights' own transforms."""
@@ -150,17 +220,9 @@ def normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(transforms.mean), tuple(transforms.std)
 
 
-def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) in 0..255 -> float32 normalised with the ImageNet mean and std."""
-    mean, std = normalization()
-    mean_t = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean_t) / std_t
-
-
 def eval_transform(config) -> v2.Transform:
     """The evaluation-time preprocessing of one PIL image: square resize to `config.resize`,
-    then uint8 tensor (C, H, W); `normalize_batch` finishes it. No randomness."""
+    then uint8 tensor (C, H, W); gpu_augment.Normalize finishes it. No randomness."""
     return v2.Compose([
         v2.Resize((config.resize, config.resize), antialias=True),
         v2.PILToTensor(),

@@ -6,8 +6,10 @@ asks for `build_loader(dataset, splits, config, train=...)` and uses what it ret
     for images, labels in loader:             # images uint8 (B, 3, S, S) on the CPU
         x = loader.to_model_input(images.to(device))   # float (B, 3, S, S), normalised
 
-so a decoded memory-mapped cache or GPU-side augmentation can return another `Loader` with
-the same two methods without touching the loop. Here images are decoded with PIL each epoch.
+Batches come from the decoded cache where there is one (cached_data.py), else from decoding
+the JPEGs with PIL each epoch. Either way `augment.plan_augmentation` decides where the
+augmentation runs: its per-image part in the loader's workers, its device part per sample in
+`to_model_input`, then the one normaliser (gpu_augment.Normalize).
 """
 
 from __future__ import annotations
@@ -15,19 +17,28 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import crop_to_box  # the cache crops exactly the same way
 from carsweep.data.images import open_rgb
 from carsweep.data.manifest import PreparedDataset
 from carsweep.errors import UserError
-from carsweep.trainable.augment import eval_transform, normalize_batch, train_transform
+from carsweep.trainable.augment import (
+    COMBINE,
+    build_augmentation,
+    build_device_augmentation,
+    eval_transform,
+    normalization,
+    plan_augmentation,
+)
+from carsweep.trainable.gpu_augment import DeviceAugment, Normalize
 
 BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
 
@@ -63,9 +74,10 @@ class Loader:
 
     batches: DataLoader
     num_images: int
+    normalize: Normalize
     generator: torch.Generator | None = None
     channels_last: bool = False
-    normalize: Callable[[torch.Tensor], torch.Tensor] = field(default=normalize_batch)
+    augment: DeviceAugment | None = None  # the plan's device part, per sample
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter(self.batches)
@@ -74,8 +86,9 @@ class Loader:
         return len(self.batches)
 
     def to_model_input(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, S, S) on the device -> normalised float, channels_last on GPU."""
-        x = self.normalize(images)
+        """uint8 (B, 3, S, S) on the device -> augmented (training), normalised float,
+        channels_last on GPU."""
+        x = self.normalize(images if self.augment is None else self.augment(images))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -92,33 +105,49 @@ def build_loader(dataset: PreparedDataset, splits: str | tuple[str, ...], config
         )
     _warn_if_no_boxes(dataset, rows, config)
     batch_size = batch_size or config.batch_size
-    # Fast path (cached_data.py): decoded cache if there is one, cheap presets on the device.
-    from carsweep.trainable.cached_data import fast_loader, split_augmentation
+    plan = plan_augmentation(config.augmentation, device or torch.device("cpu"), train=train,
+                             where=config.augment_on)
+    per_image = (build_augmentation(COMBINE.join(plan.cpu), config.resize) if plan.cpu
+                 else None)
+    # Fast path (cached_data.py): the decoded cache, if there is one.
+    from carsweep.trainable.cached_data import cached_batches
 
-    cpu_augmentation, normalize = split_augmentation(config, device, train)
-    cached = fast_loader(dataset, splits, config, train=train, batch_size=batch_size,
-                         device=device, cpu_augmentation=cpu_augmentation, normalize=normalize)
-    if cached is not None:
-        return cached
-    transform = (train_transform(config.model_copy(update={"augmentation": cpu_augmentation}))
-                 if train else eval_transform(config))
+    cached = cached_batches(dataset, splits, config, train=train, batch_size=batch_size,
+                            device=device, transform=per_image,
+                            persistent=persistent_workers(config))
+    batches, generator = cached or _decoded_batches(dataset, rows, config, train, batch_size,
+                                                    device, per_image)
+    normalize = Normalize(*normalization()).to(device or torch.device("cpu"))
+    return Loader(batches=batches, num_images=len(rows), normalize=normalize,
+                  generator=generator, channels_last=device is not None and device.type == "cuda",
+                  augment=build_device_augmentation(plan.device, config.resize))
+
+
+def _decoded_batches(dataset: PreparedDataset, rows: pd.DataFrame, config: TrialConfig,
+                     train: bool, batch_size: int, device: torch.device | None,
+                     per_image: Callable | None) -> tuple[DataLoader, torch.Generator | None]:
+    transform = eval_transform(config)
+    if per_image is not None:
+        transform = v2.Compose([transform, per_image])
     images = ManifestImages(dataset, rows, transform, bbox_crop=config.bbox_crop)
     generator = torch.Generator().manual_seed(config.seed) if train else None
-    on_gpu = device is not None and device.type == "cuda"
     batches = DataLoader(
         images,
         batch_size=batch_size,
         shuffle=train,
         generator=generator,
-        # A last batch of one image breaks BatchNorm in training mode; drop only that case.
-        drop_last=train and len(images) > 1 and len(images) % batch_size == 1,
+        drop_last=drop_last_of_one(train, len(images), batch_size),
         num_workers=config.num_workers,
-        worker_init_fn=_seed_worker if config.num_workers else None,
-        pin_memory=on_gpu,
+        worker_init_fn=seed_worker if config.num_workers else None,
+        pin_memory=device is not None and device.type == "cuda",
         persistent_workers=persistent_workers(config),
     )
-    return Loader(batches=batches, num_images=len(images), generator=generator,
-                  channels_last=on_gpu, normalize=normalize)
+    return batches, generator
+
+
+def drop_last_of_one(train: bool, count: int, batch_size: int) -> bool:
+    """A last batch of one image breaks BatchNorm in training mode: drop only that case."""
+    return train and count > 1 and count % batch_size == 1
 
 
 def persistent_workers(config: TrialConfig) -> bool:
@@ -128,7 +157,7 @@ def persistent_workers(config: TrialConfig) -> bool:
     return config.num_workers > 0 and not config.deterministic
 
 
-def _seed_worker(worker_id: int) -> None:
+def seed_worker(worker_id: int) -> None:
     """Seed numpy and random in a worker from torch's per-worker seed (set by the DataLoader)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

@@ -1,21 +1,43 @@
-"""Augmentation presets on a whole batch on the device, with per-sample randomness.
+"""Augmentation on a whole batch where the model runs, with per-sample randomness; and the one
+input normaliser.
 
 torchvision's v2 transforms applied to a batched tensor draw ONE set of random parameters for
-the whole batch (pytorch/vision#2929): every image of the batch would be flipped, or none. So
-the presets that are cheap on a GPU (flip, crops, colour, blur, sharpness, autocontrast,
-rotation) have a batched twin here that draws every random parameter per sample, with the same
-distributions as the CPU preset in `augment.py` (tests/test_gpu_augment.py compares their
-statistics). Written with plain torch ops (no kornia): nothing beyond torch and torchvision, so
-the GPU benchmark runs on a bare box, and no extra dependency for the workers.
+the whole batch (pytorch/vision#2929): every image of the batch would be flipped, or none. The
+batch ops here draw every random parameter per sample, with the distributions of the CPU
+preset they stand for (augment.py's registry pairs each preset with its batch op;
+tests/test_gpu_augment.py compares the statistics of the two forms). They take float
+(B, 3, S, S) in 0..1 and return the same.
 
-The one difference: ColorJitter's four operations run in a random order; here the order is
-drawn once per batch (the factors are per sample). The four commute except for clipping and
-hue, so an image's distribution is the same; only images of one batch share the order.
+Where kornia.augmentation has the preset's meaning, the op is kornia's (per-sample draws
+are its default). Where it does not, or was measurably slower, the op is written here:
 
-`plan_augmentation` makes the choice per preset: on a CUDA device, the longest tail of the
-'+'-combined preset that has device twins runs here; the rest (elastic, trivialaugment,
-randaugment, or anything before them, so the order of operations is kept) stays in the CPU
-workers. This module imports torch and torchvision only.
+- `trivialaugment` and `randaugment`: kornia.augmentation.auto's TrivialAugment and
+  RandAugment pick the operation once per call, i.e. per batch, from their own op list and
+  ranges; torchvision's TrivialAugmentWide and RandAugment(2, 9), the CPU presets, pick one
+  (two) of 14 operations per image with torchvision's magnitude tables. `_Policy` draws the
+  operation, magnitude bin and sign per sample from those tables and runs each operation
+  once on the samples that drew it.
+- `elastic`: kornia's RandomElasticTransform pads the random field with zeros where
+  torchvision reflects it, so displacements fade within 20 px of every border (at 32 px it
+  moved pixels half as far as the CPU form): written here on kornia's gaussian_blur2d.
+- `color-jitter`, `sharpness`, `autocontrast`: hand-written, because they were measurably
+  faster than kornia's ColorJitter, RandomSharpness and RandomAutoContrast in two runs of
+  bench/augment_ops.py on the CPU device (1.9-2.4x, 1.2-1.5x, 2.0-2.4x images/s at 224 px,
+  and a third to a half of kornia's host time per call; BENCHMARKS.md, "Batch ops: kornia vs
+  hand-written"). flip, rotation, gaussian-blur and random-crop are kornia's: there the
+  hand-written ops this module had were no faster in both runs (random-crop's was slower).
+  The comparison on a GPU is not measured yet (`bench/augment_ops.py --device cuda`).
+
+Randomness: every draw comes from torch's default (CPU) generator, as kornia's own do, so one
+`torch.manual_seed` makes a run repeatable and the generator state a checkpoint saves
+resumes it exactly. Parameters are drawn on the host and copied to the device with the
+batch's work: no host sync.
+
+ColorJitter's four operations run in an order drawn per batch (torchvision draws it per
+image); the four commute except for clipping and hue, so an image's distribution is kept.
+
+This module imports torch, torchvision and kornia only (bench/train_gpu.py loads it by path
+on a bare GPU box).
 """
 
 from __future__ import annotations
@@ -24,66 +46,45 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import kornia.augmentation as K
 import torch
+from kornia import enhance
+from kornia.filters import gaussian_blur2d
+from kornia.geometry import transform as kgt
+from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import roi_align
 
-
-@dataclass(frozen=True)
-class Generators:
-    """The random sources of a batch op: per-sample draws on the device (no host sync), and
-    the few per-batch choices (an order of operations) on the host."""
-
-    on_device: torch.Generator
-    on_host: torch.Generator
-
-
-BatchOp = Callable[[torch.Tensor, Generators], torch.Tensor]  # float (B,3,H,W) in 0..1
-DEVICE_PRESETS: dict[str, Callable[[int], BatchOp]] = {}
+BatchOp = Callable[[torch.Tensor], torch.Tensor]  # float (B, 3, S, S) in 0..1 -> the same
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
-def register_device(name: str) -> Callable:
-    """Register the batched twin of the preset `name` of augment.AUGMENTATIONS."""
-    def add(build: Callable[[int], BatchOp]) -> Callable[[int], BatchOp]:
-        DEVICE_PRESETS[name] = build
-        return build
-
-    return add
+def _uniform(batch: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """(B,) uniform draws, one per sample, on the batch's device."""
+    return (torch.rand(batch.shape[0]) * (high - low) + low).to(batch.device, non_blocking=True)
 
 
-def _uniform(batch: torch.Tensor, low: float, high: float, g: Generators) -> torch.Tensor:
-    """(B,) uniform draws on the batch's device, one per sample."""
-    draws = torch.rand(batch.shape[0], device=batch.device, generator=g.on_device)
-    return draws * (high - low) + low
-
-
-def _coin(batch: torch.Tensor, p: float, g: Generators) -> torch.Tensor:
+def _coin(batch: torch.Tensor, p: float) -> torch.Tensor:
     """(B, 1, 1, 1) bool: True for the samples that get the op (probability p each)."""
-    draws = torch.rand(batch.shape[0], device=batch.device, generator=g.on_device)
-    return (draws < p).view(-1, 1, 1, 1)
+    return (torch.rand(batch.shape[0]) < p).view(-1, 1, 1, 1).to(batch.device, non_blocking=True)
 
 
-@register_device("none")
-def _none(size: int) -> BatchOp:
-    return lambda x, g: x
+# Presets ----------------------------------------------------------------------------------
+# Each builder takes the square size and returns the batch op of one preset of augment.py.
+
+def flip(size: int) -> BatchOp:
+    """v2.RandomHorizontalFlip(0.5)."""
+    return K.RandomHorizontalFlip(p=0.5)
 
 
-@register_device("flip")
-def _flip(size: int) -> BatchOp:
-    return lambda x, g: torch.where(_coin(x, 0.5, g), x.flip(-1), x)
-
-
-@register_device("rotation")
-def _rotation(size: int) -> BatchOp:
+def rotation(size: int) -> BatchOp:
     """v2.RandomRotation(15): angle U(-15, 15) degrees, nearest, corners filled black."""
-    return lambda x, g: rotate_batch(x, _uniform(x, -15.0, 15.0, g))
+    return K.RandomRotation(degrees=15.0, resample="nearest", align_corners=False, p=1.0)
 
 
 def rotate_batch(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     """Rotate sample i by degrees[i] counter-clockwise about the centre (as torchvision does),
     nearest neighbour, black outside."""
-    angle = degrees * (math.pi / 180.0)
+    angle = degrees.to(x.device, x.dtype) * (math.pi / 180.0)
     cos, sin = angle.cos(), angle.sin()
     zero = torch.zeros_like(cos)
     # affine_grid maps output to input coordinates (x right, y down): rotate those by -angle.
@@ -93,28 +94,16 @@ def rotate_batch(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
-@register_device("gaussian-blur")
-def _gaussian_blur(size: int) -> BatchOp:
+def blur_kernel_size(size: int) -> int:
+    """The Gaussian blur's kernel: odd, growing with the image so the blur is visible."""
+    return max(3, (size // 32) | 1)
+
+
+def gaussian_blur(size: int) -> BatchOp:
     """Gaussian blur, sigma U(0.1, 2), p 0.5; same kernel size and reflect padding as CPU."""
-    kernel = max(3, (size // 32) | 1)
-
-    def blur(x: torch.Tensor, g: Generators) -> torch.Tensor:
-        b, c, h, w = x.shape
-        sigma = _uniform(x, 0.1, 2.0, g)
-        offsets = torch.arange(kernel, device=x.device, dtype=x.dtype) - (kernel - 1) / 2
-        weights = torch.exp(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2)  # (B, K)
-        weights = weights / weights.sum(1, keepdim=True)
-        # Samples that lose the coin toss get a delta kernel: exactly the identity, no branch.
-        delta = (offsets == 0).to(x.dtype).expand_as(weights)
-        weights = torch.where(_coin(x, 0.5, g).view(-1, 1), weights, delta)
-        weights = weights.repeat_interleave(c, 0)  # (B*C, K): one kernel per channel of a sample
-        pad = kernel // 2
-        planes = F.pad(x.reshape(1, b * c, h, w), (pad, pad, pad, pad), mode="reflect")
-        planes = F.conv2d(planes, weights.view(b * c, 1, 1, kernel), groups=b * c)
-        planes = F.conv2d(planes, weights.view(b * c, 1, kernel, 1), groups=b * c)
-        return planes.view(b, c, h, w)
-
-    return blur
+    kernel = blur_kernel_size(size)
+    return K.RandomGaussianBlur((kernel, kernel), sigma=(0.1, 2.0), border_type="reflect",
+                                p=0.5)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -146,13 +135,12 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return maxc.unsqueeze(1) * (1.0 - saturation.unsqueeze(1) * ramp)
 
 
-@register_device("color-jitter")
-def _color_jitter(size: int) -> BatchOp:
-    """ColorJitter(0.4, 0.4, 0.4, 0.1): factors per sample, order of the four per batch."""
-    def jitter(x: torch.Tensor, g: Generators) -> torch.Tensor:
-        factors = [_uniform(x, 0.6, 1.4, g), _uniform(x, 0.6, 1.4, g),
-                   _uniform(x, 0.6, 1.4, g), _uniform(x, -0.1, 0.1, g)]
-        for op in torch.randperm(4, generator=g.on_host).tolist():
+def color_jitter(size: int) -> BatchOp:
+    """ColorJitter(0.4, 0.4, 0.4, 0.1): factors per sample, the order of the four per batch."""
+    def jitter(x: torch.Tensor) -> torch.Tensor:
+        factors = [_uniform(x, 0.6, 1.4), _uniform(x, 0.6, 1.4),
+                   _uniform(x, 0.6, 1.4), _uniform(x, -0.1, 0.1)]
+        for op in torch.randperm(4).tolist():
             if op == 0:
                 x = (x * factors[0].view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
             elif op == 1:
@@ -166,150 +154,253 @@ def _color_jitter(size: int) -> BatchOp:
     return jitter
 
 
-@register_device("sharpness")
-def _sharpness(size: int) -> BatchOp:
+def sharpness(size: int) -> BatchOp:
     """RandomAdjustSharpness(2, p=0.5): blend with a 3x3 smoothed copy, borders untouched."""
     kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
 
-    def sharpen(x: torch.Tensor, g: Generators) -> torch.Tensor:
+    def sharpen(x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         weight = kernel.to(x.device, x.dtype).expand(c, 1, 3, 3)
         smooth = x.clone()
         smooth[..., 1:-1, 1:-1] = F.conv2d(x, weight, groups=c)
-        factor = torch.where(_coin(x, 0.5, g).view(-1), 2.0, 1.0).to(x.dtype)
+        factor = torch.where(_coin(x, 0.5).view(-1), 2.0, 1.0).to(x.dtype)
         return _blend(x, smooth, factor)
 
     return sharpen
 
 
-@register_device("autocontrast")
-def _autocontrast(size: int) -> BatchOp:
+def autocontrast(size: int) -> BatchOp:
     """RandomAutocontrast(p=0.5): stretch each channel of a chosen sample to 0..1."""
-    def stretch(x: torch.Tensor, g: Generators) -> torch.Tensor:
-        low, high = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
-        flat = high <= low
-        scale = torch.where(flat, torch.ones_like(high), 1.0 / (high - low))
-        low = torch.where(flat, torch.zeros_like(low), low)
-        return torch.where(_coin(x, 0.5, g), ((x - low) * scale).clamp_(0.0, 1.0), x)
-
-    return stretch
+    return lambda x: torch.where(_coin(x, 0.5), stretch_channels(x), x)
 
 
-@register_device("random-crop")
-def _random_crop(size: int) -> BatchOp:
+def stretch_channels(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's autocontrast: each channel of each sample stretched to 0..1."""
+    low, high = x.amin((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
+    flat = high <= low
+    scale = torch.where(flat, torch.ones_like(high), 1.0 / (high - low))
+    low = torch.where(flat, torch.zeros_like(low), low)
+    return ((x - low) * scale).clamp_(0.0, 1.0)
+
+
+CROP_SCALE, CROP_RATIO = (0.35, 1.0), (3 / 4, 4 / 3)
+
+
+def random_crop(size: int) -> BatchOp:
     """RandomResizedCrop(scale 0.35-1, ratio 3/4-4/3): one box per sample, bilinear resize."""
-    def crop(x: torch.Tensor, g: Generators) -> torch.Tensor:
-        boxes = _crop_boxes(x, (0.35, 1.0), (3 / 4, 4 / 3), g)
-        return roi_align(x, boxes, output_size=x.shape[-2:], spatial_scale=1.0,
-                         sampling_ratio=1, aligned=True)
-
-    return crop
+    return K.RandomResizedCrop((size, size), scale=CROP_SCALE, ratio=CROP_RATIO, p=1.0)
 
 
-def _crop_boxes(x: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float],
-                g: Generators, attempts: int = 10) -> torch.Tensor:
-    """(B, 5) boxes [index, x1, y1, x2, y2] drawn as RandomResizedCrop.get_params does: up to
-    `attempts` tries of area and aspect per sample, else the whole (square) image."""
-    b, _, h, w = x.shape
-    dev = x.device
-    area = h * w * (torch.rand(b, attempts, device=dev, generator=g.on_device)
-                    * (scale[1] - scale[0]) + scale[0])
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(torch.rand(b, attempts, device=dev, generator=g.on_device)
-                       * (log_hi - log_lo) + log_lo)
-    cw, ch = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
-    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-    first = torch.where(fits.any(1), fits.int().argmax(1), 0)  # index of the first try that fits
-    pick = first.view(-1, 1)
-    any_fit = fits.any(1)
-    cw = torch.where(any_fit, cw.gather(1, pick).view(-1), torch.full_like(cw[:, 0], w))
-    ch = torch.where(any_fit, ch.gather(1, pick).view(-1), torch.full_like(ch[:, 0], h))
-    top = torch.floor(torch.rand(b, device=dev, generator=g.on_device) * (h - ch + 1))
-    left = torch.floor(torch.rand(b, device=dev, generator=g.on_device) * (w - cw + 1))
-    index = torch.arange(b, device=dev, dtype=x.dtype)
-    return torch.stack([index, left, top, left + cw, top + ch], 1).to(x.dtype)
+ELASTIC_ALPHA, ELASTIC_SIGMA = 30.0, 5.0
+
+
+def elastic(size: int) -> BatchOp:
+    """v2.ElasticTransform(alpha 30, sigma 5) with p 0.5, per sample: a U(-1, 1) field per
+    axis, smoothed by a Gaussian of kernel 8*sigma+1 with reflected borders and scaled by
+    alpha / size in grid units, added to the identity grid, bilinear, black outside.
+
+    Not kornia's RandomElasticTransform: it pads the field with zeros where torchvision
+    reflects it, so displacements fade within 4 sigma (20 px) of every border, which at small
+    sizes is most of the image (at 32 px it moved pixels half as far as the CPU form)."""
+    kernel = int(8 * ELASTIC_SIGMA + 1) | 1
+
+    def warp(x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        noise = (torch.rand(b, 2, h, w) * 2 - 1).to(x.device, x.dtype, non_blocking=True)
+        field = gaussian_blur2d(noise, (kernel, kernel), (ELASTIC_SIGMA, ELASTIC_SIGMA),
+                                border_type="reflect")
+        field = field * torch.tensor([ELASTIC_ALPHA / w, ELASTIC_ALPHA / h], device=x.device,
+                                     dtype=x.dtype).view(1, 2, 1, 1)
+        identity = torch.eye(2, 3, device=x.device, dtype=x.dtype).expand(b, 2, 3)
+        grid = F.affine_grid(identity, [b, 1, h, w], align_corners=False)
+        grid = grid + field.permute(0, 2, 3, 1)  # (B, H, W, 2): x then y, as grid_sample reads
+        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False)
+        return torch.where(_coin(x, 0.5), warped, x)
+
+    return warp
+
+
+# TrivialAugmentWide and RandAugment, per sample ---------------------------------------------
+
+def _affine(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Warp by (b, 2, 3) pixel-coordinate matrices, nearest, black outside (torchvision's fill)."""
+    return kgt.warp_affine(x, matrix.to(x.device, x.dtype), x.shape[-2:], mode="nearest",
+                           padding_mode="zeros", align_corners=False)
+
+
+def _shear(axis: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def shear(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+        matrix = torch.eye(2, 3).repeat(len(x), 1, 1)
+        matrix[:, axis, 1 - axis] = magnitude  # about the top-left corner, as torchvision
+        return _affine(x, matrix)
+
+    return shear
+
+
+def _translate(axis: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def translate(x: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+        matrix = torch.eye(2, 3).repeat(len(x), 1, 1)
+        matrix[:, axis, 2] = magnitude.trunc()  # whole pixels, as torchvision's int(magnitude)
+        return _affine(x, matrix)
+
+    return translate
+
+
+def _on_device(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return values.to(x.device, x.dtype, non_blocking=True)
 
 
 @dataclass(frozen=True)
-class AugmentPlan:
-    """Where each part of a preset runs: `cpu` (a '+'-joined name, or None) in the workers on
-    single images, then `device` (names) on the batch after it reached the device."""
+class PolicyOp:
+    """One operation of an auto-augment table: `apply(x, magnitudes)` on the samples that drew
+    it; `magnitudes(bins, size)` its magnitude per bin (None: no magnitude); `signed`: a random
+    sign per sample."""
 
-    cpu: str | None
-    device: tuple[str, ...]
-
-
-def plan_augmentation(augmentation: str, device: torch.device | str, *,
-                      where: str = "auto") -> AugmentPlan:
-    """Split `augmentation` ('+'-joined preset names) between CPU workers and the device.
-
-    `where`: "auto" (the device tail on CUDA, all on CPU otherwise), "cpu", or "device" (the
-    device tail on any device, e.g. to test it on the CPU).
-    """
-    if where not in ("auto", "cpu", "device"):
-        raise ValueError(f"augment placement is {where!r}; valid: auto, cpu, device")
-    parts = [part.strip() for part in augmentation.split("+")]
-    use_device = where == "device" or (where == "auto" and torch.device(device).type == "cuda")
-    split = len(parts)
-    if use_device:
-        while split > 0 and parts[split - 1] in DEVICE_PRESETS:
-            split -= 1
-    cpu_parts = [p for p in parts[:split] if p != "none"]
-    device_parts = tuple(p for p in parts[split:] if p != "none")
-    return AugmentPlan(cpu="+".join(cpu_parts) or None, device=device_parts)
+    apply: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    magnitudes: Callable[[int, int], torch.Tensor] | None = None
+    signed: bool = False
 
 
-class DeviceAugment:
-    """uint8 (B, 3, S, S) on the device -> augmented float (B, 3, S, S) in 0..1, per sample.
+def _linspace(high: float) -> Callable[[int, int], torch.Tensor]:
+    return lambda bins, size: torch.linspace(0.0, high, bins)
 
-    Random draws come from a generator on the batch's device, seeded once: no host syncs.
-    """
 
-    def __init__(self, names: tuple[str, ...] | list[str], size: int, *, seed: int = 0) -> None:
-        unknown = [name for name in names if name not in DEVICE_PRESETS]
-        if unknown:
-            raise ValueError(f"no device version of {unknown}; valid: {', '.join(DEVICE_PRESETS)}")
-        self.names = tuple(names)
-        self.ops = [DEVICE_PRESETS[name](size) for name in self.names]
-        self.seed = seed
-        self._generators: dict[torch.device, Generators] = {}
+def _posterize_bits(levels: int) -> Callable[[int, int], torch.Tensor]:
+    return lambda bins, size: (8 - (torch.arange(bins) / ((bins - 1) / levels))).round()
 
-    def generators(self, device: torch.device) -> Generators:
-        if device not in self._generators:
-            self._generators[device] = Generators(
-                on_device=torch.Generator(device=device).manual_seed(self.seed),
-                on_host=torch.Generator().manual_seed(self.seed))
-        return self._generators[device]
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float().div_(255.0) if not images.is_floating_point() else images
-        g = self.generators(images.device)
-        for op in self.ops:
-            x = op(x, g)
+def _policy_space(shear: float, translate: Callable[[int, int], torch.Tensor], rotate: float,
+                  enhance_range: float, posterize_levels: int) -> dict[str, PolicyOp]:
+    """torchvision's _AUGMENTATION_SPACE of TrivialAugmentWide / RandAugment, as batch ops."""
+    return {
+        "Identity": PolicyOp(lambda x, m: x),
+        "ShearX": PolicyOp(_shear(0), _linspace(shear), True),
+        "ShearY": PolicyOp(_shear(1), _linspace(shear), True),
+        "TranslateX": PolicyOp(_translate(0), translate, True),
+        "TranslateY": PolicyOp(_translate(1), translate, True),
+        "Rotate": PolicyOp(lambda x, m: rotate_batch(x, m), _linspace(rotate), True),
+        "Brightness": PolicyOp(
+            lambda x, m: enhance.adjust_brightness_accumulative(x, _on_device(x, 1 + m)),
+            _linspace(enhance_range), True),
+        "Color": PolicyOp(
+            lambda x, m: enhance.adjust_saturation_with_gray_subtraction(x, _on_device(x, 1 + m)),
+            _linspace(enhance_range), True),
+        "Contrast": PolicyOp(
+            lambda x, m: enhance.adjust_contrast_with_mean_subtraction(x, _on_device(x, 1 + m)),
+            _linspace(enhance_range), True),
+        "Sharpness": PolicyOp(lambda x, m: enhance.sharpness(x, _on_device(x, 1 + m)),
+                              _linspace(enhance_range), True),
+        "Posterize": PolicyOp(
+            lambda x, m: enhance.posterize(x, m.to(x.device, torch.int64, non_blocking=True)),
+            _posterize_bits(posterize_levels)),
+        "Solarize": PolicyOp(lambda x, m: enhance.solarize(x, _on_device(x, m)),
+                             lambda bins, size: torch.linspace(1.0, 0.0, bins)),
+        "AutoContrast": PolicyOp(lambda x, m: stretch_channels(x)),
+        "Equalize": PolicyOp(lambda x, m: enhance.equalize(x)),
+    }
+
+
+TRIVIAL_AUGMENT_WIDE = _policy_space(shear=0.99, translate=_linspace(32.0), rotate=135.0,
+                                     enhance_range=0.99, posterize_levels=6)
+RAND_AUGMENT = _policy_space(shear=0.3, translate=lambda bins, size: torch.linspace(
+    0.0, 150.0 / 331.0 * size, bins), rotate=30.0, enhance_range=0.9, posterize_levels=4)
+
+
+class _Policy:
+    """`rounds` times: each sample draws one operation of `space` (uniformly), a magnitude bin
+    (uniformly, or the fixed `magnitude_bin`) and a sign; each drawn operation then runs once,
+    on the samples that drew it."""
+
+    def __init__(self, space: dict[str, PolicyOp], size: int, *, rounds: int,
+                 bins: int = 31, magnitude_bin: int | None = None) -> None:
+        self.ops = list(space.values())
+        self.tables = [op.magnitudes(bins, size) if op.magnitudes else torch.zeros(bins)
+                       for op in self.ops]
+        self.rounds, self.bins, self.magnitude_bin = rounds, bins, magnitude_bin
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        for _ in range(self.rounds):
+            chosen = torch.randint(len(self.ops), (b,))
+            bins = (torch.randint(self.bins, (b,)) if self.magnitude_bin is None
+                    else torch.full((b,), self.magnitude_bin))
+            flip_sign = torch.rand(b) <= 0.5
+            x = x.clone()
+            for index in chosen.unique().tolist():  # on the host: no device sync
+                op, samples = self.ops[index], torch.nonzero(chosen == index).view(-1)
+                magnitude = self.tables[index][bins[samples]]
+                if op.signed:
+                    magnitude = torch.where(flip_sign[samples], -magnitude, magnitude)
+                on_device = samples.to(x.device, non_blocking=True)
+                x[on_device] = op.apply(x[on_device], magnitude)
         return x
 
 
-class Normalize:
-    """(x - mean) / std per channel with the constants kept on the device (no copy per batch).
+def trivialaugment(size: int) -> BatchOp:
+    """torchvision's TrivialAugmentWide per sample: one of 14 ops, magnitude bin of 31."""
+    return _Policy(TRIVIAL_AUGMENT_WIDE, size, rounds=1)
 
-    Takes uint8 0..255 (scaled on the fly) or float 0..1.
-    """
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        self.mean, self.std = mean, std
-        self._constants: dict[tuple[torch.device, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+def randaugment(size: int) -> BatchOp:
+    """torchvision's RandAugment(num_ops=2, magnitude=9) per sample."""
+    return _Policy(RAND_AUGMENT, size, rounds=2, magnitude_bin=9)
+
+
+# Running them -------------------------------------------------------------------------------
+
+class DeviceAugment:
+    """uint8 (B, 3, S, S) -> augmented float (B, 3, S, S) in 0..1: `ops` in order, each
+    drawing per sample from torch's default generator."""
+
+    def __init__(self, ops: list[BatchOp]) -> None:
+        self.ops = list(ops)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        from_bytes = not images.is_floating_point()
-        key = (images.device, from_bytes)
-        if key not in self._constants:
-            unit = 255.0 if from_bytes else 1.0
-            std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-            mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-            self._constants[key] = (1.0 / (unit * std), -mean / std)
-        scale, shift = self._constants[key]
-        # x*scale + shift with one new tensor (mixed-dtype addcmul is slow on the CPU), never
-        # writing into the caller's tensor.
-        if from_bytes:
-            return images.float().mul_(scale).add_(shift)
-        return images.mul(scale).add_(shift)
+        x = images.float().div_(255.0) if not images.is_floating_point() else images
+        for op in self.ops:
+            x = op(x)
+        return x
+
+
+class Normalize(nn.Module):
+    """The model's input: (x - mean) / std per channel, from uint8 0..255 or float 0..1 RGB.
+
+    The one normaliser of carsweep: the loaders' `to_model_input`, Grad-CAM, `predict` and
+    the exported TorchScript module all use it, with the mean and std of the weights'
+    metadata (augment.normalization, or an export's own). Its constants are buffers, so
+    `.to(device)` moves them and a traced module keeps them.
+
+    On the CPU a uint8 batch is converted in chunks of `CPU_CHUNK` images into memory that
+    numpy allocates (huge pages where the kernel offers them): converting a 400 px batch of
+    32 at once writes a 61 MB float tensor into freshly mapped pages, and the page faults,
+    not the arithmetic, decide the speed (BENCHMARKS.md, "normalising on the CPU").
+    """
+
+    CPU_CHUNK = 2
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1.0 / std_t)
+        self.register_buffer("byte_scale", 1.0 / (255.0 * std_t))
+        self.register_buffer("shift", -mean_t / std_t)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_floating_point():
+            return images * self.scale + self.shift
+        if images.device.type == "cpu":
+            return self._bytes_on_cpu(images)
+        # x*scale + shift with one new tensor (no write into the caller's tensor)
+        return images.float().mul_(self.byte_scale).add_(self.shift)
+
+    def _bytes_on_cpu(self, images: torch.Tensor) -> torch.Tensor:
+        import numpy as np  # numpy ships with torch; only the CPU path needs it
+
+        out = torch.from_numpy(np.empty(tuple(images.shape), dtype=np.float32))
+        for start in range(0, images.shape[0], self.CPU_CHUNK):
+            chunk = out[start:start + self.CPU_CHUNK]
+            torch.mul(images[start:start + self.CPU_CHUNK], self.byte_scale, out=chunk)
+            chunk.add_(self.shift)
+        return out
