@@ -21,6 +21,7 @@ COMMANDS = (
     "sweep",
     "resume",
     "status",
+    "dashboard",
     "analyze",
     "export",
     "predict",

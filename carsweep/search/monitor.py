@@ -5,7 +5,8 @@ loop, so there is no second progress loop. It prints carsweep's compact table
 (results/console.py: trial, state, epoch, best metric, searched parameters, at most 110
 characters) when a trial starts or ends, and on a terminal every few seconds while epochs come
 in, redrawn in place; where the output is not a terminal (a log file, CI) a new table is
-appended only when a trial starts or ends, and once at the end.
+appended only when a trial starts or ends. At the end the live table is wiped from a terminal:
+the sweep's summary (cli/sweep.py) prints the final one, best first.
 
 Ray's TBXLoggerCallback writes per-epoch scalars for each trial but writes the HParams
 summaries only when a trial ends, so a running or long trial is missing from TensorBoard's
@@ -147,7 +148,10 @@ class CompactReporter(ProgressReporter):
         self._last_states = tuple((t.trial_id, t.status) for t in trials)
         self._last_epochs = tuple((t.last_result or {}).get("epoch") for t in trials)
         self._last_time = time.monotonic()
-        self._draw(self.table_text(trials))
+        if done:  # the sweep's summary prints the final table, best first
+            self._erase()
+        else:
+            self._draw(self.table_text(trials))
 
     def say(self, line: str) -> None:
         """Print a line of its own above the live table."""
