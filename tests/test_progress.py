@@ -51,7 +51,7 @@ def test_the_table_is_compact_in_the_studys_words_and_names_what_it_leaves_out()
     assert "flip+cam-oc…" in lines[1]  # a long value cut
     assert lines[-2].startswith("(not shown: ")  # what did not fit in 110 characters
     assert "resize" in lines[-2]
-    assert lines[-1] == "5 trials: 1 complete, 1 pruned, 1 running, 1 fail, 1 pending of 8"
+    assert lines[-1] == "5 of 8 trials: 1 complete, 1 pruned, 1 fail, 1 running, 1 pending"
 
 
 def test_on_a_terminal_the_table_is_redrawn_in_place(capsys):

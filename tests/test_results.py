@@ -227,3 +227,14 @@ def test_results_export_and_predict_need_no_ray(finished_experiment, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     best = load_experiment(finished_experiment).best().trial_id
     assert done.stdout.split() == [best, "4"]
+
+
+def test_status_of_a_sweep_with_no_result_yet_lists_its_trials(tmp_path, capsys):
+    from carsweep.cli import main
+
+    experiment = _bare_experiment(tmp_path)
+    _write_trial(experiment, "started", [], {"epochs": 3, "lr": 0.1}, state=TrialState.RUNNING)
+    assert main(["status", str(experiment)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:4] == ["started", "RUNNING", "0/3", "-"]
+    assert lines[-2:] == ["1 of 8 trials: 1 running", "No trials are completed yet."]

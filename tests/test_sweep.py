@@ -197,7 +197,7 @@ def test_status_prints_table_and_best_and_writes_nothing(swept, capsys, monkeypa
     assert main(["status", experiment.name]) == 0
     out = capsys.readouterr().out
     assert f"best trial: {table.iloc[0]['trial_id']}" in out
-    assert "6 trials: " in out
+    assert "6 of 6 trials: " in out
     assert max(map(len, out.splitlines())) <= 110
     assert folder_listing(experiment) == before
 

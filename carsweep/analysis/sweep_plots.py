@@ -25,6 +25,7 @@ from pathlib import Path
 
 import optuna
 import optuna.visualization.matplotlib as optuna_plots
+from matplotlib.ticker import MaxNLocator
 from optuna.trial import TrialState
 
 from carsweep.analysis.importance import importance_evaluator
@@ -84,6 +85,7 @@ def _curves(axes: plt.Axes, study: optuna.Study, rungs: list[int]) -> plt.Axes:
     if rungs:
         axes.set_xlabel("epoch (dotted: ASHA's rungs, where it stops the weaker trials)")
     axes.set_ylabel(study.metric_names[0] if study.metric_names else "value")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
     if axes.get_legend() is not None:
         axes.get_legend().remove()
     return axes

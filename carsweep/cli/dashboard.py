@@ -83,7 +83,12 @@ def start_tensorboard(experiment: Path, host: str, port: int) -> str:
 def serve_study(storage, host: str, port: int) -> None:
     """optuna-dashboard's app on `storage`, served until Ctrl-C by bottle (the server it
     brings), quietly: no banner, no line per request."""
+    import warnings
+
     import bottle
     import optuna_dashboard
 
+    # The page's importance and plots warn, on this console, about what the page shows anyway
+    # (a parameter with few trials, an experimental API).
+    warnings.filterwarnings("ignore", module="optuna")
     bottle.run(optuna_dashboard.wsgi(storage), host=host, port=port, quiet=True)

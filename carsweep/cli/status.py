@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment)
     sweep, table = experiment.sweep, experiment.trials
     print(compact_table(table, sweep.metric, list(sweep.searched())))
-    print(f"\n{state_counts(table)} (of {sweep.num_samples})")
+    print(f"\n{state_counts(table, sweep.num_samples)}")
     print(best_trial_line(experiment))
     return 0
 

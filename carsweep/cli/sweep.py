@@ -106,10 +106,11 @@ def next_commands(experiment: Path) -> str:
 
     relative = os.path.relpath(experiment)
     folder = shlex.quote(relative if not relative.startswith("..") else str(experiment))
-    return ("next:\n"
-            f"  carsweep analyze {folder}     # retrain the best on train+val, test once, report\n"
-            f"  tensorboard --logdir {folder}  # per-epoch curves of every trial, HParams\n"
-            f"  carsweep dashboard {folder}   # the Optuna study: history, importances, slices")
+    commands = [(f"carsweep analyze {folder}", "retrain the best on train+val, test once, report"),
+                (f"tensorboard --logdir {folder}", "every trial's curves per epoch, HParams"),
+                (f"carsweep dashboard {folder}", "the Optuna study: history, importances, slices")]
+    width = max(len(command) for command, _ in commands)
+    return "next:\n" + "\n".join(f"  {command.ljust(width)}  # {why}" for command, why in commands)
 
 
 def resume_command(config, experiment: Path) -> str:

@@ -53,11 +53,17 @@ def state_words(table: pd.DataFrame) -> pd.Series:
     return states
 
 
-def state_counts(table: pd.DataFrame) -> str:
-    """`8 trials: 3 complete, 4 pruned, 1 diverged`: what the trials have come to."""
-    counts = state_words(table).str.lower().value_counts()
-    parts = [f"{count} {state}" for state, count in counts.items()]
-    return f"{len(table)} trial{'s' if len(table) != 1 else ''}" + (
+STATE_ORDER = ["COMPLETE", "PRUNED", "DIVERGED", "FAIL", "RUNNING", "PAUSED", "PENDING"]
+
+
+def state_counts(table: pd.DataFrame, total: int | None = None) -> str:
+    """`6 of 8 trials: 3 complete, 2 pruned, 1 running`: what the trials have come to."""
+    counts = state_words(table).value_counts()
+    order = [s for s in STATE_ORDER if s in counts] + [s for s in counts.index
+                                                       if s not in STATE_ORDER]
+    parts = [f"{counts[state]} {state.lower()}" for state in order]
+    of = f" of {total}" if total is not None else ""
+    return f"{len(table)}{of} trial{'s' if (total or len(table)) != 1 else ''}" + (
         f": {', '.join(parts)}" if parts else "")
 
 

@@ -161,11 +161,10 @@ class CompactReporter(ProgressReporter):
     def table_text(self, trials: list) -> str:
         table = live_table(trials, self._metric, self._mode, self._params)
         shown = _live_rows(table, self._metric, self._mode)
-        total = f" of {self._total}" if self._total else ""
         more = f"; {len(table) - len(shown)} more in `carsweep status`" \
             if len(shown) < len(table) else ""
         return (compact_table(shown, self._metric, self._params)
-                + f"\n{state_counts(table)}{total}{more}")
+                + f"\n{state_counts(table, self._total)}{more}")
 
     def _draw(self, text: str) -> None:
         self._erase()
