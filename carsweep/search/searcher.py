@@ -154,7 +154,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"_study_file": None, "_lost": []} | state)  # None: in memory
         if self._study_file is not None:
             self._reopen_study(state["_ot_trials"])
 
