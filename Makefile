@@ -36,6 +36,7 @@ demo: $(STAMP)
 		$$(for class in $(DEMO)/source/test/*/; do ls "$$class"* | head -1; done)
 	@echo "report: $(DEMO)/results/demo/analysis/report.html (open it in a browser)"
 	@echo "weights: $(DEMO)/best.pt   Grad-CAM of the predictions: $(DEMO)/cam/"
+	@echo "the sweep's study, live: $(BIN)/carsweep dashboard $(DEMO)/results/demo"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -22,7 +22,8 @@ from pathlib import Path
 from machine import describe, load_average
 
 from carsweep.config.sweep import load_sweep
-from carsweep.search import run_sweep, trials_table
+from carsweep.results import trials_table
+from carsweep.search import run_sweep
 
 
 def measure(config_path: Path, data: Path, scheduler: str, cache: str, storage: Path) -> dict:
@@ -33,7 +34,7 @@ def measure(config_path: Path, data: Path, scheduler: str, cache: str, storage: 
     start = time.perf_counter()
     outcome = run_sweep(config, verbose=0)
     seconds = time.perf_counter() - start
-    table = trials_table(outcome.experiment, config.metric, config.mode)
+    table = trials_table(outcome.experiment)
     budget = len(table) * config.max_t
     return {
         "scheduler": scheduler,

@@ -4,7 +4,6 @@ files it wrote."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -16,13 +15,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from carsweep.analysis import importance, plots
+from carsweep.analysis import plots
 from carsweep.analysis.analyze import analyze_experiment
 from carsweep.analysis.gradcam import cam_layer, class_maps, load_inputs, pointing_game
 from carsweep.analysis.metrics import by_make
 from carsweep.analysis.report import data_uri
 from carsweep.cli import main
-from carsweep.config.sweep import SweepConfig, load_sweep
+from carsweep.config.sweep import load_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.data.prepare import prepare_dataset
@@ -165,8 +164,12 @@ def test_every_misclassified_image_has_its_gradcam_overlay(analyzed):
 @pytest.mark.slow  # the sweep + analyze fixture, or a training run
 def test_report_embeds_the_confusion_matrix_and_the_gallery(analyzed):
     html = (analyzed / "report.html").read_text()
-    for name in ("confusion_full.png", "metric_vs_params.png", "asha_rungs.png"):
+    for name in ("confusion_full.png", "intermediate_values.png"):
         assert data_uri(analyzed / name) in html, name
+    sweep = read_metrics(analyzed)["sweep"]
+    assert "intermediate_values.png" in sweep["plots"]  # Optuna's, from the sweep's study
+    counted = sweep["importance"]["complete_trials"] + sweep["importance"]["stopped_trials"]
+    assert counted == SWEEP["num_samples"]
     shown = pd.read_csv(analyzed / "misclassified.csv")
     assert len(shown) > 0, "the retrain should make some mistakes at 32 px after 2 epochs"
     for row in shown.head(60).itertuples():
@@ -202,46 +205,6 @@ def test_bad_input_is_one_line_and_keeps_the_previous_analysis(analyzed, tmp_pat
     assert "no trial has reported" in capsys.readouterr().err
     assert (experiment / "analysis" / "metrics.json").read_text() == before
     assert sorted(p.name for p in experiment.iterdir() if p.name.startswith(".analysis")) == []
-
-
-def test_importance_finds_the_parameter_that_decides_the_metric(tmp_path):
-    """A trials table in trials.csv's form where val_top1 follows lr and not the optimizer."""
-    sweep = SweepConfig(space={"lr": {"loguniform": [1e-4, 1e-1]},
-                               "optimizer": {"choice": ["sgd", "adam"]},
-                               "batch_size": {"choice": [16, 32]}})
-    rng = np.random.default_rng(0)
-    lr = 10 ** rng.uniform(-4, -1, 24)
-    rows = pd.DataFrame({"trial_id": [f"t{i}" for i in range(24)],
-                         "best_val_top1": 1 - np.abs(np.log10(lr) + 2.5) / 2,
-                         "config/lr": lr, "config/optimizer": rng.choice(["sgd", "adam"], 24),
-                         "config/batch_size": rng.choice([16, 32], 24).astype(float)})
-    buffer = io.StringIO()
-    rows.to_csv(buffer, index=False)  # through CSV, as trials.csv is read back
-    trials = pd.read_csv(io.StringIO(buffer.getvalue()))
-    study = importance.study_from_trials(trials, sweep)
-    assert [t.params["lr"] for t in study.trials] == pytest.approx(list(lr))
-    assert {t.params["batch_size"] for t in study.trials} <= {16, 32}
-    found = importance.param_importances(trials, sweep)
-    print(found)
-    assert set(found["importances"]) == {"lr", "optimizer", "batch_size"}
-    assert max(found["importances"], key=found["importances"].get) == "lr"
-    assert found["importances"]["lr"] > 0.5
-
-
-def test_importance_counts_each_trial_under_the_branch_its_optimizer_selected():
-    sweep = SweepConfig(space={
-        "optimizer": {"choice": ["sgd", "adam"]},
-        "lr": [{"loguniform": [1e-3, 0.1], "when": {"optimizer": ["sgd"]}},
-               {"loguniform": [1e-5, 3e-3], "when": {"optimizer": ["adam"]}}]})
-    rows = pd.DataFrame({"trial_id": ["a", "b", "c", "d"], "best_val_top1": [0.5, 0.4, 0.3, 0.2],
-                         "config/optimizer": ["sgd", "adam", "adam", "sgd"],
-                         # 2e-3 lies in both ranges: the optimizer decides which it came from
-                         "config/lr": [2e-3, 2e-3, 1e-5, 0.1]})
-    study = importance.study_from_trials(rows, sweep)
-    assert [t.params for t in study.trials] == [
-        {"optimizer": "sgd", "lr|sgd": 2e-3}, {"optimizer": "adam", "lr|adam": 2e-3},
-        {"optimizer": "adam", "lr|adam": 1e-5}, {"optimizer": "sgd", "lr|sgd": 0.1}]
-    assert study.trials[1].distributions["lr|adam"].high == 3e-3
 
 
 POINTING = {"classes": 4, "per_class": 60, "test_per_class": 10, "size": 64, "seed": 0}

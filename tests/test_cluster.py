@@ -59,7 +59,7 @@ def test_sweep_by_address_runs_trials_on_several_nodes(cluster, prepared_dataset
     assert done.returncode == 0, done.stderr[-3000:]
     experiment = storage / "spread"
     table = pd.read_csv(experiment / "trials.csv")
-    assert sorted(table["state"]) == ["TERMINATED"] * 3
+    assert sorted(table["state"]) == ["COMPLETE"] * 3
     assert list(table["epochs_run"]) == [2, 2, 2]
     rows = result_rows(experiment)
     nodes_used = {row["node_id"] for trial_rows in rows.values() for row in trial_rows}
@@ -96,7 +96,7 @@ def test_lost_node_trials_resume_from_checkpoint_elsewhere(cluster, prepared_dat
     table = pd.read_csv(experiment / "trials.csv")
     assert len(table) == 3
     assert table["trial_id"].is_unique
-    assert sorted(table["state"]) == ["TERMINATED"] * 3
+    assert sorted(table["state"]) == ["COMPLETE"] * 3
     assert list(table["epochs_run"]) == [epochs] * 3
     retried = table.set_index("trial_dir").loc[victim]
     assert retried["failures"] == 1

@@ -26,9 +26,8 @@ from sweep_runs import (
     write_sweep,
 )
 
-from carsweep.results import load_experiment, rebuild_trials_table
+from carsweep.results import load_experiment, open_study, trials_table
 from carsweep.results.store import read_trials_csv
-from carsweep.search.searcher import load_study
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -81,10 +80,10 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(prepared_datase
                        "--num-cpus", "1"], timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    table = pd.read_csv(experiment / "trials.csv")
+    table = read_trials_csv((experiment / "trials.csv").read_text())
     assert len(table) == 3
     assert table["trial_id"].is_unique
-    assert list(table["state"]) == ["TERMINATED"] * 3
+    assert list(table["state"]) == ["COMPLETE"] * 3
     assert list(table["epochs_run"]) == [EPOCHS] * 3
     assert table[f"best_{METRIC}"].notna().all()
     after = epochs_by_trial(experiment)
@@ -96,8 +95,17 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(prepared_datase
         assert after[trial][:len(epochs)] == epochs  # what it reported is kept
         assert sorted(set(after[trial])) == everything  # and it went on to the end
         assert after[trial].count(1) == 1  # from its checkpoint: epoch 1 not trained again
-    study = load_study(experiment)  # the searcher's record agrees: three trials, no more
-    assert len(study.trials) == 3
+    # The study on disk agrees: one trial per Ray trial, none lost or doubled, each with
+    # every epoch its trial reported (the value of its last run of an epoch).
+    study = open_study(experiment)
+    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(table["trial_id"])
+    loaded = load_experiment(experiment)
+    for trial in study.trials:
+        history = loaded.history(trial.user_attrs["trial_id"])
+        assert trial.state == TrialState.COMPLETE
+        assert trial.intermediate_values == dict(zip(history["epoch"], history[METRIC],
+                                                     strict=True))
+        assert trial.value == trial.intermediate_values[EPOCHS]
 
 
 # sgd at lr 9-10 with Nesterov momentum, no decay and batch 8: on this data the training loss
@@ -133,21 +141,20 @@ def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_p
     assert (healthy["diverged"], healthy["epochs_run"]) == (False, EPOCHS)
     assert sorted(blown["config/lr"]) == [9.0, 10.0]
     assert list(blown["diverged"]) == [True, True]
-    assert list(blown["state"]) == ["TERMINATED"] * 2  # ended by a report, not an error
+    assert list(blown["state"]) == ["PRUNED"] * 2  # ended by a report, not an error
     assert list(blown["failures"]) == [0, 0]  # max_failures 2, and not one retry
     assert list(blown["epochs_run"]) == [EPOCHS] * 2  # the epoch it diverged in
     assert list(blown[f"last_{METRIC}"]) == [0.0, 0.0]  # the worst value for mode max
     assert all(e.startswith("training loss became nan by batch ") for e in blown["error"])
     assert list(table["trial_id"]) == list(load_experiment(experiment).trials["trial_id"])
-    pd.testing.assert_frame_equal(  # the Ray-free builder reads the same table
-        rebuild_trials_table(experiment, METRIC, "max"), table)
+    pd.testing.assert_frame_equal(trials_table(experiment), table)  # read again: the same
     for row in blown.itertuples():
         line = f"{row.trial_dir} diverged at epoch {EPOCHS}: {row.error} (not retried)"
         assert done.stdout.count(line) == 1, done.stdout[-3000:]
     trained = epochs_by_trial(experiment)
     assert all(trained[row.trial_dir] == [1, 2, 3] for row in table.itertuples())  # once each
 
-    study = load_study(experiment)
+    study = open_study(experiment)
     by_lr = {t.params.get("lr|sgd", t.params.get("lr|adam")): t for t in study.trials}
     assert set(by_lr) == {10.0, 1.0e-3, 9.0}  # each range under its own name
     assert by_lr[1.0e-3].state == TrialState.COMPLETE
@@ -155,7 +162,7 @@ def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_p
         told = by_lr[lr]
         assert told.state == TrialState.PRUNED
         assert told.constraints == {"diverged": 1.0}
-        assert told.user_attrs == {"diverged": error}
+        assert told.user_attrs == {"diverged": error, "trial_id": told_id(table, lr)}
         assert told.intermediate_values[EPOCHS] == 0.0
 
     resumed = run_cli([sys.executable, "-m", "carsweep", "resume", str(experiment),
@@ -163,7 +170,11 @@ def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_p
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "diverged at epoch" not in resumed.stdout  # nothing ran again
     assert epochs_by_trial(experiment) == trained
-    assert len(load_study(experiment).trials) == 3
+    assert len(open_study(experiment).trials) == 3
+
+
+def told_id(table: pd.DataFrame, lr: float) -> str:
+    return table.loc[table["config/lr"] == lr, "trial_id"].item()
 
 
 def saved_experiment_state(experiment: Path) -> str:

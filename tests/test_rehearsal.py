@@ -137,7 +137,7 @@ def test_every_trial_ran_on_a_gpu_worker_and_reads_back_on_the_driver(swept, clu
     head, workers, _ = cluster
     table = pd.read_csv(experiment / "trials.csv")
     assert len(table) == 4
-    assert set(table["state"]) == {"TERMINATED"}
+    assert set(table["state"]) <= {"COMPLETE", "PRUNED"}  # ran all epochs, or ASHA stopped it
     assert table["best_val_top1"].notna().all()
     nodes = {row["node_id"] for rows in result_rows(experiment).values() for row in rows}
     assert nodes <= {w.node_id for w in workers}  # never the GPU-less head

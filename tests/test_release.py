@@ -20,7 +20,8 @@ import pytest
 from sweep_runs import write_sweep
 
 from carsweep.config.sweep import load_sweep
-from carsweep.search import run_sweep, trials_table
+from carsweep.results import trials_table
+from carsweep.search import run_sweep
 from carsweep.search.release import gpu_memory_released
 
 TRIALS = 3
@@ -83,7 +84,7 @@ def test_each_trial_process_exits_before_the_next_trial_reports(prepared_dataset
         watcher.done.set()
         watcher.join()
 
-    table = trials_table(outcome.experiment, config.metric, config.mode)
+    table = trials_table(outcome.experiment)
     assert len(table) == TRIALS
     assert not outcome.errors
     pids = [pid for _, pid in watcher.order]

@@ -1,4 +1,5 @@
-"""The results store: an experiment folder read back without Ray (trials, history, best trial)."""
+"""The results store: an experiment folder read back without Ray (study and trial folders ->
+trials table, history, best trial)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 from no_ray import BLOCK_RAY
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 
+from carsweep.config.files import STUDY_NAME
 from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
-from carsweep.results import load_experiment, rebuild_trials_table
+from carsweep.results import load_experiment, trials_table
+from carsweep.results.store import read_trials_csv
+from carsweep.results.study import journal_storage, study_path
 from carsweep.trainable import build_model, load_checkpoint
 
 METRIC = "val_top1"
@@ -74,40 +81,43 @@ def test_history_has_one_row_per_epoch_matching_the_table(finished_experiment):
 
 
 @pytest.mark.slow
-def test_missing_trials_csv_is_rebuilt_equal_to_the_saved_one(finished_experiment, tmp_path):
-    copy = _copy_without(finished_experiment, tmp_path / "killed", "trials.csv")
+def test_the_table_needs_only_the_study_and_the_trial_folders(finished_experiment, tmp_path):
+    # Without trials.csv and without any of Ray's own state files: the same table.
+    copy = _copy_without(finished_experiment, tmp_path / "bare", "trials.csv",
+                         "experiment_state-*.json", "searcher-state-*.pkl",
+                         "search_gen_state-*.json", "tuner.pkl", "basic-variant-state-*.json")
+    assert not list(copy.glob("*.pkl"))
     rebuilt = load_experiment(copy).trials
-    saved = load_experiment(finished_experiment).trials
+    saved = read_trials_csv((finished_experiment / "trials.csv").read_text())
     pd.testing.assert_frame_equal(rebuilt, saved)
+    assert set(saved["state"]) <= {"COMPLETE", "PRUNED"}
+    assert (saved["stopped_early"] == (saved["state"] == "PRUNED")).all()
     assert load_experiment(copy).best().trial_id == load_experiment(finished_experiment
                                                                      ).best().trial_id
 
 
-@pytest.mark.slow
-def test_rebuilt_from_trial_folders_alone_when_ray_wrote_no_state(finished_experiment, tmp_path):
-    copy = _copy_without(finished_experiment, tmp_path / "early", "trials.csv",
-                         "experiment_state-*.json")
-    rebuilt = load_experiment(copy).trials.set_index("trial_id").sort_index()
-    saved = load_experiment(finished_experiment).trials.set_index("trial_id").sort_index()
-    same = ["epochs_run", "planned_epochs", f"last_{METRIC}", f"best_{METRIC}",
-            "best_checkpoint", "config/lr", "config/optimizer"]
-    pd.testing.assert_frame_equal(rebuilt[same], saved[same])
-    # Without Ray's state a trial ASHA stopped cannot be told from one killed mid-run.
-    finished = saved["epochs_run"] == saved["planned_epochs"]
-    assert (rebuilt.loc[finished, "state"] == "TERMINATED").all()
-    assert (rebuilt.loc[~finished, "state"] == "UNKNOWN").all()
-
-
-def _write_trial(experiment: Path, trial_id: str, rows: list[dict], params: dict) -> None:
+def _write_trial(experiment: Path, trial_id: str, rows: list[dict], params: dict,
+                 state: TrialState = TrialState.COMPLETE, **user_attrs: str) -> None:
+    """A trial as a sweep leaves it: its folder, and its trial in the study (values of `lr`
+    in a log range, as the searcher records them)."""
     folder = experiment / f"trial_{trial_id}"
     folder.mkdir(parents=True)
     (folder / "params.json").write_text(json.dumps(params))
     (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    study = optuna.create_study(storage=journal_storage(study_path(experiment)),
+                                study_name=STUDY_NAME, load_if_exists=True)
+    steps = {int(r["epoch"]): r["val_loss"] for r in rows if "epoch" in r}
+    final = rows[-1]["val_loss"] if state == TrialState.COMPLETE else None
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": params["lr"]}, distributions={"lr": FloatDistribution(1e-3, 10, log=True)},
+        state=state, value=final, intermediate_values=steps,
+        user_attrs={"trial_id": trial_id, **user_attrs}))
 
 
 def _bare_experiment(tmp_path: Path) -> Path:
     experiment = tmp_path / "exp"
     save_sweep(SweepConfig(name="exp", metric="val_loss", mode="min"), experiment / "sweep.yaml")
+    optuna.create_study(storage=journal_storage(study_path(experiment)), study_name=STUDY_NAME)
     return experiment
 
 
@@ -116,7 +126,8 @@ def test_history_keeps_the_last_row_of_an_epoch_repeated_after_a_restart(tmp_pat
     rows = [{"epoch": 1, "val_loss": 3.0}, {"epoch": 2, "val_loss": 2.0},
             {"epoch": 2, "val_loss": 1.5}, {"epoch": 3, "val_loss": 1.0}]
     _write_trial(experiment, "a", rows, {"epochs": 3, "lr": 0.05})
-    _write_trial(experiment, "b", [{"epoch": 1, "val_loss": 0.5}], {"epochs": 3, "lr": 0.2})
+    _write_trial(experiment, "b", [{"epoch": 1, "val_loss": 0.5}], {"epochs": 3, "lr": 0.2},
+                 state=TrialState.RUNNING)
     loaded = load_experiment(experiment)
     history = loaded.history("a")
     assert list(history["epoch"]) == [1, 2, 3]
@@ -126,7 +137,8 @@ def test_history_keeps_the_last_row_of_an_epoch_repeated_after_a_restart(tmp_pat
     assert best.config.lr == 0.2
     assert best.config.optimizer == "sgd"
     assert list(loaded.trials["trial_id"]) == ["b", "a"]
-    assert list(loaded.trials["state"]) == ["UNKNOWN", "TERMINATED"]
+    assert list(loaded.trials["state"]) == ["RUNNING", "COMPLETE"]
+    assert list(loaded.trials["epochs_run"]) == [1, 3]
 
 
 def test_a_diverged_trial_is_marked_listed_last_and_never_best(tmp_path):
@@ -135,13 +147,14 @@ def test_a_diverged_trial_is_marked_listed_last_and_never_best(tmp_path):
     _write_trial(experiment, "blown", [
         {"epoch": 1, "val_loss": 0.2},
         {"epoch": 2, "val_loss": float("inf"), "diverged": True, "diverged_message": message},
-    ], {"epochs": 3, "lr": 9.0})
+    ], {"epochs": 3, "lr": 9.0}, state=TrialState.PRUNED, diverged=message)
     _write_trial(experiment, "fine", [{"epoch": e, "val_loss": 1.0 / e} for e in (1, 2, 3)],
                  {"epochs": 3, "lr": 0.01})
-    _write_trial(experiment, "started", [], {"epochs": 3, "lr": 0.02})
-    table = rebuild_trials_table(experiment, "val_loss", "min")
+    _write_trial(experiment, "started", [], {"epochs": 3, "lr": 0.02}, state=TrialState.RUNNING)
+    table = trials_table(experiment)
     assert list(table["trial_id"]) == ["fine", "blown", "started"]  # blown's 0.2 beats 0.33
     assert list(table["diverged"]) == [False, True, False]
+    assert list(table["stopped_early"]) == [False, False, False]  # diverged, not stopped
     assert list(table["error"].fillna("")) == ["", message, ""]
     blown = table.iloc[1]
     assert (blown["epochs_run"], blown["best_val_loss"]) == (2, 0.2)
@@ -149,9 +162,30 @@ def test_a_diverged_trial_is_marked_listed_last_and_never_best(tmp_path):
     assert load_experiment(experiment).best().trial_id == "fine"
 
 
+def test_failures_and_the_error_of_a_failed_trial_come_from_its_error_file(tmp_path):
+    experiment = _bare_experiment(tmp_path)
+    _write_trial(experiment, "crashed", [{"epoch": 1, "val_loss": 2.0}], {"epochs": 3, "lr": 1.0},
+                 state=TrialState.FAIL)
+    (experiment / "trial_crashed" / "error.txt").write_text(
+        "Failure # 1 (occurred at 2026-01-01_10-00-00)\nTraceback ...\nNodeDiedError: gone\n"
+        "Failure # 2 (occurred at 2026-01-01_10-01-00)\nTraceback ...\nValueError: bad batch\n")
+    (row,) = trials_table(experiment).to_dict("records")
+    assert (row["state"], row["failures"], row["error"]) == ("FAIL", 2, "ValueError: bad batch")
+
+
+def test_a_sweep_from_before_the_study_file_is_read_from_its_trials_csv(tmp_path):
+    experiment = tmp_path / "old"
+    save_sweep(SweepConfig(name="old", metric="val_loss", mode="min"), experiment / "sweep.yaml")
+    with pytest.raises(UserError, match="no study .study.journal. and no trials.csv"):
+        load_experiment(experiment)
+    (experiment / "trials.csv").write_text("trial_id,state,best_val_loss,trial_dir\n"
+                                           "0042,TERMINATED,0.5,trial_0042\n")
+    assert list(load_experiment(experiment).trials["trial_id"]) == ["0042"]
+
+
 def test_best_without_any_reported_metric_is_a_user_error(tmp_path):
     experiment = _bare_experiment(tmp_path)
-    _write_trial(experiment, "a", [], {"epochs": 3})
+    _write_trial(experiment, "a", [], {"epochs": 3, "lr": 0.1}, state=TrialState.RUNNING)
     with pytest.raises(UserError, match="no trial has reported val_loss"):
         load_experiment(experiment).best()
     with pytest.raises(UserError, match="no trial 'zz'"):
@@ -159,7 +193,7 @@ def test_best_without_any_reported_metric_is_a_user_error(tmp_path):
 
 
 def test_empty_experiment_has_an_empty_table(tmp_path):
-    table = rebuild_trials_table(_bare_experiment(tmp_path), "val_loss", "min")
+    table = trials_table(_bare_experiment(tmp_path))
     assert table.empty
     assert "best_val_loss" in table.columns
 
@@ -193,3 +227,14 @@ def test_results_export_and_predict_need_no_ray(finished_experiment, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     best = load_experiment(finished_experiment).best().trial_id
     assert done.stdout.split() == [best, "4"]
+
+
+def test_status_of_a_sweep_with_no_result_yet_lists_its_trials(tmp_path, capsys):
+    from carsweep.cli import main
+
+    experiment = _bare_experiment(tmp_path)
+    _write_trial(experiment, "started", [], {"epochs": 3, "lr": 0.1}, state=TrialState.RUNNING)
+    assert main(["status", str(experiment)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:4] == ["started", "RUNNING", "0/3", "-"]
+    assert lines[-2:] == ["1 of 8 trials: 1 running", "No trials are completed yet."]

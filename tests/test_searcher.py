@@ -70,16 +70,18 @@ def test_stock_optuna_search_calls_the_same_stop_complete():
     assert stock._ot_study.trials[0].state == TrialState.COMPLETE
 
 
-def test_duplicate_and_late_results_are_ignored():
+def test_a_repeated_epoch_keeps_its_last_value_and_late_results_are_ignored():
     searcher = make_searcher(CONFIG)
     searcher.suggest("t")
     searcher.on_trial_result("t", {"epoch": 1, "val_top1": 0.5})
-    searcher.on_trial_result("t", {"epoch": 1, "val_top1": 0.9})  # a restart repeats epoch 1
+    # A restart from an older checkpoint trains epoch 1 again: its last value is the one the
+    # trial went on from, and the one its history (results.Experiment.history) keeps.
+    searcher.on_trial_result("t", {"epoch": 1, "val_top1": 0.9})
     searcher.on_trial_complete("t", result={"epoch": 4, "val_top1": 0.7, "config/epochs": 4})
     searcher.on_trial_result("t", {"epoch": 5, "val_top1": 0.1})
     searcher.on_trial_complete("t", result={"epoch": 5, "val_top1": 0.1})
     (trial,) = searcher.study.trials
-    assert trial.intermediate_values == {1: 0.5, 4: 0.7}
+    assert trial.intermediate_values == {1: 0.9, 4: 0.7}
     assert (trial.state, trial.value) == (TrialState.COMPLETE, 0.7)
 
 
@@ -152,7 +154,7 @@ def test_a_diverged_trial_is_pruned_infeasible_and_marked():
     healthy, blown = searcher.study.trials
     assert blown.state == TrialState.PRUNED
     assert blown.intermediate_values == {1: 0.5, 2: 0.5, 3: 0.0}  # the worst, where it blew up
-    assert blown.user_attrs == {"diverged": DIVERGED_AT_3["diverged_message"]}
+    assert blown.user_attrs == {"diverged": DIVERGED_AT_3["diverged_message"], "trial_id": "blown"}
     assert blown.constraints == {"diverged": 1.0}
     assert healthy.constraints == {}
     assert searcher.study.best_trial.number == healthy.number

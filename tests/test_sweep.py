@@ -18,13 +18,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from no_ray import BLOCK_RAY
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from carsweep.cli import main
 from carsweep.config.sweep import load_sweep
-from carsweep.search import run_sweep, trials_table
-from carsweep.search.searcher import load_study
+from carsweep.results import load_experiment, open_study, trials_table
+from carsweep.search import run_sweep
 from carsweep.search.trial import DatasetUnreachableError, readable_dataset
 
 METRIC = "val_top1"
@@ -63,19 +64,20 @@ def swept(prepared_dataset, tmp_path_factory):
     config = load_sweep(write_sweep(folder, "tiny"),
                         [f"dataset={prepared_dataset}", f"storage_path={folder / 'results'}"])
     outcome = run_sweep(config, verbose=0)
-    return outcome.experiment, trials_table(outcome.experiment, METRIC, "max")
+    return outcome.experiment, trials_table(outcome.experiment)
 
 
 @pytest.mark.slow
 def test_asha_stops_some_trials_and_every_trial_is_in_the_table(swept):
     experiment, table = swept
     assert len(table) == 6
-    assert set(table["state"]) == {"TERMINATED"}
+    assert set(table["state"]) == {"COMPLETE", "PRUNED"}
     assert table[f"best_{METRIC}"].notna().all()
     assert table["epochs_run"].between(1, 3).all()
     stopped = table[table["stopped_early"]]
     assert len(stopped) >= 1
     assert (stopped["epochs_run"] < 3).all()
+    assert (stopped["state"] == "PRUNED").all()
     assert (table.loc[~table["stopped_early"], "epochs_run"] == 3).all()
     saved = pd.read_csv(experiment / "trials.csv")
     assert list(saved["trial_id"].astype(str)) == list(table["trial_id"])
@@ -143,37 +145,90 @@ def hparams_session_groups(logdir: Path) -> list:
     return list(handler.run().session_groups)
 
 
-@pytest.mark.slow
-def test_study_sees_asha_stops_as_pruned(swept):
-    experiment, table = swept
-    study = load_study(experiment)
-    assert len(study.trials) == len(table)
-    by_value = {}
-    for trial in study.trials:
-        assert trial.state in (TrialState.PRUNED, TrialState.COMPLETE)
-        by_value.setdefault(trial.state, []).append(trial)
-        assert sorted(trial.intermediate_values) == list(
-            range(1, len(trial.intermediate_values) + 1)
-        )
-    pruned, complete = by_value.get(TrialState.PRUNED, []), by_value.get(TrialState.COMPLETE, [])
-    assert len(pruned) == int(table["stopped_early"].sum())
-    assert sorted(len(t.intermediate_values) for t in pruned) == sorted(
-        table.loc[table["stopped_early"], "epochs_run"]
-    )
-    for trial in complete:
-        assert len(trial.intermediate_values) == 3
-        assert trial.value == trial.intermediate_values[3]
+# Opens the study file with optuna alone (no carsweep, no Ray) and prints every trial.
+READ_STUDY = BLOCK_RAY + """
+import json, sys
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+storage = JournalStorage(JournalFileBackend(sys.argv[1]))
+study = optuna.load_study(study_name="carsweep", storage=storage)
+print(json.dumps({"names": optuna.get_all_study_names(storage), "trials": [
+    {"trial_id": t.user_attrs["trial_id"], "state": t.state.name, "value": t.value,
+     "params": t.params, "steps": {str(k): v for k, v in t.intermediate_values.items()}}
+    for t in study.trials]}))
+"""
 
 
 @pytest.mark.slow
-def test_status_prints_table_and_best(swept, capsys, monkeypatch):
+def test_the_study_file_opens_with_optuna_alone_and_matches_the_trials_table(swept):
     experiment, table = swept
-    (experiment / "trials.csv").unlink()
+    done = subprocess.run([sys.executable, "-c", READ_STUDY, str(experiment / "study.journal")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    read = json.loads(done.stdout)
+    assert read["names"] == ["carsweep"]  # one study per experiment
+    trials = {t["trial_id"]: t for t in read["trials"]}
+    assert sorted(trials) == sorted(table["trial_id"])  # one study trial per Ray trial
+    loaded = load_experiment(experiment)
+    for _, row in table.iterrows():
+        trial = trials[row["trial_id"]]
+        history = loaded.history(row["trial_id"])
+        # Every epoch the trial reported, as the study's intermediate values.
+        assert trial["steps"] == {str(e): v for e, v in zip(history["epoch"], history[METRIC],
+                                                             strict=True)}
+        assert trial["state"] == row["state"]
+        assert (trial["state"] == "PRUNED") == row["stopped_early"]  # ASHA's stops
+        assert trial["params"]["lr"] == pytest.approx(row["config/lr"])
+        if row["state"] == "COMPLETE":
+            assert trial["value"] == row[f"last_{METRIC}"]
+            assert len(trial["steps"]) == 3
+        else:  # Optuna gives a pruned trial its last intermediate value
+            assert trial["value"] == row[f"last_{METRIC}"]
+            assert len(trial["steps"]) == row["epochs_run"] < 3
+
+
+@pytest.mark.slow
+def test_status_prints_table_and_best_and_writes_nothing(swept, capsys, monkeypatch):
+    experiment, table = swept
+    before = folder_listing(experiment)
     monkeypatch.chdir(experiment.parent)  # a relative path, as `make demo` gives it
     assert main(["status", experiment.name]) == 0
     out = capsys.readouterr().out
     assert f"best trial: {table.iloc[0]['trial_id']}" in out
-    assert (experiment / "trials.csv").is_file()
+    assert "6 of 6 trials: " in out
+    assert max(map(len, out.splitlines())) <= 110
+    assert folder_listing(experiment) == before
+
+
+def folder_listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+# `carsweep status` on a read-only bind mount of the experiment, in a mount namespace of its
+# own (root ignores permission bits: only a read-only mount refuses root's writes).
+READ_ONLY_STATUS = """
+set -e
+mount --bind "$EXPERIMENT" "$EXPERIMENT"
+mount -o remount,bind,ro "$EXPERIMENT"
+if touch "$EXPERIMENT/probe" 2>/dev/null; then echo "the mount is writable" >&2; exit 3; fi
+exec "$PYTHON" -m carsweep status "$EXPERIMENT"
+"""
+
+
+@pytest.mark.slow
+def test_status_works_on_a_read_only_mount_of_the_experiment(swept):
+    experiment, table = swept
+    env = {**os.environ, "EXPERIMENT": str(experiment), "PYTHON": sys.executable}
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           READ_ONLY_STATUS], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"best trial: {table.iloc[0]['trial_id']}" in done.stdout
+    assert done.stderr == ""
 
 
 @pytest.mark.slow
@@ -213,12 +268,13 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(prepared_da
         assert epochs[-1] == 2
         if before.get(trial_id) == [1]:  # interrupted after epoch 1's checkpoint
             assert epochs == [1, 2]  # continued from it, epoch 1 not trained again
-    study = load_study(experiment)  # the searcher's state survived the interruption
+    study = open_study(experiment)  # the searcher's record survived the interruption
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     table = pd.read_csv(experiment / "trials.csv")
     assert len(table) == 4
     assert table["trial_id"].is_unique
-    assert list(table["state"]) == ["TERMINATED"] * 4
+    assert list(table["state"]) == ["COMPLETE"] * 4
+    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(table["trial_id"])
 
 
 def _wait_for_finished_trials(experiment: Path, count: int, timeout: float) -> None:
@@ -305,6 +361,6 @@ def test_sweep_joins_an_existing_cluster_by_address(prepared_dataset, tmp_path):
         assert cluster.head_node.remaining_processes_alive()  # joined it, did not own it
     finally:
         cluster.shutdown()
-    table = trials_table(outcome.experiment, METRIC, "max")
-    assert list(table["state"]) == ["TERMINATED", "TERMINATED"]
+    table = trials_table(outcome.experiment)
+    assert list(table["state"]) == ["COMPLETE", "COMPLETE"]
     assert list(table["epochs_run"]) == [1, 1]

@@ -29,16 +29,16 @@ from carsweep.analysis.retrain import (
     say,
     seed_summary,
 )
+from carsweep.analysis.sweep_plots import sweep_plots
+from carsweep.config.files import ANALYSIS_DIR, STUDY_FILE, TEST_METRICS_FILE
 from carsweep.config.io import validate
 from carsweep.config.trial import TrialConfig
 from carsweep.data.folders import building_folder
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError
-from carsweep.results import BestTrial, Experiment, load_experiment
+from carsweep.results import BestTrial, Experiment, load_experiment, open_study
 from carsweep.results.export import save_retrained_model
 from carsweep.trainable.cam_occlusion import describe
-
-ANALYSIS_DIR = "analysis"
 
 
 def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 1,
@@ -88,10 +88,10 @@ def _build(experiment: Experiment, best: BestTrial, dataset: PreparedDataset,
     shown.to_csv(folder / "misclassified.csv", index=False)
     save_retrained_model(folder, runs[0].model, runs[0].config, dataset.classes)  # for export
     say("[analyze] hyperparameter importance and sweep plots", out)
-    sweep_summary = _sweep_pictures(experiment, best, folder)
+    sweep_summary = _sweep_pictures(experiment, folder)
     summary = _metrics_json(experiment, best, dataset, config, per_seed, runs, layer)
     summary["sweep"] = sweep_summary
-    (folder / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (folder / TEST_METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     report.write_report(folder, summary, per_class, pairs, shown)
 
 
@@ -121,18 +121,19 @@ def _metrics_json(experiment: Experiment, best: BestTrial, dataset: PreparedData
     return summary
 
 
-def _sweep_pictures(experiment: Experiment, best: BestTrial, folder: Path) -> dict[str, Any]:
+def _sweep_pictures(experiment: Experiment, folder: Path) -> dict[str, Any]:
+    """Importance and Optuna's plots of the sweep's study, and what the report says of them."""
     sweep = experiment.sweep
-    searched = list(sweep.searched())
-    found = importance.param_importances(experiment.trials, sweep)
-    plots.importance_bars(found["importances"], folder / "importance.png")
-    plots.metric_vs_params(experiment.trials, searched, sweep.metric,
-                           folder / "metric_vs_params.png")
-    histories = {str(t): experiment.history(str(t)) for t in experiment.trials["trial_id"]}
+    summary = {"metric": sweep.metric, "mode": sweep.mode, "trials": len(experiment.trials),
+               "searched": list(sweep.searched())}
+    study = open_study(experiment.folder)
+    if study is None:
+        return summary | {"importance": {"skipped": f"no study file ({STUDY_FILE}): a sweep "
+                                                    "from before carsweep kept one"}}
+    found = importance.param_importances(study)
     stops = [epoch for epoch, _ in sweep.asha_rungs()[:-1]] if sweep.scheduler == "asha" else []
-    plots.asha_rungs(histories, sweep.metric, stops, best.trial_id, folder / "asha_rungs.png")
-    return {"metric": sweep.metric, "mode": sweep.mode, "trials": len(experiment.trials),
-            "searched": searched, "importance": found}
+    drawn = sweep_plots(study, folder, rungs=stops, importances=found["importances"])
+    return summary | {"importance": found, "plots": [path.name for path in drawn]}
 
 
 def _dataset_of(experiment: Experiment, best: BestTrial) -> PreparedDataset:

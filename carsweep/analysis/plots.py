@@ -1,4 +1,6 @@
-"""The report's pictures (matplotlib, Agg: no display needed), each saved as one PNG.
+"""The report's confusion-matrix pictures (matplotlib, Agg: no display needed), each one PNG.
+
+The sweep's pictures are Optuna's own, drawn from the study (analysis/sweep_plots.py).
 
 Confusion matrices are drawn three ways because 196 classes do not fit one legible picture:
 the full matrix (tick labels only while they can be read), the matrix grouped by make (rows
@@ -8,7 +10,6 @@ the most confusions, with names and counts.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -17,8 +18,6 @@ matplotlib.use("Agg")  # before pyplot: analyze runs on headless machines
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from carsweep.analysis.metrics import by_make  # noqa: E402
 
@@ -81,86 +80,6 @@ def confusion_zoom(matrix: np.ndarray, classes: list[str], path: Path) -> Path |
     _draw_matrix(axes, _row_share(sub), [classes[i] for i in chosen], counts=sub)
     axes.set_title(f"The {len(chosen)} most confused classes (counts; colour = share of row)")
     return save(figure, path)
-
-
-def metric_vs_params(trials: pd.DataFrame, params: list[str], metric: str,
-                     path: Path) -> Path | None:
-    """One panel per searched parameter: each trial's best metric against its value."""
-    column = f"best_{metric}"
-    scored = trials.dropna(subset=[column])
-    if not params or scored.empty:
-        return None
-    columns = min(3, len(params))
-    rows = math.ceil(len(params) / columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows),
-                                squeeze=False)
-    stopped = scored.get("stopped_early", pd.Series(False, index=scored.index))
-    stopped = stopped.astype(str).str.lower().eq("true")
-    for axes, name in zip(grid.flat, params, strict=False):
-        values = scored.get(f"config/{name}")
-        if values is None:
-            axes.set_visible(False)
-            continue
-        _scatter_param(axes, values, scored[column], stopped, name)
-        axes.set_ylabel(metric)
-    for axes in list(grid.flat)[len(params):]:
-        axes.set_visible(False)
-    grid.flat[0].legend(fontsize=8)
-    figure.suptitle(f"{metric} (best per trial) against each searched hyperparameter")
-    return save(figure, path)
-
-
-def asha_rungs(histories: dict[str, pd.DataFrame], metric: str, rungs: list[int],
-               best_trial: str, path: Path) -> Path | None:
-    """Metric against epoch for every trial; ASHA's rungs as vertical lines."""
-    drawn = {tid: h for tid, h in histories.items() if metric in h and len(h)}
-    if not drawn:
-        return None
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for trial_id, history in drawn.items():
-        best = trial_id == best_trial
-        axes.plot(history["epoch"], history[metric], marker="o", markersize=3,
-                  linewidth=2.5 if best else 1, alpha=1 if best else 0.6,
-                  label=f"{trial_id} (best)" if best else None, color="black" if best else None)
-    for rung in rungs:
-        axes.axvline(rung, color="grey", linestyle=":", linewidth=1)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch (dotted: ASHA rungs)")
-    axes.set_ylabel(metric)
-    axes.set_title(f"{metric} per epoch of every trial ({len(drawn)} trials)")
-    axes.legend(fontsize=8)
-    return save(figure, path)
-
-
-def importance_bars(importances: dict[str, float], path: Path) -> Path | None:
-    if not importances:
-        return None
-    names = list(importances)[::-1]
-    figure, axes = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
-    axes.barh(names, [importances[n] for n in names], color="C0")
-    axes.set_xlabel("importance (PED-ANOVA, share of total)")
-    axes.set_title("Hyperparameter importance")
-    return save(figure, path)
-
-
-def _scatter_param(axes: plt.Axes, values: pd.Series, metric: pd.Series, stopped: pd.Series,
-                   name: str) -> None:
-    numeric = pd.to_numeric(values, errors="coerce")
-    used = values.notna() & (values.astype(str) != "")
-    if numeric[used].notna().all() and used.any():
-        x = numeric
-        positive = numeric[used] > 0
-        if positive.all() and numeric[used].max() / numeric[used].min() > 20:
-            axes.set_xscale("log")
-    else:
-        labels = sorted(values[used].astype(str).unique())
-        x = values.astype(str).map({label: i for i, label in enumerate(labels)})
-        axes.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
-    for mask, style, label in ((used & ~stopped, "o", "ran all epochs"),
-                               (used & stopped, "x", "stopped by ASHA")):
-        if mask.any():
-            axes.scatter(x[mask], metric[mask], marker=style, label=label)
-    axes.set_xlabel(name)
 
 
 def _row_share(matrix: np.ndarray) -> np.ndarray:

@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 
 from carsweep.analysis.retrain import Placement
+from carsweep.config.files import REPORT_FILE
 from carsweep.config.io import write_text_atomic
 
-REPORT_FILE = "report.html"
 GALLERY_IN_REPORT = 60
 TABLE_ROWS = 25
 
@@ -121,19 +121,27 @@ def _gallery(folder: Path, shown: pd.DataFrame) -> str:
             f"<div class='gallery'>{''.join(cards)}</div>{note}" + _link("misclassified.csv"))
 
 
+SWEEP_FIGURES = [("importance.png", "Hyperparameter importance"),
+                 ("intermediate_values.png", "The metric per epoch of every trial (ASHA's curves)"),
+                 ("optimization_history.png", "Optimization history"),
+                 ("slice.png", "The metric against each searched hyperparameter"),
+                 ("parallel_coordinate.png", "Parallel coordinates")]
+
+
 def _sweep(folder: Path, sweep: dict[str, Any]) -> str:
     found = sweep["importance"]
     if found.get("skipped"):
         text = f"<p>Hyperparameter importance: not computed ({escape(found['skipped'])}).</p>"
     else:
-        text = (f"<p class='note'>Importance by Optuna's {escape(found['evaluator'])} over "
-                f"{found['trials']} trials (top {found['target_quantile']:.0%}); with few "
-                "trials it is a hint, not a measurement.</p>")
+        text = (f"<p class='note'>Importance by Optuna's {escape(found['evaluator'])} over the "
+                f"{found['complete_trials']} trials that ran all their epochs (top "
+                f"{found['target_quantile']:.0%}); the {found['stopped_trials']} that ASHA "
+                "stopped or that diverged are left out, as Optuna's evaluators leave out "
+                "pruned trials. With few trials it is a hint, not a measurement.</p>")
     return (f"<p>{sweep['trials']} trials; metric {escape(sweep['metric'])} "
-            f"({escape(sweep['mode'])}); searched: {escape(', '.join(sweep['searched']))}.</p>"
-            + text + _figures(folder, [("importance.png", "Importance"),
-                                       ("metric_vs_params.png", "Metric vs hyperparameters"),
-                                       ("asha_rungs.png", "ASHA rungs")]))
+            f"({escape(sweep['mode'])}); searched: {escape(', '.join(sweep['searched']))}. "
+            "Plots by optuna.visualization from the sweep's study; the same study is live in "
+            "<code>carsweep dashboard</code>.</p>" + text + _figures(folder, SWEEP_FIGURES))
 
 
 def _config(config: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ COMMANDS = (
     "sweep",
     "resume",
     "status",
+    "dashboard",
     "analyze",
     "export",
     "predict",

@@ -16,13 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from carsweep.cli.sweep import report_outcome
+    from carsweep.config.files import SWEEP_FILE
     from carsweep.config.sweep import load_sweep
     from carsweep.errors import UserError
     from carsweep.search import run_sweep
 
-    sweep_file = args.experiment / "sweep.yaml"
+    sweep_file = args.experiment / SWEEP_FILE
     if not sweep_file.is_file():
-        raise UserError(f"{args.experiment}: not a carsweep experiment (no sweep.yaml)")
+        raise UserError(f"{args.experiment}: not a carsweep experiment (no {SWEEP_FILE})")
     overrides = [f"cluster.{key}={value}" for key, value in
                  (("address", args.address), ("num_cpus", args.num_cpus)) if value is not None]
     config = load_sweep(sweep_file, overrides)

@@ -1,11 +1,15 @@
-"""`carsweep status EXPERIMENT`: the trials table and the best trial so far."""
+"""`carsweep status EXPERIMENT`: the trials so far and the best one, read from the folder.
+
+Reads the study and the trial folders (carsweep.results) and writes nothing, so it works while
+the sweep runs, after it, and on a read-only copy of the experiment; it needs no Ray.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "show a sweep's trials (state, epochs, last/best metric) and its best trial so far"
+HELP = "show a sweep's trials (state, epochs, best metric, parameters) and its best trial so far"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,24 +17,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carsweep.config.sweep import load_sweep
-    from carsweep.errors import UserError
-    from carsweep.search import format_table, save_trials_table, trials_table
+    from carsweep.results import load_experiment
+    from carsweep.results.console import compact_table, state_counts
 
-    sweep_file = args.experiment / "sweep.yaml"
-    if not sweep_file.is_file():
-        raise UserError(f"{args.experiment}: not a carsweep experiment (no sweep.yaml)")
-    config = load_sweep(sweep_file)
-    table = trials_table(args.experiment, config.metric, config.mode)
-    saved = save_trials_table(table, args.experiment)
-    print(format_table(table, config.metric))
-    best = table.dropna(subset=[f"best_{config.metric}"])
-    if best.empty:
-        print("\nNo trials are completed yet.")
-    else:
-        row = best.iloc[0]
-        value = row[f"best_{config.metric}"]
-        print(f"\nbest trial: {row['trial_id']}  {config.metric} = {value:.4f}  "
-              f"({row['state']}, {row['epochs_run']} epochs)  checkpoint: {row['best_checkpoint']}")
-    print(f"table saved: {saved}")
+    experiment = load_experiment(args.experiment)
+    sweep, table = experiment.sweep, experiment.trials
+    print(compact_table(table, sweep.metric, list(sweep.searched())))
+    print(f"\n{state_counts(table, sweep.num_samples)}")
+    print(best_trial_line(experiment))
     return 0
+
+
+def best_trial_line(experiment) -> str:
+    """`best trial: 52b10f2b  val_top1 = 0.9375  (COMPLETE, 4 epochs)  checkpoint: ...`, or
+    the sentence for a sweep with no result yet."""
+    row = experiment.best_row()
+    if row is None:
+        return "No trials are completed yet."
+    metric = experiment.sweep.metric
+    checkpoint = row["best_checkpoint"] if isinstance(row["best_checkpoint"], str) else "none"
+    return (f"best trial: {row['trial_id']}  {metric} = {row[f'best_{metric}']:.4f}  "
+            f"({row['state']}, {row['epochs_run']} epochs)  checkpoint: {checkpoint}")

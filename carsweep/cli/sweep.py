@@ -72,18 +72,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report_outcome(config, outcome) -> int:
-    """Print the final trials table, the best trial, failures and diverged trials; 1 when no
-    trial worked (every one failed or diverged)."""
+    """Print the final trials table, the best trial and the commands to go on with; failures
+    and diverged trials on stderr. 1 when no trial worked (every one failed or diverged)."""
+    from carsweep.results.console import compact_table, state_counts
     from carsweep.results.store import diverged
-    from carsweep.search import format_table
 
-    blown = list(outcome.table.loc[diverged(outcome.table), "trial_id"])
-    print(format_table(outcome.table, config.metric))
-    print(f"\nexperiment: {outcome.experiment}  ({outcome.trials} trials)")
+    table = outcome.table
+    blown = list(table.loc[diverged(table), "trial_id"])
+    print(f"\n{compact_table(table, config.metric, list(config.searched()))}")
+    print(f"\nexperiment: {outcome.experiment}  ({state_counts(table)})")
     if outcome.best_trial is None:
         print("No trials are completed yet.")
     else:
         print(f"best trial: {outcome.best_trial}  {config.metric} = {outcome.best_value:.4f}")
+        print(next_commands(outcome.experiment))
     if outcome.errors:
         print(f"{len(outcome.errors)} trial(s) failed; first error: {outcome.errors[0]}",
               file=sys.stderr)
@@ -96,6 +98,20 @@ def report_outcome(config, outcome) -> int:
               f"Resume with:\n  {resume_command(config, outcome.experiment)}", file=sys.stderr)
         return 130
     return 1 if outcome.trials and len(outcome.errors) + len(blown) >= outcome.trials else 0
+
+
+def next_commands(experiment: Path) -> str:
+    """What to run next on a finished sweep, with its folder as this shell can name it."""
+    import os
+    import shlex
+
+    relative = os.path.relpath(experiment)
+    folder = shlex.quote(relative if not relative.startswith("..") else str(experiment))
+    commands = [(f"carsweep analyze {folder}", "retrain the best on train+val, test once, report"),
+                (f"tensorboard --logdir {folder}", "every trial's curves per epoch, HParams"),
+                (f"carsweep dashboard {folder}", "the Optuna study: history, importances, slices")]
+    width = max(len(command) for command, _ in commands)
+    return "next:\n" + "\n".join(f"  {command.ljust(width)}  # {why}" for command, why in commands)
 
 
 def resume_command(config, experiment: Path) -> str:

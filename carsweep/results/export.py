@@ -32,10 +32,12 @@ import torch
 from torch import nn
 
 from carsweep import __version__
+from carsweep.config import files
+from carsweep.config.files import SWEEP_FILE
 from carsweep.config.io import atomic_write, load_model, validate
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
-from carsweep.results.store import SWEEP_FILE, load_experiment
+from carsweep.results.store import load_experiment
 from carsweep.trainable.augment import normalization
 from carsweep.trainable.checkpoint import (
     CHECKPOINT_FILE,
@@ -53,8 +55,8 @@ FORMAT = "carsweep-export"
 VERSION = 1
 ARCHITECTURE = "resnet18"
 # Where `analyze` keeps its retrained model (a checkpoint folder) and its test metrics.
-RETRAINED_MODEL_DIR = Path("analysis") / "model"
-TEST_METRICS_FILE = Path("analysis") / "metrics.json"
+RETRAINED_MODEL_DIR = Path(files.ANALYSIS_DIR) / files.RETRAINED_MODEL_DIR
+TEST_METRICS_FILE = Path(files.ANALYSIS_DIR) / files.TEST_METRICS_FILE
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """An experiment folder read back with pandas alone: the sweep, its trials, the best trial.
 
-`load_experiment(folder)` is what `analyze`, `export` and tests use after a sweep (finished,
-stopped or resumed). The trials table is the `trials.csv` the sweep wrote; a sweep killed
-before writing it still has Ray's plain-JSON files, from which the same table is rebuilt
-(`rebuild_trials_table`) without importing Ray. See docs/experiment-folder.md.
+`load_experiment(folder)` is what `status`, `analyze`, `export` and tests use, during a sweep
+or after it (finished, stopped, killed or resumed). The trials table (`trials_table`, the one
+builder) joins the sweep's Optuna study (results/study.py: each trial's state, its parameters,
+and whether it diverged, as the searcher recorded them) with each trial's folder (result.json:
+its epochs, metric and checkpoints; params.json: every value it ran with; error.txt: its
+failures). It reads, never writes: trials.csv is a copy the sweep saves at its end. Ray's own
+experiment state is not read. See docs/experiment-folder.md.
 
 A trial whose loss became NaN/inf is `diverged` in the table, with its message in `error`; the
 table lists it after every trial that did not diverge, and `best()` passes it over while any
@@ -20,19 +23,27 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
 
-from carsweep.config.io import load_model, validate
-from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, SweepConfig, load_sweep
+from carsweep.config.files import (
+    ERROR_FILE,
+    PARAMS_FILE,
+    RESULT_FILE,
+    STUDY_FILE,
+    SWEEP_FILE,
+    TRIALS_FILE,
+    trial_dir_name,
+)
+from carsweep.config.io import load_model, validate, write_text_atomic
+from carsweep.config.sweep import DIVERGED, SweepConfig, field_values, load_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
+from carsweep.results.study import TRIAL_ID_ATTR, open_study, ray_trials
 from carsweep.trainable.checkpoint import CHECKPOINT_FILE, CLASSES_FILE, TRIAL_FILE
 
-SWEEP_FILE = "sweep.yaml"
-TRIALS_FILE = "trials.csv"
-TRIAL_PREFIX = "trial_"
-RESULT_FILE = "result.json"
-PARAMS_FILE = "params.json"
-ERROR_FILE = "error.txt"
+# The table's first columns, in order; then last_/best_<metric>, failures, error, trial_dir,
+# best_checkpoint and config/<field>.
+FIRST_COLUMNS = ["trial_id", "state", "stopped_early", DIVERGED, "epochs_run", "planned_epochs"]
 
 
 @dataclass(frozen=True)
@@ -76,20 +87,27 @@ class Experiment:
             raise UserError(f"{self.folder}: no trial {trial_id!r}; trials: {known}")
         return self.folder / str(match.iloc[0])
 
-    def best(self) -> BestTrial:
-        """The trial with the best value of the sweep's metric (the first such row on a tie),
-        among those that did not diverge unless every trial with a result diverged."""
+    def best_row(self) -> pd.Series | None:
+        """The table's row of the trial with the best value of the sweep's metric (the first
+        such row on a tie), among those that did not diverge unless every trial with a result
+        diverged; None while no trial has a result."""
         scored = self.trials.dropna(subset=[self.best_column])
         healthy = scored[~diverged(scored)]
         scored = healthy if len(healthy) else scored
         if scored.empty:
+            return None
+        values = scored[self.best_column]
+        target = values.max() if self.sweep.mode == "max" else values.min()
+        return scored[values == target].iloc[0]
+
+    def best(self) -> BestTrial:
+        """The best trial (`best_row`) with its config, checkpoint and classes."""
+        row = self.best_row()
+        if row is None:
             raise UserError(
                 f"{self.folder}: no trial has reported {self.sweep.metric} yet "
                 "(No trials are completed yet.)"
             )
-        values = scored[self.best_column]
-        target = values.max() if self.sweep.mode == "max" else values.min()
-        row = scored[values == target].iloc[0]
         folder = self.folder / str(row["trial_dir"])
         checkpoint = _existing_checkpoint(self.folder, row.get("best_checkpoint"))
         return BestTrial(
@@ -106,12 +124,7 @@ def load_experiment(folder: Path) -> Experiment:
     """Read an experiment folder; a folder that is not one is a one-line UserError."""
     folder = Path(folder)
     sweep = experiment_sweep(folder)
-    saved = folder / TRIALS_FILE
-    if saved.is_file():
-        trials = read_trials_csv(saved.read_text())
-    else:
-        trials = rebuild_trials_table(folder, sweep.metric, sweep.mode)
-    return Experiment(folder=folder, sweep=sweep, trials=trials)
+    return Experiment(folder=folder, sweep=sweep, trials=trials_table(folder, sweep))
 
 
 def experiment_sweep(folder: Path) -> SweepConfig:
@@ -130,29 +143,35 @@ def read_trials_csv(text: str) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(text), dtype={"trial_id": str})
 
 
-def rebuild_trials_table(folder: Path, metric: str, mode: str) -> pd.DataFrame:
-    """The table `carsweep.search.trials_table` writes, from the folder's JSON files alone."""
-    states = _experiment_states(folder)
-    ids = list(states) + sorted(
-        path.name.removeprefix(TRIAL_PREFIX) for path in folder.glob(f"{TRIAL_PREFIX}*")
-        if path.is_dir() and path.name.removeprefix(TRIAL_PREFIX) not in states
-    )
-    rows = [_trial_row(folder, trial_id, states.get(trial_id, {}), metric, mode)
-            for trial_id in ids]
-    table = pd.DataFrame(rows)
-    if table.empty:
-        table = pd.DataFrame(columns=["trial_id", "state", "stopped_early", DIVERGED,
-                                      "epochs_run", "planned_epochs", f"last_{metric}",
-                                      f"best_{metric}"])
-    else:
-        table = best_first(table, metric, mode)
+def trials_table(folder: Path, sweep: SweepConfig | None = None) -> pd.DataFrame:
+    """One row per trial, best first: its state and parameters from the study, its epochs,
+    metric and checkpoints from its own folder. A sweep from before the study file was kept is
+    read from the trials.csv it left."""
+    folder = Path(folder)
+    sweep = sweep or experiment_sweep(folder)
+    study = open_study(folder)
+    if study is None:
+        if (folder / TRIALS_FILE).is_file():
+            return read_trials_csv((folder / TRIALS_FILE).read_text())
+        raise UserError(f"{folder}: no study ({STUDY_FILE}) and no {TRIALS_FILE}; is it a "
+                        "sweep that never started?")
+    rows = [_trial_row(folder, trial, sweep) for trial in ray_trials(study)]
+    table = pd.DataFrame(rows, columns=None if rows else FIRST_COLUMNS + _metric_columns(sweep))
+    table = best_first(table, sweep.metric, sweep.mode) if rows else table
     # Through CSV, so the types are those of a trials.csv read back.
     return read_trials_csv(table.to_csv(index=False))
 
 
+def save_trials_table(table: pd.DataFrame, folder: Path) -> Path:
+    """trials.csv: the table as a file for spreadsheets, written at the end of a sweep."""
+    path = Path(folder) / TRIALS_FILE
+    write_text_atomic(path, table.to_csv(index=False))
+    return path
+
+
 def best_first(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    """The trials table's order (both builders): trials with a result by their best value,
-    then those that diverged, then those with no result; ties keep their order."""
+    """The trials table's order: trials with a result by their best value, then those that
+    diverged, then those with no result; ties keep their order."""
     best = f"best_{metric}"
     rank = table[best].isna() * 2 + diverged(table)
     ordered = table.assign(_rank=rank).sort_values(
@@ -165,12 +184,6 @@ def diverged(table: pd.DataFrame) -> pd.Series:
     if DIVERGED not in table:
         return pd.Series(False, index=table.index)
     return table[DIVERGED].fillna(False).astype(bool)
-
-
-def diverged_message(rows: list[dict[str, Any]]) -> str:
-    """The message of a trial's `diverged` report among its result rows, "" if none."""
-    messages = [row.get(DIVERGED_MESSAGE) for row in rows]
-    return next((m for m in reversed(messages) if isinstance(m, str)), "")
 
 
 def read_result_rows(trial_folder: Path) -> list[dict[str, Any]]:
@@ -187,52 +200,38 @@ def read_result_rows(trial_folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _experiment_states(folder: Path) -> dict[str, dict[str, Any]]:
-    """Per trial id (in Ray's order): status, config, folder and failures, from the newest
-    experiment_state-*.json (plain JSON; only some values inside are pickled)."""
-    files = sorted(folder.glob("experiment_state-*.json"))
-    if not files:
-        return {}
-    try:
-        data = json.loads(files[-1].read_text())
-    except (json.JSONDecodeError, OSError):
-        return {}
-    states = {}
-    for trial_json, runtime_json in data.get("trial_data", []):
-        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
-        states[str(trial["trial_id"])] = {
-            "status": trial.get("status"), "config": trial.get("config"),
-            "trial_dir": trial.get("relative_logdir"),
-            "failures": runtime.get("num_failures", 0),
-        }
-    return states
+def _metric_columns(sweep: SweepConfig) -> list[str]:
+    return [f"last_{sweep.metric}", f"best_{sweep.metric}"]
 
 
-def _trial_row(folder: Path, trial_id: str, state: dict[str, Any], metric: str,
-               mode: str) -> dict[str, Any]:
-    trial_dir = state.get("trial_dir") or f"{TRIAL_PREFIX}{trial_id}"
+def _trial_row(folder: Path, trial: FrozenTrial, sweep: SweepConfig) -> dict[str, Any]:
+    trial_id = str(trial.user_attrs[TRIAL_ID_ATTR])
+    trial_dir = trial_dir_name(trial_id)
     rows = read_result_rows(folder / trial_dir)
-    config = state.get("config") or _first_config(rows) or _params(folder / trial_dir)
+    # What Ray ran (params.json: searched and fixed values); before Ray wrote it, the study's.
+    config = _params(folder / trial_dir) or {**sweep.fixed(), **field_values(trial.params)}
+    metric, mode = sweep.metric, sweep.mode
     scores = [row[metric] for row in rows if _is_number(row.get(metric))]
     epochs_run = max((int(row["epoch"]) for row in rows if "epoch" in row), default=0)
     planned = int(config.get("epochs", TrialConfig.model_fields["epochs"].default))
-    status = state.get("status") or _status_from_folder(folder / trial_dir, epochs_run, planned)
-    checkpoint = _best_kept_checkpoint(folder, trial_dir, rows, metric, mode)
-    message = diverged_message(rows)
+    message = str(trial.user_attrs.get(DIVERGED, ""))
+    failures = _failures(folder / trial_dir)
     return {
         "trial_id": trial_id,
-        "state": status,
-        "stopped_early": status == "TERMINATED" and epochs_run < planned,
+        "state": trial.state.name,
+        # PRUNED: ASHA stopped it (or cut it at max_t), or it diverged.
+        "stopped_early": trial.state == TrialState.PRUNED and not message,
         DIVERGED: bool(message),
         "epochs_run": epochs_run,
         "planned_epochs": planned,
         f"last_{metric}": float(scores[-1]) if scores else None,
         f"best_{metric}": float(max(scores) if mode == "max" else min(scores))
         if scores else None,
-        "failures": int(state.get("failures", 0)),
-        "error": message or (_last_error_line(folder / trial_dir) if status == "ERROR" else ""),
+        # Retries after a failure (a lost node, a crash); the error of a trial that gave up.
+        "failures": len(failures),
+        "error": message or (failures[-1] if trial.state == TrialState.FAIL else ""),
         "trial_dir": trial_dir,
-        "best_checkpoint": checkpoint,
+        "best_checkpoint": _best_kept_checkpoint(folder, trial_dir, rows, metric, mode),
         **{f"config/{k}": v for k, v in _flatten(config).items()},
     }
 
@@ -251,21 +250,18 @@ def _best_kept_checkpoint(folder: Path, trial_dir: str, rows: list[dict], metric
     return f"{trial_dir}/{best}"
 
 
-def _status_from_folder(trial_folder: Path, epochs_run: int, planned: int) -> str:
-    if (trial_folder / ERROR_FILE).is_file():
-        return "ERROR"
-    return "TERMINATED" if epochs_run >= planned else "UNKNOWN"
-
-
-def _last_error_line(trial_folder: Path) -> str:
+def _failures(trial_folder: Path) -> list[str]:
+    """The last line of each failure Ray recorded in the trial's error.txt (it appends one
+    "Failure # N" block per failure, retried or final)."""
     path = trial_folder / ERROR_FILE
     text = path.read_text(errors="replace") if path.is_file() else ""
+    blocks = [block for block in text.split("Failure # ")[1:] if block.strip()]
+    return [_last_line(block) for block in blocks]
+
+
+def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "unknown error"
-
-
-def _first_config(rows: list[dict]) -> dict[str, Any] | None:
-    return next((row["config"] for row in rows if isinstance(row.get("config"), dict)), None)
 
 
 def _params(trial_folder: Path) -> dict[str, Any]:

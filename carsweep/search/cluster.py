@@ -38,7 +38,7 @@ def quiet_ray_environment() -> None:
     """Before Ray starts: loopback only, no usage stats, Tune's classic console table."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # so our trimmed CLIReporter is used
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # so our CompactReporter is used
     # Checkpointing every epoch with num_to_keep=2 trips a warning meant for huge sweeps.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 

@@ -1,5 +1,13 @@
 """What a person watches during a sweep: TensorBoard (scalars + HParams) and one console table.
 
+The console table is `CompactReporter`, a Ray Tune ProgressReporter: Tune calls it from its own
+loop, so there is no second progress loop. It prints carsweep's compact table
+(results/console.py: trial, state, epoch, best metric, searched parameters, at most 110
+characters) when a trial starts or ends, and on a terminal every few seconds while epochs come
+in, redrawn in place; where the output is not a terminal (a log file, CI) a new table is
+appended only when a trial starts or ends. At the end the live table is wiped from a terminal:
+the sweep's summary (cli/sweep.py) prints the final one, best first.
+
 Ray's TBXLoggerCallback writes per-epoch scalars for each trial but writes the HParams
 summaries only when a trial ends, so a running or long trial is missing from TensorBoard's
 HParams view. This subclass writes each trial's session-start (its hyperparameters) with its
@@ -14,16 +22,20 @@ prints no traceback for it; `DivergedTrialsCallback` prints one line per such tr
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any
 
-from ray.tune import Callback, CLIReporter
+import pandas as pd
+from ray.tune import Callback, ProgressReporter
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.utils import flatten_dict
 
 from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE
+from carsweep.config.trial import TrialConfig
+from carsweep.results.console import compact_table, state_counts
 
-# The console table: the sweep's metric first, then the columns worth a glance.
-PROGRESS_METRICS = ("epoch", "val_top1", "val_loss", "train_loss", "images_per_s")
+LIVE_ROWS = 20  # at most this many trials in the live table: running ones, then the best
 
 
 class LiveHParamsCallback(TBXLoggerCallback):
@@ -59,16 +71,22 @@ class LiveHParamsCallback(TBXLoggerCallback):
 
 
 class DivergedTrialsCallback(Callback):
-    """One console line per trial that diverged, when its last report arrives."""
+    """One console line per trial that diverged, when its last report arrives (printed above
+    the live table, which is drawn again below it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reporter: CompactReporter | None = None) -> None:
         self._told: set[str] = set()
+        self._reporter = reporter
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         if result.get(DIVERGED) and trial.trial_id not in self._told:
             self._told.add(trial.trial_id)
-            print(diverged_line(str(trial), result), flush=True)
+            line = diverged_line(str(trial), result)
+            if self._reporter is not None:
+                self._reporter.say(line)
+            else:
+                print(line, flush=True)
 
 
 def diverged_line(trial: str, result: dict) -> str:
@@ -98,21 +116,108 @@ def hparam_values(params: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, bool | int | float | str)}
 
 
-def progress_reporter(metric: str, parameter_names: list[str],
-                      mode: str | None = None) -> CLIReporter:
-    """Ray's console table, trimmed: the metric and a few columns, the searched parameters;
-    finished trials sorted best first when `mode` is given.
+class CompactReporter(ProgressReporter):
+    """The live trials table (see the module docstring). `tty` None: whether stdout is one."""
 
-    CLIReporter sorts only when it knows both metric and mode (the TuneConfig carries neither:
-    the searcher and ASHA get them); asked to sort without them it warns on the first table
-    and sorts nothing, so without `mode` no sorting is asked for."""
-    columns = [metric, *(m for m in PROGRESS_METRICS if m != metric)]
-    return CLIReporter(
-        metric_columns=columns,
-        parameter_columns=parameter_names,
-        max_report_frequency=30,
-        max_column_length=14,
-        metric=metric if mode else None,
-        mode=mode,
-        sort_by_metric=mode is not None,
-    )
+    def __init__(self, metric: str, mode: str, params: list[str], *, tty: bool | None = None,
+                 every_s: float = 3.0) -> None:
+        self._metric, self._mode, self._params = metric, mode, params
+        self._tty, self._every_s = tty, every_s
+        self._total: int | None = None
+        self._drawn_lines = 0  # lines of the table now on the terminal, to redraw over
+        self._last_states: tuple = ()
+        self._last_epochs: tuple = ()
+        self._last_time = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:  # Ray pickles it with the Tuner
+        return self.__dict__ | {"_drawn_lines": 0, "_last_states": (), "_last_epochs": ()}
+
+    def setup(self, start_time: float | None = None, total_samples: int | None = None,
+              metric: str | None = None, mode: str | None = None, **kwargs: Any) -> None:
+        self._total = total_samples
+
+    def should_report(self, trials: list, done: bool = False) -> bool:
+        states = tuple((t.trial_id, t.status) for t in trials)
+        epochs = tuple((t.last_result or {}).get("epoch") for t in trials)
+        if done or states != self._last_states:
+            return True
+        return (self._on_terminal() and epochs != self._last_epochs
+                and time.monotonic() - self._last_time >= self._every_s)
+
+    def report(self, trials: list, done: bool, *sys_info: str) -> None:
+        self._last_states = tuple((t.trial_id, t.status) for t in trials)
+        self._last_epochs = tuple((t.last_result or {}).get("epoch") for t in trials)
+        self._last_time = time.monotonic()
+        if done:  # the sweep's summary prints the final table, best first
+            self._erase()
+        else:
+            self._draw(self.table_text(trials))
+
+    def say(self, line: str) -> None:
+        """Print a line of its own above the live table."""
+        self._erase()
+        print(line, flush=True)
+
+    def table_text(self, trials: list) -> str:
+        table = live_table(trials, self._metric, self._mode, self._params)
+        shown = _live_rows(table, self._metric, self._mode)
+        more = f"; {len(table) - len(shown)} more in `carsweep status`" \
+            if len(shown) < len(table) else ""
+        return (compact_table(shown, self._metric, self._params)
+                + f"\n{state_counts(table, self._total)}{more}")
+
+    def _draw(self, text: str) -> None:
+        self._erase()
+        sys.stdout.write(text + "\n" + ("" if self._on_terminal() else "\n"))
+        sys.stdout.flush()
+        self._drawn_lines = text.count("\n") + 1 if self._on_terminal() else 0
+
+    def _erase(self) -> None:
+        if self._drawn_lines:  # up to the table's first line, then clear to the end
+            sys.stdout.write(f"\x1b[{self._drawn_lines}F\x1b[J")
+            self._drawn_lines = 0
+
+    def _on_terminal(self) -> bool:
+        return sys.stdout.isatty() if self._tty is None else self._tty
+
+
+def live_table(trials: list, metric: str, mode: str, params: list[str]) -> pd.DataFrame:
+    """Ray's trials as rows of the trials table (the columns compact_table reads), in the order
+    Ray created them; a trial Ray has ended gets the state the searcher told the study."""
+    default_epochs = TrialConfig.model_fields["epochs"].default
+    rows = []
+    for trial in trials:
+        result = trial.last_result or {}
+        planned = int(trial.config.get("epochs", default_epochs))
+        best = (trial.metric_analysis.get(metric) or {}).get(mode)  # Ray keeps "max", "min"
+        rows.append({
+            "trial_id": trial.trial_id,
+            "state": _study_state(trial.status, result, planned),
+            DIVERGED: bool(result.get(DIVERGED)),
+            "epochs_run": int(result.get("epoch") or 0),
+            "planned_epochs": planned,
+            f"best_{metric}": best,
+            **{f"config/{name}": trial.config.get(name) for name in params},
+        })
+    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "state", DIVERGED,
+                                                        "epochs_run", "planned_epochs",
+                                                        f"best_{metric}"])
+
+
+def _study_state(status: str, result: dict, planned: int) -> str:
+    """Ray's status in the words of the study (search/searcher.py tells it so)."""
+    if status == "TERMINATED":
+        return "COMPLETE" if int(result.get("epoch") or 0) >= planned and not result.get(
+            DIVERGED) else "PRUNED"
+    return {"ERROR": "FAIL"}.get(status, status)
+
+
+def _live_rows(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """Every trial while they fit in LIVE_ROWS; past that the running and pending ones, then
+    the best of the others."""
+    if len(table) <= LIVE_ROWS:
+        return table
+    active = table["state"].isin(["RUNNING", "PENDING", "PAUSED"])
+    others = table[~active].sort_values(f"best_{metric}", ascending=mode == "min",
+                                        na_position="last")
+    return pd.concat([table[active], others]).head(LIVE_ROWS)

@@ -11,6 +11,14 @@ A trial whose loss became NaN/inf (it reports `diverged`, see search/trial.py) i
 TPE ranks it below every other trial; `tell_diverged` says why it is told the way it is.
 Suggestions reach Ray under the TrialConfig field names: a branch's study name (`lr|sgd`) is
 mapped back to its field (`lr`), and `points_to_evaluate` go the other way.
+
+The study is written, as the trials report, to the experiment folder's study file
+(carsweep/results/study.py says why a journal file): every read of a sweep reads it there. Each
+study trial is labelled with its Ray trial's id. Every write first reads the trial's state in
+the storage, so nothing is written to a trial that has ended (a resumed sweep reruns trials
+whose end the study already has), and an epoch reported twice keeps its last value. Ray pickles
+the searcher (tuner.pkl, and snapshots for resume): the pickle names the study trial of each
+Ray trial and the study is opened again from its file; see `__getstate__`.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from carsweep.config.files import STUDY_NAME
 from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, SweepConfig, field_values
 from carsweep.config.trial import TrialConfig
-from carsweep.errors import UserError
+from carsweep.results.study import TRIAL_ID_ATTR, journal_storage
 from carsweep.search.space import DefineByRunSpace
 
 logger = logging.getLogger(__name__)
@@ -36,34 +45,46 @@ EPOCH = "epoch"
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that reports per-epoch values and tells early-stopped trials as PRUNED."""
+    """OptunaSearch that reports per-epoch values and tells early-stopped trials as PRUNED,
+    writing its study to `study_file` (results/study.py) when one is given."""
 
-    def __init__(self, *args: Any, planned_epochs: int = 1, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, planned_epochs: int = 1, study_file: Path | None = None,
+                 **kwargs: Any):
+        self._study_file = str(study_file) if study_file is not None else None
+        storage = journal_storage(study_file) if study_file is not None else None
+        super().__init__(*args, storage=storage, study_name=STUDY_NAME, **kwargs)
         self._default_epochs = planned_epochs
         self._planned: dict[str, int] = {}
-        self._reported: dict[str, set[int]] = {}
+        self._lost: list[int] = []  # study trials whose Ray trial died with the driver
+        with warnings.catch_warnings():  # "experimental"; the dashboard names the value so
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names([self.metric])
 
     @property
     def study(self) -> optuna.Study:
         return self._ot_study
 
     def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self._ot_trials and self._lost:
+            # The study trial of a Ray trial created after Ray's last snapshot: Ray replaces it
+            # with a new trial, which gets its study trial (and so its parameters) back.
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, self._lost.pop(0))
         config = super().suggest(trial_id)
         if config is not None:
+            self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)
             config = field_values(config)
             self._planned[trial_id] = int(config.get("epochs", self._default_epochs))
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if self._is_over(trial_id):
             return
         self._report(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if self._is_over(trial_id):
             return
         ot_trial = self._ot_trials[trial_id]
         value = (result or {}).get(self.metric)
@@ -83,13 +104,25 @@ class PruningAwareOptunaSearch(OptunaSearch):
                 self._tell(ot_trial, None, TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
+    def _is_over(self, trial_id: str) -> bool:
+        """Unknown, or already told its end (here, or before a driver died and was resumed:
+        the study keeps the first end it was told)."""
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return True
+        ot_trial = self._ot_trials[trial_id]
+        return ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
+
     def _report(self, trial_id: str, result: dict) -> None:
+        """The epoch's metric as the trial's intermediate value at step = epoch. An epoch
+        reported again (a trial restarted from an older checkpoint) keeps its last value, as
+        the trial's history does (results.Experiment.history)."""
         value, epoch = result.get(self.metric), result.get(EPOCH)
-        reported = self._reported.setdefault(trial_id, set())
-        if value is None or epoch is None or int(epoch) in reported:
+        if value is None or epoch is None:
             return
-        self._ot_trials[trial_id].report(float(value), int(epoch))
-        reported.add(int(epoch))
+        ot_trial = self._ot_trials[trial_id]
+        storage, number = ot_trial.storage, ot_trial._trial_id
+        if storage.get_trial(number).intermediate_values.get(int(epoch)) != float(value):
+            storage.set_trial_intermediate_value(number, int(epoch), float(value))
 
     def _ran_all_epochs(self, trial_id: str, result: dict) -> bool:
         planned = result.get("config/epochs") or (result.get("config") or {}).get("epochs")
@@ -107,6 +140,45 @@ class PruningAwareOptunaSearch(OptunaSearch):
             tell_diverged(self._ot_study, ot_trial, message)
         except (ValueError, RuntimeError) as exc:
             logger.warning("Optuna refused diverged trial %s: %s", ot_trial.number, exc)
+
+    # Ray pickles the searcher twice: whole in tuner.pkl, and with `save` in its periodic
+    # snapshot (searcher-state-*.pkl). With a study file the pickle holds no study: only which
+    # study trial each Ray trial has; unpickling opens the study file again, so there is one
+    # study per experiment, and it is the file's, which is newer than any snapshot.
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if self._study_file is not None:
+            state.update(_ot_study=None, _storage=None,
+                         _ot_trials={tid: t._trial_id for tid, t in self._ot_trials.items()})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_study_file": None, "_lost": []} | state)  # None: in memory
+        if self._study_file is not None:
+            self._reopen_study(state["_ot_trials"])
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__getstate__(), handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__setstate__(pickle.load(handle))  # our own file, written by save() above
+
+    def _reopen_study(self, known: dict[str, int]) -> None:
+        """The study from its file, each Ray trial of the snapshot given its study trial; a
+        study trial asked for after the snapshot (its Ray trial unknown to a resume) is kept
+        for the next trial Ray creates. Its intermediate values from the lost run stay until
+        the new trial reports the same epochs: the limit of a snapshot that lags."""
+        self._storage = journal_storage(Path(self._study_file))
+        self._ot_study = optuna.load_study(study_name=STUDY_NAME, storage=self._storage,
+                                           sampler=self._sampler,
+                                           pruner=optuna.pruners.NopPruner())
+        self._ot_trials = {tid: optuna.Trial(self._ot_study, number)
+                           for tid, number in known.items()}
+        running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        self._lost = sorted(t._trial_id for t in running if t._trial_id not in known.values())
 
 
 def tell_diverged(study: optuna.Study, trial: optuna.Trial, message: str) -> None:
@@ -144,12 +216,15 @@ def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
         )
 
 
-def make_searcher(config: SweepConfig, *, pruning_aware: bool = True) -> OptunaSearch:
-    """The sweep's searcher; `pruning_aware=False` gives stock OptunaSearch (for comparisons)."""
+def make_searcher(config: SweepConfig, *, pruning_aware: bool = True,
+                  study_file: Path | None = None) -> OptunaSearch:
+    """The sweep's searcher, writing its study to `study_file` (in memory without one);
+    `pruning_aware=False` gives stock OptunaSearch (for comparisons)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress table says enough
     cls = PruningAwareOptunaSearch if pruning_aware else OptunaSearch
     default_epochs = TrialConfig.model_fields["epochs"].default  # epochs not in the space
-    kwargs: dict[str, Any] = {"planned_epochs": default_epochs} if pruning_aware else {}
+    kwargs: dict[str, Any] = {"planned_epochs": default_epochs,
+                              "study_file": study_file} if pruning_aware else {}
     return cls(
         space=DefineByRunSpace(config),
         metric=config.metric,
@@ -159,13 +234,3 @@ def make_searcher(config: SweepConfig, *, pruning_aware: bool = True) -> OptunaS
         sampler=make_sampler(config),
         **kwargs,
     )
-
-
-def load_study(experiment: Path) -> optuna.Study:
-    """The Optuna study of a sweep, from the searcher state Ray saved in its folder."""
-    states = sorted(Path(experiment).glob("searcher-state-*.pkl"))
-    if not states:
-        raise UserError(f"{experiment}: no searcher state (searcher-state-*.pkl) to read")
-    with states[-1].open("rb") as handle:
-        saved = pickle.load(handle)  # our own file, written by Ray in this experiment
-    return saved["_ot_study"]

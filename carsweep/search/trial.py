@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from ray import tune
 
+from carsweep.config.files import RESULT_FILE
 from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, field_values
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
@@ -35,8 +36,6 @@ from carsweep.search.release import gpu_memory_released
 if TYPE_CHECKING:  # torch is imported in the trial's process only
     from carsweep.trainable.checkpoint import CheckpointPolicy
 
-CHECKPOINT_FILE = "checkpoint.pt"
-RESULT_FILE = "result.json"  # Ray Tune writes one line per reported result here
 logger = logging.getLogger(__name__)
 
 

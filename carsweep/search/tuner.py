@@ -15,26 +15,22 @@ import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from carsweep.config.files import SWEEP_FILE, TUNER_FILE, trial_dir_name
 from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError, last_line
+from carsweep.results import save_trials_table, trials_table
+from carsweep.results.study import study_path
 from carsweep.search.cluster import check_local_gpus, ray_session
-from carsweep.search.monitor import (
-    DivergedTrialsCallback,
-    LiveHParamsCallback,
-    progress_reporter,
-)
+from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
 from carsweep.search.node_caches import prebuild_node_caches
 from carsweep.search.preflight import check_before_launch
 from carsweep.search.searcher import make_searcher
-from carsweep.search.table import save_trials_table, trials_table
 from carsweep.search.trial import run_trial
 from carsweep.search.validate import check_storage_writable, check_sweep
 
 if TYPE_CHECKING:  # torch is imported where training starts, not with this module
     from carsweep.trainable.checkpoint import CheckpointPolicy
-
-SWEEP_FILE = "sweep.yaml"
 
 
 @dataclass(frozen=True)
@@ -95,8 +91,7 @@ def make_scheduler(config: SweepConfig) -> TrialScheduler:
     )
 
 
-def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool = True,
-              verbose: int = 1) -> SweepOutcome:
+def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) -> SweepOutcome:
     """Check, then run (or resume) the sweep; the trials table is written at the end."""
     config = resolved(config)
     check_sweep(config)
@@ -115,11 +110,10 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
             )
         else:
             save_sweep(config, experiment / SWEEP_FILE)
-            tuner = new_tuner(config, _trainable(config, weights), pruning_aware=pruning_aware,
-                              verbose=verbose)
+            tuner = new_tuner(config, _trainable(config, weights), verbose=verbose)
         results = tuner.fit()
     errors = tuple(last_line(error) for error in results.errors)
-    table = trials_table(experiment, config.metric, config.mode)
+    table = trials_table(experiment, config)
     save_trials_table(table, experiment)
     best = table.iloc[0] if len(table) and table["best_" + config.metric].notna().any() else None
     return SweepOutcome(
@@ -134,13 +128,13 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, pruning_aware: bool 
 
 
 def _unfinished(table, num_samples: int) -> bool:
-    """Tune returns normally on Ctrl-C: trials still pending or running, or never created."""
-    ended = table["state"].isin(["TERMINATED", "ERROR"]).all() if len(table) else False
+    """Tune returns normally on Ctrl-C: trials still running, or never created."""
+    ended = table["state"].isin(["COMPLETE", "PRUNED", "FAIL"]).all() if len(table) else False
     return len(table) < num_samples or not ended
 
 
 def _check_experiment_folder(experiment: Path, resume: bool) -> None:
-    exists = (experiment / "tuner.pkl").is_file()
+    exists = (experiment / TUNER_FILE).is_file()
     if resume and not exists:
         raise UserError(f"{experiment}: no sweep to resume there")
     if not resume and (exists or (experiment / SWEEP_FILE).is_file()):
@@ -184,13 +178,13 @@ def shipped_weights(config: SweepConfig) -> dict[str, dict]:
     return {name: load_weights(name) for name in names if name != "none"}
 
 
-def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, pruning_aware: bool = True,
-              verbose: int = 1) -> tune.Tuner:
+def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, verbose: int = 1) -> tune.Tuner:
     """The sweep's Tuner around `trainable` (carsweep's trial, or a benchmark's stand-in)."""
+    reporter = CompactReporter(config.metric, config.mode, list(config.searched()))
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(config, pruning_aware=pruning_aware),
+            search_alg=make_searcher(config, study_file=study_path(experiment_path(config))),
             scheduler=make_scheduler(config),
             num_samples=config.num_samples,
             max_concurrent_trials=config.max_concurrent_trials,
@@ -207,12 +201,12 @@ def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, pruning_aware: 
                 checkpoint_score_order=config.mode,
             ),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
-            callbacks=[LiveHParamsCallback(), DivergedTrialsCallback()],
-            progress_reporter=progress_reporter(config.metric, list(config.searched())),
+            callbacks=[LiveHParamsCallback(), DivergedTrialsCallback(reporter)],
+            progress_reporter=reporter,
             verbose=verbose,
         ),
     )
 
 
 def _trial_name(trial: tune.experiment.Trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return trial_dir_name(trial.trial_id)

@@ -1,0 +1,28 @@
+"""The names of what an experiment folder holds (docs/experiment-folder.md), in one place.
+
+Every module that writes or reads an experiment folder takes its names from here; the files
+inside a checkpoint folder (checkpoint.pt, trial.yaml, classes.json) are named by
+carsweep.trainable.checkpoint, which writes them. Ray Tune's own names are here too, where
+carsweep reads them: Ray writes them, carsweep must find them.
+"""
+
+from __future__ import annotations
+
+SWEEP_FILE = "sweep.yaml"  # the resolved SweepConfig
+STUDY_FILE = "study.journal"  # the searcher's Optuna study (JournalStorage, one line per write)
+STUDY_NAME = "carsweep"  # the one study in STUDY_FILE
+TRIALS_FILE = "trials.csv"  # the trials table at the end of a sweep (a copy for spreadsheets)
+TUNER_FILE = "tuner.pkl"  # (Ray) the Tuner, for Tuner.restore
+TRIAL_PREFIX = "trial_"  # trial_<trial_id>/: one folder per trial
+RESULT_FILE = "result.json"  # (Ray) a trial's reports, one JSON object per line
+PARAMS_FILE = "params.json"  # (Ray) a trial's parameters
+ERROR_FILE = "error.txt"  # (Ray) a trial's failures, each headed "Failure # N"
+ANALYSIS_DIR = "analysis"  # written by `carsweep analyze`
+REPORT_FILE = "report.html"  # in ANALYSIS_DIR
+TEST_METRICS_FILE = "metrics.json"  # in ANALYSIS_DIR
+RETRAINED_MODEL_DIR = "model"  # in ANALYSIS_DIR: the retrained model, a checkpoint folder
+
+
+def trial_dir_name(trial_id: str) -> str:
+    """The folder of a trial, relative to the experiment folder."""
+    return f"{TRIAL_PREFIX}{trial_id}"

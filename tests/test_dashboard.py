@@ -1,0 +1,104 @@
+"""`carsweep dashboard`: optuna-dashboard serves the sweep's study, TensorBoard its trials, both
+on 127.0.0.1; read back over HTTP as a browser would (optuna-dashboard's JSON API)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sweep_runs import cli_env, wait_until
+
+from carsweep.cli import main
+from carsweep.results import load_experiment
+
+STATES = {"Complete": "COMPLETE", "Pruned": "PRUNED", "Fail": "FAIL", "Running": "RUNNING"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return json.loads(answer.read())
+    except OSError:
+        return None  # not listening yet
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses a socket listens on at `port`, from the kernel's table."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if int(local_port, 16) == port and state == "0A":  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+@pytest.mark.slow  # the finished sweep fixture
+def test_dashboard_serves_the_study_and_tensorboard_the_trials_on_loopback(
+        finished_experiment, tmp_path):
+    port, board_port = free_port(), free_port()
+    command = [sys.executable, "-m", "carsweep", "dashboard", str(finished_experiment),
+               "--port", str(port), "--tensorboard-port", str(board_port)]
+    with (tmp_path / "out.txt").open("w") as out, (tmp_path / "err.txt").open("w") as err:
+        server = subprocess.Popen(command, stdout=out, stderr=err, env=cli_env())
+    try:
+        study = wait_until(lambda: get_json(f"http://127.0.0.1:{port}/api/studies/0"),
+                           "optuna-dashboard to answer", 120, server)
+        runs = wait_until(lambda: get_json(f"http://127.0.0.1:{board_port}/data/runs"),
+                          "TensorBoard to answer", 60, server)
+        assert listening_addresses(port) == {"127.0.0.1"}  # loopback, not every address
+        assert listening_addresses(board_port) == {"127.0.0.1"}
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    table = load_experiment(finished_experiment).trials.set_index("trial_id")
+    assert study["name"] == "carsweep"
+    assert study["directions"] == ["maximize"]
+    served = {next(a["value"] for a in t["user_attrs"] if a["key"] == "trial_id"): t
+              for t in study["trials"]}
+    assert sorted(served) == sorted(table.index)
+    for trial_id, trial in served.items():
+        row = table.loc[trial_id]
+        assert STATES[trial["state"]] == row["state"]
+        steps = [v["step"] for v in trial["intermediate_values"]]
+        assert steps == list(range(1, row["epochs_run"] + 1))
+        lr = next(p for p in trial["params"] if p["name"] == "lr")
+        assert float(lr["param_external_value"]) == pytest.approx(row["config/lr"])
+    assert sorted(runs) == sorted(table["trial_dir"])
+    out = (tmp_path / "out.txt").read_text()
+    assert f"optuna-dashboard: http://127.0.0.1:{port}/" in out
+    assert f"TensorBoard:      http://127.0.0.1:{board_port}/" in out
+    assert (tmp_path / "err.txt").read_text() == ""
+    assert server.returncode == 0
+
+
+def test_dashboard_refuses_a_folder_without_a_study_and_a_taken_port(tmp_path, capsys):
+    assert main(["dashboard", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"carsweep dashboard: error: {tmp_path}: not an experiment "
+                                       "folder (no sweep.yaml); give the folder `carsweep sweep` "
+                                       "wrote, e.g. results/<name>\n")
+    (tmp_path / "sweep.yaml").write_text("name: old\n")
+    assert main(["dashboard", str(tmp_path)]) == 2
+    assert "no study file (study.journal)" in capsys.readouterr().err
+    (tmp_path / "study.journal").write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", str(tmp_path), "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (f"carsweep dashboard: error: --port {port} on 127.0.0.1 "
+                                       "is in use; give another --port\n")
