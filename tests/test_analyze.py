@@ -263,7 +263,7 @@ def test_gradcam_points_at_the_class_deciding_part(tmp_path):
     logits, labels = predict(model, dataset, "test", config)
     correct = (logits.argmax(1) == labels).numpy()
     rows = dataset.rows("test")
-    layer = cam_layer(config.resize)
+    layer = cam_layer(config.model, config.resize)
     images = load_inputs([dataset.image_path(p) for p in rows["path"]], config)
     cams = class_maps(model, images, labels.tolist(), layer=layer)
     game = pointing_game(cams, rows, dataset.parts(), tolerance=TOLERANCE_PX)

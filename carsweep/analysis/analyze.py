@@ -82,7 +82,7 @@ def _build(experiment: Experiment, best: BestTrial, dataset: PreparedDataset,
     plots.confusion_full(matrix, dataset.classes, folder / "confusion_full.png")
     plots.confusion_by_make(matrix, dataset.classes, folder / "confusion_by_make.png")
     plots.confusion_zoom(matrix, dataset.classes, folder / "confusion_zoom.png")
-    layer = cam_layer(config.resize)
+    layer = cam_layer(config.model, config.resize)
     shown = gallery.write_gallery(runs[0].model, runs[0].config, dataset, predictions, folder,
                                   layer, out)
     shown.to_csv(folder / "misclassified.csv", index=False)

@@ -53,7 +53,7 @@ from carsweep.errors import UserError
 from carsweep.search.cluster import check_cluster_resources, ray_session
 from carsweep.search.probes import node_label
 from carsweep.search.release import gpu_memory_released
-from carsweep.search.trial import readable_dataset, trial_config
+from carsweep.search.trial import readable_dataset, trial_config, weights_key
 from carsweep.search.tuner import shipped_weights
 
 
@@ -85,11 +85,12 @@ class ClusterRetrain:
                  out: TextIO | None = None) -> list[Retrained]:
         resources = self.sweep.resources
         config = task_config(config, resources)
-        # The sweep's loader, for this retrain's source only: another choice of the space
+        # The sweep's loader, for this retrain's model and source only: another choice of the space
         # (imagenet on a driver without internet) must not stop it.
-        space = self.sweep.space | {"weights": ParamSpec.model_validate(config.weights)}
+        space = self.sweep.space | {"model": ParamSpec.model_validate(config.model),
+                                    "weights": ParamSpec.model_validate(config.weights)}
         weights = shipped_weights(self.sweep.model_copy(update={"space": space})).get(
-            config.weights)
+            weights_key(config))
         with _joined(self.sweep, self.address):
             say(f"[analyze] {seeds} retrain task(s) on the Ray cluster at {self.address}, "
                 f"{resources.cpu:g} CPU and {resources.gpu:g} GPU each; each starts when a "
@@ -160,7 +161,7 @@ def _collect(runs: dict[Any, _Run], num_classes: int, out: TextIO | None) -> lis
                     run.placement = _placement(item)
                     say(f"[analyze] {run.name} {run.where}: started", out)
                 elif isinstance(item, Shipped):
-                    model = build_model(num_classes, item.state_dict).eval()
+                    model = build_model(num_classes, item.state_dict, run.config.model).eval()
                     done[run.index] = Retrained(
                         config=run.config, model=model, history=item.history,
                         probs=item.probs, labels=item.labels, placement=run.placement)
