@@ -175,6 +175,7 @@ def test_imagenet_of_another_model_is_its_own_file_in_the_hub_cache(tmp_path, mo
 
 
 def test_shipped_weights_are_keyed_by_model_and_source(tmp_path, monkeypatch):
+    from carsweep.search.preflight import Report, check_weights
     from carsweep.search.trial import weights_key
     from carsweep.search.tuner import shipped_weights
 
@@ -194,6 +195,12 @@ def test_shipped_weights_are_keyed_by_model_and_source(tmp_path, monkeypatch):
     assert shipped[("resnet18", str(start))] is shipped[("efficientnet_b0", str(start))]
     trial = TrialConfig(model="efficientnet_b0", weights="imagenet")
     assert shipped[weights_key(trial)] is shipped[("efficientnet_b0", "imagenet")]
+    report = Report()
+    check_weights(config, report)
+    assert report.lines == [
+        "  ok    weights: imagenet for resnet18 (trained at 224 px), "
+        f"{start} for resnet18, imagenet for efficientnet_b0 (trained at 224 px), "
+        f"{start} for efficientnet_b0 loaded"]
 
 
 def test_weights_of_another_architecture_name_the_key_that_does_not_fit(tmp_path):

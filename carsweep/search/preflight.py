@@ -136,16 +136,21 @@ def static_checks(config: SweepConfig, report: Report) -> None:
 
 
 def check_weights(config: SweepConfig, report: Report) -> None:
-    """Every start-weights source of the space loads (safely), as the launch will load it."""
+    """Every start-weights source of the space loads (safely), as the launch will load it;
+    ImageNet's say the size they were trained at, a hint for `resize`."""
     from carsweep.search.tuner import shipped_weights
+    from carsweep.trainable.backbones import preprocessing
+    from carsweep.trainable.model import IMAGENET
 
     try:
         loaded = shipped_weights(config)
     except UserError as error:
         report.failed("weights", str(error))
         return
-    report.passed("weights", ", ".join(f"{source} for {model}" for model, source in loaded)
-                  + " loaded" if loaded else "none (from scratch)")
+    named = [f"{source} for {model}"
+             + (f" (trained at {preprocessing(model).crop_size} px)" if source == IMAGENET
+                else "") for model, source in loaded]
+    report.passed("weights", ", ".join(named) + " loaded" if loaded else "none (from scratch)")
 
 
 def cluster_checks(config: SweepConfig, report: Report) -> None:
