@@ -144,14 +144,16 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
 
 
 def predict(model: nn.Module, dataset: PreparedDataset | Path, split: str, config: TrialConfig,
-            batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            batch_size: int | None = None, *, flip: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, C) float32 on the CPU, labels (N,)) for `split`, in manifest order, with the
-    evaluation preprocessing (no augmentation), on the device the model is on."""
+    evaluation preprocessing (no augmentation; `flip` mirrors every image left-right), on the
+    device the model is on."""
     check_splits(split)
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
     device = next(model.parameters()).device
     loader = build_loader(data, split, config, train=False, batch_size=batch_size, device=device)
-    return predict_logits(model, loader, device, config.precision)
+    return predict_logits(model, loader, device, config.precision, flip=flip)
 
 
 def check_splits(*splits: str) -> None:
