@@ -28,7 +28,9 @@ from carsweep.data.prepare import prepare_dataset
 from carsweep.data.synth import make_synthetic_dataset
 from carsweep.results import load_experiment
 from carsweep.trainable import predict, train
+from carsweep.trainable.augment import normalization
 from carsweep.trainable.cam_occlusion import describe
+from carsweep.trainable.gpu_augment import Normalize
 
 SWEEP = {
     "name": "hidden_test",
@@ -226,9 +228,10 @@ def test_gradcam_points_at_the_class_deciding_part(tmp_path):
     logits, labels = predict(model, dataset, "test", config)
     correct = (logits.argmax(1) == labels).numpy()
     rows = dataset.rows("test")
-    layer = cam_layer(config.resize)
+    layer = cam_layer(config.model, config.resize)
     images = load_inputs([dataset.image_path(p) for p in rows["path"]], config)
-    cams = class_maps(model, images, labels.tolist(), layer=layer)
+    cams = class_maps(model, images, labels.tolist(), layer=layer,
+                      normalize=Normalize(*normalization(config.model)))
     game = pointing_game(cams, rows, dataset.parts(), tolerance=TOLERANCE_PX)
     hits = game["hit"].to_numpy()[correct]
     chance = chance_of_a_hit(rows[correct], dataset.parts(), TOLERANCE_PX)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
+from carsweep.analysis.calibration import scaled
 from carsweep.cli import main
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
@@ -265,7 +266,8 @@ def test_experiment_export_prefers_the_model_analyze_retrained(finished_experime
 def test_analyze_then_export_predicts_what_analyze_saved(finished_experiment, prepared_dataset,
                                                         tmp_path, capsys):
     """sweep -> analyze -> export -> predict: the exported retrained model gives the test
-    probabilities analyze saved in predictions.csv, and its top-1 in metrics.json."""
+    probabilities analyze saved in predictions.csv with the temperature analyze fitted, and
+    its top-1 in metrics.json."""
     copy = tmp_path / "experiment"
     copy.mkdir()
     for path in finished_experiment.iterdir():  # analyze writes analysis/ into the copy only
@@ -281,7 +283,9 @@ def test_analyze_then_export_predicts_what_analyze_saved(finished_experiment, pr
     dataset = load_dataset(prepared_dataset)
     images = [dataset.image_path(p) for p in saved["path"]]
     got = predicted_probabilities(out, images, dataset.classes, capsys)
-    expected = saved[[f"p_{i}" for i in range(len(dataset.classes))]].to_numpy()
+    assert exported.temperature == test_metrics["calibration"]["temperature"] != 1.0
+    expected = scaled(saved[[f"p_{i}" for i in range(len(dataset.classes))]].to_numpy(),
+                      exported.temperature)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     top1 = float((got.argmax(axis=1) == saved["label"].to_numpy()).mean())
     assert top1 == pytest.approx(test_metrics["top1"])

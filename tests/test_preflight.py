@@ -24,7 +24,7 @@ from carsweep.search.preflight import (
     check_before_launch,
     check_schedules,
     dry_trial,
-    largest_trial,
+    largest_trials,
     trials_per_gpu,
 )
 
@@ -92,10 +92,15 @@ def test_asha_checks_fail_in_one_line_naming_the_value():
     ]
 
 
-def test_gpu_check_measures_the_largest_trial_of_the_space():
-    assert largest_trial(sweep()) == {"batch_size": 64, "resize": 400, "optimizer": "adam"}
-    assert largest_trial(sweep(space={"lr": 0.1})) == {
-        "batch_size": 32, "resize": 256, "optimizer": "sgd"}  # TrialConfig's defaults
+def test_gpu_check_measures_the_largest_trial_of_the_space_per_model():
+    assert largest_trials(sweep()) == [
+        {"model": "resnet18", "batch_size": 64, "resize": 400, "optimizer": "adam"}]
+    assert largest_trials(sweep(space={"lr": 0.1})) == [{
+        "model": "resnet18", "batch_size": 32, "resize": 256, "optimizer": "sgd"}]  # defaults
+    models = sweep(space={**SPACE, "model": {"choice": ["resnet50", "efficientnet_b0"]}})
+    assert largest_trials(models) == [
+        {"model": "resnet50", "batch_size": 64, "resize": 400, "optimizer": "adam"},
+        {"model": "efficientnet_b0", "batch_size": 64, "resize": 400, "optimizer": "adam"}]
     assert [trials_per_gpu(g) for g in (0.25, 0.3, 0.5, 1, 2)] == [4, 3, 2, 1, 1]
 
 
@@ -117,7 +122,8 @@ def test_dry_and_largest_trial_of_a_branched_space():
                                            {"choice": [16, 32], "when": {"optimizer": ["adam"]}}]})
     trial = dry_trial(branched)
     assert (trial.optimizer, trial.lr) == ("adam", 1.0e-5)  # the branch adam selects
-    assert largest_trial(branched) == {"batch_size": 128, "resize": 400, "optimizer": "adam"}
+    assert largest_trials(branched) == [
+        {"model": "resnet18", "batch_size": 128, "resize": 400, "optimizer": "adam"}]
 
 
 def test_checks_of_every_value_see_every_branch():

@@ -78,7 +78,8 @@ def test_every_sweep_field_is_listed_nested_ones_by_dotted_name(capsys):
 
 
 def test_a_preset_registered_later_is_listed(capsys):
-    register("test-only-posterize", "posterize to 2 bits, registered by a test")(lambda size: None)
+    register("test-only-posterize", "posterize to 2 bits, registered by a test",
+             device=lambda size: None)(lambda size: None)
     try:
         text = _settings(capsys)
         names = [entry["name"] for entry in json.loads(_settings(capsys, "--json"))

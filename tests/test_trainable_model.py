@@ -62,7 +62,7 @@ def test_missing_weights_file_names_the_path_and_the_valid_sources(tmp_path):
 
 def test_weights_of_another_architecture_are_rejected(tmp_path):
     torch.save({"linear.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
-    with pytest.raises(UserError, match="not ResNet-18 weights"):
+    with pytest.raises(UserError, match="not resnet18 weights"):
         build_model(3, str(tmp_path / "other.pt"))
 
 

@@ -1,5 +1,9 @@
 """`analyze_experiment(folder)`: the honest test score of a sweep's best trial, and why it errs.
 
+Besides the best trial's retrain (and its `seeds`): the top-K trials' retrains as an ensemble
+and horizontal-flip test-time augmentation (analysis/ensemble.py), and calibration for every
+analysis: the expected calibration error, a reliability diagram and a temperature.
+
 Everything is checked before anything is trained, and EXPERIMENT/analysis/ is built in a
 temporary folder beside it and renamed into place at the end: a failed or interrupted analyze
 leaves the previous analysis as it was. The retrain (analysis/retrain.py) never touches the
@@ -9,6 +13,16 @@ Where the retrains run is the `retrain` strategy the caller passes: here, one af
 (the default), or as Ray tasks on a cluster (carsweep.search.cluster_retrain, chosen by the
 CLI), so this package never imports ray. Grad-CAM and the saved model use the first retrain's
 model, which a cluster strategy rebuilds on this machine from the weights its task sent back.
+
+The temperature (analysis/calibration.py) needs logits of images the model did not train on,
+and the retrain trains on train+val. It is fitted on the val split with the best trial's own
+best checkpoint: the same configuration trained on train only, which never saw val (the sweep
+picked the trial and its epoch by val, which for one scalar hardly matters). Holding part of
+train+val out of the retrain would lower the score being reported, and a second retrain on
+train only would cost a whole training run. Whether it transfers to the retrained model is
+measured, not assumed: metrics.json has the test ECE and NLL before and after it. Where the
+checkpoint is gone or does not load, or val is empty, the temperature is 1 and
+`calibration.fitted_on` says why. The fit runs before the retrains: it needs none of them.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-from carsweep.analysis import gallery, importance, metrics, plots, report
+from carsweep.analysis import calibration, ensemble, gallery, importance, metrics, plots, report
 from carsweep.analysis.gradcam import cam_layer
 from carsweep.analysis.retrain import (
     TEST_SPLIT,
@@ -38,33 +52,52 @@ from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError
 from carsweep.results import BestTrial, Experiment, load_experiment, open_study
 from carsweep.results.export import save_retrained_model
+from carsweep.trainable import build_model, load_checkpoint, pick_device, predict
 from carsweep.trainable.cam_occlusion import describe
 
 
 def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 1,
-                       device: str | None = None, retrain: Retrain = retrain_locally,
-                       out: TextIO | None = None) -> Path:
-    """Retrain the best trial `seeds` times with `retrain`, test, write folder/analysis/;
+                       ensemble_of: int = 1, tta: bool = False, device: str | None = None,
+                       retrain: Retrain = retrain_locally, out: TextIO | None = None) -> Path:
+    """Retrain the best trial `seeds` times and the next `ensemble_of` - 1 trials once with
+    `retrain` (their test passes mirrored too with `tta`), test, write folder/analysis/;
     returns that path."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     experiment = load_experiment(Path(folder))
-    best = experiment.best()
+    trials = ensemble.top_trials(experiment, ensemble_of)
+    best = trials[0]
     dataset = _dataset_of(experiment, best)
-    config = _retrain_config(best, epochs, device)
+    configs = [_retrain_config(trial, epochs, device) for trial in trials]
+    jobs = ensemble.retrain_jobs(trials, configs, seeds, tta)
     target = experiment.folder / ANALYSIS_DIR
     with building_folder(target) as building:
-        _build(experiment, best, dataset, config, seeds, retrain, building, out)
+        _say_plan(experiment, trials, configs[0], seeds, tta, out)
+        fitted = _fit_temperature(best, dataset, configs[0], out)
+        runs = retrain(jobs, dataset, out)
+        _build(experiment, trials, dataset, configs[0], runs[:seeds], runs[seeds:], fitted, tta,
+               building, out)
     say(f"[analyze] report: {target / report.REPORT_FILE}", out)
     return target
 
 
-def _build(experiment: Experiment, best: BestTrial, dataset: PreparedDataset,
-           config: TrialConfig, seeds: int, retrain: Retrain, folder: Path,
-           out: TextIO | None) -> None:
+def _say_plan(experiment: Experiment, trials: list[BestTrial], config: TrialConfig, seeds: int,
+              tta: bool, out: TextIO | None) -> None:
+    best = trials[0]
+    members = (f"; the next {len(trials) - 1} trial(s) once each for an ensemble of "
+               f"{len(trials)}" if len(trials) > 1 else "")
+    flipped = "; test images also mirrored (TTA)" if tta else ""
     say(f"[analyze] best trial {best.trial_id} ({experiment.sweep.metric} {best.value:.4f}); "
-        f"retraining on train+val, {config.epochs} epochs, {seeds} seed(s)", out)
-    runs = retrain(config, dataset, seeds, out)
+        f"retraining on train+val, {config.epochs} epochs, {seeds} seed(s){members}{flipped}",
+        out)
+
+
+def _build(experiment: Experiment, trials: list[BestTrial], dataset: PreparedDataset,
+           config: TrialConfig, runs: list[Retrained], others: list[Retrained],
+           fitted: dict[str, Any], tta: bool, folder: Path, out: TextIO | None) -> None:
+    """Everything after the retrains: `runs` are the best trial's seeds, `others` the other
+    ensemble members' retrains, `fitted` the temperature's fit."""
+    best = trials[0]
     paths = dataset.rows(TEST_SPLIT)["path"].tolist()
     tables = [metrics.predictions_table(paths, r.labels, r.probs, dataset.classes) for r in runs]
     per_seed = [metrics.test_metrics(t, dataset.num_classes) for t in tables]
@@ -82,14 +115,21 @@ def _build(experiment: Experiment, best: BestTrial, dataset: PreparedDataset,
     plots.confusion_full(matrix, dataset.classes, folder / "confusion_full.png")
     plots.confusion_by_make(matrix, dataset.classes, folder / "confusion_by_make.png")
     plots.confusion_zoom(matrix, dataset.classes, folder / "confusion_zoom.png")
-    layer = cam_layer(config.resize)
+    layer = cam_layer(config.model, config.resize)
     shown = gallery.write_gallery(runs[0].model, runs[0].config, dataset, predictions, folder,
                                   layer, out)
     shown.to_csv(folder / "misclassified.csv", index=False)
     save_retrained_model(folder, runs[0].model, runs[0].config, dataset.classes)  # for export
+    fitted = _on_test(fitted, runs[0])
+    plots.reliability_diagram(runs[0].probs, runs[0].labels, fitted["temperature"],
+                              folder / "reliability.png")
     say("[analyze] hyperparameter importance and sweep plots", out)
     sweep_summary = _sweep_pictures(experiment, folder)
     summary = _metrics_json(experiment, best, dataset, config, per_seed, runs, layer)
+    summary["calibration"] = fitted
+    summary |= ensemble.variant_metrics(folder, dataset, paths, [runs[0], *others], tta)
+    if others:
+        summary["ensemble"]["members"] = ensemble.members_json(trials, [runs[0], *others])
     summary["sweep"] = sweep_summary
     (folder / TEST_METRICS_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     report.write_report(folder, summary, per_class, pairs, shown)
@@ -119,6 +159,51 @@ def _metrics_json(experiment: Experiment, best: BestTrial, dataset: PreparedData
     if len(per_seed) > 1:
         summary["over_seeds"] = seed_summary(per_seed)
     return summary
+
+
+def _fit_temperature(best: BestTrial, dataset: PreparedDataset, config: TrialConfig,
+                     out: TextIO | None) -> dict[str, Any]:
+    """The start of metrics.json's `calibration`: the temperature fitted on val with the best
+    trial's checkpoint, or 1.0 and why not. Done before the retrains: it needs none of them."""
+    fitted: dict[str, Any] = {"bins": calibration.CALIBRATION_BINS, "temperature": 1.0}
+    val = dataset.rows("val")
+    if best.checkpoint is None or val.empty:
+        why = "no val images" if val.empty else f"trial {best.trial_id} kept no checkpoint"
+        return fitted | {"fitted_on": f"not fitted: {why}"}
+    try:
+        state = load_checkpoint(best.checkpoint)
+    except UserError as error:  # a damaged checkpoint costs the temperature, not the analysis
+        return fitted | {"fitted_on": f"not fitted: {error}"}
+    say(f"[analyze] fitting a temperature on {len(val)} val images with trial "
+        f"{best.trial_id}'s checkpoint", out)
+    model = build_model(dataset.num_classes, state["model"], best.config.model)
+    model = model.to(pick_device(config.device)).eval()
+    # Decoded, not cached: on a cluster's driver a cache would be built for a few images.
+    logits, labels = predict(model, dataset, "val", best.config.model_copy(
+        update={"device": config.device, "data_cache": "off"}))
+    logits, labels = logits.numpy(), labels.numpy()
+    temperature = calibration.fit_temperature(logits, labels)
+    return fitted | {
+        "temperature": temperature,
+        "fitted_on": f"val split ({len(val)} images), trial {best.trial_id}'s checkpoint "
+                     f"{best.checkpoint.name} (epoch {state['epoch']})",
+        "val_nll": calibration.negative_log_likelihood(logits, labels),
+        "val_nll_calibrated": calibration.negative_log_likelihood(logits, labels, temperature),
+    }
+
+
+def _on_test(fitted: dict[str, Any], retrained: Retrained) -> dict[str, Any]:
+    """metrics.json's `calibration`: the fit, and what its temperature does to the retrained
+    model's test ECE and NLL."""
+    temperature, probs, labels = fitted["temperature"], retrained.probs, retrained.labels
+    logits = calibration.log_probabilities(probs)
+    return fitted | {
+        "test_ece": calibration.expected_calibration_error(probs, labels),
+        "test_ece_calibrated": calibration.expected_calibration_error(
+            calibration.scaled(probs, temperature), labels),
+        "test_nll": calibration.negative_log_likelihood(logits, labels),
+        "test_nll_calibrated": calibration.negative_log_likelihood(logits, labels, temperature),
+    }
 
 
 def _sweep_pictures(experiment: Experiment, folder: Path) -> dict[str, Any]:

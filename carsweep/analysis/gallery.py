@@ -21,6 +21,8 @@ from carsweep.analysis.retrain import say
 from carsweep.config.trial import TrialConfig
 from carsweep.data.images import open_rgb
 from carsweep.data.manifest import PreparedDataset
+from carsweep.trainable.augment import normalization
+from carsweep.trainable.gpu_augment import Normalize
 
 GALLERY_DIR = "gallery"
 THUMBNAIL = 224  # longest side of the pictures in the gallery
@@ -59,7 +61,8 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
         chunk = wrong.iloc[start:start + CHUNK]
         boxes = manifest.loc[chunk["path"], BOX_COLUMNS].to_numpy(dtype=float)
         images = load_inputs([dataset.image_path(p) for p in chunk["path"]], config, boxes)
-        cams = class_maps(model, images, chunk["pred"].astype(int).tolist(), layer=layer)
+        cams = class_maps(model, images, chunk["pred"].astype(int).tolist(), layer=layer,
+                          normalize=Normalize(*normalization(config.model)))
         for offset, (row, image, cam) in enumerate(zip(chunk.itertuples(index=False), images,
                                                        cams, strict=True)):
             index = start + offset

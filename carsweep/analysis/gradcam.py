@@ -2,7 +2,9 @@
 
 `class_maps` runs the trainable's torchcam Grad-CAM (`trainable.cam_occlusion.grad_cam`: hooks
 removed and modes restored even when a batch fails, no parameter gradient touched) on a stage
-of ResNet-18 for a given class of each image, and returns maps at the input's resolution.
+of the model for a given class of each image, and returns maps at the input's resolution.
+`cam_layer` picks the stage per model from the feature maps the model makes at the input size
+(trainable/backbones.py `feature_stages`).
 `pointing_game` checks where a map's peak falls (Zhang et al. 2016,
 https://arxiv.org/abs/1608.00507): on the synthetic data, inside the box of the part that
 decides the class.
@@ -25,24 +27,23 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import crop_to_box
 from carsweep.data.images import open_rgb
 from carsweep.trainable import eval_transform
-from carsweep.trainable.augment import normalization
+from carsweep.trainable.backbones import feature_stages
 from carsweep.trainable.cam_occlusion import TARGET_LAYER, grad_cam
 from carsweep.trainable.gpu_augment import Normalize
 
 CAM_BATCH = 16
-# ResNet-18's stages and their strides: a map of layer4 at 64 px input is 2 x 2, too coarse to
-# point at a headlight. MIN_CAM_SIDE picks the deepest stage still this many cells across.
-STAGE_STRIDES = {"layer4": 32, "layer3": 16, "layer2": 8, "layer1": 4}
+# A map of ResNet's layer4 at 64 px input is 2 x 2, too coarse to point at a headlight.
+# MIN_CAM_SIDE picks the deepest stage still this many cells across.
 MIN_CAM_SIDE = 7
 
 
-def cam_layer(resize: int) -> str:
-    """The deepest stage whose map is at least MIN_CAM_SIDE cells wide at `resize` px input:
-    layer4 at 224 px (7 x 7, the usual Grad-CAM), layer3 at 128, layer2 at 64, layer1 below."""
-    for layer, stride in STAGE_STRIDES.items():
-        if resize // stride >= MIN_CAM_SIDE:
-            return layer
-    return "layer1"
+def cam_layer(model: str, resize: int) -> str:
+    """The deepest stage of `model` whose map is at least MIN_CAM_SIDE cells wide at `resize` px
+    input (the widest one where none is): for ResNets layer4 at 224 px (7 x 7, the usual
+    Grad-CAM), layer3 at 128, layer2 at 64, layer1 at 32."""
+    stages = feature_stages(model, resize)
+    wide = [stage for stage in stages if stage.side >= MIN_CAM_SIDE]
+    return wide[-1].name if wide else max(stages, key=lambda stage: stage.side).name
 
 
 def load_inputs(paths: list[Path], config: TrialConfig,
@@ -62,11 +63,11 @@ def load_inputs(paths: list[Path], config: TrialConfig,
 
 
 def class_maps(model: nn.Module, images: torch.Tensor, classes: list[int],
-               layer: str = TARGET_LAYER, normalize: Normalize | None = None) -> torch.Tensor:
+               layer: str = TARGET_LAYER, *, normalize: Normalize) -> torch.Tensor:
     """(B, S, S) Grad-CAM of class `classes[i]` for image i, in [0, 1], bilinear to S x S;
-    `normalize` makes the model's input (default: the trainable's normalisation)."""
+    `normalize` makes the model's input (the normaliser the model was trained with)."""
     device = next(model.parameters()).device
-    normalize = (normalize or Normalize(*normalization())).to(device)
+    normalize = normalize.to(device)
     maps = []
     for start in range(0, len(images), CAM_BATCH):
         chunk = normalize(images[start:start + CAM_BATCH].to(device))

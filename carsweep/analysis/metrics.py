@@ -10,6 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from carsweep.analysis.calibration import (
+    expected_calibration_error,
+    log_probabilities,
+    negative_log_likelihood,
+)
+
 PROB_PREFIX = "p_"
 
 
@@ -75,7 +81,8 @@ def most_confused_pairs(matrix: np.ndarray, classes: list[str], top: int = 20) -
 
 
 def test_metrics(table: pd.DataFrame, num_classes: int) -> dict[str, float | int]:
-    """top1, top5, mean per-class accuracy and the image count, from a predictions table."""
+    """top1, top5, mean per-class accuracy, the image count, the expected calibration error
+    (15 bins) and the negative log-likelihood, from a predictions table."""
     probs = probabilities(table)
     labels = table["label"].to_numpy()
     matrix = confusion_matrix(labels, probs.argmax(axis=1), num_classes)
@@ -86,6 +93,8 @@ def test_metrics(table: pd.DataFrame, num_classes: int) -> dict[str, float | int
         "top5": top_k_accuracy(probs, labels, 5),
         "mean_per_class_accuracy": float((np.diag(matrix)[present] / images[present]).mean()),
         "test_images": int(len(table)),
+        "ece": expected_calibration_error(probs, labels),
+        "nll": negative_log_likelihood(log_probabilities(probs), labels),
     }
 
 

@@ -19,6 +19,11 @@ matplotlib.use("Agg")  # before pyplot: analyze runs on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from carsweep.analysis.calibration import (  # noqa: E402
+    expected_calibration_error,
+    reliability,
+    scaled,
+)
 from carsweep.analysis.metrics import by_make  # noqa: E402
 
 LABELLED_CLASSES = 40  # above this, class names on the axes overlap
@@ -79,6 +84,34 @@ def confusion_zoom(matrix: np.ndarray, classes: list[str], path: Path) -> Path |
     figure, axes = plt.subplots(figsize=(10, 9))
     _draw_matrix(axes, _row_share(sub), [classes[i] for i in chosen], counts=sub)
     axes.set_title(f"The {len(chosen)} most confused classes (counts; colour = share of row)")
+    return save(figure, path)
+
+
+def reliability_diagram(probs: np.ndarray, labels: np.ndarray, temperature: float,
+                        path: Path) -> Path:
+    """Accuracy against confidence per bin (the diagonal is perfect calibration), as tested
+    and, where a temperature was fitted, with it; ECE in each title, bar width = the bin."""
+    panels = [("as tested", probs)]
+    if temperature != 1.0:
+        panels.append((f"temperature {temperature:.2f}", scaled(probs, temperature)))
+    figure, grid = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
+    for axes, (title, shown) in zip(grid.flat, panels, strict=True):
+        table = reliability(shown, labels)
+        filled = table[table["images"] > 0]
+        width = float(table["upper"].iloc[0] - table["lower"].iloc[0])
+        axes.bar(filled["lower"], filled["accuracy"], width=width, align="edge",
+                 edgecolor="black", color="C0", label="accuracy")
+        axes.bar(filled["lower"], filled["confidence"] - filled["accuracy"],
+                 bottom=filled["accuracy"], width=width, align="edge", fill=False, hatch="//",
+                 edgecolor="C3", linewidth=0, label="gap to mean confidence")
+        axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel("confidence (top probability)")
+        axes.set_ylabel("accuracy")
+        axes.set_title(f"{title}: ECE {expected_calibration_error(shown, labels):.3f}")
+        axes.legend(fontsize=8, loc="upper left")
+    figure.suptitle(f"Reliability on the test split ({len(table)} bins, {len(labels)} images)")
     return save(figure, path)
 
 

@@ -2,8 +2,9 @@
 
 Images are prepared exactly as the trainable evaluates them (`gradcam.load_inputs`: decoded
 with `open_rgb`, square resize to the export's input size, no crop), then normalised with the
-mean and std stored in the export. A model trained with `bbox_crop` saw cropped cars: give it
-cropped photos.
+mean and std stored in the export; the probabilities are the softmax of the logits divided by
+the export's temperature. A model trained with `bbox_crop` saw cropped cars: give it cropped
+photos.
 """
 
 from __future__ import annotations
@@ -74,10 +75,11 @@ def model_inputs(paths: list[Path], exported: Export) -> torch.Tensor:
 
 @torch.no_grad()
 def probabilities(exported: Export, images: torch.Tensor) -> torch.Tensor:
-    """(N, C) softmax of the model's logits for uint8 (N, 3, S, S) images, on the CPU."""
+    """(N, C) softmax of the model's logits divided by the export's temperature (the one
+    `analyze` fitted; 1.0 where none was) for uint8 (N, 3, S, S) images, on the CPU."""
     device = next(exported.model.parameters()).device
     logits = exported.model(exported.normalize.to(device)(images.to(device)))
-    return torch.softmax(logits.float(), dim=1).cpu()
+    return torch.softmax(logits.float() / exported.temperature, dim=1).cpu()
 
 
 def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[int, str, float]]]:
@@ -96,8 +98,9 @@ def save_cams(exported: Export, paths: list[Path], images: torch.Tensor, labels:
     in `out_dir` (named after the image; a name already in `used` gets a number)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The stage analyze uses at this size: layer4 is only 1 x 1 at 32 px.
-    cams = class_maps(exported.model, images, labels, layer=cam_layer(exported.input_size),
+    # The stage analyze uses at this size: ResNet's layer4 is only 1 x 1 at 32 px.
+    layer = cam_layer(exported.architecture, exported.input_size)
+    cams = class_maps(exported.model, images, labels, layer=layer,
                       normalize=exported.normalize)
     written = []
     for path, cam in zip(paths, cams, strict=True):

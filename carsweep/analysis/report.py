@@ -42,6 +42,7 @@ def write_report(folder: Path, summary: dict[str, Any], per_class: pd.DataFrame,
     """Write folder/report.html from what analyze wrote into `folder`."""
     sections = [
         _header(summary),
+        _section("Calibration", _calibration(folder, summary)),
         _section("Confusion matrix", _figures(folder, [
             ("confusion_zoom.png", "The most confused classes"),
             ("confusion_by_make.png", "Grouped by make"),
@@ -69,6 +70,7 @@ def _header(summary: dict[str, Any]) -> str:
     best = summary["best_trial"]
     kpis = [("test top-1", _pct(summary["top1"])), ("test top-5", _pct(summary["top5"])),
             ("mean per-class accuracy", _pct(summary["mean_per_class_accuracy"])),
+            ("expected calibration error", f"{summary['ece']:.3f}"),
             ("test images", str(summary["test_images"]))]
     spread = ""
     if "over_seeds" in summary:
@@ -85,9 +87,49 @@ def _header(summary: dict[str, Any]) -> str:
         f"{escape(summary['split_scheme'])} test split of {escape(summary['dataset'])}.</p>"
         + "".join(f"<div class='kpi'><b>{v}</b>{escape(k)}</div>" for k, v in kpis)
         + spread
+        + _variants(summary)
         + f"<p>{escape(_where(summary['seeds']))}</p>"
         + f"<p>CAM-guided occlusion: <b>{escape(best['cam_occlusion'])}</b></p>"
     )
+
+
+def _variants(summary: dict[str, Any]) -> str:
+    """The single best model next to its TTA and the ensemble (and the ensemble's TTA)."""
+    rows = [("the best trial's model", summary)]
+    if "tta" in summary:
+        rows.append(("with horizontal-flip TTA", summary["tta"]))
+    if "ensemble" in summary:
+        ensemble = summary["ensemble"]
+        members = ", ".join(m["trial_id"] for m in ensemble["members"])
+        rows.append((f"ensemble of {len(ensemble['members'])} trials ({members})", ensemble))
+        if "tta" in ensemble:
+            rows.append(("ensemble with TTA", ensemble["tta"]))
+    if len(rows) == 1:
+        return ""
+    cells = "".join(f"<tr><td>{escape(name)}</td><td>{_pct(m['top1'])}</td>"
+                    f"<td>{_pct(m['top5'])}</td><td>{m['ece']:.3f}</td></tr>"
+                    for name, m in rows)
+    return ("<table><tr><th>test predictions of</th><th>top-1</th><th>top-5</th><th>ECE</th>"
+            f"</tr>{cells}</table><p class='note'>Ensemble: the mean of the members' softmaxes; "
+            "TTA: the mean of the softmaxes of each image and its mirror image.</p>")
+
+
+def _calibration(folder: Path, summary: dict[str, Any]) -> str:
+    fitted = summary["calibration"]
+    if fitted["temperature"] == 1.0:
+        text = f"<p>No temperature ({escape(fitted['fitted_on'])}).</p>"
+    else:
+        text = (f"<p>Temperature <b>{fitted['temperature']:.3f}</b>, fitted on the "
+                f"{escape(fitted['fitted_on'])} (NLL {fitted['val_nll']:.3f} &rarr; "
+                f"{fitted['val_nll_calibrated']:.3f}); on test it takes the ECE from "
+                f"{fitted['test_ece']:.3f} to {fitted['test_ece_calibrated']:.3f} and the NLL "
+                f"from {fitted['test_nll']:.3f} to {fitted['test_nll_calibrated']:.3f}. "
+                "<code>carsweep export</code> stores it and <code>carsweep predict</code> "
+                "divides the logits by it.</p>")
+    return (f"<p class='note'>Expected calibration error over {fitted['bins']} equal-width "
+            "confidence bins: how far the model's top probability is from how often it is "
+            "right (0 = calibrated).</p>" + text
+            + _figures(folder, [("reliability.png", "Reliability diagram")]))
 
 
 def _where(seeds: list[dict[str, Any]]) -> str:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from carsweep.errors import UserError
 
-HELP = ("retrain a sweep's best trial on train+val, test it once, and write "
-        "EXPERIMENT/analysis/ (metrics, confusion matrix, Grad-CAM of mistakes, report.html)")
+HELP = ("retrain a sweep's best trial (or top K) on train+val, test it once, and write "
+        "EXPERIMENT/analysis/ (metrics, calibration, confusion matrix, Grad-CAM of mistakes, "
+        "report.html)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="retrain for N epochs (default: the best trial's epochs)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="retrain K times (seeds seed..seed+K-1) and report mean and spread")
+    parser.add_argument("--ensemble", type=int, default=1, metavar="K",
+                        help="also retrain the next K-1 best trials once each and report the "
+                        "ensemble of the K (mean of their softmaxes) next to the best alone")
+    parser.add_argument("--tta", action="store_true",
+                        help="also report horizontal-flip test-time augmentation (mean softmax "
+                        "of each test image and its mirror image)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to retrain (default: the best trial's device)")
     parser.add_argument("--address", default=None,
@@ -36,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from carsweep.analysis.analyze import analyze_experiment
 
     folder = analyze_experiment(args.experiment, epochs=args.epochs, seeds=args.seeds,
-                                device=args.device, retrain=retrain_strategy(args))
+                                ensemble_of=args.ensemble, tta=args.tta, device=args.device,
+                                retrain=retrain_strategy(args))
     print(f"analysis written: {folder}")
     return 0
 

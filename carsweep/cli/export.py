@@ -31,8 +31,11 @@ def run(args: argparse.Namespace) -> int:
                    if args.torchscript else None)
     payload = export(args.folder, args.out, torchscript=torchscript)
     source = payload["source"]
-    print(f"exported {source['kind']} model ({len(payload['classes'])} classes, "
-          f"{payload['input_size']} px) from {source['path']} -> {args.out}")
+    calibrated = (f", temperature {payload['temperature']:.3f}" if payload["calibration"]
+                  else ", not calibrated")
+    print(f"exported {source['kind']} {payload['architecture']} ({len(payload['classes'])} "
+          f"classes, {payload['input_size']} px{calibrated}) from {source['path']} -> "
+          f"{args.out}")
     if "value" in source:
         print(f"trial {source['trial_id']}: {source['metric']} = {source['value']:.4f} "
               "(validation; run `carsweep analyze` for an honest test score)")

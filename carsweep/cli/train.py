@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-HELP = "train one trial (ResNet-18) on a prepared dataset, standalone, without Ray"
+HELP = "train one trial (any torchvision backbone) on a prepared dataset, standalone, without Ray"
 EPILOG = "Every trial setting and augmentation preset: carsweep settings"
 
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from carsweep.config.trial import TrialConfig
     from carsweep.data.manifest import load_dataset
     from carsweep.errors import UserError
-    from carsweep.trainable import check_augmentation, load_weights, train
+    from carsweep.trainable import check_augmentation, check_backbone, load_weights, train
     from carsweep.trainable.run import pick_device
     from carsweep.trainable.run_folder import RunFolder
 
@@ -56,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
         config = load_model(TrialConfig, args.config, args.overrides)
         checkpoint = None
     check_augmentation(config.augmentation)
+    check_backbone(config.model, resize=config.resize)
     pick_device(config.device)  # `cuda` on a machine without one: an error, no run folder
     # Weights are resolved before the run folder exists, so a bad source leaves nothing behind.
-    weights = None if args.resume else load_weights(config.weights)
+    weights = None if args.resume else load_weights(config.weights, config.model)
     eval_split = None if args.eval_split == "none" else args.eval_split
     dataset = load_dataset(args.data)
     print(f"training {config.epochs} epochs on {dataset.folder} "

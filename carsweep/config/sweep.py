@@ -319,6 +319,12 @@ class SweepConfig(BaseModel):
         """The fields that vary across trials (a branched field counts once, by its field)."""
         return {name: spec for name, spec in self.space.items() if spec.searched}
 
+    def listed_values(self, name: str) -> list[Any]:
+        """The values the space lists for field `name` (its fixed value, choices, range ends,
+        every branch's), or TrialConfig's default where the space leaves it out."""
+        spec = self.space.get(name)
+        return list(spec.values) if spec is not None else [TrialConfig.model_fields[name].default]
+
     def fixed(self) -> dict[str, Any]:
         return {name: spec.values[0] for name, spec in self.space.items() if not spec.searched}
 

@@ -13,7 +13,7 @@ Schedule = Literal["cosine", "step", "constant"]
 # How `carsweep settings` groups TrialConfig's fields, in the order it lists them (a test keeps
 # every field in exactly one group; one left out would be listed under "other").
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
-    "training": ("optimizer", "lr", "weight_decay", "momentum", "nesterov", "epochs",
+    "training": ("model", "optimizer", "lr", "weight_decay", "momentum", "nesterov", "epochs",
                  "batch_size", "label_smoothing", "lr_schedule", "step_size", "step_gamma",
                  "warmup_epochs", "weights", "freeze_backbone_epochs"),
     "data": ("resize", "bbox_crop", "num_workers", "data_cache", "cache_dir"),
@@ -26,12 +26,17 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
 class TrialConfig(BaseModel):
     """A training run's settings. Defaults suit a quick CPU run; YAML and `--set` override them.
 
-    Names that come from a registry (augmentation presets) are checked by the registry that
-    owns them, `carsweep.trainable.augment`, which lists the valid names when one is unknown.
+    Names that come from a registry are checked by the registry that owns them, which lists
+    valid names when one is unknown: augmentation presets by `carsweep.trainable.augment`,
+    models by `carsweep.trainable.backbones` (torchvision's).
     """
 
     model_config = ConfigDict(extra="forbid")
 
+    model: str = Field(
+        "resnet18", min_length=1, description="torchvision classification model, new head for "
+        "the dataset: resnet18/34/50, efficientnet_b0..b3, convnext_tiny, mobilenet_v3_small/"
+        "large, regnet_y_400mf.., swin_t... (torchvision.models.list_models() but vit_*)")
     optimizer: Optimizer = Field(
         "sgd", description="sgd (momentum, optional nesterov), adam, adamw or rmsprop")
     lr: float = Field(0.01, gt=0, le=10, description="peak learning rate, reached after warm-up")
@@ -42,7 +47,8 @@ class TrialConfig(BaseModel):
     epochs: int = Field(10, ge=1, le=10_000, description="training epochs")
     batch_size: int = Field(32, ge=1, le=65_536, description="images per optimizer step")
     resize: int = Field(
-        256, ge=16, le=2048, description="square input size in pixels (256 vs 400 for cars)")
+        256, ge=16, le=2048, description="square input size in pixels, any size the model "
+        "takes (448 is the fine-grained literature's for cars)")
     augmentation: str = Field(
         "flip", min_length=1, description="preset name, or several joined with '+'")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")

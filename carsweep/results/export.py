@@ -3,9 +3,12 @@
 An export is a dict of tensors, strings, numbers, lists and dicts, so it loads with
 `torch.load(path, weights_only=True)` and no carsweep code:
 
-    format, version        "carsweep-export", 1
-    architecture           "resnet18" (torchvision's, with `fc` replaced for len(classes))
+    format, version        "carsweep-export", 2 (1: before temperature; read as T = 1)
+    architecture           torchvision's model name, e.g. "resnet18", with its head replaced
+                           for len(classes) (a file without it is ResNet-18)
     model                  the state dict
+    temperature            divide the logits by it before the softmax (1.0: not calibrated)
+    calibration            how `analyze` fitted the temperature (metrics.json's), else None
     classes                class names, index = output
     input_size             square side in pixels the images are resized to (no crop)
     normalization          {"mean": [r, g, b], "std": [r, g, b]} on 0..1 RGB
@@ -39,6 +42,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.results.store import load_experiment
 from carsweep.trainable.augment import normalization
+from carsweep.trainable.backbones import DEFAULT_MODEL, model_names
 from carsweep.trainable.checkpoint import (
     CHECKPOINT_FILE,
     CLASSES_FILE,
@@ -52,8 +56,8 @@ from carsweep.trainable.model import build_model
 from carsweep.trainable.safe_load import load_tensors_only
 
 FORMAT = "carsweep-export"
-VERSION = 1
-ARCHITECTURE = "resnet18"
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # Where `analyze` keeps its retrained model (a checkpoint folder) and its test metrics.
 RETRAINED_MODEL_DIR = Path(files.ANALYSIS_DIR) / files.RETRAINED_MODEL_DIR
 TEST_METRICS_FILE = Path(files.ANALYSIS_DIR) / files.TEST_METRICS_FILE
@@ -74,6 +78,8 @@ class Export:
     """A loaded export: the model (eval mode, CPU) and what is needed to feed it."""
 
     model: nn.Module
+    architecture: str
+    temperature: float
     classes: list[str]
     input_size: int
     mean: tuple[float, ...]
@@ -150,17 +156,20 @@ def export_payload(source: ModelSource) -> dict[str, Any]:
     state = load_checkpoint(source.checkpoint)
     config = _checkpoint_config(source.checkpoint)
     classes = _checkpoint_classes(source.checkpoint, state)
-    model = build_model(len(classes))
+    model = build_model(len(classes), model=config.model)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:
-        raise UserError(f"{source.checkpoint}: its weights do not fit ResNet-18 with "
+        raise UserError(f"{source.checkpoint}: its weights do not fit {config.model} with "
                         f"{len(classes)} classes") from None
-    mean, std = normalization()
+    mean, std = normalization(config.model)
+    calibration = (source.test_metrics or {}).get("calibration")
     return {
         "format": FORMAT, "version": VERSION, "carsweep_version": __version__,
-        "architecture": ARCHITECTURE,
+        "architecture": config.model,
         "model": {name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+        "temperature": float(calibration["temperature"]) if calibration else 1.0,
+        "calibration": calibration,
         "classes": classes,
         "input_size": config.resize,
         "normalization": {"mean": list(mean), "std": list(std)},
@@ -206,19 +215,22 @@ def from_payload(data: Any, what: str) -> Export:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{what}: not a carsweep export (no format {FORMAT!r}); make one "
                         "with `carsweep export`")
-    if data.get("version") != VERSION or data.get("architecture") != ARCHITECTURE:
-        raise UserError(f"{what}: export version {data.get('version')} of "
-                        f"{data.get('architecture')}; this carsweep reads version {VERSION} "
-                        f"of {ARCHITECTURE}")
+    architecture = data.get("architecture", DEFAULT_MODEL)
+    if data.get("version") not in READABLE_VERSIONS or architecture not in model_names():
+        raise UserError(f"{what}: export version {data.get('version')} of {architecture}; "
+                        f"this carsweep reads versions {', '.join(map(str, READABLE_VERSIONS))} "
+                        "of torchvision's classification models")
     classes = list(data["classes"])
-    model = build_model(len(classes))
+    model = build_model(len(classes), model=architecture)
     try:
         model.load_state_dict(data["model"])
     except (RuntimeError, TypeError):
-        raise UserError(f"{what}: its weights do not fit {ARCHITECTURE} with "
+        raise UserError(f"{what}: its weights do not fit {architecture} with "
                         f"{len(classes)} classes") from None
     return Export(
-        model=model.eval(), classes=classes, input_size=int(data["input_size"]),
+        model=model.eval(), architecture=architecture,
+        temperature=float(data.get("temperature", 1.0)),
+        classes=classes, input_size=int(data["input_size"]),
         mean=tuple(data["normalization"]["mean"]), std=tuple(data["normalization"]["std"]),
         config=validate(TrialConfig, data["config"], f"{what} config"),
         test_metrics=data.get("test_metrics"), source=dict(data.get("source") or {}),
@@ -233,7 +245,8 @@ class Traced:
 
 def trace(exported: Export) -> Traced:
     """TorchScript of the model with its normalisation: float RGB (B, 3, S, S) in 0..1 in,
-    logits out; the class names and input size ride along as extra files."""
+    logits out (not divided by the temperature); the class names, input size, architecture and
+    temperature ride along as extra files."""
     wrapped = nn.Sequential(exported.normalize, exported.model).eval()
     example = torch.zeros(2, 3, exported.input_size, exported.input_size)
     with warnings.catch_warnings():
@@ -243,7 +256,9 @@ def trace(exported: Export) -> Traced:
     return Traced(traced, {
         "classes.json": json.dumps(exported.classes),
         "carsweep.json": json.dumps({"input_size": exported.input_size, "input": "float RGB "
-                                     "0..1, square resize, normalised inside"}),
+                                     "0..1, square resize, normalised inside",
+                                     "architecture": exported.architecture,
+                                     "temperature": exported.temperature}),
     })
 
 

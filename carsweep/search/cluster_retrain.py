@@ -3,21 +3,24 @@
 `ClusterRetrain` is the `analysis.retrain.Retrain` strategy the CLI picks when the sweep ran on
 a cluster (sweep.yaml's `cluster.address`) or `--address` is given. Each retrain is one Ray task
 asking the sweep's per-trial resources, so with `resources.gpu` > 0 it runs only on a node with
-a GPU (the head node needs none), and `--seeds K` is K tasks submitted together.
+a GPU (the head node needs none), and every job of an analyze (`--seeds K`, the trials of
+`--ensemble K`) is one task, all submitted together.
 
 A task is a streaming generator (`num_returns="streaming"`). It yields where it started, then
 each progress line as training makes it (training runs in a thread of the task that feeds a
 queue, because `train` reports through a callback), then what the driver needs: the trained
-weights as CPU tensors, the test probabilities and labels, the history. The driver `ray.wait`s
-on all the generators, prints each line as it arrives, and rebuilds each model from its weights
-for the Grad-CAM gallery and the export, which run here on the CPU.
+weights as CPU tensors, the test probabilities (and the flipped images' with `--tta`) and
+labels, the history. The driver `ray.wait`s on all the generators, prints each line as it
+arrives, and rebuilds each model from its weights for the Grad-CAM gallery and the export,
+which run here on the CPU.
 
 What travels: the dataset does not (each node reads it at the same path, as trials do); start
-weights are loaded once here by the sweep's own `shipped_weights` and put in the object store
-once for every task. A task is never retried (max_retries=0): a failure (node lost, NaN loss,
-out of memory) is one line naming the retrain and its node, the other tasks are cancelled, and
-analyze writes nothing. Each task gets a fresh worker process that exits after it (max_calls=1),
-so no GPU memory stays held on the node.
+weights are loaded once here per (model, weights) pair the jobs need, by the sweep's own
+`shipped_weights`, and each put in the object store once for every task that needs it. A task
+is never retried (max_retries=0): a failure (node lost, NaN loss, out of memory) is one line
+naming the retrain and its node, the other tasks are cancelled, and analyze writes nothing.
+Each task gets a fresh worker process that exits after it (max_calls=1), so no GPU memory stays
+held on the node.
 
 This module imports analysis.retrain (the ray-free training and result types) sideways; the
 analysis package never imports this one.
@@ -41,9 +44,8 @@ from ray.exceptions import RayError
 from carsweep.analysis.retrain import (
     Placement,
     Retrained,
-    retrain_name,
+    RetrainJob,
     say,
-    seeded,
     train_and_test,
 )
 from carsweep.config.sweep import ParamSpec, Resources, SweepConfig
@@ -53,7 +55,7 @@ from carsweep.errors import UserError
 from carsweep.search.cluster import check_cluster_resources, ray_session
 from carsweep.search.probes import node_label
 from carsweep.search.release import gpu_memory_released
-from carsweep.search.trial import readable_dataset, trial_config
+from carsweep.search.trial import readable_dataset, trial_config, weights_key
 from carsweep.search.tuner import shipped_weights
 
 
@@ -73,6 +75,7 @@ class Shipped:
     history: list[dict[str, float]]
     probs: np.ndarray  # (N, C)
     labels: np.ndarray  # (N,)
+    tta_probs: np.ndarray | None  # (N, C), with tta only
 
 
 class ClusterRetrain:
@@ -81,26 +84,35 @@ class ClusterRetrain:
     def __init__(self, sweep: SweepConfig, address: str) -> None:
         self.sweep, self.address = sweep, address
 
-    def __call__(self, config: TrialConfig, dataset: PreparedDataset, seeds: int,
+    def __call__(self, jobs: list[RetrainJob], dataset: PreparedDataset,
                  out: TextIO | None = None) -> list[Retrained]:
         resources = self.sweep.resources
-        config = task_config(config, resources)
-        # The sweep's loader, for this retrain's source only: another choice of the space
-        # (imagenet on a driver without internet) must not stop it.
-        space = self.sweep.space | {"weights": ParamSpec.model_validate(config.weights)}
-        weights = shipped_weights(self.sweep.model_copy(update={"space": space})).get(
-            config.weights)
+        jobs = [RetrainJob(task_config(job.config, resources), job.name, job.tta)
+                for job in jobs]
+        weights = self._start_weights(jobs)
         with _joined(self.sweep, self.address):
-            say(f"[analyze] {seeds} retrain task(s) on the Ray cluster at {self.address}, "
+            say(f"[analyze] {len(jobs)} retrain task(s) on the Ray cluster at {self.address}, "
                 f"{resources.cpu:g} CPU and {resources.gpu:g} GPU each; each starts when a "
                 "node has them free", out)
             task = _retrain_task.options(num_cpus=resources.cpu, num_gpus=resources.gpu)
-            shared_weights = ray.put(weights)  # one copy in the object store for all tasks
+            # One copy of each start-weights state in the object store, for all its tasks.
+            shared = {key: ray.put(state) for key, state in weights.items()}
             runs = {}
-            for k in range(seeds):
-                run = _Run(seeded(config, k), k, seeds)
-                runs[task.remote(run.config, str(dataset.folder), shared_weights)] = run
+            for index, job in enumerate(jobs):
+                run = _Run(job, index)
+                ref = task.remote(job, str(dataset.folder), shared.get(weights_key(job.config)))
+                runs[ref] = run
             return _collect(runs, dataset.num_classes, out)
+
+    def _start_weights(self, jobs: list[RetrainJob]) -> dict[tuple[str, str], dict]:
+        """The sweep's loader, for the (model, weights) pairs of these jobs only: another
+        choice of the space (imagenet on a driver without internet) must not stop them."""
+        weights: dict[tuple[str, str], dict] = {}
+        for model, source in sorted({weights_key(job.config) for job in jobs}):
+            space = self.sweep.space | {"model": ParamSpec.model_validate(model),
+                                        "weights": ParamSpec.model_validate(source)}
+            weights |= shipped_weights(self.sweep.model_copy(update={"space": space}))
+        return weights
 
 
 def task_config(config: TrialConfig, resources: Resources) -> TrialConfig:
@@ -130,14 +142,13 @@ def _joined(sweep: SweepConfig, address: str) -> Iterator[None]:
 class _Run:
     """One submitted retrain, as the driver follows it."""
 
-    config: TrialConfig
+    job: RetrainJob
     index: int
-    seeds: int
     placement: Placement | None = None
 
     @property
     def name(self) -> str:
-        return retrain_name(self.config, self.index, self.seeds)
+        return self.job.name
 
     @property
     def where(self) -> str:
@@ -160,10 +171,12 @@ def _collect(runs: dict[Any, _Run], num_classes: int, out: TextIO | None) -> lis
                     run.placement = _placement(item)
                     say(f"[analyze] {run.name} {run.where}: started", out)
                 elif isinstance(item, Shipped):
-                    model = build_model(num_classes, item.state_dict).eval()
+                    config = run.job.config
+                    model = build_model(num_classes, item.state_dict, config.model).eval()
                     done[run.index] = Retrained(
-                        config=run.config, model=model, history=item.history,
-                        probs=item.probs, labels=item.labels, placement=run.placement)
+                        config=config, model=model, history=item.history,
+                        probs=item.probs, labels=item.labels, placement=run.placement,
+                        tta_probs=item.tta_probs)
                 else:
                     say(f"[analyze] {run.name} {run.where} {item}", out)
     finally:
@@ -207,13 +220,13 @@ def _placement(started: Started) -> Placement:
 
 
 @ray.remote(num_returns="streaming", max_retries=0, max_calls=1)
-def _retrain_task(config: TrialConfig, dataset: str, weights: dict | None):
+def _retrain_task(job: RetrainJob, dataset: str, weights: dict | None):
     """On the node: where it runs, the progress lines as they come, then the result."""
     yield Started(node_id=ray.get_runtime_context().get_node_id(),
                   hostname=socket.gethostname())
     lines: queue.Queue[str | None] = queue.Queue()
     outcome: dict[str, Any] = {}
-    worker = threading.Thread(target=_train_into, args=(config, dataset, weights, lines, outcome),
+    worker = threading.Thread(target=_train_into, args=(job, dataset, weights, lines, outcome),
                               daemon=True)
     worker.start()
     while (line := lines.get()) is not None:
@@ -224,17 +237,19 @@ def _retrain_task(config: TrialConfig, dataset: str, weights: dict | None):
     yield outcome["result"]
 
 
-def _train_into(config: TrialConfig, dataset: str, weights: dict | None,
+def _train_into(job: RetrainJob, dataset: str, weights: dict | None,
                 lines: queue.Queue, outcome: dict[str, Any]) -> None:
     """The task's training thread: lines into `lines` (None at the end), result or error into
     `outcome`."""
     try:
         with gpu_memory_released():
             data = load_dataset(readable_dataset(dataset))
-            tested = train_and_test(config, data, lines.put, initial_weights=weights)
+            tested = train_and_test(job.config, data, lines.put, initial_weights=weights,
+                                    tta=job.tta)
             outcome["result"] = Shipped(
                 state_dict={k: v.detach().cpu() for k, v in tested.model.state_dict().items()},
-                history=tested.history, probs=tested.probs, labels=tested.labels)
+                history=tested.history, probs=tested.probs, labels=tested.labels,
+                tta_probs=tested.tta_probs)
     except BaseException as error:  # noqa: BLE001 - re-raised by the task, for the driver
         outcome["error"] = error
     finally:

@@ -17,9 +17,9 @@ the same checks first and stops at the first failure. The checks, in order:
     caches      per node that can run a trial and per resize: the decoded cache is there, or
                 the disk has room to build it (search/node_caches.py); a cache folder on
                 shared storage is a warning (warn lines never stop a sweep)
-    gpu memory  one training step at the largest batch size x input size of the space, measured
-                on a GPU (the allocator's peak reserve and the CUDA context), fits in the
-                GPU's memory / trials per GPU
+    gpu memory  per model of the space, one training step at the largest batch size x input
+                size, measured on a GPU (the allocator's peak reserve and the CUDA context),
+                fits in the GPU's memory / trials per GPU
 
 Every failure is one line naming the node, path or value. A warning is one line too, saying
 what to do; `--check` prints it as `warn`, a real launch prints it once and goes on.
@@ -136,15 +136,21 @@ def static_checks(config: SweepConfig, report: Report) -> None:
 
 
 def check_weights(config: SweepConfig, report: Report) -> None:
-    """Every start-weights source of the space loads (safely), as the launch will load it."""
+    """Every start-weights source of the space loads (safely), as the launch will load it;
+    ImageNet's say the size they were trained at, a hint for `resize`."""
     from carsweep.search.tuner import shipped_weights
+    from carsweep.trainable.backbones import preprocessing
+    from carsweep.trainable.model import IMAGENET
 
     try:
         loaded = shipped_weights(config)
     except UserError as error:
         report.failed("weights", str(error))
         return
-    report.passed("weights", ", ".join(loaded) + " loaded" if loaded else "none (from scratch)")
+    named = [f"{source} for {model}"
+             + (f" (trained at {preprocessing(model).crop_size} px)" if source == IMAGENET
+                else "") for model, source in loaded]
+    report.passed("weights", ", ".join(named) + " loaded" if loaded else "none (from scratch)")
 
 
 def cluster_checks(config: SweepConfig, report: Report) -> None:
@@ -281,12 +287,24 @@ def dry_trial(config: SweepConfig) -> TrialConfig:
         if param.applies(values):
             values[param.field] = param.spec.values[0]
     values |= {"epochs": 1, "warmup_epochs": 0, "freeze_backbone_epochs": 0,
-               "batch_size": DRY_BATCH, "resize": DRY_RESIZE, "num_workers": 0,
+               "batch_size": DRY_BATCH, "resize": _dry_resize(values), "num_workers": 0,
                "device": "cpu", "data_cache": "off", "weights": "none"}
     try:
         return TrialConfig.model_validate(values)
     except ValueError as error:
         raise UserError(f"the first trial of the space is invalid: {error}") from None
+
+
+def _dry_resize(values: dict[str, Any]) -> int:
+    """DRY_RESIZE, or the trial's own size for a model that cannot take it (inception_v3
+    needs 75 px, maxvit_t 224)."""
+    from carsweep.trainable.backbones import feature_stages
+
+    try:
+        feature_stages(values.get("model", TrialConfig.model_fields["model"].default), DRY_RESIZE)
+    except UserError:
+        return values.get("resize", TrialConfig.model_fields["resize"].default)
+    return DRY_RESIZE
 
 
 def few_images(data, per_split: dict[str, int]):
@@ -350,17 +368,15 @@ def check_node_caches(config: SweepConfig, report: Report) -> None:
 
 # GPU memory -------------------------------------------------------------------------------
 
-def largest_trial(config: SweepConfig) -> dict[str, Any]:
-    """The space's most memory-hungry trial: largest batch and input size, the optimizer
-    that keeps the most state."""
+def largest_trials(config: SweepConfig) -> list[dict[str, Any]]:
+    """Per model of the space, its most memory-hungry trial: largest batch and input size,
+    the optimizer that keeps the most state."""
     trial: dict[str, Any] = {}
     for name in ("batch_size", "resize"):
         spec = config.space.get(name)
         trial[name] = spec.largest() if spec else TrialConfig.model_fields[name].default
-    spec = config.space.get("optimizer")
-    optimizers = spec.values if spec else [TrialConfig.model_fields["optimizer"].default]
-    trial["optimizer"] = max(optimizers, key=OPTIMIZER_STATE.__getitem__)
-    return trial
+    trial["optimizer"] = max(_possible(config, "optimizer"), key=OPTIMIZER_STATE.__getitem__)
+    return [{"model": model, **trial} for model in _possible(config, "model")]
 
 
 def trials_per_gpu(gpu: float) -> int:
@@ -375,26 +391,26 @@ def check_gpu_memory(config: SweepConfig, report: Report) -> None:
     if gpu == 0:
         report.passed("gpu memory", "no GPU: memory check skipped (resources.gpu = 0)")
         return
-    trial = largest_trial(config)
     classes = load_dataset(Path(config.dataset)).num_classes
-    try:
-        measured = measure_gpu_step(gpu, trial, classes)
-    except (TimeoutError, NoCudaOnGpuNode) as error:  # a busy cluster, logical GPUs: go on
-        report.warned("gpu memory", f"{error}; not checked")
-        return
-    share = measured.total_bytes / trials_per_gpu(gpu)
-    step = (f"one training step at batch_size={trial['batch_size']} x "
-            f"resize={trial['resize']} ({trial['optimizer']}) needs "
-            f"{measured.peak_bytes / GIB:.2f} GiB (tensors, allocator reserve and CUDA "
-            f"context) on node {measured.node} "
-            f"({measured.gpu_name}, {measured.total_bytes / GIB:.0f} GiB)")
-    if measured.peak_bytes > share:
-        report.failed("gpu memory", f"{step}, more than the {share / GIB:.2f} GiB each of "
-                      f"{trials_per_gpu(gpu)} trials per GPU gets with resources.gpu = {gpu:g}; "
-                      "raise resources.gpu or lower batch_size / resize")
-        return
-    report.passed("gpu memory", f"{step}; each of {trials_per_gpu(gpu)} trials per GPU "
-                  f"gets {share / GIB:.2f} GiB")
+    for trial in largest_trials(config):  # one measurement (and line) per model
+        try:
+            measured = measure_gpu_step(gpu, trial, classes)
+        except (TimeoutError, NoCudaOnGpuNode) as error:  # a busy cluster, logical GPUs: go on
+            report.warned("gpu memory", f"{error}; not checked")
+            return
+        share = measured.total_bytes / trials_per_gpu(gpu)
+        step = (f"one training step of {trial['model']} at batch_size={trial['batch_size']} x "
+                f"resize={trial['resize']} ({trial['optimizer']}) needs "
+                f"{measured.peak_bytes / GIB:.2f} GiB (tensors, allocator reserve and CUDA "
+                f"context) on node {measured.node} "
+                f"({measured.gpu_name}, {measured.total_bytes / GIB:.0f} GiB)")
+        if measured.peak_bytes > share:
+            report.failed("gpu memory", f"{step}, more than the {share / GIB:.2f} GiB each of "
+                          f"{trials_per_gpu(gpu)} trials per GPU gets with resources.gpu = "
+                          f"{gpu:g}; raise resources.gpu or lower batch_size / resize")
+        else:
+            report.passed("gpu memory", f"{step}; each of {trials_per_gpu(gpu)} trials per "
+                          f"GPU gets {share / GIB:.2f} GiB")
 
 
 def print_report(report: Report) -> int:

@@ -12,8 +12,8 @@ One zero-CPU task is pinned to each alive node (NodeAffinitySchedulingStrategy, 
 runs there or not at all). The exchange folder is removed afterwards, and so is any folder the
 driver had to create for it, so the check leaves nothing behind.
 
-The GPU probe trains one step of the largest configuration in the space on a GPU node and
-reports the peak memory; it runs in a worker that exits after it (max_calls=1), so it holds
+The GPU probe trains one step of a configuration (the space's largest, per model) on a GPU
+node and reports the peak memory; it runs in a worker that exits after it (max_calls=1), so it holds
 no CUDA memory.
 """
 
@@ -278,7 +278,8 @@ def peak_step_memory(trial: dict, num_classes: int, steps: int = 2) -> tuple[str
     torch.cuda.reset_peak_memory_stats(device)
     model = optimizer = images = labels = None
     try:
-        model = build_model(num_classes, None).to(device, memory_format=torch.channels_last)
+        model = build_model(num_classes, None, config.model).to(
+            device, memory_format=torch.channels_last)
         optimizer = build_optimizer(model, config)
         criterion = nn.CrossEntropyLoss()
         shape = (config.batch_size, 3, config.resize, config.resize)

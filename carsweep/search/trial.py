@@ -55,12 +55,13 @@ class DatasetUnreachableError(RuntimeError):
 
 def run_trial(params: dict[str, Any], *, dataset: str, gpu: float, metric: str, mode: str,
               checkpoints: CheckpointPolicy | None = None,
-              shipped_weights: dict[str, dict] | None = None) -> None:
+              shipped_weights: dict[tuple[str, str], dict] | None = None) -> None:
     """Train one trial's configuration; Ray calls this with the searcher's parameters.
 
     `gpu` is the share of a GPU the trial holds (its CUDA memory is capped to it);
-    `checkpoints` says which epochs write one. `shipped_weights` maps a `weights` name to the
-    state dict the driver loaded, so this node needs neither internet (imagenet) nor the file.
+    `checkpoints` says which epochs write one. `shipped_weights` maps a (model, weights) pair
+    (`weights_key`) to the state dict the driver loaded, so this node needs neither internet
+    (imagenet) nor the file.
     `metric` and `mode` are the sweep's: a trial that diverges reports the metric's worst value.
     """
     from carsweep.trainable import train  # torch is imported in the trial's process only
@@ -68,7 +69,7 @@ def run_trial(params: dict[str, Any], *, dataset: str, gpu: float, metric: str, 
 
     config = trial_config(params, use_gpu=gpu > 0)
     dataset_path = readable_dataset(dataset)
-    weights = (shipped_weights or {}).get(config.weights)
+    weights = (shipped_weights or {}).get(weights_key(config))
     reporter = TuneReporter()
     how = {"reporter": reporter, "gpu_fraction": gpu,
            **({"checkpoints": checkpoints} if checkpoints is not None else {})}
@@ -80,6 +81,11 @@ def run_trial(params: dict[str, Any], *, dataset: str, gpu: float, metric: str, 
                 train(config, dataset_path, resume_from=folder, **how)
         except NonFiniteLossError as error:
             reporter.report(diverged_result(error.epoch, str(error), metric, mode))
+
+
+def weights_key(config: TrialConfig) -> tuple[str, str]:
+    """How the driver's shipped start weights are keyed: ImageNet's differ per model."""
+    return config.model, config.weights
 
 
 def diverged_result(epoch: int, message: str, metric: str, mode: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from carsweep.config.files import SWEEP_FILE, TUNER_FILE, trial_dir_name
 from carsweep.config.sweep import SweepConfig, save_sweep
-from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError, last_line
 from carsweep.results import save_trials_table, trials_table
 from carsweep.results.study import study_path
@@ -144,7 +143,7 @@ def _check_experiment_folder(experiment: Path, resume: bool) -> None:
         )
 
 
-def _trainable(config: SweepConfig, weights: dict[str, dict]) -> tune.Trainable:
+def _trainable(config: SweepConfig, weights: dict[tuple[str, str], dict]) -> tune.Trainable:
     trainable = tune.with_parameters(
         run_trial, dataset=config.dataset, gpu=config.resources.gpu,
         metric=config.metric, mode=config.mode, checkpoints=checkpoint_policy(config),
@@ -165,17 +164,22 @@ def checkpoint_policy(config: SweepConfig) -> CheckpointPolicy:
                             every_s=60.0 * config.checkpoint_every_min)
 
 
-def shipped_weights(config: SweepConfig) -> dict[str, dict]:
-    """Start weights loaded once by the driver (ImageNet download, a local file) by name.
+def shipped_weights(config: SweepConfig) -> dict[tuple[str, str], dict]:
+    """Start weights loaded once by the driver (ImageNet download, a local file), keyed by
+    (model, weights) as trials look them up (`trial.weights_key`): ImageNet's are per model,
+    a file is read once for every model of the space.
 
     `tune.with_parameters` puts them in Ray's object store, so worker nodes need neither
     internet nor the file.
     """
     from carsweep.trainable import load_weights
+    from carsweep.trainable.model import IMAGENET, NONE
 
-    spec = config.space.get("weights")
-    names = spec.values if spec is not None else [TrialConfig.model_fields["weights"].default]
-    return {name: load_weights(name) for name in names if name != "none"}
+    sources = [name for name in config.listed_values("weights") if name != NONE]
+    files = {name: load_weights(name) for name in sources if name != IMAGENET}
+    return {(model, name): files[name] if name in files else load_weights(name, model)
+            for model in config.listed_values("model") for name in sources}
+
 
 
 def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, verbose: int = 1) -> tune.Tuner:

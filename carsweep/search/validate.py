@@ -11,11 +11,13 @@ from carsweep.errors import UserError
 
 
 def check_sweep(config: SweepConfig) -> None:
-    """Schema-level problems, then every augmentation name a trial could get, then the data."""
+    """Schema-level problems, then every augmentation and model a trial could get, then the
+    data."""
     problems = sweep_problems(config)
     if problems:
         raise UserError(problems[0])
     check_augmentations(config)
+    check_models(config)
     check_cuda_has_gpus(config)
     check_dataset(config.dataset)
 
@@ -32,6 +34,19 @@ def check_augmentations(config: SweepConfig) -> None:
             check_augmentation(name)
         except UserError as error:
             raise UserError(f"space: {error}") from None
+
+
+def check_models(config: SweepConfig) -> None:
+    """Each model a trial could get must be torchvision's and take every input size of the
+    space (its choices, a range's ends)."""
+    from carsweep.trainable import check_backbone
+
+    for model in config.listed_values("model"):
+        for resize in config.listed_values("resize"):
+            try:
+                check_backbone(model, resize=resize)
+            except UserError as error:
+                raise UserError(f"space: {error}") from None
 
 
 def check_cuda_has_gpus(config: SweepConfig) -> None:

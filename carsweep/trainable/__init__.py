@@ -1,4 +1,4 @@
-"""One training run of ResNet-18: model, augmentation presets, the epoch loop, checkpoints.
+"""One training run of a torchvision backbone: model, augmentations, epoch loop, checkpoints.
 
 Imports and runs with torch and torchvision alone (never ray): `carsweep train` calls
 `train` with a run-folder reporter, and a Ray Tune trial calls it with a Tune reporter.
@@ -13,12 +13,13 @@ from carsweep.trainable.augment import (
 )
 from carsweep.trainable.checkpoint import load_checkpoint
 from carsweep.trainable.data import build_loader
-from carsweep.trainable.model import build_model, load_weights
+from carsweep.trainable.model import build_model, check_backbone, load_weights
 from carsweep.trainable.optim import OPTIMIZERS, SCHEDULES, lr_factor
 from carsweep.trainable.run import Reporter, TrainResult, pick_device, predict, train
 
 __all__ = [
     "AUGMENTATIONS", "OPTIMIZERS", "SCHEDULES", "Reporter", "TrainResult", "build_loader",
-    "build_model", "check_augmentation", "eval_transform", "load_checkpoint", "load_weights",
-    "lr_factor", "normalization", "pick_device", "predict", "train", "train_transform",
+    "build_model", "check_augmentation", "check_backbone", "eval_transform", "load_checkpoint",
+    "load_weights", "lr_factor", "normalization", "pick_device", "predict", "train",
+    "train_transform",
 ]

@@ -15,7 +15,7 @@ statistics. `plan_augmentation` decides where each part of a '+'-combined name r
 model on a GPU, every per-image preset runs on the device (the CPU only reads bytes); on a
 CPU-only trial the presets run per image in the loader's workers, beside the model step;
 model-dependent presets (cam-occlusion) run per batch in the epoch loop. Normalisation comes
-last, on the device (gpu_augment.Normalize, with `normalization()`'s mean and std).
+last, on the device (gpu_augment.Normalize, with `normalization(model)`'s mean and std).
 
 Names join with '+' to combine presets in order: `flip+color-jitter`. Adding a preset is one
 `@register` entry below with both forms (the tests that run every entry pick it up, and
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
-from torchvision.models import ResNet18_Weights
 from torchvision.transforms import v2
 
 from carsweep.errors import UserError
 from carsweep.trainable import gpu_augment
+from carsweep.trainable.backbones import DEFAULT_MODEL, preprocessing
 from carsweep.trainable.gpu_augment import BatchOp, DeviceAugment
 
 COMBINE = "+"
@@ -214,10 +214,11 @@ def build_device_augmentation(names: tuple[str, ...], size: int) -> DeviceAugmen
 
 
 @cache
-def normalization() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) per channel, from torchvision's ResNet-18 ImageNet weights' own transforms."""
-    transforms = ResNet18_Weights.IMAGENET1K_V1.transforms()
-    return tuple(transforms.mean), tuple(transforms.std)
+def normalization(model: str = DEFAULT_MODEL) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel, from the transforms of `model`'s ImageNet weights (torchvision's
+    metadata): what those weights expect, and a fine convention for a model from scratch."""
+    found = preprocessing(model)
+    return found.mean, found.std
 
 
 def eval_transform(config) -> v2.Transform:

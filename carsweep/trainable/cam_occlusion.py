@@ -3,13 +3,14 @@
 The augmentation set `cam-occlusion` (augment.py marks it model-dependent) runs here, once per
 training batch, inside the epoch loop: for a random fraction `cam_occlusion_p` of the batch it
 computes the CURRENT model's Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391)
-for each image's TRUE class at `layer4`, upsamples it to the image, and blurs or erases the
+for each image's TRUE class at the model's last feature map (`layer4` of a ResNet; per model,
+trainable/backbones.py `deepest_stage`), upsamples it to the image, and blurs or erases the
 `cam_occlusion_q` of the image area where the map is highest, before the forward pass that
 trains. From epoch `cam_occlusion_start_epoch` on; before that the map of a barely trained
 model points anywhere.
 
 The Grad-CAM is torchcam's `GradCAM` (per-sample class indices, batched): one extra forward
-and one `torch.autograd.grad` to the layer4 activations only, so no parameter gradient is
+and one `torch.autograd.grad` to that layer's activations only, so no parameter gradient is
 created or accumulated into the training step, and there is no extra optimizer step. Its hooks
 live in a `with` block (torchcam removes them in `finally`).
 
@@ -39,11 +40,12 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import PreparedDataset
 from carsweep.errors import UserError
 from carsweep.trainable.augment import AUGMENTATIONS, preset_names
+from carsweep.trainable.backbones import deepest_stage
 from carsweep.trainable.data import build_loader
 from carsweep.trainable.loop import autocast
 
 NAME = "cam-occlusion"
-TARGET_LAYER = "layer4"
+TARGET_LAYER = "layer4"  # ResNet's last feature map; other models name theirs (deepest_stage)
 KINDS = ("blur", "erase")
 
 
@@ -78,20 +80,22 @@ def batch_hook_for(config: TrialConfig, epoch: int) -> BatchHook | None:
     if not hooks or epoch < config.cam_occlusion_start_epoch:
         return None
     return CamOcclusion(p=config.cam_occlusion_p, q=config.cam_occlusion_q,
-                        kind=config.cam_occlusion_kind, seed=config.seed * 100_003 + epoch)
+                        kind=config.cam_occlusion_kind, seed=config.seed * 100_003 + epoch,
+                        layer=deepest_stage(config.model, config.resize))
 
 
 class CamOcclusion:
     """Occlude the top-`q` Grad-CAM area of a random fraction `p` of each batch."""
 
-    def __init__(self, *, p: float, q: float, kind: str, seed: int = 0) -> None:
+    def __init__(self, *, p: float, q: float, kind: str, seed: int = 0,
+                 layer: str = TARGET_LAYER) -> None:
         if not 0 < p <= 1:
             raise ValueError(f"The value of `p` is {p}, but must be 0 < p <= 1")
         if not 0 < q < 1:
             raise ValueError(f"The value of `q` is {q}, but must be 0 < q < 1")
         if kind not in KINDS:
             raise ValueError(f"The value of `kind` is {kind!r}, but must be one of {KINDS}")
-        self.p, self.q, self.kind = p, q, kind
+        self.p, self.q, self.kind, self.layer = p, q, kind, layer
         self.generator = torch.Generator().manual_seed(seed)
         self.occluded = 0  # images occluded so far (for tests and logs)
 
@@ -107,7 +111,7 @@ class CamOcclusion:
             return x
         on_device = chosen.to(x.device)
         subset = x.index_select(0, on_device)  # (k, 3, S, S)
-        cams = grad_cam(model, subset, labels[chosen].tolist())  # (k, h, w)
+        cams = grad_cam(model, subset, labels[chosen].tolist(), self.layer)  # (k, h, w)
         mask = top_area_mask(cams, subset.shape[-2:], self.q)  # (k, 1, S, S)
         self.occluded += chosen.numel()
         return x.index_copy(0, on_device, occlude(subset, mask, self.kind))

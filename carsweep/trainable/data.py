@@ -117,7 +117,7 @@ def build_loader(dataset: PreparedDataset, splits: str | tuple[str, ...], config
                             persistent=persistent_workers(config))
     batches, generator = cached or _decoded_batches(dataset, rows, config, train, batch_size,
                                                     device, per_image)
-    normalize = Normalize(*normalization()).to(device or torch.device("cpu"))
+    normalize = Normalize(*normalization(config.model)).to(device or torch.device("cpu"))
     return Loader(batches=batches, num_images=len(rows), normalize=normalize,
                   generator=generator, channels_last=device is not None and device.type == "cuda",
                   augment=build_device_augmentation(plan.device, config.resize))

@@ -152,14 +152,18 @@ def evaluate(model: nn.Module, loader: Loader, device: torch.device,
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, loader: Loader, device: torch.device,
-                   precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N, C) float32 on the CPU, labels (N,)) in the loader's order, model in eval."""
+                   precision: str = "auto", *, flip: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, C) float32 on the CPU, labels (N,)) in the loader's order, model in eval;
+    with `flip`, of the images mirrored left-right (test-time augmentation)."""
     was_training = model.training
     model.eval()
     all_logits, all_labels = [], []
     try:
         for images, labels in loader:
-            x = loader.to_model_input(images.to(device, non_blocking=True))
+            x = loader.to_model_input(images.to(device, non_blocking=True))  # (B, 3, S, S)
+            if flip:  # the normalisation is per channel, so mirroring after it is exact
+                x = torch.flip(x, dims=(-1,))
             with autocast(device, precision):
                 all_logits.append(model(x).float())
             all_labels.append(labels)

@@ -1,9 +1,16 @@
-"""ResNet-18 with a new head, and the three weight sources: imagenet, a local file, none.
+"""A torchvision backbone with a new head, and the three weight sources: imagenet, a file, none.
 
-`imagenet` uses torchvision's ResNet18_Weights: the file in the torch hub cache if it is
-there, otherwise one download with a short socket timeout, so a machine without internet
-gets a clear error instead of a hang. Under Ray the driver calls `load_weights` once and
+`model` names any of torchvision's classification models (trainable/backbones.py says what is
+read off each: its head, its feature maps, its weights' preprocessing); the default is
+ResNet-18. `imagenet` uses torchvision's recommended weights of that model
+(`get_model_weights(name).DEFAULT`): the file in the torch hub cache if it is there, otherwise
+one download with a short socket timeout, so a machine without internet gets a clear error
+instead of a hang. Under Ray the driver calls `load_weights` once per (model, weights) pair and
 ships the state dict to every trial (`train(..., initial_weights=...)`).
+
+carsweep's input pipeline normalises every model's input with the one mean and std of
+trainable/augment.py (ImageNet's); `check_backbone` refuses ImageNet weights trained with
+another (efficientnet_v2_l's 0.5), which every other torchvision model shares.
 """
 
 from __future__ import annotations
@@ -16,46 +23,62 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
 
 from carsweep.errors import UserError
+from carsweep.trainable.backbones import (
+    DEFAULT_MODEL,
+    auxiliary_keys,
+    check_model_name,
+    construct,
+    feature_stages,
+    head_modules,
+    imagenet_weights,
+    in_head,
+)
 from carsweep.trainable.safe_load import load_tensors_only
 
 IMAGENET = "imagenet"
 NONE = "none"
-HEAD = "fc"
 DOWNLOAD_TIMEOUT_S = 20.0
 
 
-def build_model(num_classes: int, weights: str | dict | None = NONE) -> nn.Module:
-    """ResNet-18 whose last layer predicts `num_classes`, initialised from `weights`.
+def build_model(num_classes: int, weights: str | dict | None = NONE,
+                model: str = DEFAULT_MODEL) -> nn.Module:
+    """torchvision's `model` whose head predicts `num_classes`, initialised from `weights`.
 
     `weights`: "none"/None (random init), "imagenet", a path to a state dict file, or an
     already-loaded state dict. A head of another size in the weights is dropped (new head).
     """
     if num_classes < 1:
         raise UserError(f"num_classes is {num_classes}, but must be >= 1")
-    model = resnet18(weights=None)
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    state = weights if isinstance(weights, dict) else load_weights(weights)
+    network = construct(model, num_classes)
+    state = weights if isinstance(weights, dict) else load_weights(weights, model)
     if state is not None:
-        load_backbone(model, state, source=_describe(weights))
-    return model
+        load_backbone(network, state, source=_describe(weights), model=model)
+    return network
 
 
-def load_weights(source: str | None) -> dict[str, torch.Tensor] | None:
-    """The state dict a weight source names; None for "none"."""
+def check_backbone(model: str, *, resize: int | None = None) -> None:
+    """A UserError, before anything is built, for a model carsweep cannot train as asked: an
+    unknown name, an input size it cannot take."""
+    check_model_name(model)
+    if resize is not None:
+        feature_stages(model, resize)
+
+
+def load_weights(source: str | None, model: str = DEFAULT_MODEL) -> dict[str, torch.Tensor] | None:
+    """The state dict a weight source names for `model`; None for "none"."""
     if source is None or source == NONE:
         return None
     if source == IMAGENET:
-        return imagenet_state_dict()
+        return imagenet_state_dict(model)
     return state_dict_from_file(Path(source).expanduser())
 
 
-def imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """torchvision's ImageNet ResNet-18 weights, from the hub cache or downloaded once."""
-    weights = ResNet18_Weights.IMAGENET1K_V1
-    cached = imagenet_cache_path()
+def imagenet_state_dict(model: str = DEFAULT_MODEL) -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet weights of `model`, from the hub cache or downloaded once."""
+    weights = imagenet_weights(model)
+    cached = imagenet_cache_path(model)
     if cached.is_file():
         return load_tensors_only(cached, what="cached ImageNet weights")
     try:
@@ -64,15 +87,15 @@ def imagenet_state_dict() -> dict[str, torch.Tensor]:
     except (urllib.error.URLError, OSError, TimeoutError, RuntimeError) as error:
         reason = getattr(error, "reason", None) or error
         raise UserError(
-            f"weights 'imagenet': not in the torch hub cache ({cached}) and the download from "
-            f"{weights.url} failed ({reason}); put the file there (download it once where there "
-            "is internet), or use `weights: PATH` or `weights: none`"
+            f"weights 'imagenet' of {model}: not in the torch hub cache ({cached}) and the "
+            f"download from {weights.url} failed ({reason}); put the file there (download it "
+            "once where there is internet), or use `weights: PATH` or `weights: none`"
         ) from None
 
 
-def imagenet_cache_path() -> Path:
-    """Where torch.hub keeps the ImageNet ResNet-18 file (honours TORCH_HOME)."""
-    name = Path(urlparse(ResNet18_Weights.IMAGENET1K_V1.url).path).name
+def imagenet_cache_path(model: str = DEFAULT_MODEL) -> Path:
+    """Where torch.hub keeps `model`'s ImageNet file (honours TORCH_HOME)."""
+    name = Path(urlparse(imagenet_weights(model).url).path).name
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
@@ -94,30 +117,40 @@ def state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def load_backbone(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """Load `state` into `model`; a head whose shape differs is left at its new init."""
-    state = dict(state)
-    own = model.state_dict()
-    for key in (f"{HEAD}.weight", f"{HEAD}.bias"):
-        if key in state and state[key].shape != own[key].shape:
-            del state[key]
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(f"{HEAD}.")]
+def load_backbone(network: nn.Module, state: dict[str, torch.Tensor], *, source: str,
+                  model: str = DEFAULT_MODEL) -> None:
+    """Load `state` into `network` (torchvision's `model`); a head whose shape differs is left
+    at its new init, any other difference is a UserError naming the first key."""
+    own = network.state_dict()
+    state = {key: value for key, value in state.items()
+             if not key.startswith(auxiliary_keys(model))
+             and not (in_head(model, key) and key in own and value.shape != own[key].shape)}
+    reshaped = [key for key, value in state.items()
+                if key in own and value.shape != own[key].shape]
+    if reshaped:
+        key = reshaped[0]
+        raise UserError(f"weights {source}: do not fit {model} ({key} is "
+                        f"{list(state[key].shape)}, {model} has {list(own[key].shape)})")
+    result = network.load_state_dict(state, strict=False)
+    missing = [key for key in result.missing_keys if not in_head(model, key)]
     if missing or result.unexpected_keys:
         problem = (f"missing {missing[:3]}" if missing
                    else f"unexpected {result.unexpected_keys[:3]}")
-        raise UserError(f"weights {source}: not ResNet-18 weights ({problem} ...)")
+        raise UserError(f"weights {source}: not {model} weights ({problem} ...)")
 
 
-def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
-    """Freeze (or unfreeze) everything but the head; frozen BatchNorm keeps its statistics."""
-    for name, module in model.named_children():
-        if name == HEAD:
+def set_backbone_frozen(network: nn.Module, frozen: bool, model: str = DEFAULT_MODEL) -> None:
+    """Freeze (or unfreeze) everything but the head; frozen modules go to eval, so BatchNorm
+    keeps its statistics and dropout before the head is off while only the head trains."""
+    heads = head_modules(model)
+    for name, module in network.named_modules():
+        if in_head(model, name):
             continue
-        for parameter in module.parameters():
+        for parameter in module.parameters(recurse=False):
             parameter.requires_grad_(not frozen)
-        if frozen:
-            module.eval()
+        holds_head = name == "" or any(head.startswith(f"{name}.") for head in heads)
+        if frozen and not holds_head:
+            module.training = False
 
 
 @contextmanager

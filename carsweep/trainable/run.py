@@ -45,7 +45,7 @@ from carsweep.trainable.loop import (
     predict_logits,
     train_one_epoch,
 )
-from carsweep.trainable.model import build_model, set_backbone_frozen
+from carsweep.trainable.model import build_model, check_backbone, set_backbone_frozen
 from carsweep.trainable.optim import build_optimizer, build_scheduler
 
 EVERY_EPOCH = CheckpointPolicy()
@@ -71,10 +71,11 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
           resume_from: Path | None = None, initial_weights: dict | None = None,
           checkpoints: CheckpointPolicy = EVERY_EPOCH,
           gpu_fraction: float | None = None) -> TrainResult:
-    """Train ResNet-18 on `train_splits` for `config.epochs` epochs, reporting every epoch
+    """Train `config.model` on `train_splits` for `config.epochs` epochs, reporting every epoch
     (with a checkpoint on the epochs `checkpoints` asks for). `gpu_fraction` below 1 caps
     this process's CUDA memory to that share of the GPU (trials that share one)."""
     check_augmentation(config.augmentation)
+    check_backbone(config.model, resize=config.resize)
     check_splits(*train_splits, *([eval_split] if eval_split else []))
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
     device = pick_device(config.device)
@@ -88,7 +89,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
         resumed = load_checkpoint(resume_from) if resume_from is not None else None
         weights = None if resumed else (initial_weights if initial_weights is not None
                                         else config.weights)
-        model = build_model(data.num_classes, weights).to(device)
+        model = build_model(data.num_classes, weights, config.model).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -113,7 +114,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
         for epoch in range(first_epoch, config.epochs + 1):
             started = time.perf_counter()
             model.train()
-            set_backbone_frozen(model, epoch <= config.freeze_backbone_epochs)
+            set_backbone_frozen(model, epoch <= config.freeze_backbone_epochs, config.model)
             metrics = {"epoch": epoch}
             metrics |= train_one_epoch(model, train_loader, criterion, optimizer, scheduler,
                                        scaler, device,
@@ -137,20 +138,22 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
                 save_checkpoint(folder, state, config, data.classes)
                 reporter.report(dict(metrics), folder)
             last_saved = time.monotonic()
-        set_backbone_frozen(model, False)
+        set_backbone_frozen(model, False, config.model)
         model.eval()
     return TrainResult(model=model, history=history, classes=list(data.classes))
 
 
 def predict(model: nn.Module, dataset: PreparedDataset | Path, split: str, config: TrialConfig,
-            batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            batch_size: int | None = None, *, flip: bool = False
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits (N, C) float32 on the CPU, labels (N,)) for `split`, in manifest order, with the
-    evaluation preprocessing (no augmentation), on the device the model is on."""
+    evaluation preprocessing (no augmentation; `flip` mirrors every image left-right), on the
+    device the model is on."""
     check_splits(split)
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
     device = next(model.parameters()).device
     loader = build_loader(data, split, config, train=False, batch_size=batch_size, device=device)
-    return predict_logits(model, loader, device, config.precision)
+    return predict_logits(model, loader, device, config.precision, flip=flip)
 
 
 def check_splits(*splits: str) -> None:
