@@ -44,7 +44,20 @@ from carsweep.analysis.retrain import (
     seed_summary,
 )
 from carsweep.analysis.sweep_plots import sweep_plots
-from carsweep.config.files import ANALYSIS_DIR, STUDY_FILE, TEST_METRICS_FILE
+from carsweep.config.files import (
+    ANALYSIS_DIR,
+    CONFUSED_PAIRS_FILE,
+    CONFUSION_BY_MAKE_PLOT,
+    CONFUSION_FILE,
+    CONFUSION_FULL_PLOT,
+    CONFUSION_ZOOM_PLOT,
+    MISCLASSIFIED_FILE,
+    PER_CLASS_FILE,
+    PREDICTIONS_FILE,
+    RELIABILITY_PLOT,
+    STUDY_FILE,
+    TEST_METRICS_FILE,
+)
 from carsweep.config.io import validate
 from carsweep.config.trial import TrialConfig
 from carsweep.data.folders import building_folder
@@ -102,27 +115,27 @@ def _build(experiment: Experiment, trials: list[BestTrial], dataset: PreparedDat
     tables = [metrics.predictions_table(paths, r.labels, r.probs, dataset.classes) for r in runs]
     per_seed = [metrics.test_metrics(t, dataset.num_classes) for t in tables]
     predictions = tables[0]  # the first retrain is the one explained below
-    predictions.to_csv(folder / "predictions.csv", index=False)
+    predictions.to_csv(folder / PREDICTIONS_FILE, index=False)
     matrix = metrics.confusion_matrix(predictions["label"], predictions["pred"],
                                       dataset.num_classes)
     pd.DataFrame(matrix, index=dataset.classes, columns=dataset.classes).to_csv(
-        folder / "confusion_matrix.csv")
+        folder / CONFUSION_FILE)
     per_class = metrics.per_class_accuracy(matrix, dataset.classes)
-    per_class.to_csv(folder / "per_class_accuracy.csv", index=False)
+    per_class.to_csv(folder / PER_CLASS_FILE, index=False)
     pairs = metrics.most_confused_pairs(matrix, dataset.classes)
-    pairs.to_csv(folder / "confused_pairs.csv", index=False)
+    pairs.to_csv(folder / CONFUSED_PAIRS_FILE, index=False)
     say("[analyze] drawing confusion matrices", out)
-    plots.confusion_full(matrix, dataset.classes, folder / "confusion_full.png")
-    plots.confusion_by_make(matrix, dataset.classes, folder / "confusion_by_make.png")
-    plots.confusion_zoom(matrix, dataset.classes, folder / "confusion_zoom.png")
+    plots.confusion_full(matrix, dataset.classes, folder / CONFUSION_FULL_PLOT)
+    plots.confusion_by_make(matrix, dataset.classes, folder / CONFUSION_BY_MAKE_PLOT)
+    plots.confusion_zoom(matrix, dataset.classes, folder / CONFUSION_ZOOM_PLOT)
     layer = cam_layer(config.model, config.resize)
     shown = gallery.write_gallery(runs[0].model, runs[0].config, dataset, predictions, folder,
                                   layer, out)
-    shown.to_csv(folder / "misclassified.csv", index=False)
+    shown.to_csv(folder / MISCLASSIFIED_FILE, index=False)
     save_retrained_model(folder, runs[0].model, runs[0].config, dataset.classes)  # for export
     fitted = _on_test(fitted, runs[0])
     plots.reliability_diagram(runs[0].probs, runs[0].labels, fitted["temperature"],
-                              folder / "reliability.png")
+                              folder / RELIABILITY_PLOT)
     say("[analyze] hyperparameter importance and sweep plots", out)
     sweep_summary = _sweep_pictures(experiment, folder)
     summary = _metrics_json(experiment, best, dataset, config, per_seed, runs, layer)

@@ -17,7 +17,22 @@ from typing import Any
 import pandas as pd
 
 from carsweep.analysis.retrain import Placement
-from carsweep.config.files import REPORT_FILE
+from carsweep.config.files import (
+    CONFUSED_PAIRS_FILE,
+    CONFUSION_BY_MAKE_PLOT,
+    CONFUSION_FILE,
+    CONFUSION_FULL_PLOT,
+    CONFUSION_ZOOM_PLOT,
+    CURVES_PLOT,
+    HISTORY_PLOT,
+    IMPORTANCE_PLOT,
+    MISCLASSIFIED_FILE,
+    PARALLEL_PLOT,
+    PER_CLASS_FILE,
+    RELIABILITY_PLOT,
+    REPORT_FILE,
+    SLICE_PLOT,
+)
 from carsweep.config.io import write_text_atomic
 
 GALLERY_IN_REPORT = 60
@@ -44,13 +59,13 @@ def write_report(folder: Path, summary: dict[str, Any], per_class: pd.DataFrame,
         _header(summary),
         _section("Calibration", _calibration(folder, summary)),
         _section("Confusion matrix", _figures(folder, [
-            ("confusion_zoom.png", "The most confused classes"),
-            ("confusion_by_make.png", "Grouped by make"),
-            ("confusion_full.png", "All classes")]) + _link("confusion_matrix.csv")),
+            (CONFUSION_ZOOM_PLOT, "The most confused classes"),
+            (CONFUSION_BY_MAKE_PLOT, "Grouped by make"),
+            (CONFUSION_FULL_PLOT, "All classes")]) + _link(CONFUSION_FILE)),
         _section("Misclassified test images", _gallery(folder, shown)),
-        _section("Most confused pairs", _table(pairs) + _link("confused_pairs.csv")),
+        _section("Most confused pairs", _table(pairs) + _link(CONFUSED_PAIRS_FILE)),
         _section("Per-class accuracy (worst first)",
-                 _table(per_class.head(TABLE_ROWS)) + _link("per_class_accuracy.csv")),
+                 _table(per_class.head(TABLE_ROWS)) + _link(PER_CLASS_FILE)),
         _section("The sweep", _sweep(folder, summary["sweep"])),
         _section("Best trial's configuration", _config(summary["best_trial"]["config"])),
     ]
@@ -129,7 +144,7 @@ def _calibration(folder: Path, summary: dict[str, Any]) -> str:
     return (f"<p class='note'>Expected calibration error over {fitted['bins']} equal-width "
             "confidence bins: how far the model's top probability is from how often it is "
             "right (0 = calibrated).</p>" + text
-            + _figures(folder, [("reliability.png", "Reliability diagram")]))
+            + _figures(folder, [(RELIABILITY_PLOT, "Reliability diagram")]))
 
 
 def _where(seeds: list[dict[str, Any]]) -> str:
@@ -160,14 +175,14 @@ def _gallery(folder: Path, shown: pd.DataFrame) -> str:
             if more > 0 else "")
     return ("<p class='note'>Left: the test image with the Grad-CAM of the predicted class "
             "(red = what made the model say it). Most confident mistakes first.</p>"
-            f"<div class='gallery'>{''.join(cards)}</div>{note}" + _link("misclassified.csv"))
+            f"<div class='gallery'>{''.join(cards)}</div>{note}" + _link(MISCLASSIFIED_FILE))
 
 
-SWEEP_FIGURES = [("importance.png", "Hyperparameter importance"),
-                 ("intermediate_values.png", "The metric per epoch of every trial (ASHA's curves)"),
-                 ("optimization_history.png", "Optimization history"),
-                 ("slice.png", "The metric against each searched hyperparameter"),
-                 ("parallel_coordinate.png", "Parallel coordinates")]
+SWEEP_FIGURES = [(IMPORTANCE_PLOT, "Hyperparameter importance"),
+                 (CURVES_PLOT, "The metric per epoch of every trial (ASHA's curves)"),
+                 (HISTORY_PLOT, "Optimization history"),
+                 (SLICE_PLOT, "The metric against each searched hyperparameter"),
+                 (PARALLEL_PLOT, "Parallel coordinates")]
 
 
 def _sweep(folder: Path, sweep: dict[str, Any]) -> str:

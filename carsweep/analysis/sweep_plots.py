@@ -30,6 +30,13 @@ from optuna.trial import TrialState
 
 from carsweep.analysis.importance import importance_evaluator
 from carsweep.analysis.plots import DPI, plt
+from carsweep.config.files import (
+    CURVES_PLOT,
+    HISTORY_PLOT,
+    IMPORTANCE_PLOT,
+    PARALLEL_PLOT,
+    SLICE_PLOT,
+)
 
 FIGURE_SIZE = (8.0, 5.0)
 
@@ -43,16 +50,16 @@ def sweep_plots(study: optuna.Study, folder: Path, *, rungs: list[int],
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     searched = {name for trial in study.get_trials(deepcopy=False) for name in trial.params}
     plans: list[tuple[str, bool, Callable[[], object]]] = [
-        ("optimization_history.png", complete > 0,
+        (HISTORY_PLOT, complete > 0,
          lambda: optuna_plots.plot_optimization_history(study)),
-        ("intermediate_values.png",
+        (CURVES_PLOT,
          any(trial.intermediate_values for trial in study.get_trials(deepcopy=False)),
          lambda: _curves(optuna_plots.plot_intermediate_values(study), study, rungs)),
-        ("slice.png", complete > 0 and bool(searched),
+        (SLICE_PLOT, complete > 0 and bool(searched),
          lambda: optuna_plots.plot_slice(study)),
-        ("parallel_coordinate.png", complete > 0 and len(searched) > 1,
+        (PARALLEL_PLOT, complete > 0 and len(searched) > 1,
          lambda: optuna_plots.plot_parallel_coordinate(study)),
-        ("importance.png", bool(importances),
+        (IMPORTANCE_PLOT, bool(importances),
          lambda: optuna_plots.plot_param_importances(
              study, evaluator=importance_evaluator(complete))),
     ]

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from carsweep.errors import UserError
     from carsweep.trainable import check_augmentation, check_backbone, load_weights, train
     from carsweep.trainable.run import pick_device
-    from carsweep.trainable.run_folder import RunFolder
+    from carsweep.trainable.run_folder import METRICS_FILE, RunFolder
 
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     if args.resume:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{out}: nothing to resume (no checkpoints/last); start it again "
                             "without --resume")
     else:
-        if (out / "metrics.csv").exists() or (out / "checkpoints").exists():
+        if (out / METRICS_FILE).exists() or (out / "checkpoints").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or "
                             "choose another --out")
         config = load_model(TrialConfig, args.config, args.overrides)

@@ -22,6 +22,23 @@ REPORT_FILE = "report.html"  # in ANALYSIS_DIR
 TEST_METRICS_FILE = "metrics.json"  # in ANALYSIS_DIR
 RETRAINED_MODEL_DIR = "model"  # in ANALYSIS_DIR: the retrained model, a checkpoint folder
 
+# The rest of ANALYSIS_DIR: analyze writes them, the report shows and links them.
+PREDICTIONS_FILE = "predictions.csv"  # every test image: label, prediction, probabilities
+CONFUSION_FILE = "confusion_matrix.csv"
+PER_CLASS_FILE = "per_class_accuracy.csv"
+CONFUSED_PAIRS_FILE = "confused_pairs.csv"
+MISCLASSIFIED_FILE = "misclassified.csv"  # the gallery's mistakes, most confident first
+CONFUSION_FULL_PLOT = "confusion_full.png"
+CONFUSION_BY_MAKE_PLOT = "confusion_by_make.png"
+CONFUSION_ZOOM_PLOT = "confusion_zoom.png"
+RELIABILITY_PLOT = "reliability.png"
+# Optuna's sweep plots (analysis/sweep_plots.py)
+HISTORY_PLOT = "optimization_history.png"
+CURVES_PLOT = "intermediate_values.png"
+SLICE_PLOT = "slice.png"
+PARALLEL_PLOT = "parallel_coordinate.png"
+IMPORTANCE_PLOT = "importance.png"
+
 
 def trial_dir_name(trial_id: str) -> str:
     """The folder of a trial, relative to the experiment folder."""

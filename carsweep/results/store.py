@@ -37,9 +37,10 @@ from carsweep.config.files import (
 from carsweep.config.io import load_model, validate, write_text_atomic
 from carsweep.config.sweep import DIVERGED, SweepConfig, field_values, load_sweep
 from carsweep.config.trial import TrialConfig
+from carsweep.data.manifest import CLASSES_FILE
 from carsweep.errors import UserError
 from carsweep.results.study import TRIAL_ID_ATTR, open_study, ray_trials
-from carsweep.trainable.checkpoint import CHECKPOINT_FILE, CLASSES_FILE, TRIAL_FILE
+from carsweep.trainable.checkpoint import CHECKPOINT_FILE, TRIAL_FILE
 
 # The table's first columns, in order; then last_/best_<metric>, failures, error, trial_dir,
 # best_checkpoint and config/<field>.

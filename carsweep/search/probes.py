@@ -35,6 +35,7 @@ import ray
 from ray.exceptions import GetTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from carsweep.data.manifest import CLASSES_FILE, INFO_FILE, MANIFEST_FILE
 from carsweep.search.validate import storage_problem
 
 PROBE_TIMEOUT_S = 60.0
@@ -177,7 +178,7 @@ def dataset_digest(dataset: str) -> str | None:
     """sha1 of the manifest and the class list, or None where they cannot be read."""
     digest = hashlib.sha1()
     try:
-        for name in ("manifest.csv", "classes.json"):
+        for name in (MANIFEST_FILE, CLASSES_FILE):
             digest.update((Path(dataset) / name).read_bytes())
     except OSError:
         return None
@@ -199,9 +200,9 @@ def dataset_problem(dataset: str) -> str | None:
     the image has the bytes the manifest's sha1 says."""
     folder = Path(dataset)
     try:
-        with (folder / "manifest.csv").open(newline="") as handle:
+        with (folder / MANIFEST_FILE).open(newline="") as handle:
             first = next(csv.DictReader(handle), None)
-        info = json.loads((folder / "dataset.json").read_text())
+        info = json.loads((folder / INFO_FILE).read_text())
         if first is not None:
             root = Path(info["root"]) if Path(info["root"]).is_absolute() else folder / info["root"]
             image = root / first["path"]

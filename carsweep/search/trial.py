@@ -30,6 +30,7 @@ from ray import tune
 from carsweep.config.files import RESULT_FILE
 from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, field_values
 from carsweep.config.trial import TrialConfig
+from carsweep.data.manifest import MANIFEST_FILE
 from carsweep.errors import UserError
 from carsweep.search.release import gpu_memory_released
 
@@ -172,7 +173,7 @@ def trial_config(params: dict[str, Any], *, use_gpu: bool) -> TrialConfig:
 def readable_dataset(dataset: str) -> Path:
     """The dataset folder if this node can read its manifest, else a clear error."""
     folder = Path(dataset)
-    manifest = folder / "manifest.csv"
+    manifest = folder / MANIFEST_FILE
     try:
         with manifest.open("rb") as handle:
             handle.read(1)

@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from carsweep.config.io import save_model, write_text_atomic
 from carsweep.config.trial import TrialConfig
+from carsweep.data.manifest import CLASSES_FILE
 from carsweep.trainable.checkpoint import CHECKPOINT_FILE
 
 METRICS_FILE = "metrics.csv"
@@ -42,7 +43,7 @@ class RunFolder:
         scores = [row[BEST_METRIC] for row in self.rows if BEST_METRIC in row]
         self.best = max(scores, default=-math.inf)
         save_model(config, self.folder / "trial.yaml")
-        write_text_atomic(self.folder / "classes.json", json.dumps(classes, indent=1) + "\n")
+        write_text_atomic(self.folder / CLASSES_FILE, json.dumps(classes, indent=1) + "\n")
         self.writer: SummaryWriter | None = None
 
     @property
