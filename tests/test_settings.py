@@ -109,3 +109,24 @@ def test_train_and_sweep_help_point_to_settings(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "carsweep settings" in " ".join(capsys.readouterr().out.split())
+
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`carsweep settings | head -1`: a pipe whose reader has gone ends the command quietly.
+    The read end is closed before the command starts, so its first write meets EPIPE."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "carsweep", "settings"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120,
+                              env=os.environ | {"PYTHONPATH": os.getcwd()})
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141
