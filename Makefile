@@ -38,8 +38,9 @@ demo: $(STAMP)
 	@echo "weights: $(DEMO)/best.pt   Grad-CAM of the predictions: $(DEMO)/cam/"
 	@echo "the sweep's study, live: $(BIN)/carsweep dashboard $(DEMO)/results/demo"
 
+# --durations: the slowest tests end CI's log, where a suite growing past ~15 minutes shows.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

@@ -40,7 +40,7 @@ def measure(trials: int, epochs: int, concurrent: int, storage: Path) -> dict:
 
     from carsweep.config.sweep import SweepConfig
     from carsweep.search.cluster import ray_session
-    from carsweep.search.tuner import new_tuner
+    from carsweep.search.tuner import experiment_path, new_tuner
 
     config = SweepConfig.model_validate({
         "name": "noop", "storage_path": str(storage), "num_samples": trials,
@@ -52,6 +52,7 @@ def measure(trials: int, epochs: int, concurrent: int, storage: Path) -> dict:
                   "lr": {"loguniform": [1.0e-4, 1.0]}, "epochs": epochs},
     })
     trainable = tune.with_resources(noop_trial, {"cpu": 1})
+    experiment_path(config).mkdir(parents=True)  # run_sweep's save_sweep makes it; the study is in it
     with ray_session(config.cluster):
         start = time.perf_counter()
         results = new_tuner(config, trainable, verbose=0).fit()
