@@ -184,6 +184,30 @@ def test_cam_head_per_architecture_and_a_model_without_a_linear_head_is_refused(
     check_backbone("mobilenet_v3_small", resize=224, augmentation="flip+cutmix")
 
 
+def test_convnexts_folded_layernorm_scale_makes_the_cam_its_logits_up_to_per_image_constants():
+    # logit_c = (w_c * gamma) . (v - mu) / sigma + const_c, v the map's mean over cells: so the
+    # cell mean of CAM_c = (w_c * gamma) . F_cell gives the logit once mu and sigma are known.
+    torch.manual_seed(0)
+    model = build_model(3, "none", "convnext_tiny").eval()
+    head = cam_head("convnext_tiny", 64)
+    x = torch.randn(2, 3, 64, 64)
+    kept = {}
+    handle = model.get_submodule(head.layer).register_forward_hook(
+        lambda m, i, out: kept.update(features=out))
+    with torch.no_grad():
+        logits = model(x)
+    handle.remove()
+    weights = head.class_weights(model)  # (3, K), gamma folded
+    cam_mean = torch.einsum("ck,bkhw->bchw", weights, kept["features"]).mean(dim=(2, 3))
+    pooled = kept["features"].mean(dim=(2, 3))  # (B, K)
+    norm, linear = model.get_submodule(head.scale), model.get_submodule(head.head)
+    mu, sigma = pooled.mean(1, keepdim=True), (pooled.var(1, unbiased=False, keepdim=True)
+                                               + norm.eps).sqrt()
+    offset = linear.weight @ norm.bias + linear.bias  # (3,)
+    expected = (cam_mean - mu * weights.sum(1)) / sigma + offset
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
 # --- the plan, evaluation, the registry ------------------------------------------------------
 
 def test_plan_runs_mixing_last_in_the_loop_after_cam_occlusion_wherever_it_is_written():
