@@ -20,9 +20,10 @@ from machine import describe, load_average
 from torch import nn
 
 from carsweep.config.trial import TrialConfig
-from carsweep.trainable import build_model, pick_device
+from carsweep.trainable import build_model, normalization, pick_device
 from carsweep.trainable.cam_occlusion import CamOcclusion
 from carsweep.trainable.data import Loader
+from carsweep.trainable.gpu_augment import Normalize
 from carsweep.trainable.loop import train_one_epoch
 from carsweep.trainable.optim import build_optimizer, build_scheduler
 
@@ -42,19 +43,21 @@ def in_memory_loader(batches: int, batch_size: int, size: int) -> Loader:
                            generator=generator),
              torch.randint(0, CLASSES, (batch_size,), generator=generator))
             for _ in range(batches)]
-    return Loader(batches=data, num_images=batches * batch_size)
+    return Loader(batches=data, num_images=batches * batch_size,
+                  normalize=Normalize(*normalization()))
 
 
 def one_epoch(model: nn.Module, loader: Loader, config: TrialConfig, device: torch.device,
-              hook: dict | None) -> float:
-    """images/s of one epoch of the real loop, with the batch hook `hook` (or none)."""
+              hook: dict | None, batch_mix=None) -> float:
+    """images/s of one epoch of the real loop, with the batch hook `hook` (or none) and the
+    mix `batch_mix` (bench/recipes.py; or none)."""
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, len(loader))
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     batch_hook = CamOcclusion(**hook, seed=0) if hook else None
     model.train()
     metrics = train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, scheduler,
-                              scaler, device, batch_hook=batch_hook)
+                              scaler, device, batch_hook=batch_hook, batch_mix=batch_mix)
     return metrics["images_per_s"]
 
 

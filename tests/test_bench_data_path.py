@@ -14,7 +14,7 @@ from carsweep.trainable.augment import AUGMENTATIONS
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 PER_IMAGE = {name for name, preset in AUGMENTATIONS.items()
-             if name != "none" and not preset.model_dependent}
+             if name != "none" and not preset.per_batch}
 
 
 def _run(script: str, tmp_path: Path, *args: str) -> dict:

@@ -25,7 +25,7 @@ from carsweep.trainable.gpu_augment import Normalize, _shift_hue, rotate_batch
 
 SIZE = 32
 COUNT = 384
-PER_IMAGE = sorted(name for name, preset in AUGMENTATIONS.items() if not preset.model_dependent)
+PER_IMAGE = sorted(name for name, preset in AUGMENTATIONS.items() if not preset.per_batch)
 
 
 def _images(count: int, seed: int = 0) -> torch.Tensor:
@@ -126,7 +126,7 @@ def test_with_the_model_on_a_gpu_no_preset_leaves_per_image_work_on_the_cpu(name
     assert plan.cpu == ()
     parts = [part for part in name.split("+") if part != "none"]
     assert list(plan.device) + list(plan.loop) == sorted(parts, key=lambda p: (
-        AUGMENTATIONS[p].model_dependent, parts.index(p)))
+        AUGMENTATIONS[p].per_batch, AUGMENTATIONS[p].mixing, parts.index(p)))
 
 
 def test_plan_on_the_cpu_and_by_placement():

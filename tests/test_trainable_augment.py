@@ -42,9 +42,9 @@ def test_preset_keeps_shape_dtype_and_range(name, batch):
         assert int(out.min()) >= 0
         assert int(out.max()) <= 255
         changed |= not torch.equal(out, batch)
-    # "none" and model-dependent presets (cam-occlusion: per batch, in the loop) leave images be.
+    # "none" and per-batch presets (cam-occlusion, the mixes: in the loop) leave images be.
     per_image = [AUGMENTATIONS[part] for part in name.split("+")]
-    assert changed == any(p.name != "none" and not p.model_dependent for p in per_image)
+    assert changed == any(p.name != "none" and not p.per_batch for p in per_image)
 
 
 def test_combination_applies_both_parts_in_order():

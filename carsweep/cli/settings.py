@@ -59,7 +59,7 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
         "optimizers": _documented_entries(OPTIMIZERS),
         "lr_schedules": _documented_entries(SCHEDULES),
         "augmentations": [{"name": name, "doc": preset.doc,
-                           "model_dependent": preset.model_dependent}
+                           "model_dependent": preset.model_dependent, "mixing": preset.mixing}
                           for name, preset in AUGMENTATIONS.items()],
         "sweep": sweep,
     }

@@ -71,8 +71,11 @@ IMPLIED_CONDITIONS: dict[str, dict[str, list[str]]] = {
     "momentum": {"optimizer": ["sgd", "rmsprop"]},
     "nesterov": {"optimizer": ["sgd"]},
 }
-# The cam_occlusion_* fields matter only for augmentation choices that include cam-occlusion.
-CAM_OCCLUSION_PREFIX, CAM_OCCLUSION = "cam_occlusion_", "cam-occlusion"
+# Fields (by name prefix) that matter only for augmentation choices including these presets.
+PRESET_FIELDS: dict[str, tuple[str, ...]] = {
+    "cam_occlusion_": ("cam-occlusion",), "mix_": ("mixup", "cutmix", "snapmix"),
+    "mixup_": ("mixup",), "cutmix_": ("cutmix",), "snapmix_": ("snapmix",),
+}
 
 
 class ParamSpec(BaseModel):
@@ -341,9 +344,10 @@ class SweepConfig(BaseModel):
         if spec.when is not None:
             return spec.when
         implied = IMPLIED_CONDITIONS.get(name, {})
-        if name.startswith(CAM_OCCLUSION_PREFIX) and "augmentation" in self.space:
+        presets = next((p for prefix, p in PRESET_FIELDS.items() if name.startswith(prefix)), ())
+        if presets and "augmentation" in self.space:
             choices = self.space["augmentation"].values
-            using = [v for v in choices if CAM_OCCLUSION in str(v).split("+")]
+            using = [v for v in choices if set(presets) & set(str(v).split("+"))]
             implied = {"augmentation": using} if using else {}
         return {key: allowed for key, allowed in implied.items()
                 if key in self.space and self.space[key].searched}

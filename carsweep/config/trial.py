@@ -18,7 +18,8 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
                  "warmup_epochs", "weights", "freeze_backbone_epochs"),
     "data": ("resize", "bbox_crop", "num_workers", "data_cache", "cache_dir"),
     "augmentation": ("augmentation", "augment_on", "cam_occlusion_p", "cam_occlusion_q",
-                     "cam_occlusion_kind", "cam_occlusion_start_epoch"),
+                     "cam_occlusion_kind", "cam_occlusion_start_epoch", "mix_prob",
+                     "mixup_alpha", "cutmix_alpha", "snapmix_alpha"),
     "run": ("device", "precision", "seed", "deterministic"),
 }
 
@@ -92,6 +93,17 @@ class TrialConfig(BaseModel):
     cam_occlusion_start_epoch: int = Field(
         2, ge=1, description="cam-occlusion: first epoch it runs (the map of an untrained model "
         "is noise); beyond `epochs` it never runs")
+    mix_prob: float = Field(
+        1.0, ge=0, le=1, description="mixup, cutmix, snapmix: probability that a training "
+        "batch is mixed (the others train on their own labels)")
+    mixup_alpha: float = Field(
+        0.2, gt=0, le=100, description="mixup: Beta(alpha, alpha) of the blend weight "
+        "(torchvision's reference recipe: 0.2)")
+    cutmix_alpha: float = Field(
+        1.0, gt=0, le=100, description="cutmix: Beta(alpha, alpha) of the kept area (1: uniform)")
+    snapmix_alpha: float = Field(
+        5.0, gt=0, le=100, description="snapmix: Beta(alpha, alpha) of each box's area (the "
+        "paper's code: 5, boxes near half the image)")
 
     @field_validator("cache_dir")
     @classmethod

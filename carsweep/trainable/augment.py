@@ -14,8 +14,12 @@ tests/test_gpu_augment.py checks that the two forms of every preset produce the 
 statistics. `plan_augmentation` decides where each part of a '+'-combined name runs: with the
 model on a GPU, every per-image preset runs on the device (the CPU only reads bytes); on a
 CPU-only trial the presets run per image in the loader's workers, beside the model step;
-model-dependent presets (cam-occlusion) run per batch in the epoch loop. Normalisation comes
-last, on the device (gpu_augment.Normalize, with `normalization(model)`'s mean and std).
+the per-batch presets run in the epoch loop, after normalisation (gpu_augment.Normalize, with
+`normalization(model)`'s mean and std, ends the device part): first the model-dependent ones
+(cam-occlusion, which reads each image's true class), then the mixing one (mixup, cutmix or
+snapmix: trainable/mixing.py), last because it turns the labels into soft targets. Where a
+preset is written in the name does not move it across these parts; at most one mixing preset
+per trial (search between them with a choice).
 
 Names join with '+' to combine presets in order: `flip+color-jitter`. Adding a preset is one
 `@register` entry below with both forms (the tests that run every entry pick it up, and
@@ -43,29 +47,35 @@ PLACEMENTS = ("auto", "cpu", "device")
 @dataclass(frozen=True)
 class Preset:
     """One augmentation preset: `build(size)` makes the per-image transform for square images
-    of `size`, `device(size)` the batch op with the same meaning (None only for a
-    model-dependent preset, which needs the current model: both forms are the identity and
-    the epoch loop applies it per batch, as a batch hook)."""
+    of `size`, `device(size)` the batch op with the same meaning (None only for a per-batch
+    preset: one that needs the current model, or mixes images and their labels; both forms
+    are the identity and the epoch loop applies it per batch)."""
 
     name: str
     doc: str
     build: Callable[[int], v2.Transform]
     device: Callable[[int], BatchOp] | None
     model_dependent: bool = False
+    mixing: bool = False
+
+    @property
+    def per_batch(self) -> bool:
+        """Whether it runs in the epoch loop, per batch, rather than per image or sample."""
+        return self.model_dependent or self.mixing
 
 
 AUGMENTATIONS: dict[str, Preset] = {}
 
 
 def register(name: str, doc: str, *, device: Callable[[int], BatchOp] | None,
-             model_dependent: bool = False
+             model_dependent: bool = False, mixing: bool = False
              ) -> Callable[[Callable[[int], v2.Transform]], Callable]:
-    if device is None and not model_dependent:
+    if device is None and not (model_dependent or mixing):
         raise TypeError(f"preset {name!r} needs a device form (a batch op of gpu_augment.py)")
 
     def add(build: Callable[[int], v2.Transform]) -> Callable[[int], v2.Transform]:
         AUGMENTATIONS[name] = Preset(name=name, doc=doc, build=build, device=device,
-                                     model_dependent=model_dependent)
+                                     model_dependent=model_dependent, mixing=mixing)
         return build
 
     return add
@@ -150,6 +160,20 @@ def _cam_occlusion(size: int) -> v2.Transform:
     return v2.Identity()  # per image nothing: trainable/cam_occlusion.py runs it per batch
 
 
+@register("snapmix", "SnapMix (Huang et al. 2021): paste a box of another image, each label "
+          "weighed by its image's CAM mass in the box, Beta(snapmix_alpha), prob. mix_prob; "
+          "one extra no-grad forward per mixed batch", device=None, model_dependent=True,
+          mixing=True)
+@register("cutmix", "CutMix (Yun et al. 2019): paste a box of another image of the batch, "
+          "labels by its area, lam ~ Beta(cutmix_alpha), a batch with prob. mix_prob",
+          device=None, mixing=True)
+@register("mixup", "MixUp (Zhang et al. 2018): blend each image with another of the batch, "
+          "labels in the same proportion, lam ~ Beta(mixup_alpha), a batch with prob. mix_prob",
+          device=None, mixing=True)
+def _per_batch_only(size: int) -> v2.Transform:
+    return v2.Identity()  # per image nothing: trainable/mixing.py mixes the batch in the loop
+
+
 def preset_names(name: str) -> list[str]:
     """`flip+color-jitter` -> ["flip", "color-jitter"] (no check)."""
     return [part.strip() for part in name.split(COMBINE)]
@@ -163,6 +187,16 @@ def check_augmentation(name: str) -> None:
                 f"`augmentation` = {name!r}: unknown preset {part!r}; valid: "
                 f"{', '.join(AUGMENTATIONS)} (combine with '+', e.g. flip+color-jitter)"
             )
+    mixes = [part for part in preset_names(name) if AUGMENTATIONS[part].mixing]
+    if len(mixes) > 1:
+        raise UserError(f"`augmentation` = {name!r}: {' and '.join(mixes)} are both mixing "
+                        "presets, and a batch is mixed one way; keep one (search between "
+                        "them with a choice, e.g. [flip+cutmix, flip+snapmix])")
+
+
+def mixing_preset(name: str) -> str | None:
+    """The mixing preset of `name` ('+'-joined, checked), or None."""
+    return next((part for part in preset_names(name) if AUGMENTATIONS[part].mixing), None)
 
 
 def build_augmentation(name: str, size: int) -> v2.Transform:
@@ -176,7 +210,8 @@ def build_augmentation(name: str, size: int) -> v2.Transform:
 class AugmentPlan:
     """Where each part of a trial's augmentation runs, each a tuple of preset names in order:
     `cpu` per image in the loader (its workers), then `device` per sample on the batch where
-    the model is, then `loop` per batch in the epoch loop with the current model."""
+    the model is, then `loop` per batch in the epoch loop, where the model and the labels
+    are: the model-dependent presets, then the mixing one."""
 
     cpu: tuple[str, ...] = ()
     device: tuple[str, ...] = ()
@@ -198,8 +233,9 @@ def plan_augmentation(name: str, device: torch.device | str, *, train: bool = Tr
     if not train:
         return AugmentPlan()
     parts = [AUGMENTATIONS[part] for part in preset_names(name) if part != "none"]
-    per_image = tuple(p.name for p in parts if not p.model_dependent)
-    loop = tuple(p.name for p in parts if p.model_dependent)
+    per_image = tuple(p.name for p in parts if not p.per_batch)
+    loop = tuple(p.name for p in sorted((p for p in parts if p.per_batch),
+                                        key=lambda p: p.mixing))  # stable: the mix last
     on_device = where == "device" or (where == "auto" and torch.device(device).type == "cuda")
     if on_device:
         return AugmentPlan(device=per_image, loop=loop)

@@ -66,10 +66,12 @@ PASS_THROUGH = (nn.Dropout, nn.Dropout2d, nn.Identity)
 
 @dataclass(frozen=True)
 class Stage:
-    """A feature map of the forward pass: the module that outputs it and its side in cells."""
+    """A feature map of the forward pass: the module that outputs it, its side in cells and
+    its channels."""
 
     name: str
     side: int
+    channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,22 +157,77 @@ def feature_stages(name: str, resize: int) -> tuple[Stage, ...]:
         for hook in hooks:
             hook.remove()
     modules = dict(skeleton.named_modules())
-    last_by_side: dict[int, str] = {}
+    last_by_side: dict[int, tuple[str, int]] = {}
     for module_name, output in seen:
         if in_head(name, module_name) or isinstance(modules[module_name], POOLING):
             break  # the maps end at the global pooling, or at the head where there is none
         if (output is not None and output.dim() == 4 and output.shape[-1] == output.shape[-2]
                 and not isinstance(modules[module_name], PASS_THROUGH)):
-            last_by_side[int(output.shape[-1])] = module_name
+            last_by_side[int(output.shape[-1])] = (module_name, int(output.shape[1]))
     if not last_by_side:
         raise UserError(f"`model` = {name!r} makes no square feature map at {resize} px, so "
                         "Grad-CAM has no layer to read; pick another model")
-    return tuple(Stage(module_name, side) for side, module_name in last_by_side.items())
+    return tuple(Stage(module_name, side, channels)
+                 for side, (module_name, channels) in last_by_side.items())
 
 
 def deepest_stage(name: str, resize: int) -> str:
     """The last feature map before the pooling: Grad-CAM's usual layer (ResNet's `layer4`)."""
     return feature_stages(name, resize)[-1].name
+
+
+# Modules that may sit beside a linear head (in its Sequential) with the class score still a
+# linear read of the pooled map, up to a per-image scale and offset.
+LINEAR_READ = (nn.Dropout, nn.Flatten, nn.Identity, nn.LayerNorm, *POOLING)
+CAM_MODELS = "resnet*, efficientnet_*, regnet_*, convnext_*, swin_*"
+
+
+@dataclass(frozen=True)
+class CamHead:
+    """How a model's class scores read its last feature map linearly, which a class activation
+    map (CAM, Zhou et al. 2016, https://arxiv.org/abs/1512.04150) needs: `layer` outputs the
+    map, `head` has one weight row per class over its channels, `scale` names a LayerNorm
+    between them whose per-channel scale multiplies those rows (ConvNeXt's; its centring and
+    division by the pooled vector's spread are the same for every cell of one image, which a
+    map normalised per image does not see)."""
+
+    layer: str
+    head: str
+    scale: str | None = None
+
+    def class_weights(self, model: nn.Module) -> torch.Tensor:
+        """(C, K) float: row c weighs each channel of the map for class c."""
+        weight = model.get_submodule(self.head).weight.detach().flatten(1).float()
+        if self.scale is not None:
+            weight = weight * model.get_submodule(self.scale).weight.detach().float()
+        return weight
+
+
+@cache
+def cam_head(name: str, resize: int) -> CamHead:
+    """`name`'s CamHead at `resize` px; a UserError where its head is not a linear read of the
+    last map (an MLP head: mobilenet_v3_*, vgg*, alexnet, maxvit_t; a ReLU after the head's
+    conv: squeezenet*)."""
+    stage = feature_stages(name, resize)[-1]
+    head = head_modules(name)[-1]
+    skeleton = meta_model(name)
+    parent, _, own = head.rpartition(".")
+    container = skeleton.get_submodule(parent) if parent else None
+    siblings = ([(child, module) for child, module in container.named_children() if child != own]
+                if container is not None else [])
+    others = [type(module).__name__ for _, module in siblings
+              if not isinstance(module, LINEAR_READ)]
+    width = skeleton.get_submodule(head).weight.flatten(1).shape[1]
+    if others or width != stage.channels:
+        reason = (f"its head {head} is one layer of a nonlinear block ({', '.join(others)})"
+                  if others else
+                  f"its head {head} reads {width} features, its last map {stage.name} has "
+                  f"{stage.channels} channels")
+        raise UserError(f"`model` = {name!r} cannot run snapmix: the class activation map that "
+                        f"weighs its labels needs a linear head on the last feature map, and "
+                        f"{reason}; use cutmix, or a model such as {CAM_MODELS}")
+    norms = [child for child, module in siblings if isinstance(module, nn.LayerNorm)]
+    return CamHead(stage.name, head, f"{parent}.{norms[-1]}" if norms else None)
 
 
 def imagenet_weights(name: str):

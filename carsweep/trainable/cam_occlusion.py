@@ -25,8 +25,6 @@ would use to predict; and a chosen subset of one image would break BatchNorm in 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Protocol
 
 import pandas as pd
@@ -39,10 +37,11 @@ from torchvision.transforms.v2 import functional as TF
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import PreparedDataset
 from carsweep.errors import UserError
-from carsweep.trainable.augment import AUGMENTATIONS, preset_names
+from carsweep.trainable.augment import preset_names
 from carsweep.trainable.backbones import deepest_stage
 from carsweep.trainable.data import build_loader
 from carsweep.trainable.loop import autocast
+from carsweep.trainable.model import eval_mode
 
 NAME = "cam-occlusion"
 TARGET_LAYER = "layer4"  # ResNet's last feature map; other models name theirs (deepest_stage)
@@ -75,9 +74,7 @@ def batch_hook_for(config: TrialConfig, epoch: int) -> BatchHook | None:
     """The batch hook of `epoch`, or None when the config's augmentation needs none then.
 
     Seeded by (seed, epoch), so a run resumed at an epoch boundary occludes the same images."""
-    hooks = [name for name in preset_names(config.augmentation)
-             if name in AUGMENTATIONS and AUGMENTATIONS[name].model_dependent]
-    if not hooks or epoch < config.cam_occlusion_start_epoch:
+    if not uses_cam_occlusion(config.augmentation) or epoch < config.cam_occlusion_start_epoch:
         return None
     return CamOcclusion(p=config.cam_occlusion_p, q=config.cam_occlusion_q,
                         kind=config.cam_occlusion_kind, seed=config.seed * 100_003 + epoch,
@@ -122,7 +119,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, classes: list[int], layer: str =
     """Grad-CAM at `layer` for class `classes[i]` of image i: (B, h, w) float, ReLU'd, scaled
     to [0, 1] per map only if `normalized`. Parameter gradients are neither created nor
     touched; the model's modes and BatchNorm statistics are as they were."""
-    with _eval_mode(model), torch.enable_grad(), GradCAM(model, layer) as extractor:
+    with eval_mode(model), torch.enable_grad(), GradCAM(model, layer) as extractor:
         # The input asks for a gradient so the layer's output has a graph even when the
         # backbone is frozen; autograd.grad stops at that layer and never reaches the input.
         inputs = x.detach().requires_grad_(True)
@@ -163,18 +160,6 @@ def occlude(x: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
         blurred = TF.gaussian_blur(x, kernel_size=[kernel, kernel], sigma=[x.shape[-1] / 16] * 2)
         return torch.where(mask, blurred, x)
     raise ValueError(f"The value of `kind` is {kind!r}, but must be one of {KINDS}")
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the extra pass; every module's own mode restored (frozen ones stay eval)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 # --- test time: accuracy with a known part hidden ------------------------------------------

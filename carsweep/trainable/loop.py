@@ -6,6 +6,8 @@ does not (T4, V100, P100: bf16 there is emulated, slower than fp32), plain fp32 
 (faster there, and exact). `precision` can also be forced (fp16 works on the CPU too, which is
 how the GradScaler path is tested without a GPU).
 Sums are kept on the device and read once per pass, so the GPU never waits for a `.item()`.
+Under a mixing augmentation (mixing.py) the loss is against soft targets and the train
+accuracy against each target's dominant class; evaluation is always hard-label.
 """
 
 from __future__ import annotations
@@ -75,13 +77,16 @@ class NonFiniteLossError(UserError):
 def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,
                     device: torch.device, batch_hook: Callable | None = None,
-                    precision: str = "auto", epoch: int | None = None) -> dict[str, float]:
+                    precision: str = "auto", epoch: int | None = None,
+                    batch_mix: Callable | None = None) -> dict[str, float]:
     """One pass over `loader` with an optimizer and scheduler step per batch; `epoch` (which
     one this is) goes into the NonFiniteLossError that stops it.
 
     `batch_hook(model, x, labels_on_cpu) -> x` changes each batch's model input with the
     current model before the forward pass that trains (model-dependent augmentation:
-    cam_occlusion.py). `scaler` must match `precision` (`grad_scaler`)."""
+    cam_occlusion.py); then `batch_mix(model, x, labels) -> (x, targets (B, C))` mixes it
+    (mixing.py): the loss is against those soft targets, `train_acc` against their largest
+    class. `scaler` must match `precision` (`grad_scaler`)."""
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = batches = 0
@@ -94,9 +99,12 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
         x = loader.to_model_input(images)  # (B, 3, S, S) float
         if batch_hook is not None:
             x = batch_hook(model, x, cpu_labels)
+        targets = labels  # (B,) class indices, or (B, C) soft targets after a mix
+        if batch_mix is not None:
+            x, targets = batch_mix(model, x, labels)
         with autocast(device, precision):
             logits = model(x)  # (B, C)
-            loss = criterion(logits, labels)
+            loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)  # skipped by an fp16 scaler when the gradients overflowed
@@ -107,7 +115,7 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
             warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
             scheduler.step()
         loss_sum += loss.detach().double() * labels.numel()
-        correct += (logits.argmax(dim=1) == labels).sum()
+        correct += (logits.argmax(dim=1) == dominant_class(targets)).sum()
         seen += labels.numel()
         batches += 1
         if device.type != "cuda" or batches % CHECK_FINITE_EVERY == 0:
@@ -122,6 +130,11 @@ def train_one_epoch(model: nn.Module, loader: Loader, criterion: nn.Module,
         "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
         "lr": float(last_lr),
     }
+
+
+def dominant_class(targets: torch.Tensor) -> torch.Tensor:
+    """(B,) class indices: the labels themselves, or each soft target's largest class."""
+    return targets if targets.dim() == 1 else targets.argmax(dim=1)
 
 
 def _stop_if_not_finite(loss_sum: torch.Tensor, batches: int, lr: float,

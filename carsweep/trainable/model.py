@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import urllib.error
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,9 +26,11 @@ import torch
 from torch import nn
 
 from carsweep.errors import UserError
+from carsweep.trainable.augment import preset_names
 from carsweep.trainable.backbones import (
     DEFAULT_MODEL,
     auxiliary_keys,
+    cam_head,
     check_model_name,
     construct,
     feature_stages,
@@ -39,6 +42,7 @@ from carsweep.trainable.safe_load import load_tensors_only
 
 IMAGENET = "imagenet"
 NONE = "none"
+SNAPMIX = "snapmix"  # the preset that needs a CAM of the model (mixing.py)
 DOWNLOAD_TIMEOUT_S = 20.0
 
 
@@ -58,12 +62,15 @@ def build_model(num_classes: int, weights: str | dict | None = NONE,
     return network
 
 
-def check_backbone(model: str, *, resize: int | None = None) -> None:
+def check_backbone(model: str, *, resize: int | None = None,
+                   augmentation: str | None = None) -> None:
     """A UserError, before anything is built, for a model carsweep cannot train as asked: an
-    unknown name, an input size it cannot take."""
+    unknown name, an input size it cannot take, snapmix without a linear head on its map."""
     check_model_name(model)
     if resize is not None:
         feature_stages(model, resize)
+    if resize is not None and augmentation is not None and SNAPMIX in preset_names(augmentation):
+        cam_head(model, resize)
 
 
 def load_weights(source: str | None, model: str = DEFAULT_MODEL) -> dict[str, torch.Tensor] | None:
@@ -151,6 +158,19 @@ def set_backbone_frozen(network: nn.Module, frozen: bool, model: str = DEFAULT_M
         holds_head = name == "" or any(head.startswith(f"{name}.") for head in heads)
         if frozen and not holds_head:
             module.training = False
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for an extra pass inside a training step (cam-occlusion's Grad-CAM, snapmix's
+    CAM); every module's own mode restored afterwards (frozen ones stay eval)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 @contextmanager

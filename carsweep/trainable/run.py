@@ -45,6 +45,7 @@ from carsweep.trainable.loop import (
     predict_logits,
     train_one_epoch,
 )
+from carsweep.trainable.mixing import batch_mix_for
 from carsweep.trainable.model import build_model, check_backbone, set_backbone_frozen
 from carsweep.trainable.optim import build_optimizer, build_scheduler
 
@@ -75,7 +76,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
     (with a checkpoint on the epochs `checkpoints` asks for). `gpu_fraction` below 1 caps
     this process's CUDA memory to that share of the GPU (trials that share one)."""
     check_augmentation(config.augmentation)
-    check_backbone(config.model, resize=config.resize)
+    check_backbone(config.model, resize=config.resize, augmentation=config.augmentation)
     check_splits(*train_splits, *([eval_split] if eval_split else []))
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
     device = pick_device(config.device)
@@ -96,6 +97,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
         optimizer = build_optimizer(model, config)
         scheduler = build_scheduler(optimizer, config, len(train_loader))
         scaler = grad_scaler(precision, device)
+        batch_mix = batch_mix_for(config, data.num_classes, precision)
         history: list[dict[str, float]] = []
         first_epoch = 1
         if resumed is not None:
@@ -119,7 +121,8 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
             metrics |= train_one_epoch(model, train_loader, criterion, optimizer, scheduler,
                                        scaler, device,
                                        batch_hook=batch_hook_for(config, epoch),
-                                       precision=precision, epoch=epoch)
+                                       precision=precision, epoch=epoch,
+                                       batch_mix=batch_mix)
             if eval_loader is not None:
                 metrics |= evaluate(model, eval_loader, device, precision)
             metrics["epoch_time_s"] = time.perf_counter() - started
