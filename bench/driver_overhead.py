@@ -52,7 +52,7 @@ def measure(trials: int, epochs: int, concurrent: int, storage: Path) -> dict:
                   "lr": {"loguniform": [1.0e-4, 1.0]}, "epochs": epochs},
     })
     trainable = tune.with_resources(noop_trial, {"cpu": 1})
-    experiment_path(config).mkdir(parents=True)  # run_sweep's save_sweep makes it; the study is in it
+    experiment_path(config).mkdir(parents=True)  # the study goes in it (run_sweep makes it)
     with ray_session(config.cluster):
         start = time.perf_counter()
         results = new_tuner(config, trainable, verbose=0).fit()

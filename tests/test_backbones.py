@@ -248,6 +248,17 @@ def test_a_sweep_space_with_a_model_that_cannot_take_a_size_is_refused():
     check_models(SweepConfig(space={**space, "model": {"choice": ["resnet18", "convnext_tiny"]}}))
 
 
+def test_a_sweep_space_pairing_snapmix_with_a_model_without_a_linear_head_is_refused():
+    from carsweep.search.validate import check_models
+
+    space = {"model": {"choice": ["resnet18", "mobilenet_v3_small"]}, "resize": 64,
+             "augmentation": {"choice": ["flip", "flip+snapmix"]}}
+    with pytest.raises(UserError, match=r"^space: `model` = 'mobilenet_v3_small' cannot run "
+                                        r"snapmix: .*use cutmix"):
+        check_models(SweepConfig(space=space))
+    check_models(SweepConfig(space={**space, "augmentation": {"choice": ["flip", "flip+cutmix"]}}))
+
+
 def test_an_export_from_before_architectures_and_temperatures_is_resnet18(tmp_path):
     config = TrialConfig(resize=32)
     model = build_model(3, "none")

@@ -82,3 +82,41 @@ def test_eval_transform_is_deterministic_and_square():
     assert first[:, 16, 16].tolist() == [10, 200, 30]
     augmented = train_transform(config.model_copy(update={"augmentation": "flip+rotation"}))
     assert augmented(image).shape == (3, 32, 32)
+
+
+def test_elastic_is_refused_below_the_size_both_its_forms_take():
+    """Both forms reflect a 41-px smoothing kernel at the borders: 21 px works, 20 px cannot."""
+    from carsweep.trainable.augment import build_device_augmentation
+
+    minimum = AUGMENTATIONS["elastic"].min_size
+    assert minimum == 21
+    torch.manual_seed(0)
+    for size, works in ((minimum, True), (minimum - 1, False)):
+        image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
+        cpu = v2.ElasticTransform(alpha=30.0, sigma=5.0)
+        device = build_device_augmentation(("elastic",), size)
+        batch = torch.rand(4, 3, size, size)
+        if works:
+            assert cpu(image).shape == image.shape
+            assert device(batch).shape == batch.shape
+        else:
+            with pytest.raises(RuntimeError, match="[Pp]adding"):
+                cpu(image)
+            with pytest.raises(RuntimeError, match="[Pp]adding"):
+                device(batch)
+    check_augmentation("flip+elastic", resize=minimum)
+    with pytest.raises(UserError, match=r"^`augmentation` = 'flip\+elastic': elastic needs "
+                                        r"images of at least 21 px, but resize is 20"):
+        check_augmentation("flip+elastic", resize=minimum - 1)
+    check_augmentation("flip", resize=16)
+
+
+def test_a_sweep_space_with_elastic_at_a_size_it_cannot_take_is_refused():
+    from carsweep.config.sweep import SweepConfig
+    from carsweep.search.validate import check_augmentations
+
+    space = {"augmentation": {"choice": ["flip", "elastic"]}, "resize": {"choice": [16, 64]}}
+    with pytest.raises(UserError, match=r"^space: `augmentation` = 'elastic': elastic needs "
+                                        r"images of at least 21 px, but resize is 16"):
+        check_augmentations(SweepConfig(space=space))
+    check_augmentations(SweepConfig(space={**space, "resize": {"choice": [32, 64]}}))

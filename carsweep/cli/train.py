@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
                             "choose another --out")
         config = load_model(TrialConfig, args.config, args.overrides)
         checkpoint = None
-    check_augmentation(config.augmentation)
+    check_augmentation(config.augmentation, resize=config.resize)
     check_backbone(config.model, resize=config.resize, augmentation=config.augmentation)
     pick_device(config.device)  # `cuda` on a machine without one: an error, no run folder
     # Weights are resolved before the run folder exists, so a bad source leaves nothing behind.

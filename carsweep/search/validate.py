@@ -23,30 +23,33 @@ def check_sweep(config: SweepConfig) -> None:
 
 
 def check_augmentations(config: SweepConfig) -> None:
-    """Each augmentation value (fixed or choice) must name presets the trainable knows."""
+    """Each augmentation value (fixed or choice) must name presets the trainable knows, each
+    taking every input size of the space."""
     spec = config.space.get("augmentation")
     if spec is None:
         return
     from carsweep.trainable import check_augmentation
 
     for name in spec.values:
-        try:
-            check_augmentation(name)
-        except UserError as error:
-            raise UserError(f"space: {error}") from None
+        for resize in config.listed_values("resize"):
+            try:
+                check_augmentation(name, resize=resize)
+            except UserError as error:
+                raise UserError(f"space: {error}") from None
 
 
 def check_models(config: SweepConfig) -> None:
     """Each model a trial could get must be torchvision's and take every input size of the
-    space (its choices, a range's ends)."""
+    space (its choices, a range's ends) and every augmentation (snapmix needs a linear head)."""
     from carsweep.trainable import check_backbone
 
     for model in config.listed_values("model"):
         for resize in config.listed_values("resize"):
-            try:
-                check_backbone(model, resize=resize)
-            except UserError as error:
-                raise UserError(f"space: {error}") from None
+            for augmentation in config.listed_values("augmentation"):
+                try:
+                    check_backbone(model, resize=resize, augmentation=augmentation)
+                except UserError as error:
+                    raise UserError(f"space: {error}") from None
 
 
 def check_cuda_has_gpus(config: SweepConfig) -> None:

@@ -57,6 +57,7 @@ class Preset:
     device: Callable[[int], BatchOp] | None
     model_dependent: bool = False
     mixing: bool = False
+    min_size: int = 1  # the smallest square image both forms take
 
     @property
     def per_batch(self) -> bool:
@@ -68,14 +69,15 @@ AUGMENTATIONS: dict[str, Preset] = {}
 
 
 def register(name: str, doc: str, *, device: Callable[[int], BatchOp] | None,
-             model_dependent: bool = False, mixing: bool = False
+             model_dependent: bool = False, mixing: bool = False, min_size: int = 1
              ) -> Callable[[Callable[[int], v2.Transform]], Callable]:
     if device is None and not (model_dependent or mixing):
         raise TypeError(f"preset {name!r} needs a device form (a batch op of gpu_augment.py)")
 
     def add(build: Callable[[int], v2.Transform]) -> Callable[[int], v2.Transform]:
         AUGMENTATIONS[name] = Preset(name=name, doc=doc, build=build, device=device,
-                                     model_dependent=model_dependent, mixing=mixing)
+                                     model_dependent=model_dependent, mixing=mixing,
+                                     min_size=min_size)
         return build
 
     return add
@@ -103,7 +105,7 @@ def _rotation(size: int) -> v2.Transform:
 
 
 @register("elastic", "elastic warp (alpha 30, sigma 5) with probability 0.5, as in the seed",
-          device=gpu_augment.elastic)
+          device=gpu_augment.elastic, min_size=gpu_augment.ELASTIC_MIN_SIZE)
 def _elastic(size: int) -> v2.Transform:
     elastic = v2.ElasticTransform(alpha=gpu_augment.ELASTIC_ALPHA, sigma=gpu_augment.ELASTIC_SIGMA)
     return v2.RandomApply([elastic], p=0.5)
@@ -179,8 +181,9 @@ def preset_names(name: str) -> list[str]:
     return [part.strip() for part in name.split(COMBINE)]
 
 
-def check_augmentation(name: str) -> None:
-    """A UserError naming the unknown part of `name` and listing the valid presets."""
+def check_augmentation(name: str, *, resize: int | None = None) -> None:
+    """A UserError naming the unknown part of `name` and listing the valid presets, or a
+    preset that cannot take images of `resize` px."""
     for part in preset_names(name):
         if part not in AUGMENTATIONS:
             raise UserError(
@@ -192,6 +195,13 @@ def check_augmentation(name: str) -> None:
         raise UserError(f"`augmentation` = {name!r}: {' and '.join(mixes)} are both mixing "
                         "presets, and a batch is mixed one way; keep one (search between "
                         "them with a choice, e.g. [flip+cutmix, flip+snapmix])")
+    too_small = [part for part in preset_names(name)
+                 if resize is not None and resize < AUGMENTATIONS[part].min_size]
+    if too_small:
+        part = AUGMENTATIONS[too_small[0]]
+        raise UserError(f"`augmentation` = {name!r}: {part.name} needs images of at least "
+                        f"{part.min_size} px, but resize is {resize}; raise resize or drop "
+                        f"{part.name}")
 
 
 def mixing_preset(name: str) -> str | None:

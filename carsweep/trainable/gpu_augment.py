@@ -192,6 +192,9 @@ def random_crop(size: int) -> BatchOp:
 
 
 ELASTIC_ALPHA, ELASTIC_SIGMA = 30.0, 5.0
+# Both forms smooth the field with a Gaussian of 8 sigma + 1 px, reflected at the borders:
+# reflecting needs an image wider than the kernel's half.
+ELASTIC_MIN_SIZE = int(4 * ELASTIC_SIGMA) + 1
 
 
 def elastic(size: int) -> BatchOp:

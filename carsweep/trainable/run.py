@@ -75,7 +75,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
     """Train `config.model` on `train_splits` for `config.epochs` epochs, reporting every epoch
     (with a checkpoint on the epochs `checkpoints` asks for). `gpu_fraction` below 1 caps
     this process's CUDA memory to that share of the GPU (trials that share one)."""
-    check_augmentation(config.augmentation)
+    check_augmentation(config.augmentation, resize=config.resize)
     check_backbone(config.model, resize=config.resize, augmentation=config.augmentation)
     check_splits(*train_splits, *([eval_split] if eval_split else []))
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
