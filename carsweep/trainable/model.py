@@ -8,9 +8,10 @@ one download with a short socket timeout, so a machine without internet gets a c
 instead of a hang. Under Ray the driver calls `load_weights` once per (model, weights) pair and
 ships the state dict to every trial (`train(..., initial_weights=...)`).
 
-carsweep's input pipeline normalises every model's input with the one mean and std of
-trainable/augment.py (ImageNet's); `check_backbone` refuses ImageNet weights trained with
-another (efficientnet_v2_l's 0.5), which every other torchvision model shares.
+Each model's input is normalised with the mean and std its ImageNet weights were trained
+with (backbones.preprocessing, read by augment.normalization; efficientnet_v2_l's 0.5, every
+other model ImageNet's), whatever `weights` says, so a model keeps one normalisation from
+training to export.
 """
 
 from __future__ import annotations
