@@ -11,10 +11,13 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 install: $(STAMP)
 
+# PYTHONWARNINGS: setuptools warns on every editable install that a folder named like the
+# package may shadow it; here that folder is the package itself, so that note (only it) is off.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	PYTHONWARNINGS=ignore::UserWarning:setuptools.command.editable_wheel \
+		$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # The demo's data: 4 classes, each decided by the shape and colour of the headlight and both
