@@ -46,7 +46,7 @@ def variants(size: int) -> dict[str, dict[str, object]]:
     """{preset: {variant: callable on a batch}} for every per-image preset."""
     table = {}
     for name, preset in AUGMENTATIONS.items():
-        if preset.model_dependent or name == "none":
+        if preset.per_batch or name == "none":  # per batch: no per-image form to compare
             continue
         cpu = preset.build(size)
         ops = {CPU: lambda batch, t=cpu: torch.stack([t(image) for image in batch]),

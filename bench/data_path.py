@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> dict:
             "warm_float_one_piece": float_epoch(dataset, args, one_piece=True),
             "presets": [preset_rates(dataset, name, args) for name, preset
                         in AUGMENTATIONS.items()
-                        if name != "none" and not preset.model_dependent
+                        if name != "none" and not preset.per_batch
                         and (not args.presets or name in args.presets)],
         }
         images = len(dataset.rows("train"))
