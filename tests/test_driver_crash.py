@@ -109,7 +109,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(prepared_datase
 
 
 # sgd at lr 9-10 with Nesterov momentum, no decay and batch 8: on this data the training loss
-# passes 1e17 and is NaN in epoch 3 (cosine-decayed, or at batch 16, it stays finite). adam
+# passes 1e17 and is NaN by epoch 3 (cosine-decayed, or at batch 16, it stays finite; which
+# epoch depends on the model's initial weights, so the test reads it from each trial). adam
 # at its own lr range trains normally. The three trials are the points to evaluate.
 DIVERGING = {
     "optimizer": {"choice": ["sgd", "adam"]},
@@ -143,27 +144,30 @@ def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_p
     assert list(blown["diverged"]) == [True, True]
     assert list(blown["state"]) == ["PRUNED"] * 2  # ended by a report, not an error
     assert list(blown["failures"]) == [0, 0]  # max_failures 2, and not one retry
-    assert list(blown["epochs_run"]) == [EPOCHS] * 2  # the epoch it diverged in
+    assert all(1 <= epoch <= EPOCHS for epoch in blown["epochs_run"])  # the one it diverged in
     assert list(blown[f"last_{METRIC}"]) == [0.0, 0.0]  # the worst value for mode max
     assert all(e.startswith("training loss became nan by batch ") for e in blown["error"])
     assert list(table["trial_id"]) == list(load_experiment(experiment).trials["trial_id"])
     pd.testing.assert_frame_equal(trials_table(experiment), table)  # read again: the same
     for row in blown.itertuples():
-        line = f"{row.trial_dir} diverged at epoch {EPOCHS}: {row.error} (not retried)"
+        line = f"{row.trial_dir} diverged at epoch {row.epochs_run}: {row.error} (not retried)"
         assert done.stdout.count(line) == 1, done.stdout[-3000:]
     trained = epochs_by_trial(experiment)
-    assert all(trained[row.trial_dir] == [1, 2, 3] for row in table.itertuples())  # once each
+    for row in table.itertuples():  # each epoch once, up to its end or its divergence
+        assert trained[row.trial_dir] == list(range(1, row.epochs_run + 1))
 
     study = open_study(experiment)
     by_lr = {t.params.get("lr|sgd", t.params.get("lr|adam")): t for t in study.trials}
     assert set(by_lr) == {10.0, 1.0e-3, 9.0}  # each range under its own name
     assert by_lr[1.0e-3].state == TrialState.COMPLETE
-    for lr, error in zip(blown["config/lr"], blown["error"], strict=True):
+    for lr, error, epoch in zip(blown["config/lr"], blown["error"], blown["epochs_run"],
+                                strict=True):
         told = by_lr[lr]
         assert told.state == TrialState.PRUNED
         assert told.constraints == {"diverged": 1.0}
         assert told.user_attrs == {"diverged": error, "trial_id": told_id(table, lr)}
-        assert told.intermediate_values[EPOCHS] == 0.0
+        assert max(told.intermediate_values) == epoch
+        assert told.intermediate_values[epoch] == 0.0
 
     resumed = run_cli([sys.executable, "-m", "carsweep", "resume", str(experiment),
                        "--num-cpus", "2"], timeout=300)
