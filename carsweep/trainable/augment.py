@@ -104,7 +104,8 @@ def _rotation(size: int) -> v2.Transform:
     return v2.RandomRotation(degrees=15)
 
 
-@register("elastic", "elastic warp (alpha 30, sigma 5) with probability 0.5, as in the seed",
+@register("elastic", "elastic warp (alpha 30, sigma 5) with probability 0.5, as in the seed; "
+          "resize 21 px or more",
           device=gpu_augment.elastic, min_size=gpu_augment.ELASTIC_MIN_SIZE)
 def _elastic(size: int) -> v2.Transform:
     elastic = v2.ElasticTransform(alpha=gpu_augment.ELASTIC_ALPHA, sigma=gpu_augment.ELASTIC_SIGMA)
