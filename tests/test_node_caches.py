@@ -40,6 +40,7 @@ def sweep(dataset=None, storage="/tmp/unused-results", **space) -> SweepConfig:
      [(256, False), (256, True), (400, False), (400, True)]),
     ({"resize": {"int": [256, 400]}}, []),
     ({"data_cache": "off"}, []),
+    ({"data_cache": False}, []),  # YAML's bare `off`, read as the trial will read it
     ({"data_cache": {"choice": ["off", "on"]}, "bbox_crop": True}, [(32, True)]),
 ])
 def test_caches_to_build_are_every_size_and_crop_a_trial_can_get(space, expected):

@@ -43,3 +43,12 @@ def test_defaults_are_valid_and_yaml_overrides_apply(tmp_path):
     assert (config.optimizer, config.lr, config.resize) == ("adamw", 0.001, 400)
     assert config.augmentation == "flip+color-jitter"
     assert TrialConfig().weights == "none"
+
+
+@pytest.mark.parametrize(("written", "meant"), [("off", "off"), ("on", "on"), ("auto", "auto"),
+                                                ("'off'", "off")])
+def test_data_cache_on_and_off_read_as_written_not_as_yaml_booleans(tmp_path, written, meant):
+    path = tmp_path / "trial.yaml"
+    path.write_text(f"data_cache: {written}\n")
+    assert load_model(TrialConfig, path, []).data_cache == meant
+    assert load_model(TrialConfig, None, [f"data_cache={written}"]).data_cache == meant

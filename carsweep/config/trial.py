@@ -105,6 +105,12 @@ class TrialConfig(BaseModel):
         5.0, gt=0, le=100, description="snapmix: Beta(alpha, alpha) of each box's area (the "
         "paper's code: 5, boxes near half the image)")
 
+    @field_validator("data_cache", mode="before")
+    @classmethod
+    def _on_off_as_written(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `on`/`off` (in a config or `--set data_cache=off`) as a bool.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("cache_dir")
     @classmethod
     def _absolute_cache_dir(cls, cache_dir: str | None) -> str | None:

@@ -83,7 +83,10 @@ def space_values(config: SweepConfig, name: str) -> list[Any] | None:
     spec = config.space.get(name)
     if spec is None:
         return [TrialConfig.model_fields[name].default]
-    return list(spec.values) if spec.kind in ("fixed", "choice") else None
+    if spec.kind not in ("fixed", "choice"):
+        return None
+    # As the trial will read each value (a YAML `off` is False until TrialConfig reads it).
+    return [getattr(TrialConfig.model_validate({name: value}), name) for value in spec.values]
 
 
 def caches_to_build(config: SweepConfig) -> list[tuple[int, bool]]:
