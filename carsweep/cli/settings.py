@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
 def catalog() -> dict[str, list[dict[str, Any]]]:
     """Every setting and registry entry as JSON-ready dicts, in the order they are listed."""
-    from carsweep.config.sweep import REPORTED_METRICS, SAMPLERS, SweepConfig
+    from carsweep.config.space import SAMPLERS
+    from carsweep.config.sweep import REPORTED_METRICS, SweepConfig
     from carsweep.config.trial import FIELD_GROUPS, TrialConfig
     from carsweep.trainable import AUGMENTATIONS, OPTIMIZERS, SCHEDULES
 

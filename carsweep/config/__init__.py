@@ -5,7 +5,8 @@ Three layers, lowest first: defaults in the pydantic models, then a YAML file, t
 """
 
 from carsweep.config.io import apply_overrides, load_model, save_model
-from carsweep.config.sweep import ParamSpec, SweepConfig, load_sweep, save_sweep
+from carsweep.config.space import ParamSpec
+from carsweep.config.sweep import SweepConfig, load_sweep, save_sweep
 from carsweep.config.trial import TrialConfig
 
 __all__ = [

@@ -35,7 +35,8 @@ from carsweep.config.files import (
     trial_dir_name,
 )
 from carsweep.config.io import load_model, validate, write_text_atomic
-from carsweep.config.sweep import DIVERGED, SweepConfig, field_values, load_sweep
+from carsweep.config.space import field_values
+from carsweep.config.sweep import DIVERGED, SweepConfig, load_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import CLASSES_FILE
 from carsweep.errors import UserError

@@ -48,7 +48,8 @@ from carsweep.analysis.retrain import (
     say,
     train_and_test,
 )
-from carsweep.config.sweep import ParamSpec, Resources, SweepConfig
+from carsweep.config.space import ParamSpec
+from carsweep.config.sweep import Resources, SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError

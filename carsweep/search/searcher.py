@@ -34,7 +34,8 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from carsweep.config.files import STUDY_NAME
-from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, SweepConfig, field_values
+from carsweep.config.space import field_values
+from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.results.study import TRIAL_ID_ATTR, journal_storage
 from carsweep.search.space import DefineByRunSpace

@@ -8,7 +8,7 @@ trial's config still carries every field it was run with.
 A branched field (a range per optimizer) is one study parameter per branch, each under its own
 name (`lr|sgd`, `lr|adam,adamw`): TPE models each range alone, never two ranges as one. Ray's
 OptunaSearch hands a trial the suggested names, so the searcher maps them back to the field
-(`config.sweep.field_values`) before Ray sees them; a fixed branch is returned where it applies.
+(`config.space.field_values`) before Ray sees them; a fixed branch is returned where it applies.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import optuna
 
-from carsweep.config.sweep import ParamSpec, SweepConfig, field_values
+from carsweep.config.space import ParamSpec, field_values
+from carsweep.config.sweep import SweepConfig
 
 
 class DefineByRunSpace:

@@ -28,7 +28,8 @@ import ray
 from ray import tune
 
 from carsweep.config.files import RESULT_FILE
-from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, field_values
+from carsweep.config.space import field_values
+from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import MANIFEST_FILE
 from carsweep.errors import UserError
