@@ -5,7 +5,7 @@
     carsweep prepare /tmp/cars-full/source --out /tmp/cars-full/prepared
     .venv/bin/python bench/cache_build.py --prepared /tmp/cars-full/prepared --sizes 256,400
 
-What a sweep's prebuild does on each node (carsweep/data/cache.py, `build_cache`): decode the
+What a sweep's prebuild does on each node (carsweep/data/cache_build.py, `build_cache`): decode the
 train+val JPEGs (8,144 of the 16,185 on the official split) and resize them, in one forked
 process per core, into a fresh cache folder on the local disk, one size after the other. Each
 size is built into a new folder, so nothing is reused; the JPEGs' own pages are dropped from
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from machine import describe, evict_from_page_cache, load_average
 
-from carsweep.data.cache import build_cache, cache_plan, format_bytes
+from carsweep.data.cache import cache_plan, format_bytes
+from carsweep.data.cache_build import build_cache
 from carsweep.data.manifest import load_dataset
 from carsweep.data.prepare import prepare_dataset
 from carsweep.data.synth_cars import make_cars_dataset

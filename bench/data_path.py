@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from carsweep.config.trial import TrialConfig
-from carsweep.data.cache import build_cache
+from carsweep.data.cache_build import build_cache
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.data.prepare import prepare_dataset
 from carsweep.data.synth_cars import make_cars_dataset

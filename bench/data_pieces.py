@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from machine import describe, evict_from_page_cache, load_average
 
-from carsweep.data.cache import CacheRows
+from carsweep.data.cache_read import CacheRows
 
 
 def batches(count: int, rows: int, batch: int, seed: int) -> list[np.ndarray]:

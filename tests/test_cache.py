@@ -22,15 +22,14 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import (
     DEFAULT_CACHE_DIR,
     CacheError,
-    CacheRows,
-    build_cache,
     cache_plan,
     check_size,
-    map_array,
     npy_bytes,
     resolve_cache_dir,
     shared_storage_warning,
 )
+from carsweep.data.cache_build import build_cache
+from carsweep.data.cache_read import CacheRows, map_array
 from carsweep.data.manifest import load_dataset
 from carsweep.trainable.cached_data import CachedBatches
 from carsweep.trainable.data import ManifestImages, build_loader
@@ -266,6 +265,7 @@ NO_ROOM = textwrap.dedent("""
     import json, sys, warnings
     from pathlib import Path
     import carsweep.data.cache as cache
+    import carsweep.data.cache_build as cache_build
     from carsweep.config.trial import TrialConfig
     from carsweep.data.manifest import load_dataset
     from carsweep.trainable.data import build_loader
@@ -286,7 +286,7 @@ NO_ROOM = textwrap.dedent("""
     # The disk fills up between the plan and the build: the allocation fails, not a worker.
     cache.disk_space = lambda path: (10**12, 10**12)
     try:
-        cache.build_cache(dataset, 64, cache_dir=small, workers=1, progress=False)
+        cache_build.build_cache(dataset, 64, cache_dir=small, workers=1, progress=False)
     except cache.CacheError as error:
         seen["full"] = str(error)
     seen["left"] = sorted(p.name for p in small.iterdir())
@@ -412,11 +412,12 @@ READER = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
     import numpy as np
-    import carsweep.data.cache as cache
+    import carsweep.data.cache_build as cache_build
+    import carsweep.data.cache_read as cache_read
     from carsweep.data.manifest import load_dataset
 
     folder, log, cache_dir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-    original = cache._decode_all
+    original = cache_build._decode_all
 
     def logged(*args, **kwargs):  # count builds across processes
         with open(log, "a") as handle:
@@ -424,10 +425,10 @@ READER = textwrap.dedent("""
         time.sleep(0.5)  # widen the window in which a second builder could start
         yield from original(*args, **kwargs)
 
-    cache._decode_all = logged
-    path = cache.build_cache(load_dataset(folder), 32, cache_dir=cache_dir, workers=1,
-                             progress=False)
-    array = cache.map_array(path)
+    cache_build._decode_all = logged
+    path = cache_build.build_cache(load_dataset(folder), 32, cache_dir=cache_dir, workers=1,
+                                   progress=False)
+    array = cache_read.map_array(path)
     total = int(np.asarray(array, dtype=np.int64).sum())  # touch every page
     path = os.path.realpath(array.filename)
     maps = [line.split() for line in Path("/proc/self/maps").read_text().splitlines()]

@@ -24,7 +24,7 @@ from torchcam.utils import overlay_mask
 from torchvision.transforms.functional import to_pil_image
 
 from carsweep.config.trial import TrialConfig
-from carsweep.data.cache import crop_to_box
+from carsweep.data.cache_build import crop_to_box
 from carsweep.data.images import open_rgb
 from carsweep.trainable import eval_transform
 from carsweep.trainable.backbones import feature_stages

@@ -76,12 +76,12 @@ def warm_caches(dataset, sizes: tuple[int, ...], cache_dir: str | None,
                 workers: int | None) -> None:
     """Build this machine's decoded cache of each size (train+val), saying where each went."""
     from carsweep.data.cache import (
-        build_cache,
         cache_plan,
         format_bytes,
         resolve_cache_dir,
         shared_storage_warning,
     )
+    from carsweep.data.cache_build import build_cache
 
     folder = resolve_cache_dir(cache_dir)
     shared = {"the prepared dataset": dataset.folder, "the image folder": dataset.root}

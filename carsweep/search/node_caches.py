@@ -43,11 +43,11 @@ from carsweep.data.cache import (
     CacheDiskError,
     CacheError,
     CachePlan,
-    build_steps,
     cache_plan,
     format_bytes,
     shared_storage_warning,
 )
+from carsweep.data.cache_build import build_steps
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError, last_line
 from carsweep.search.probes import PROBE_TIMEOUT_S, alive_nodes, node_label

@@ -31,13 +31,9 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from carsweep.config.trial import TrialConfig
-from carsweep.data.cache import (
-    CACHED_SPLITS,
-    CacheDiskError,
-    CacheRows,
-    build_cache,
-    cached_rows,
-)
+from carsweep.data.cache import CACHED_SPLITS, CacheDiskError, cached_rows
+from carsweep.data.cache_build import build_cache
+from carsweep.data.cache_read import CacheRows
 from carsweep.data.manifest import PreparedDataset
 
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from carsweep.config.trial import TrialConfig
-from carsweep.data.cache import crop_to_box  # the cache crops exactly the same way
+from carsweep.data.cache_build import crop_to_box  # the cache crops exactly the same way
 from carsweep.data.images import open_rgb
 from carsweep.data.manifest import PreparedDataset
 from carsweep.errors import UserError
