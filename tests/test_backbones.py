@@ -174,7 +174,8 @@ def test_imagenet_of_another_model_is_its_own_file_in_the_hub_cache(tmp_path, mo
 
 
 def test_shipped_weights_are_keyed_by_model_and_source(tmp_path, monkeypatch):
-    from carsweep.search.preflight import Report, check_weights
+    from carsweep.search.preflight import Report
+    from carsweep.search.preflight_checks import check_weights
     from carsweep.search.trial import weights_key
     from carsweep.search.tuner import shipped_weights
 

@@ -18,10 +18,9 @@ from ray.tune.schedulers.async_hyperband import _Bracket
 
 from carsweep.cli import main
 from carsweep.config.sweep import SweepConfig
-from carsweep.search.preflight import (
-    Report,
+from carsweep.search.preflight import Report, check_before_launch
+from carsweep.search.preflight_checks import (
     check_asha,
-    check_before_launch,
     check_schedules,
     dry_trial,
     largest_trials,
