@@ -21,7 +21,8 @@ from carsweep.trainable.augment import (
     normalization,
     plan_augmentation,
 )
-from carsweep.trainable.gpu_augment import Normalize, _shift_hue, rotate_batch
+from carsweep.trainable.gpu_augment import Normalize, _shift_hue
+from carsweep.trainable.gpu_autoaugment import rotate_batch
 
 SIZE = 32
 COUNT = 384

@@ -6,9 +6,9 @@ A preset has two forms with one meaning:
     cpu     a torchvision v2 transform of one uint8 image (C, H, W), already resized to the
             trial's square size, returning the same shape, dtype and 0..255 range: what a
             loader's workers run per image;
-    device  a batch op (gpu_augment.py) of a float batch (B, 3, S, S) in 0..1 that draws its
-            random parameters per sample: what runs where the model is, in the loader's
-            `to_model_input`.
+    device  a batch op (gpu_augment.py, gpu_autoaugment.py) of a float batch (B, 3, S, S) in
+            0..1 that draws its random parameters per sample: what runs where the model is, in
+            the loader's `to_model_input`.
 
 tests/test_gpu_augment.py checks that the two forms of every preset produce the same
 statistics. `plan_augmentation` decides where each part of a '+'-combined name runs: with the
@@ -36,7 +36,7 @@ import torch
 from torchvision.transforms import v2
 
 from carsweep.errors import UserError
-from carsweep.trainable import gpu_augment
+from carsweep.trainable import gpu_augment, gpu_autoaugment
 from carsweep.trainable.backbones import DEFAULT_MODEL, preprocessing
 from carsweep.trainable.gpu_augment import BatchOp, DeviceAugment
 
@@ -145,13 +145,13 @@ def _random_crop(size: int) -> v2.Transform:
 
 
 @register("trivialaugment", "TrivialAugmentWide: one random op of random strength per image",
-          device=gpu_augment.trivialaugment)
+          device=gpu_autoaugment.trivialaugment)
 def _trivialaugment(size: int) -> v2.Transform:
     return v2.TrivialAugmentWide()
 
 
 @register("randaugment", "RandAugment: two random ops of magnitude 9 per image",
-          device=gpu_augment.randaugment)
+          device=gpu_autoaugment.randaugment)
 def _randaugment(size: int) -> v2.Transform:
     return v2.RandAugment(num_ops=2, magnitude=9)
 
