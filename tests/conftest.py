@@ -5,19 +5,24 @@
                        class-csv layout with car boxes, parts.csv with headlight boxes
     prepared_dataset   the folder `prepare` made of it: official split, val fraction 0.25
                        (per class: 18 train, 6 val, 8 test), parts.csv carried over
-    finished_experiment  the experiment folder of one real 4-trial ASHA sweep on it (Ray Tune
-                       + Optuna, 3 epochs at 32 px, 2 local Ray CPUs): for results, analyze,
-                       export and predict
+    finished_experiment  the experiment folder of one real 4-trial ASHA sweep (Ray Tune +
+                       Optuna, 3 epochs at 32 px, 2 local Ray CPUs) on a copy of that dataset
+                       whose test images were garbage bytes while it ran: for the sweep's
+                       files, status, TensorBoard, the dashboard, results, export, predict
+    finished_analysis  `carsweep analyze --epochs 2 --seeds 2` of it, in a linked copy (the
+                       finished experiment itself never gets an analysis/ folder)
     two_node_ray       a two-node loopback Ray cluster (module scope), joined by the test
 
 Every process of the session (Ray's too) puts decoded caches in SESSION_CACHE_DIR
 ($CARSWEEP_CACHE_DIR), removed at the end.
 
-Both are read-only for tests: a test that changes data makes its own in tmp_path.
+All are read-only for tests: a test that changes one makes its own copy in tmp_path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import secrets
 import shutil
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sweep_runs import TINY_SPACE  # no carsweep import in there
+from sweep_runs import ANALYZE, FINISHED_SWEEP, linked_copy  # no carsweep import in there
 
 # Decoded caches go to a folder of this session, never to the machine's /tmp/carsweep-cache:
 # set before anything imports carsweep, and inherited by every Ray and CLI process started.
@@ -63,44 +68,59 @@ def prepared_dataset(synthetic_source, tmp_path_factory) -> Path:
     return out
 
 
-# The smallest sweep that still has something to choose: optimizer and lr searched, ASHA on.
-FINISHED_SWEEP = {
-    "name": "finished", "num_samples": 4, "max_concurrent_trials": 2,
-    "resources": {"cpu": 1, "gpu": 0}, "cluster": {"num_cpus": 2},
-    "asha": {"grace_period": 1, "reduction_factor": 2},
-    "searcher": {"seed": 0, "n_startup_trials": 4},
-    "space": {**TINY_SPACE, "optimizer": {"choice": ["sgd", "adam"]},
-              "lr": {"loguniform": [1.0e-3, 0.1]}, "epochs": 3},
-}
-
-
 @pytest.fixture(scope="session")
 def finished_experiment(prepared_dataset, tmp_path_factory) -> Path:
-    """The folder of a finished sweep (sweep.yaml, trials.csv, trial_*/ with checkpoints)."""
+    """The folder of a finished sweep (sweep.yaml, trials.csv, trial_*/ with checkpoints).
+
+    It ran on this fixture's copy of the prepared dataset while every test image there was
+    garbage bytes, so no trial could have read one and gone on; they are put back after."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from carsweep.config.sweep import load_sweep
+    from carsweep.data.manifest import load_dataset
     from carsweep.search import run_sweep
 
     folder = tmp_path_factory.mktemp("finished")
+    data = shutil.copytree(prepared_dataset, folder / "data")
+    dataset = load_dataset(data)
+    originals = {path: path.read_bytes()
+                 for path in map(dataset.image_path, dataset.rows("test")["path"])}
     path = folder / "finished.yaml"
     path.write_text(yaml.safe_dump(FINISHED_SWEEP))
-    config = load_sweep(path, [f"dataset={prepared_dataset}",
-                               f"storage_path={folder / 'results'}"])
+    config = load_sweep(path, [f"dataset={data}", f"storage_path={folder / 'results'}"])
     # A fresh local Ray even where another one runs on the machine (ray.init() with no address
     # joins the one in /tmp/ray/ray_current_cluster otherwise); only for this sweep.
     previous = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = "local"
     try:
+        for image in originals:
+            image.write_bytes(b"not an image: the sweep must never read the test split")
         outcome = run_sweep(config, verbose=0)
     finally:
+        for image, content in originals.items():
+            image.write_bytes(content)
         if previous is None:
             del os.environ["RAY_ADDRESS"]
         else:
             os.environ["RAY_ADDRESS"] = previous
-    assert outcome.trials == 4, outcome
+    assert outcome.trials == FINISHED_SWEEP["num_samples"], outcome
     assert not outcome.errors, outcome
+    assert not outcome.interrupted, outcome
     return outcome.experiment
+
+
+@pytest.fixture(scope="session")
+def finished_analysis(finished_experiment, tmp_path_factory) -> Path:
+    """The analysis folder `carsweep analyze` wrote for a linked copy of the finished sweep."""
+    from carsweep.cli import main
+
+    copy = linked_copy(finished_experiment, tmp_path_factory.mktemp("analyzed") / "experiment")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        code = main(["analyze", str(copy), "--epochs", str(ANALYZE["epochs"]),
+                     "--seeds", str(ANALYZE["seeds"]), "--device", "cpu"])
+    assert code == 0, printed.getvalue()[-3000:]
+    return copy / "analysis"
 
 
 @pytest.fixture(scope="module")

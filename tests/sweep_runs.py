@@ -35,6 +35,21 @@ TINY_SWEEP = {
     "searcher": {"seed": 0, "n_startup_trials": 2},
     "space": TINY_SPACE,
 }
+# The one finished sweep the suite reads (starting Ray and a trial process is most of a
+# sweep's time here, so the tests share it): optimizer, lr and the augmentation searched (the
+# analysis then has CAM-guided occlusion to report, or not), ASHA on.
+FINISHED_SWEEP = {
+    "name": "finished", "num_samples": 4, "max_concurrent_trials": 2,
+    "resources": {"cpu": 1, "gpu": 0}, "cluster": {"num_cpus": 2},
+    "asha": {"grace_period": 1, "reduction_factor": 2},
+    "searcher": {"seed": 0, "n_startup_trials": 4},
+    "space": {**TINY_SPACE, "optimizer": {"choice": ["sgd", "adam"]},
+              "lr": {"loguniform": [1.0e-3, 0.1]},
+              "augmentation": {"choice": ["flip", "flip+cam-occlusion"]}, "epochs": 3},
+}
+ANALYZE = {"epochs": 2, "seeds": 2}
+
+
 # Ray started by a CLI subprocess binds loopback only and reports no usage.
 def cli_env() -> dict[str, str]:
     """This process's environment as it is now (Ray's auth token included), for a CLI child."""
@@ -108,3 +123,12 @@ def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
         process.wait(timeout=30)
+
+
+def linked_copy(experiment: Path, target: Path) -> Path:
+    """`target` holding a symlink to each entry of `experiment`: what analyze writes (its
+    analysis/ folder) lands in the copy only."""
+    target.mkdir(parents=True)
+    for path in experiment.iterdir():
+        (target / path.name).symlink_to(path, target_is_directory=path.is_dir())
+    return target

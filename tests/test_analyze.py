@@ -1,6 +1,6 @@
-"""carsweep analyze: a real small sweep whose test images were unreadable while it ran, then the
-analysis of its best trial (retrain on train+val, one test pass, report) checked against the
-files it wrote."""
+"""carsweep analyze: the suite's finished sweep, whose test images were unreadable while it ran,
+then the analysis of its best trial (retrain on train+val, one test pass, report) checked
+against the files it wrote."""
 
 from __future__ import annotations
 
@@ -14,14 +14,13 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from sweep_runs import ANALYZE, FINISHED_SWEEP
 
 from carsweep.analysis import plots
-from carsweep.analysis.analyze import analyze_experiment
 from carsweep.analysis.gradcam import cam_layer, class_maps, load_inputs, pointing_game
 from carsweep.analysis.metrics import by_make
 from carsweep.analysis.report import data_uri
 from carsweep.cli import main
-from carsweep.config.sweep import load_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.data.prepare import prepare_dataset
@@ -32,62 +31,16 @@ from carsweep.trainable.augment import normalization
 from carsweep.trainable.cam_occlusion import describe
 from carsweep.trainable.gpu_augment import Normalize
 
-SWEEP = {
-    "name": "hidden_test",
-    "num_samples": 2,
-    "max_concurrent_trials": 2,
-    "resources": {"cpu": 1, "gpu": 0},
-    "cluster": {"num_cpus": 2},
-    "asha": {"grace_period": 1, "reduction_factor": 2},
-    "searcher": {"seed": 0, "n_startup_trials": 2},
-    "space": {
-        "optimizer": "adam",
-        "lr": {"loguniform": [3.0e-4, 3.0e-3]},
-        "augmentation": {"choice": ["flip", "flip+cam-occlusion"]},
-        "epochs": 2, "batch_size": 16, "resize": 32, "weights": "none", "num_workers": 0,
-        "device": "cpu", "data_cache": "off",
-    },
-}
-ANALYZE = {"epochs": 2, "seeds": 2}
-
-
-@pytest.fixture(scope="module")
-def analyzed(synthetic_source, tmp_path_factory) -> Path:
-    """A sweep run while every test image was garbage bytes (so no trial could have read one
-    and gone on), then the images put back and the experiment analyzed. The images are this
-    fixture's own copy of the shared source: the shared one is never touched."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from carsweep.search import run_sweep
-
-    base = tmp_path_factory.mktemp("analyze")
-    source = shutil.copytree(synthetic_source, base / "source")
-    data = base / "data"
-    dataset = prepare_dataset(source, data, split="official", val_fraction=0.25, seed=0,
-                              warn=print)  # as the shared prepared_dataset fixture
-    test_files = [dataset.image_path(p) for p in dataset.rows("test")["path"]]
-    originals = {path: path.read_bytes() for path in test_files}
-    for path in test_files:
-        path.write_bytes(b"not an image: the sweep must never read the test split")
-    (base / "sweep.yaml").write_text(yaml.safe_dump(SWEEP))
-    config = load_sweep(base / "sweep.yaml", [f"dataset={data}", f"storage_path={base}/results"])
-    try:
-        outcome = run_sweep(config, verbose=0)
-    finally:
-        for path, content in originals.items():
-            path.write_bytes(content)
-    assert (outcome.trials, outcome.errors, outcome.interrupted) == (2, (), False), outcome
-    return analyze_experiment(outcome.experiment, **ANALYZE)
-
 
 def read_metrics(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())
 
 
 @pytest.mark.slow  # the sweep + analyze fixture, or a training run
-def test_metrics_json_matches_a_recomputation_from_predictions_csv(analyzed, prepared_dataset):
-    metrics = read_metrics(analyzed)
-    table = pd.read_csv(analyzed / "predictions.csv")
+def test_metrics_json_matches_a_recomputation_from_predictions_csv(finished_analysis,
+                                                                   prepared_dataset):
+    metrics = read_metrics(finished_analysis)
+    table = pd.read_csv(finished_analysis / "predictions.csv")
     dataset = load_dataset(prepared_dataset)
     assert table["path"].tolist() == dataset.rows("test")["path"].tolist()
     assert table["label"].tolist() == dataset.rows("test")["label"].tolist()
@@ -115,75 +68,77 @@ def test_metrics_json_matches_a_recomputation_from_predictions_csv(analyzed, pre
 
 
 @pytest.mark.slow  # the sweep + analyze fixture, or a training run
-def test_best_trial_and_its_cam_occlusion_are_reported(analyzed):
-    metrics = read_metrics(analyzed)
-    best = load_experiment(analyzed.parent).best()
+def test_best_trial_and_its_cam_occlusion_are_reported(finished_analysis):
+    metrics = read_metrics(finished_analysis)
+    best = load_experiment(finished_analysis.parent).best()
     assert metrics["best_trial"]["trial_id"] == best.trial_id
     assert metrics["best_trial"]["value"] == pytest.approx(best.value)
     assert metrics["best_trial"]["config"]["lr"] == pytest.approx(best.config.lr)
     assert metrics["best_trial"]["cam_occlusion"] == describe(best.config)
     used = "cam-occlusion" in best.config.augmentation
     assert metrics["best_trial"]["cam_occlusion"].startswith("yes" if used else "no")
-    html = (analyzed / "report.html").read_text()
+    html = (finished_analysis / "report.html").read_text()
     assert f"CAM-guided occlusion: <b>{describe(best.config)}</b>" in html
 
 
 @pytest.mark.slow  # the sweep + analyze fixture, or a training run
-def test_confusion_matrix_sums_to_the_test_count_and_matches_per_class_accuracy(analyzed):
-    matrix = pd.read_csv(analyzed / "confusion_matrix.csv", index_col=0)
-    per_class = pd.read_csv(analyzed / "per_class_accuracy.csv").set_index("class_name")
-    table = pd.read_csv(analyzed / "predictions.csv")
-    assert matrix.to_numpy().sum() == read_metrics(analyzed)["test_images"] == len(table)
+def test_confusion_matrix_sums_to_the_test_count_and_matches_per_class_accuracy(finished_analysis):
+    matrix = pd.read_csv(finished_analysis / "confusion_matrix.csv", index_col=0)
+    per_class = pd.read_csv(finished_analysis / "per_class_accuracy.csv").set_index("class_name")
+    table = pd.read_csv(finished_analysis / "predictions.csv")
+    assert matrix.to_numpy().sum() == read_metrics(finished_analysis)["test_images"] == len(table)
     assert list(matrix.index) == list(matrix.columns)
     for name in matrix.index:
         row = matrix.loc[name]
         assert per_class.loc[name, "images"] == row.sum() == (table["true_name"] == name).sum()
         assert per_class.loc[name, "correct"] == row[name]
         assert per_class.loc[name, "accuracy"] == pytest.approx(row[name] / row.sum())
-    pairs = pd.read_csv(analyzed / "confused_pairs.csv")
+    pairs = pd.read_csv(finished_analysis / "confused_pairs.csv")
     for pair in pairs.itertuples():
         assert matrix.loc[pair.true_name, pair.pred_name] == pair.count
     assert pairs["count"].sum() == (table["label"] != table["pred"]).sum()
 
 
 @pytest.mark.slow  # the sweep + analyze fixture, or a training run
-def test_every_misclassified_image_has_its_gradcam_overlay(analyzed):
-    table = pd.read_csv(analyzed / "predictions.csv")
+def test_every_misclassified_image_has_its_gradcam_overlay(finished_analysis):
+    table = pd.read_csv(finished_analysis / "predictions.csv")
     wrong = table[table["label"] != table["pred"]]
-    shown = pd.read_csv(analyzed / "misclassified.csv")
+    shown = pd.read_csv(finished_analysis / "misclassified.csv")
     assert sorted(shown["path"]) == sorted(wrong["path"])
     by_path = wrong.set_index("path")
     for row in shown.itertuples():
         assert row.pred_name == by_path.loc[row.path, "pred_name"] != row.true_name
-        with Image.open(analyzed / row.overlay) as overlay:
+        with Image.open(finished_analysis / row.overlay) as overlay:
             assert overlay.mode == "RGB"
             assert max(overlay.size) == 224
-        with Image.open(analyzed / row.example) as example:
+        with Image.open(finished_analysis / row.example) as example:
             assert example.size[0] > 0
     print(f"{len(shown)} misclassified of {len(table)}")
 
 
 @pytest.mark.slow  # the sweep + analyze fixture, or a training run
-def test_report_embeds_the_confusion_matrix_and_the_gallery(analyzed):
-    html = (analyzed / "report.html").read_text()
+def test_report_embeds_the_confusion_matrix_and_the_gallery(finished_analysis):
+    html = (finished_analysis / "report.html").read_text()
     for name in ("confusion_full.png", "intermediate_values.png"):
-        assert data_uri(analyzed / name) in html, name
-    sweep = read_metrics(analyzed)["sweep"]
+        assert data_uri(finished_analysis / name) in html, name
+    sweep = read_metrics(finished_analysis)["sweep"]
     assert "intermediate_values.png" in sweep["plots"]  # Optuna's, from the sweep's study
     counted = sweep["importance"]["complete_trials"] + sweep["importance"]["stopped_trials"]
-    assert counted == SWEEP["num_samples"]
-    shown = pd.read_csv(analyzed / "misclassified.csv")
+    assert counted == FINISHED_SWEEP["num_samples"]
+    shown = pd.read_csv(finished_analysis / "misclassified.csv")
     assert len(shown) > 0, "the retrain should make some mistakes at 32 px after 2 epochs"
     for row in shown.head(60).itertuples():
-        assert data_uri(analyzed / row.overlay) in html
+        assert data_uri(finished_analysis / row.overlay) in html
     assert "src='gallery/" not in html
     assert 'src="' not in html
 
 
 @pytest.mark.slow  # the sweep + analyze fixture, or a training run
-def test_bad_input_is_one_line_and_keeps_the_previous_analysis(analyzed, tmp_path, capsys):
-    experiment = tmp_path / "copy"
-    shutil.copytree(analyzed.parent, experiment)
+def test_bad_input_is_one_line_and_keeps_the_previous_analysis(finished_analysis, tmp_path,
+                                                               capsys):
+    experiment = tmp_path / "copy"  # every file but the checkpoints: analyze stops before them
+    shutil.copytree(finished_analysis.parent, experiment,
+                    ignore=shutil.ignore_patterns("checkpoint_*"))
     before = (experiment / "analysis" / "metrics.json").read_text()
 
     assert main(["analyze", str(tmp_path)]) == 2
@@ -288,7 +243,8 @@ def test_many_classes_are_drawn_by_make_and_zoomed_on_the_most_confused(tmp_path
 
 
 @pytest.mark.slow  # the sweep + analyze fixture
-def test_analysis_folder_is_readable_like_any_new_folder(analyzed):
+def test_analysis_folder_is_readable_like_any_new_folder(finished_analysis):
     umask = os.umask(0)
     os.umask(umask)
-    assert analyzed.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
+    # Not mkdtemp's private 0700.
+    assert finished_analysis.stat().st_mode & 0o777 == 0o777 & ~umask

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sweep_runs import linked_copy
 from test_bad_input import only_line
 from trainable_data import make_tiny_dataset, one_torch_thread  # noqa: F401 - autouse
 
@@ -51,10 +52,7 @@ def ensembled(finished_experiment, tmp_path_factory):
     """`analyze --ensemble 2 --tta --epochs 1` of a copy of the finished sweep (its trials
     linked, not copied), with every retrain the strategy returned kept for the tests."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    copy = tmp_path_factory.mktemp("ensembled") / "experiment"
-    copy.mkdir()
-    for path in finished_experiment.iterdir():
-        (copy / path.name).symlink_to(path, target_is_directory=path.is_dir())
+    copy = linked_copy(finished_experiment, tmp_path_factory.mktemp("ensembled") / "experiment")
     kept = []
 
     def keeping(jobs, dataset, out=None):

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from sweep_runs import linked_copy
 from torchvision.models import ResNet18_Weights
 
 from carsweep.analysis.calibration import scaled
@@ -245,10 +246,7 @@ def test_export_of_a_folder_that_holds_no_model_is_one_line(tmp_path, capsys, ma
 @pytest.mark.slow
 def test_experiment_export_prefers_the_model_analyze_retrained(finished_experiment,
                                                                trained_run, tmp_path):
-    copy = tmp_path / "experiment"
-    copy.mkdir()
-    for path in finished_experiment.iterdir():
-        (copy / path.name).symlink_to(path, target_is_directory=path.is_dir())
+    copy = linked_copy(finished_experiment, tmp_path / "experiment")
     folder, result = trained_run
     save_retrained_model(copy / "analysis", result.model, RUN_CONFIG, result.classes)
     metrics = {"top1": 0.5, "top5": 1.0, "test_images": 32, "split_scheme": "official"}
@@ -263,16 +261,12 @@ def test_experiment_export_prefers_the_model_analyze_retrained(finished_experime
 
 
 @pytest.mark.slow
-def test_analyze_then_export_predicts_what_analyze_saved(finished_experiment, prepared_dataset,
+def test_analyze_then_export_predicts_what_analyze_saved(finished_analysis, prepared_dataset,
                                                         tmp_path, capsys):
     """sweep -> analyze -> export -> predict: the exported retrained model gives the test
     probabilities analyze saved in predictions.csv with the temperature analyze fitted, and
     its top-1 in metrics.json."""
-    copy = tmp_path / "experiment"
-    copy.mkdir()
-    for path in finished_experiment.iterdir():  # analyze writes analysis/ into the copy only
-        (copy / path.name).symlink_to(path, target_is_directory=path.is_dir())
-    assert main(["analyze", str(copy), "--epochs", "2", "--device", "cpu"]) == 0
+    copy = finished_analysis.parent  # the linked copy of the finished sweep analyze wrote to
     out = tmp_path / "retrained.pt"
     assert main(["export", str(copy), "--out", str(out)]) == 0
     saved = pd.read_csv(copy / "analysis" / "predictions.csv")

@@ -1,7 +1,8 @@
 """Real sweeps on tiny synthetic data: Ray Tune + Optuna + ASHA, on 2 local Ray CPUs.
 
-One session-scoped sweep is shared by most assertions (Ray start-up is the slow part); the
-kill-and-resume test runs its own sweep through the CLI in a subprocess.
+Most assertions read the suite's one finished sweep (tests/conftest.py: starting Ray and the
+trial processes is most of a sweep's time here); the interrupt-and-resume test runs its own
+sweep through the CLI in a subprocess.
 """
 
 from __future__ import annotations
@@ -12,65 +13,30 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from no_ray import BLOCK_RAY
 from optuna.trial import TrialState
+from sweep_runs import FINISHED_SWEEP, METRIC, epochs_by_trial, wait_until, write_sweep
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from carsweep.cli import main
-from carsweep.config.sweep import load_sweep
 from carsweep.results import load_experiment, open_study, trials_table
-from carsweep.search import run_sweep
 from carsweep.search.trial import DatasetUnreachableError, readable_dataset
 
-METRIC = "val_top1"
-TINY_SWEEP = {
-    "num_samples": 6,
-    "max_concurrent_trials": 2,
-    "resources": {"cpu": 1, "gpu": 0},
-    "cluster": {"num_cpus": 2},
-    "asha": {"grace_period": 1, "reduction_factor": 2},
-    "searcher": {"seed": 0, "n_startup_trials": 3},
-    "space": {
-        "optimizer": {"choice": ["sgd", "adam"]},
-        "lr": {"loguniform": [1.0e-4, 0.1]},
-        "momentum": {"uniform": [0.8, 0.95]},
-        "epochs": 3,
-        "batch_size": 16,
-        "resize": 32,
-        "augmentation": "flip",
-        "weights": "none",
-        "num_workers": 0,
-        "device": "cpu",
-    },
-}
 
-
-def write_sweep(folder: Path, name: str, **changes) -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**TINY_SWEEP, **changes}))
-    return path
-
-
-@pytest.fixture(scope="session")
-def swept(prepared_dataset, tmp_path_factory):
-    """One finished 6-trial ASHA sweep: (experiment folder, its trials table)."""
-    folder = tmp_path_factory.mktemp("sweep")
-    config = load_sweep(write_sweep(folder, "tiny"),
-                        [f"dataset={prepared_dataset}", f"storage_path={folder / 'results'}"])
-    outcome = run_sweep(config, verbose=0)
-    return outcome.experiment, trials_table(outcome.experiment)
+@pytest.fixture(scope="module")
+def swept(finished_experiment):
+    """The suite's finished 4-trial ASHA sweep (tests/conftest.py): (its folder, its table)."""
+    return finished_experiment, trials_table(finished_experiment)
 
 
 @pytest.mark.slow
 def test_asha_stops_some_trials_and_every_trial_is_in_the_table(swept):
     experiment, table = swept
-    assert len(table) == 6
+    assert len(table) == FINISHED_SWEEP["num_samples"]
     assert set(table["state"]) == {"COMPLETE", "PRUNED"}
     assert table[f"best_{METRIC}"].notna().all()
     assert table["epochs_run"].between(1, 3).all()
@@ -197,7 +163,8 @@ def test_status_prints_table_and_best_and_writes_nothing(swept, capsys, monkeypa
     assert main(["status", experiment.name]) == 0
     out = capsys.readouterr().out
     assert f"best trial: {table.iloc[0]['trial_id']}" in out
-    assert "6 of 6 trials: " in out
+    trials = FINISHED_SWEEP["num_samples"]
+    assert f"{trials} of {trials} trials: " in out
     assert max(map(len, out.splitlines())) <= 110
     assert folder_listing(experiment) == before
 
@@ -231,19 +198,23 @@ def test_status_works_on_a_read_only_mount_of_the_experiment(swept):
     assert done.stderr == ""
 
 
+def finished(experiment: Path) -> list[str]:
+    """The trials that have reported their last epoch (2)."""
+    return [trial for trial, epochs in epochs_by_trial(experiment).items() if epochs[-1:] == [2]]
+
+
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(prepared_dataset, tmp_path):
     storage = tmp_path / "results"
-    config = write_sweep(tmp_path, "resumable", num_samples=4, max_concurrent_trials=1,
-                         scheduler="fifo", space={**TINY_SWEEP["space"], "epochs": 2},
-                         checkpoint_every_min=0)  # every epoch: epoch 1 is not redone
+    config = write_sweep(tmp_path, "resumable", num_samples=3, max_concurrent_trials=1,
+                         space={"epochs": 2})  # fifo, a checkpoint every epoch
     command = [sys.executable, "-m", "carsweep", "sweep", str(config), "--data",
                str(prepared_dataset), "--storage", str(storage), "--num-cpus", "1"]
     experiment = storage / "resumable"
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        _wait_for_finished_trials(experiment, count=2, timeout=150)
+        wait_until(lambda: finished(experiment), "a finished trial", 150)
         process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
         _, stderr = process.communicate(timeout=60)
     finally:
@@ -252,16 +223,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(prepared_da
     assert process.returncode == 130, stderr[-2000:]
     printed = stderr.rstrip().splitlines()[-1]  # the last line: the command to paste
     assert printed == f"  carsweep resume {experiment} --num-cpus 1"
-    before = _epochs_by_trial(experiment)
-    finished_before = {t for t, epochs in before.items() if epochs[-1:] == [2]}
-    assert len(finished_before) >= 2
-    assert len(before) < 4 or any(len(e) < 2 for e in before.values())  # really interrupted
+    before = epochs_by_trial(experiment)
+    finished_before = set(finished(experiment))
+    assert finished_before
+    assert len(before) < 3 or any(len(e) < 2 for e in before.values())  # really interrupted
 
     resume = [sys.executable, "-m", *shlex.split(printed)]  # what it printed, run as printed
     resumed = subprocess.run(resume, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    after = _epochs_by_trial(experiment)
-    assert len(after) == 4
+    after = epochs_by_trial(experiment)
+    assert len(after) == 3
     for trial_id in finished_before:
         assert after[trial_id] == before[trial_id] == [1, 2]  # not run again
     for trial_id, epochs in after.items():
@@ -269,30 +240,12 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(prepared_da
         if before.get(trial_id) == [1]:  # interrupted after epoch 1's checkpoint
             assert epochs == [1, 2]  # continued from it, epoch 1 not trained again
     study = open_study(experiment)  # the searcher's record survived the interruption
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     table = pd.read_csv(experiment / "trials.csv")
-    assert len(table) == 4
+    assert len(table) == 3
     assert table["trial_id"].is_unique
-    assert list(table["state"]) == ["COMPLETE"] * 4
+    assert list(table["state"]) == ["COMPLETE"] * 3
     assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(table["trial_id"])
-
-
-def _wait_for_finished_trials(experiment: Path, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = [t for t, epochs in _epochs_by_trial(experiment).items() if epochs[-1:] == [2]]
-        if len(done) >= count:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"fewer than {count} trials finished within {timeout}s")
-
-
-def _epochs_by_trial(experiment: Path) -> dict[str, list[int]]:
-    epochs = {}
-    for result in sorted(experiment.glob("trial_*/result.json")) if experiment.is_dir() else []:
-        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        epochs[result.parent.name] = [int(line["epoch"]) for line in lines]
-    return epochs
 
 
 @pytest.mark.parametrize(
@@ -343,24 +296,3 @@ def test_resume_needs_an_experiment_folder(prepared_dataset, tmp_path, capsys):
                  str(prepared_dataset), "--storage", str(tmp_path / "results")]) == 2
     assert "no sweep to resume" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
-
-
-@pytest.mark.slow
-def test_sweep_joins_an_existing_cluster_by_address(prepared_dataset, tmp_path):
-    from ray.cluster_utils import Cluster
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    try:
-        config = load_sweep(write_sweep(
-            tmp_path, "joined", num_samples=2, scheduler="fifo",
-            space={**TINY_SWEEP["space"], "epochs": 1},
-        ), [f"dataset={prepared_dataset}", f"storage_path={tmp_path / 'results'}",
-            f"cluster.address={cluster.address}"])
-        outcome = run_sweep(config, verbose=0)
-        assert cluster.head_node.remaining_processes_alive()  # joined it, did not own it
-    finally:
-        cluster.shutdown()
-    table = trials_table(outcome.experiment)
-    assert list(table["state"]) == ["COMPLETE", "COMPLETE"]
-    assert list(table["epochs_run"]) == [1, 1]
