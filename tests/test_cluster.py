@@ -16,7 +16,6 @@ from sweep_runs import (
     epochs_by_trial,
     output,
     result_rows,
-    run_cli,
     start_cli,
     stop,
     sweep_command,
@@ -51,25 +50,10 @@ def node_ids(cluster) -> dict[str, str]:
     return ids
 
 
-def test_sweep_by_address_runs_trials_on_several_nodes(cluster, prepared_dataset, tmp_path):
-    config = write_sweep(tmp_path, "spread", num_samples=3)
-    storage = tmp_path / "results"
-    done = run_cli(sweep_command(config, prepared_dataset, storage,
-                                 "--address", cluster.address), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    experiment = storage / "spread"
-    table = pd.read_csv(experiment / "trials.csv")
-    assert sorted(table["state"]) == ["COMPLETE"] * 3
-    assert list(table["epochs_run"]) == [2, 2, 2]
-    rows = result_rows(experiment)
-    nodes_used = {row["node_id"] for trial_rows in rows.values() for row in trial_rows}
-    assert nodes_used <= set(node_ids(cluster))  # ran on this cluster, not a Ray of its own
-    assert len(nodes_used) >= 2
-    assert cluster.head_node.remaining_processes_alive()  # joined the cluster, did not own it
-
-
-def test_lost_node_trials_resume_from_checkpoint_elsewhere(cluster, prepared_dataset, tmp_path):
+def test_a_sweep_by_address_spreads_over_the_nodes_and_a_lost_nodes_trial_resumes_elsewhere(
+        cluster, prepared_dataset, tmp_path):
     epochs = 4
+    nodes_at_launch = set(node_ids(cluster))
     config = write_sweep(tmp_path, "lossy", num_samples=3, max_failures=2,
                          space={"epochs": epochs})
     storage = tmp_path / "results"
@@ -96,6 +80,10 @@ def test_lost_node_trials_resume_from_checkpoint_elsewhere(cluster, prepared_dat
     table = pd.read_csv(experiment / "trials.csv")
     assert len(table) == 3
     assert table["trial_id"].is_unique
+    nodes_used = {row["node_id"] for rows in result_rows(experiment).values() for row in rows}
+    assert nodes_used <= nodes_at_launch  # ran on this cluster, not a Ray of its own
+    assert len(nodes_used) >= 2
+    assert cluster.head_node.remaining_processes_alive()  # joined the cluster, did not own it
     assert sorted(table["state"]) == ["COMPLETE"] * 3
     assert list(table["epochs_run"]) == [epochs] * 3
     retried = table.set_index("trial_dir").loc[victim]
