@@ -38,7 +38,7 @@ from carsweep.trainable import build_model
 
 SEEDS = 2
 # Deterministic CPU training, so a seed gives the same model on the worker and here.
-SPACE = {"weights": "./start.pt", "deterministic": True}
+SPACE = {"model": "resnet18", "weights": "./start.pt", "deterministic": True}
 HOST = socket.gethostname()
 
 
