@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from pydantic import ValidationError
 from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -85,8 +86,16 @@ def space_values(config: SweepConfig, name: str) -> list[Any] | None:
         return [TrialConfig.model_fields[name].default]
     if spec.kind not in ("fixed", "choice"):
         return None
-    # As the trial will read each value (a YAML `off` is False until TrialConfig reads it).
-    return [getattr(TrialConfig.model_validate({name: value}), name) for value in spec.values]
+    return [_as_read(name, value) for value in spec.values]
+
+
+def _as_read(name: str, value: Any) -> Any:
+    """`value` as a trial's TrialConfig reads it (a YAML `off` is False until then); a value
+    it refuses is left as written, for the space check to name."""
+    try:
+        return getattr(TrialConfig.model_validate({name: value}), name)
+    except ValidationError:
+        return value
 
 
 def caches_to_build(config: SweepConfig) -> list[tuple[int, bool]]:
