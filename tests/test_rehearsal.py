@@ -36,8 +36,7 @@ from carsweep.data.synth_cars import make_cars_dataset
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not can_isolate(), reason="mount namespaces need root")]
-CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 196, 3, 1  # 2 train and 1 val image per class
-TRIALS = 3
+CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 196, 4, 1
 SIZES = [32, 40]
 EPOCHS = 3  # ASHA grace 1, reduction factor 3: a rung at epoch 1, max_t 3; epoch 2 is neither
 NODE_STORE = 300 * 1024**2  # object store: start weights and a retrain's weights pass through
@@ -45,10 +44,10 @@ NODE_STORE = 300 * 1024**2  # object store: start weights and a retrain's weight
 
 def sweep_yaml(folder: Path, cache_dir: Path) -> Path:
     config = {
-        "name": "rehearsal", "num_samples": TRIALS, "max_concurrent_trials": 2,
+        "name": "rehearsal", "num_samples": 4, "max_concurrent_trials": 2,
         "resources": {"cpu": 1, "gpu": 0.5}, "max_failures": 0,
         "asha": {"grace_period": 1, "reduction_factor": 3},
-        "searcher": {"seed": 0, "n_startup_trials": TRIALS},
+        "searcher": {"seed": 0, "n_startup_trials": 4},
         "space": {"optimizer": "adam", "lr": {"loguniform": [3.0e-4, 3.0e-3]},
                   "epochs": EPOCHS, "batch_size": 32, "resize": {"choice": SIZES},
                   "augmentation": "flip", "weights": "none", "num_workers": 0,
@@ -64,7 +63,7 @@ def cars(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cars")
     source = make_cars_dataset(root / "source", classes=CLASSES, per_class=TRAIN_PER_CLASS,
                                test_per_class=TEST_PER_CLASS, progress=False)
-    return prepare_dataset(source, root / "data", split="official", val_fraction=1 / 3, seed=0,
+    return prepare_dataset(source, root / "data", split="official", val_fraction=0.25, seed=0,
                            warn=lambda line: None).folder
 
 
@@ -137,7 +136,7 @@ def test_every_trial_ran_on_a_gpu_worker_and_reads_back_on_the_driver(swept, clu
     experiment, _console = swept
     head, workers, _ = cluster
     table = pd.read_csv(experiment / "trials.csv")
-    assert len(table) == TRIALS
+    assert len(table) == 4
     assert set(table["state"]) <= {"COMPLETE", "PRUNED"}  # ran all epochs, or ASHA stopped it
     assert table["best_val_top1"].notna().all()
     nodes = {row["node_id"] for rows in result_rows(experiment).values() for row in rows}
@@ -153,7 +152,7 @@ def test_each_worker_built_each_size_once_before_any_trial(swept, cluster):
 
     experiment, console = swept
     _head, workers, cache_dir = cluster
-    train_val = CLASSES * TRAIN_PER_CLASS
+    train_val = 196 * TRAIN_PER_CLASS
     first_report = {}
     for rows in result_rows(experiment).values():
         start = rows[0]["timestamp"] - rows[0]["time_total_s"]
