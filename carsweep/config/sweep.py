@@ -173,9 +173,12 @@ class SweepConfig(BaseModel):
 
     def listed_values(self, name: str) -> list[Any]:
         """The values the space lists for field `name` (its fixed value, choices, range ends,
-        every branch's), or TrialConfig's default where the space leaves it out."""
+        every branch's) as a trial reads them, or TrialConfig's default where the space leaves
+        it out."""
         spec = self.space.get(name)
-        return list(spec.values) if spec is not None else [TrialConfig.model_fields[name].default]
+        if spec is None:
+            return [TrialConfig.model_fields[name].default]
+        return [_as_trial_reads(name, value) for value in spec.values]
 
     def fixed(self) -> dict[str, Any]:
         return {name: spec.values[0] for name, spec in self.space.items() if not spec.searched}
@@ -241,6 +244,15 @@ class SweepConfig(BaseModel):
         data = self.model_dump(mode="json", exclude={"space"})
         data["space"] = {name: spec.to_yaml() for name, spec in self.space.items()}
         return data
+
+
+def _as_trial_reads(name: str, value: Any) -> Any:
+    """`value` as a trial's TrialConfig reads it (YAML's bare `off` is False until then); a
+    value it refuses is left as written, for the space check to name."""
+    try:
+        return getattr(TrialConfig.model_validate({name: value}), name)
+    except ValidationError:
+        return value
 
 
 def _without_branches(loc: tuple) -> tuple:

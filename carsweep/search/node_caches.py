@@ -34,12 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from pydantic import ValidationError
 from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from carsweep.config.sweep import SweepConfig
-from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import (
     CacheDiskError,
     CacheError,
@@ -82,20 +80,9 @@ class CacheEvent:
 def space_values(config: SweepConfig, name: str) -> list[Any] | None:
     """Every value a trial can get for `name` (fixed, choice, or the default); None for a range."""
     spec = config.space.get(name)
-    if spec is None:
-        return [TrialConfig.model_fields[name].default]
-    if spec.kind not in ("fixed", "choice"):
+    if spec is not None and spec.kind not in ("fixed", "choice"):
         return None
-    return [_as_read(name, value) for value in spec.values]
-
-
-def _as_read(name: str, value: Any) -> Any:
-    """`value` as a trial's TrialConfig reads it (a YAML `off` is False until then); a value
-    it refuses is left as written, for the space check to name."""
-    try:
-        return getattr(TrialConfig.model_validate({name: value}), name)
-    except ValidationError:
-        return value
+    return config.listed_values(name)
 
 
 def caches_to_build(config: SweepConfig) -> list[tuple[int, bool]]:
