@@ -20,14 +20,13 @@ from carsweep.analysis.gradcam import class_maps, load_inputs, overlay
 from carsweep.analysis.retrain import say
 from carsweep.config.trial import TrialConfig
 from carsweep.data.images import open_rgb
-from carsweep.data.manifest import PreparedDataset
+from carsweep.data.manifest import BOX_COLUMNS, PreparedDataset
 from carsweep.trainable.augment import normalization
 from carsweep.trainable.gpu_augment import Normalize
 
 GALLERY_DIR = "gallery"
 THUMBNAIL = 224  # longest side of the pictures in the gallery
 CHUNK = 64  # images per Grad-CAM call: bounds memory on 196-class, 224 px inputs
-BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
 
 
 def misclassified(predictions: pd.DataFrame) -> pd.DataFrame:

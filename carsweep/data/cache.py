@@ -44,9 +44,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from carsweep.data.manifest import BOX_COLUMNS
 from carsweep.errors import UserError
 
-if TYPE_CHECKING:  # pandas is only needed by callers that hold a manifest
+if TYPE_CHECKING:
     import pandas as pd
 
     from carsweep.data.manifest import PreparedDataset
@@ -58,7 +59,6 @@ FORMAT_VERSION = 2
 KEY_DIGITS = 16
 MIN_SIZE, MAX_SIZE = 16, 2048
 RESERVE_FRACTION, RESERVE_MAX = 0.05, 2**30
-BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
 # File system types whose reads cross the network (statfs names, as /proc/mounts shows them).
 NETWORK_FILE_SYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph",
                         "beegfs")

@@ -29,7 +29,6 @@ from PIL import Image
 
 from carsweep.config.io import write_text_atomic
 from carsweep.data.cache import (
-    BOX_COLUMNS,
     CACHED_SPLITS,
     FORMAT_VERSION,
     CacheDiskError,
@@ -40,6 +39,7 @@ from carsweep.data.cache import (
     format_bytes,
 )
 from carsweep.data.images import DECODE_ERRORS, open_rgb
+from carsweep.data.manifest import BOX_COLUMNS
 from carsweep.data.parallel import forked_map, progress_bar
 
 if TYPE_CHECKING:

@@ -38,9 +38,10 @@ import pandas as pd
 
 from carsweep.errors import UserError
 
+BOX_COLUMNS = ["x1", "y1", "x2", "y2"]  # the object's box in the original image, or empty
 MANIFEST_COLUMNS = [
-    "path", "label", "class_name", "x1", "y1", "x2", "y2",
-    "source_split", "split", "sha1", "width", "height",
+    "path", "label", "class_name", *BOX_COLUMNS, "source_split", "split", "sha1", "width",
+    "height",
 ]
 SPLITS = ("train", "val", "test")
 MANIFEST_FILE = "manifest.csv"
@@ -48,7 +49,7 @@ CLASSES_FILE = "classes.json"
 INFO_FILE = "dataset.json"
 AUDIT_FILE = "audit.json"
 PARTS_FILE = "parts.csv"
-PARTS_COLUMNS = ["path", "part", "x1", "y1", "x2", "y2"]
+PARTS_COLUMNS = ["path", "part", *BOX_COLUMNS]
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def load_dataset(folder: Path) -> PreparedDataset:
         folder / MANIFEST_FILE,
         dtype={"path": str, "class_name": str, "source_split": str, "split": str, "sha1": str},
         keep_default_na=False,
-        na_values={c: [""] for c in ("x1", "y1", "x2", "y2")},
+        na_values={c: [""] for c in BOX_COLUMNS},
     )
     classes = json.loads((folder / CLASSES_FILE).read_text())
     info = json.loads((folder / INFO_FILE).read_text())

@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 from carsweep.config.trial import TrialConfig
 from carsweep.data.cache_build import crop_to_box  # the cache crops exactly the same way
 from carsweep.data.images import open_rgb
-from carsweep.data.manifest import PreparedDataset
+from carsweep.data.manifest import BOX_COLUMNS, PreparedDataset
 from carsweep.errors import UserError
 from carsweep.trainable.augment import (
     COMBINE,
@@ -39,8 +39,6 @@ from carsweep.trainable.augment import (
     plan_augmentation,
 )
 from carsweep.trainable.gpu_augment import DeviceAugment, Normalize
-
-BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
 
 
 class ManifestImages(Dataset):
