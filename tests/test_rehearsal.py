@@ -40,6 +40,9 @@ CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 196, 4, 1
 SIZES = [32, 40]
 EPOCHS = 3  # ASHA grace 1, reduction factor 3: a rung at epoch 1, max_t 3; epoch 2 is neither
 NODE_STORE = 300 * 1024**2  # object store: start weights and a retrain's weights pass through
+# What is rehearsed is the cluster, not the model: SqueezeNet 1.1 trains 7x ResNet-18's images/s
+# on one core at 32 px (the sweep took 93 s with ResNet-18, 24 s with it).
+MODEL = "squeezenet1_1"
 
 
 def sweep_yaml(folder: Path, cache_dir: Path) -> Path:
@@ -48,7 +51,8 @@ def sweep_yaml(folder: Path, cache_dir: Path) -> Path:
         "resources": {"cpu": 1, "gpu": 0.5}, "max_failures": 0,
         "asha": {"grace_period": 1, "reduction_factor": 3},
         "searcher": {"seed": 0, "n_startup_trials": 4},
-        "space": {"optimizer": "adam", "lr": {"loguniform": [3.0e-4, 3.0e-3]},
+        "space": {"model": MODEL, "optimizer": "adam",
+                  "lr": {"loguniform": [3.0e-4, 3.0e-3]},
                   "epochs": EPOCHS, "batch_size": 32, "resize": {"choice": SIZES},
                   "augmentation": "flip", "weights": "none", "num_workers": 0,
                   "data_cache": "on", "cache_dir": str(cache_dir)},
