@@ -108,13 +108,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(prepared_datase
         assert trial.value == trial.intermediate_values[EPOCHS]
 
 
-# ResNet-18 trained by sgd at lr 9-10 with Nesterov momentum, no decay and batch 8: on this
-# data the training loss passes 1e17 and is NaN by epoch 3 (cosine-decayed, or at batch 16, it
-# stays finite; which epoch depends on the model's initial weights, so the test reads it from
-# each trial). adam at its own lr range trains normally. The three trials are the points to
-# evaluate.
+# MobileNetV3-small (TINY_SPACE's) trained by sgd at lr 9-10 with Nesterov momentum, no decay
+# and batch 8: on this data the training loss is NaN within the first epochs (which one
+# depends on the model's initial weights, so the test reads it from each trial). adam at its
+# own lr range trains normally. The three trials are the points to evaluate.
 DIVERGING = {
-    "model": "resnet18",
     "optimizer": {"choice": ["sgd", "adam"]},
     "lr": [{"choice": [9.0, 10.0], "when": {"optimizer": ["sgd"]}},
            {"loguniform": [1.0e-4, 1.0e-2], "when": {"optimizer": ["adam"]}}],
