@@ -1,5 +1,6 @@
-"""A sweep whose driver dies (SIGKILL: no handler runs, nothing is flushed on the way out) and
-a sweep whose trials blow up (NaN loss): what is kept, what is lost, what runs again.
+"""A sweep whose driver is stopped (Ctrl-C) and then dies (SIGKILL: no handler runs, nothing
+is flushed on the way out), and a sweep whose trials blow up (NaN loss): what is kept, what is
+lost, what runs again.
 
 Both run the CLI in a subprocess on a local Ray of one or two CPUs (loopback only).
 """
@@ -7,6 +8,7 @@ Both run the CLI in a subprocess on a local Ray of one or two CPUs (loopback onl
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import time
@@ -18,6 +20,7 @@ from optuna.trial import TrialState
 from sweep_runs import (
     METRIC,
     epochs_by_trial,
+    output,
     run_cli,
     start_cli,
     stop,
@@ -33,24 +36,49 @@ pytestmark = pytest.mark.slow
 EPOCHS = 3
 
 
-def test_killed_driver_resumes_without_rerunning_finished_trials(prepared_dataset, tmp_path):
-    config = write_sweep(tmp_path, "crashy", num_samples=2, max_concurrent_trials=1,
+def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finished_trials(
+        prepared_dataset, tmp_path):
+    """Ctrl-C (SIGINT) once a trial has finished: Tune saves its state, the CLI exits 130 with
+    the command to go on as its last line. That command, run as printed, is killed (SIGKILL)
+    once one more trial has finished and another is half-run. A last resume finishes the
+    sweep: no finished trial trains again, a half-run one goes on from its checkpoint, every
+    epoch a trial reported is kept, and the table and the study hold each trial once."""
+    config = write_sweep(tmp_path, "stopped", num_samples=3, max_concurrent_trials=1,
                          space={"epochs": EPOCHS})
     storage = tmp_path / "results"
-    experiment = storage / "crashy"
+    experiment = storage / "stopped"
+
     process = start_cli(sweep_command(config, prepared_dataset, storage, "--num-cpus", "1"),
-                        tmp_path / "logs")
+                        tmp_path / "logs-ctrl-c")
     try:
-        def one_finished_and_one_midway():
+        wait_until(lambda: finished_trials(experiment), "a finished trial", 240, process)
+        process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+        process.wait(timeout=60)
+    finally:
+        stop(process)
+    stderr = output(process)[1]
+    assert process.returncode == 130, stderr[-2000:]
+    printed = stderr.rstrip().splitlines()[-1]  # the last line: the command to paste
+    assert printed == f"  carsweep resume {experiment} --num-cpus 1"
+    at_ctrl_c = epochs_by_trial(experiment)
+    finished_at_ctrl_c = finished_trials(experiment)
+    assert len(at_ctrl_c) < 3 or any(e[-1] < EPOCHS for e in at_ctrl_c.values())  # stopped
+    table_at_ctrl_c = (experiment / "trials.csv").read_text()  # Tune returned: it was written
+
+    process = start_cli([sys.executable, "-m", *shlex.split(printed)],  # run as printed
+                        tmp_path / "logs-killed")
+    try:
+        def one_more_finished_and_one_midway():
             seen = epochs_by_trial(experiment)
-            finished = [t for t, e in seen.items() if e[-1:] == [EPOCHS]]
             midway = [t for t, e in seen.items() if e and e[-1] < EPOCHS]
             # Tune snapshots its experiment state every ~10 s: a trial created since the last
             # snapshot is unknown to a resume (its folder stays; a new trial takes its place).
             known = saved_experiment_state(experiment)
-            return seen if finished and midway and midway[0][len("trial_"):] in known else None
+            more = len(finished_trials(experiment)) > len(finished_at_ctrl_c)
+            return seen if more and midway and midway[0][len("trial_"):] in known else None
 
-        wait_until(one_finished_and_one_midway, "a finished and a half-run trial", 240, process)
+        wait_until(one_more_finished_and_one_midway, "one more finished and a half-run trial",
+                   300, process)
         # GCS, raylet, the running trial's worker; not Ray's monitoring agents, which notice
         # their raylet is gone only a minute or two later (they write nothing of ours).
         ray_processes = {pid: command_line(pid) for pid in descendants(process.pid)}
@@ -70,25 +98,29 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(prepared_datase
         time.sleep(0.5)
     assert not survivors
     before = epochs_by_trial(experiment)
-    finished_before = {t for t, e in before.items() if e[-1:] == [EPOCHS]}
+    finished_before = finished_trials(experiment)
     midway_before = {t: e for t, e in before.items() if e[-1] < EPOCHS}
-    assert finished_before  # really killed mid-sweep
+    assert len(finished_before) == 2  # really killed mid-sweep
     assert midway_before
-    assert not (experiment / "trials.csv").exists()  # the driver never got to write it
+    assert (experiment / "trials.csv").read_text() == table_at_ctrl_c  # the killed one: never
 
     resumed = run_cli([sys.executable, "-m", "carsweep", "resume", str(experiment),
                        "--num-cpus", "1"], timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     table = read_trials_csv((experiment / "trials.csv").read_text())
-    assert len(table) == 2
+    assert len(table) == 3
     assert table["trial_id"].is_unique
-    assert list(table["state"]) == ["COMPLETE"] * 2
-    assert list(table["epochs_run"]) == [EPOCHS] * 2
+    assert list(table["state"]) == ["COMPLETE"] * 3
+    assert list(table["epochs_run"]) == [EPOCHS] * 3
     assert table[f"best_{METRIC}"].notna().all()
     after = epochs_by_trial(experiment)
     assert sorted(after) == sorted(table["trial_dir"])
     everything = list(range(1, EPOCHS + 1))
+    for trial in finished_at_ctrl_c:
+        assert after[trial] == at_ctrl_c[trial] == everything  # not trained again
+    for trial, epochs in at_ctrl_c.items():  # stopped by Ctrl-C after an epoch's checkpoint:
+        assert after[trial][:len(epochs)] == epochs  # went on from it, nothing trained twice
     for trial in finished_before:
         assert after[trial] == before[trial] == everything  # not trained again
     for trial, epochs in midway_before.items():
@@ -106,6 +138,12 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(prepared_datase
         assert trial.intermediate_values == dict(zip(history["epoch"], history[METRIC],
                                                      strict=True))
         assert trial.value == trial.intermediate_values[EPOCHS]
+
+
+def finished_trials(experiment: Path) -> list[str]:
+    """The trials that have reported their last epoch."""
+    return [trial for trial, epochs in epochs_by_trial(experiment).items()
+            if epochs[-1:] == [EPOCHS]]
 
 
 # MobileNetV3-small (TINY_SPACE's) trained by sgd at lr 9-10 with Nesterov momentum, no decay

@@ -1,16 +1,14 @@
 """Real sweeps on tiny synthetic data: Ray Tune + Optuna + ASHA, on 2 local Ray CPUs.
 
 Most assertions read the suite's one finished sweep (tests/conftest.py: starting Ray and the
-trial processes is most of a sweep's time here); the interrupt-and-resume test runs its own
-sweep through the CLI in a subprocess.
+trial processes is most of a sweep's time here); test_driver_crash.py interrupts and resumes
+one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from no_ray import BLOCK_RAY
-from optuna.trial import TrialState
-from sweep_runs import FINISHED_SWEEP, METRIC, epochs_by_trial, wait_until, write_sweep
+from sweep_runs import FINISHED_SWEEP, METRIC, write_sweep
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from carsweep.cli import main
-from carsweep.results import load_experiment, open_study, trials_table
+from carsweep.results import load_experiment, trials_table
 from carsweep.search.trial import DatasetUnreachableError, readable_dataset
 
 
@@ -196,56 +193,6 @@ def test_status_works_on_a_read_only_mount_of_the_experiment(swept):
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"best trial: {table.iloc[0]['trial_id']}" in done.stdout
     assert done.stderr == ""
-
-
-def finished(experiment: Path) -> list[str]:
-    """The trials that have reported their last epoch (2)."""
-    return [trial for trial, epochs in epochs_by_trial(experiment).items() if epochs[-1:] == [2]]
-
-
-@pytest.mark.slow
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(prepared_dataset, tmp_path):
-    storage = tmp_path / "results"
-    config = write_sweep(tmp_path, "resumable", num_samples=3, max_concurrent_trials=1,
-                         space={"epochs": 2})  # fifo, a checkpoint every epoch
-    command = [sys.executable, "-m", "carsweep", "sweep", str(config), "--data",
-               str(prepared_dataset), "--storage", str(storage), "--num-cpus", "1"]
-    experiment = storage / "resumable"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        wait_until(lambda: finished(experiment), "a finished trial", 150)
-        process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr[-2000:]
-    printed = stderr.rstrip().splitlines()[-1]  # the last line: the command to paste
-    assert printed == f"  carsweep resume {experiment} --num-cpus 1"
-    before = epochs_by_trial(experiment)
-    finished_before = set(finished(experiment))
-    assert finished_before
-    assert len(before) < 3 or any(len(e) < 2 for e in before.values())  # really interrupted
-
-    resume = [sys.executable, "-m", *shlex.split(printed)]  # what it printed, run as printed
-    resumed = subprocess.run(resume, capture_output=True, text=True, timeout=240)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    after = epochs_by_trial(experiment)
-    assert len(after) == 3
-    for trial_id in finished_before:
-        assert after[trial_id] == before[trial_id] == [1, 2]  # not run again
-    for trial_id, epochs in after.items():
-        assert epochs[-1] == 2
-        if before.get(trial_id) == [1]:  # interrupted after epoch 1's checkpoint
-            assert epochs == [1, 2]  # continued from it, epoch 1 not trained again
-    study = open_study(experiment)  # the searcher's record survived the interruption
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
-    table = pd.read_csv(experiment / "trials.csv")
-    assert len(table) == 3
-    assert table["trial_id"].is_unique
-    assert list(table["state"]) == ["COMPLETE"] * 3
-    assert sorted(t.user_attrs["trial_id"] for t in study.trials) == sorted(table["trial_id"])
 
 
 @pytest.mark.parametrize(
