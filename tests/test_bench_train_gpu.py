@@ -50,6 +50,6 @@ def test_smoke_run_needs_only_torch_and_torchvision(tmp_path):
     # 2 FLOPs per multiply-add, forward + backward: ResNet-18 at 224 px is ~10.6 GFLOPs,
     # so at 32 px (x (32/224)^2, plus the head) about 0.22.
     assert all(0.18 < r["gflops_per_image"] < 0.3 for r in result["rows"])
-    assert [s["processes"] for s in result["sharing"]] == [1, 2]
+    assert [s["processes"] for s in result["sharing"]] == [2]  # side by side, as on the GPU
     assert all(s["total_images_per_s"] > 0 for s in result["sharing"])
     assert "carsweep/seed" in done.stdout
