@@ -26,6 +26,7 @@ from torchvision.transforms.functional import to_pil_image
 from carsweep.config.trial import TrialConfig
 from carsweep.data.cache_build import crop_to_box
 from carsweep.data.images import open_rgb
+from carsweep.data.manifest import BOX_COLUMNS
 from carsweep.trainable import eval_transform
 from carsweep.trainable.backbones import feature_stages
 from carsweep.trainable.cam_occlusion import TARGET_LAYER, grad_cam
@@ -100,7 +101,7 @@ def pointing_game(cams: torch.Tensor, rows: pd.DataFrame, parts: pd.DataFrame,
     dataset's parts.csv. `tolerance` widens each box by that many original pixels on each
     side (the original pointing game uses 15 px at ImageNet scale).
     """
-    by_path = {path: group[["x1", "y1", "x2", "y2"]].to_numpy(float)
+    by_path = {path: group[BOX_COLUMNS].to_numpy(float)
                for path, group in parts.groupby("path")}
     out = []
     for cam, row in zip(cams, rows.itertuples(index=False), strict=True):

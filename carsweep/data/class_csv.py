@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from carsweep.data.manifest import BOX_COLUMNS
 from carsweep.data.sources import (
     SourceIndex,
     is_image,
@@ -90,8 +91,7 @@ def _match_split(root: Path, split_folder: Path, annotations: Path, split: str,
             absent.append(relative(path, root))
             continue
         rows.append({"path": relative(path, root), "class_name": classes[label],
-                     "source_split": split, **dict(zip(("x1", "y1", "x2", "y2"), box,
-                                                       strict=True))})
+                     "source_split": split, **dict(zip(BOX_COLUMNS, box, strict=True))})
     if absent:
         raise UserError(f"{annotations}: {len(absent)} annotated image(s) not found: "
                         f"{_first(absent)}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from carsweep.data.manifest import BOX_COLUMNS
 from carsweep.data.sources import SourceIndex, make_index, register_layout
 from carsweep.errors import UserError
 
@@ -73,7 +74,7 @@ def _read_annotations(base: Path, path: Path, split: str, image_folder: str,
             absent.append(relative)
         rows.append({"path": relative, "class_name": classes[label], "source_split": split,
                      **{key: float(annotation[field]) for key, field in
-                        zip(("x1", "y1", "x2", "y2"), BOX_FIELDS, strict=True)}})
+                        zip(BOX_COLUMNS, BOX_FIELDS, strict=True)}})
     if absent:
         raise UserError(f"{path}: {len(absent)} annotated image(s) not found under {base}: "
                         f"{', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from carsweep.data.manifest import BOX_COLUMNS
 from carsweep.errors import UserError
 
-SOURCE_COLUMNS = ["path", "class_name", "x1", "y1", "x2", "y2", "source_split"]
+SOURCE_COLUMNS = ["path", "class_name", *BOX_COLUMNS, "source_split"]
 # The extensions torchvision's ImageFolder accepts (torchvision.datasets.folder.IMG_EXTENSIONS).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SOURCE_SPLITS = ("train", "val", "test")
@@ -94,7 +95,7 @@ def list_images(folder: Path) -> list[Path]:
 
 def make_index(root: Path, layout: str, classes: list[str], rows: list[dict]) -> SourceIndex:
     images = pd.DataFrame(rows, columns=SOURCE_COLUMNS)
-    for column in ("x1", "y1", "x2", "y2"):
+    for column in BOX_COLUMNS:
         images[column] = pd.to_numeric(images[column], errors="coerce").astype(float)
     return SourceIndex(root=root, layout=layout, classes=classes, images=images)
 

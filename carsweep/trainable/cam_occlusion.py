@@ -35,7 +35,7 @@ from torchcam.methods import GradCAM
 from torchvision.transforms.v2 import functional as TF
 
 from carsweep.config.trial import TrialConfig
-from carsweep.data.manifest import PreparedDataset
+from carsweep.data.manifest import BOX_COLUMNS, PreparedDataset
 from carsweep.errors import UserError
 from carsweep.trainable.augment import preset_names
 from carsweep.trainable.backbones import deepest_stage
@@ -180,7 +180,7 @@ def part_boxes(rows: pd.DataFrame, parts: pd.DataFrame, part: str) -> torch.Tens
     its width and height: (N, K, 4) with K the most instances of the part in one image (two
     wheels), NaN where an image has fewer."""
     chosen = parts[parts["part"] == part]
-    grouped = {path: group[["x1", "y1", "x2", "y2"]].to_numpy(float)
+    grouped = {path: group[BOX_COLUMNS].to_numpy(float)
                for path, group in chosen.groupby("path")}
     most = max((len(v) for v in grouped.values()), default=1)
     out = torch.full((len(rows), most, 4), float("nan"))
