@@ -44,13 +44,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from carsweep.data.manifest import BOX_COLUMNS
+from carsweep.data.manifest import BOX_COLUMNS, PreparedDataset
 from carsweep.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from carsweep.data.manifest import PreparedDataset
 
 CACHE_DIR_VARIABLE = "CARSWEEP_CACHE_DIR"
 DEFAULT_CACHE_DIR = "/tmp/carsweep-cache"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from itertools import product
 from pathlib import Path
 
 from carsweep.config.sweep import SweepConfig, sweep_problems
@@ -30,12 +31,12 @@ def check_augmentations(config: SweepConfig) -> None:
         return
     from carsweep.trainable import check_augmentation
 
-    for name in spec.values:
-        for resize in config.listed_values("resize"):
-            try:
-                check_augmentation(name, resize=resize)
-            except UserError as error:
-                raise UserError(f"space: {error}") from None
+    for name, resize in product(config.listed_values("augmentation"),
+                                config.listed_values("resize")):
+        try:
+            check_augmentation(name, resize=resize)
+        except UserError as error:
+            raise UserError(f"space: {error}") from None
 
 
 def check_models(config: SweepConfig) -> None:
@@ -43,13 +44,13 @@ def check_models(config: SweepConfig) -> None:
     space (its choices, a range's ends) and every augmentation (snapmix needs a linear head)."""
     from carsweep.trainable import check_backbone
 
-    for model in config.listed_values("model"):
-        for resize in config.listed_values("resize"):
-            for augmentation in config.listed_values("augmentation"):
-                try:
-                    check_backbone(model, resize=resize, augmentation=augmentation)
-                except UserError as error:
-                    raise UserError(f"space: {error}") from None
+    for model, resize, augmentation in product(config.listed_values("model"),
+                                               config.listed_values("resize"),
+                                               config.listed_values("augmentation")):
+        try:
+            check_backbone(model, resize=resize, augmentation=augmentation)
+        except UserError as error:
+            raise UserError(f"space: {error}") from None
 
 
 def check_cuda_has_gpus(config: SweepConfig) -> None:
