@@ -3,7 +3,10 @@
 For each mistake: the test image with the Grad-CAM of the *predicted* class over it (what in
 the picture made the model say that class), the true and predicted class names, the score,
 and one training image of the predicted class beside it (the "Bentley seen as a Beetle"
-view). Overlays are shown with the image's own aspect ratio, not the model's square input.
+view). A map with no cell above the rest (`cam_flat`: no region raised the predicted class's
+score at that layer; it draws as plain blue) is marked so, not left to look like a picture
+of the whole image. Overlays are shown with the image's own aspect ratio, not the model's
+square input.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.images import open_rgb
 from carsweep.data.manifest import BOX_COLUMNS, PreparedDataset
 from carsweep.trainable.augment import normalization
+from carsweep.trainable.cam_occlusion import flat_maps
 from carsweep.trainable.gpu_augment import Normalize
 
 GALLERY_DIR = "gallery"
@@ -62,6 +66,7 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
         images = load_inputs([dataset.image_path(p) for p in chunk["path"]], config, boxes)
         cams = class_maps(model, images, chunk["pred"].astype(int).tolist(), layer=layer,
                           normalize=Normalize(*normalization(config.model)))
+        flat = flat_maps(cams).tolist()
         for offset, (row, image, cam) in enumerate(zip(chunk.itertuples(index=False), images,
                                                        cams, strict=True)):
             index = start + offset
@@ -72,10 +77,11 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
                 "pred_name": row.pred_name, "score": float(row.score),
                 "true_score": float(getattr(row, f"p_{int(row.label)}")),
                 "overlay": _save(picture, folder, f"{index + 1:05d}_cam.png"),
+                "cam_flat": flat[offset],
                 "example": example_files.get(int(row.pred), ""),
             })
     columns = ["rank", "path", "true_name", "pred_name", "score", "true_score", "overlay",
-               "example"]
+               "cam_flat", "example"]
     return pd.DataFrame(rows, columns=columns)
 
 

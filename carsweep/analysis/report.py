@@ -62,7 +62,7 @@ def write_report(folder: Path, summary: dict[str, Any], per_class: pd.DataFrame,
             (CONFUSION_ZOOM_PLOT, "The most confused classes"),
             (CONFUSION_BY_MAKE_PLOT, "Grouped by make"),
             (CONFUSION_FULL_PLOT, "All classes")]) + _link(CONFUSION_FILE)),
-        _section("Misclassified test images", _gallery(folder, shown)),
+        _section("Misclassified test images", gallery_section(folder, shown)),
         _section("Most confused pairs", _table(pairs) + _link(CONFUSED_PAIRS_FILE)),
         _section("Per-class accuracy (worst first)",
                  _table(per_class.head(TABLE_ROWS)) + _link(PER_CLASS_FILE)),
@@ -156,7 +156,8 @@ def _where(seeds: list[dict[str, Any]]) -> str:
         f"seed {seed} on {placement.describe()}" for seed, placement in placed) + "."
 
 
-def _gallery(folder: Path, shown: pd.DataFrame) -> str:
+def gallery_section(folder: Path, shown: pd.DataFrame) -> str:
+    """The gallery's HTML: the first GALLERY_IN_REPORT mistakes of `shown` as cards."""
     if shown.empty:
         return "<p>No test image was misclassified.</p>"
     cards = []
@@ -168,14 +169,23 @@ def _gallery(folder: Path, shown: pd.DataFrame) -> str:
             f"alt='Grad-CAM of {escape(row.path)}'>{example}<br>"
             f"true <b>{escape(row.true_name)}</b> ({_pct(row.true_score)}), "
             f"<span class='wrong'>predicted <b>{escape(row.pred_name)}</b> "
-            f"({_pct(row.score)})</span><br><span class='note'>{escape(row.path)}; right: a "
-            f"training image of {escape(row.pred_name)}</span></div>")
+            f"({_pct(row.score)})</span><br>{_flat_cam_note(row)}<span class='note'>"
+            f"{escape(row.path)}; right: a training image of {escape(row.pred_name)}</span>"
+            "</div>")
     more = len(shown) - GALLERY_IN_REPORT
     note = (f"<p class='note'>{more} more in gallery/ and misclassified.csv.</p>"
             if more > 0 else "")
     return ("<p class='note'>Left: the test image with the Grad-CAM of the predicted class "
             "(red = what made the model say it). Most confident mistakes first.</p>"
             f"<div class='gallery'>{''.join(cards)}</div>{note}" + _link(MISCLASSIFIED_FILE))
+
+
+def _flat_cam_note(row) -> str:
+    """A line under a card whose map is flat: plain blue is "nothing here", not "everywhere"."""
+    if not row.cam_flat:
+        return ""
+    return (f"<span class='note'>Grad-CAM is flat (plain blue): no region of this image "
+            f"raised the score of {escape(row.pred_name)} at this layer.</span><br>")
 
 
 SWEEP_FIGURES = [(IMPORTANCE_PLOT, "Hyperparameter importance"),

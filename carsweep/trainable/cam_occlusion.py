@@ -140,10 +140,17 @@ def top_area_mask(cams: torch.Tensor, size: tuple[int, int] | torch.Size, q: flo
     count = max(1, round(q * height * width))
     top = up.topk(count, dim=1).indices  # (B, count)
     mask = torch.zeros_like(up, dtype=torch.bool).scatter_(1, top, True)
-    spread = up.amax(dim=1) - up.amin(dim=1)  # (B,)
-    flat = spread <= 1e-6 * up.abs().amax(dim=1).clamp_min(1e-12)
-    mask[flat] = False
+    mask[flat_maps(up)] = False
     return mask.view(-1, 1, height, width)
+
+
+def flat_maps(maps: torch.Tensor) -> torch.Tensor:
+    """(B, ...) maps -> (B,) bool: True where no cell stands out (the spread is within 1e-6 of
+    the largest magnitude), e.g. a Grad-CAM that is all zero after its ReLU because nothing in
+    the image raised the class's score."""
+    values = maps.flatten(1).float()
+    spread = values.amax(dim=1) - values.amin(dim=1)
+    return spread <= 1e-6 * values.abs().amax(dim=1).clamp_min(1e-12)
 
 
 def occlude(x: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
