@@ -2,7 +2,8 @@
 is flushed on the way out), and a sweep whose trials blow up (NaN loss): what is kept, what is
 lost, what runs again.
 
-Both run the CLI in a subprocess on a local Ray of one or two CPUs (loopback only).
+Both sweep through the CLI in a subprocess on a local Ray of one to three CPUs (loopback only);
+the diverged sweep's resume (which must run nothing) runs in the test's own process.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sweep_runs import (
     write_sweep,
 )
 
+from carsweep.cli import main
 from carsweep.results import load_experiment, open_study, trials_table
 from carsweep.results.store import read_trials_csv
 
@@ -162,13 +164,15 @@ POINTS = [{"optimizer": "sgd", "lr": 10.0}, {"optimizer": "adam", "lr": 1.0e-3},
           {"optimizer": "sgd", "lr": 9.0}]
 
 
-def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_path):
-    config = write_sweep(tmp_path, "blowup", num_samples=3, max_concurrent_trials=2,
+def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_path, capsys):
+    # All three at once (3 logical CPUs on this machine's 2 cores): one wave of trial
+    # processes, not two.
+    config = write_sweep(tmp_path, "blowup", num_samples=3, max_concurrent_trials=3,
                          max_failures=2, space=DIVERGING,
                          searcher={"seed": 0, "n_startup_trials": 3, "points_to_evaluate": POINTS})
     storage = tmp_path / "results"
     experiment = storage / "blowup"
-    done = run_cli(sweep_command(config, prepared_dataset, storage, "--num-cpus", "2"),
+    done = run_cli(sweep_command(config, prepared_dataset, storage, "--num-cpus", "3"),
                    timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]  # the adam trial worked: the sweep did
     assert "Traceback" not in done.stdout + done.stderr
@@ -208,10 +212,10 @@ def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_p
         assert max(told.intermediate_values) == epoch
         assert told.intermediate_values[epoch] == 0.0
 
-    resumed = run_cli([sys.executable, "-m", "carsweep", "resume", str(experiment),
-                       "--num-cpus", "2"], timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "diverged at epoch" not in resumed.stdout  # nothing ran again
+    capsys.readouterr()
+    assert main(["resume", str(experiment), "--num-cpus", "3"]) == 0, \
+        capsys.readouterr().err[-3000:]
+    assert "diverged at epoch" not in capsys.readouterr().out  # nothing ran again
     assert epochs_by_trial(experiment) == trained
     assert len(open_study(experiment).trials) == 3
 
