@@ -1,4 +1,6 @@
-"""What a user sees: the demo's sweep step prints no warning the user did not cause."""
+"""What a user sees and what a trial leaves behind, on the demo's sweep: it prints no warning
+the user did not cause, and each trial's process has exited before the next trial reports
+(tests/test_release.py says why that matters on a GPU)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from sweep_runs import cli_env, sweep_command
+from test_release import FirstReportWatcher, process_exited
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 NOISE = re.compile(r"WARNING|Warning|Traceback")
+TRIALS = 2  # the second reports only once the first one's process is gone
 
 
 def user_env(home: Path) -> dict[str, str]:
@@ -22,16 +26,31 @@ def user_env(home: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_demo_sweep_prints_no_warning_and_no_traceback(prepared_dataset, tmp_path):
-    """configs/demo.yaml as `make demo` runs it, shrunk to 2 trials of 2 epochs: Ray's token
-    authentication notice and the reporter's sorting UserWarning are gone, and nothing else
-    warns."""
+def test_demo_sweep_prints_no_warning_and_each_trial_process_exits_before_the_next_reports(
+        prepared_dataset, tmp_path):
+    """configs/demo.yaml as `make demo` runs it, shrunk to 2 trials of 2 epochs one after the
+    other: Ray's token authentication notice and the reporter's sorting UserWarning are gone,
+    nothing else warns, and every trial ran in a process of its own that was gone by the time
+    the next trial reported its first epoch, none left after the sweep."""
     command = sweep_command(DEMO_CONFIG, prepared_dataset, tmp_path / "results",
-                            "--num-samples", "2", "--num-cpus", "2",
+                            "--num-samples", str(TRIALS), "--num-cpus", "2",
+                            "--set", "max_concurrent_trials=1",
                             "--set", "space.epochs=2", "--set", "space.resize=32")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                            env=user_env(tmp_path / "home"))
+    watcher = FirstReportWatcher(tmp_path / "results" / "demo")
+    watcher.start()
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                                env=user_env(tmp_path / "home"))
+    finally:
+        watcher.done.set()
+        watcher.join()
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best trial:" in result.stdout
     noisy = [line for line in (result.stderr + result.stdout).splitlines() if NOISE.search(line)]
     assert noisy == [], "\n".join(noisy)
+
+    pids = [pid for _, pid in watcher.order]
+    assert len(pids) == TRIALS
+    assert len(set(pids)) == TRIALS, f"trials shared a process: {watcher.order}"
+    assert watcher.alive_at_report == {trial: [] for trial, _ in watcher.order}
+    assert [pid for pid in pids if not process_exited(pid)] == []

@@ -1,10 +1,11 @@
 """A trial leaves nothing behind for the next one: its process has exited, its objects are freed.
 
-On a GPU, a process that exits hands back all its CUDA memory, so on the CPU the test checks
-the processes: every trial of a sequential sweep ran in its own process (the pid Ray records
-with each result), each one was gone by the time the next trial reported its first epoch, and
-none is left after the sweep. Inside a trial, `gpu_memory_released` frees what a failed run
-held (an exception's frames keep the model alive otherwise).
+On a GPU, a process that exits hands back all its CUDA memory, so on the CPU the processes are
+checked: every trial of a sequential sweep ran in its own process (the pid Ray records with
+each result), each one was gone by the time the next trial reported its first epoch, and none
+is left after the sweep. That sweep is the demo's, in tests/test_console.py, with the watcher
+below. Inside a trial, `gpu_memory_released` frees what a failed run held (an exception's
+frames keep the model alive otherwise).
 """
 
 from __future__ import annotations
@@ -17,14 +18,8 @@ import weakref
 from pathlib import Path
 
 import pytest
-from sweep_runs import write_sweep
 
-from carsweep.config.sweep import load_sweep
-from carsweep.results import trials_table
-from carsweep.search import run_sweep
 from carsweep.search.release import gpu_memory_released
-
-TRIALS = 2  # the second reports only once the first one's process is gone
 
 
 def process_exited(pid: int) -> bool:
@@ -67,31 +62,6 @@ class FirstReportWatcher(threading.Thread):
                     self.alive_at_report[trial] = [p for p in earlier if not process_exited(p)]
                     self.order.append((trial, row["pid"]))
             time.sleep(0.02)
-
-
-@pytest.mark.slow
-def test_each_trial_process_exits_before_the_next_trial_reports(prepared_dataset, tmp_path):
-    config_path = write_sweep(tmp_path, "release", num_samples=TRIALS, max_concurrent_trials=1,
-                              scheduler="asha", asha={"grace_period": 1, "reduction_factor": 2},
-                              cluster={"num_cpus": 2})
-    config = load_sweep(config_path, [f"dataset={prepared_dataset}",
-                                      f"storage_path={tmp_path / 'results'}"])
-    watcher = FirstReportWatcher(tmp_path / "results" / config.name)
-    watcher.start()
-    try:
-        outcome = run_sweep(config, verbose=0)
-    finally:
-        watcher.done.set()
-        watcher.join()
-
-    table = trials_table(outcome.experiment)
-    assert len(table) == TRIALS
-    assert not outcome.errors
-    pids = [pid for _, pid in watcher.order]
-    assert len(pids) == TRIALS
-    assert len(set(pids)) == TRIALS, f"trials shared a process: {watcher.order}"
-    assert watcher.alive_at_report == {trial: [] for trial, _ in watcher.order}
-    assert [pid for pid in pids if not process_exited(pid)] == []
 
 
 class Held:
