@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -14,6 +18,12 @@ from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
 from carsweep.trainable import load_checkpoint, train
 from carsweep.trainable.checkpoint import CHECKPOINT_FILE
+from carsweep.trainable.run import (
+    CHECKPOINT_STAGING_PREFIX,
+    ORPHAN_AGE_S,
+    remove_orphaned_staging_folders,
+    staging_folder,
+)
 
 EXACT = ("epoch", "train_loss", "train_acc", "lr", "val_loss", "val_top1", "val_top5")
 
@@ -108,3 +118,29 @@ def test_damaged_checkpoint_is_a_user_error(tmp_path, damage):
         path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00garbage")
     with pytest.raises(UserError, match="corrupt or truncated|not a checkpoint folder"):
         load_checkpoint(folder)
+
+
+def test_a_killed_trials_staging_folder_is_removed_by_the_next_one_on_the_node(tmp_path):
+    """A trial killed while it stages a checkpoint never runs its `finally`: the folder, named
+    after its process, is removed once it is old and that process is gone; a live process's
+    folder and a fresh one stay."""
+    with staging_folder() as folder:
+        assert folder.name.startswith(f"{CHECKPOINT_STAGING_PREFIX}{os.getpid()}-")
+    assert not folder.exists()
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(gone.stdout)
+    old = time.time() - ORPHAN_AGE_S - 60
+    folders = {name: tmp_path / f"{CHECKPOINT_STAGING_PREFIX}{pid}-abc"
+               for name, pid in [("killed", dead), ("alive", os.getpid())]}
+    folders["fresh"] = tmp_path / f"{CHECKPOINT_STAGING_PREFIX}{dead}-fresh"
+    folders["not ours"] = tmp_path / "carsweep-test-caches-x"
+    for name, path in folders.items():
+        path.mkdir()
+        (path / "checkpoint.pt").write_bytes(b"weights")
+        if name != "fresh":
+            os.utime(path, (old, old))
+    assert remove_orphaned_staging_folders(tmp_path) == [folders["killed"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for name, p in folders.items() if name != "killed")

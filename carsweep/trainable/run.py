@@ -12,6 +12,7 @@ computes in (loop.py), which the checkpoint stores too.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -137,7 +138,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
                 "epoch": epoch, "history": history, "classes": data.classes,
                 "rng": rng_states(train_loader.generator), "precision": precision,
             }
-            with _temporary_folder() as folder:
+            with staging_folder() as folder:
                 save_checkpoint(folder, state, config, data.classes)
                 reporter.report(dict(metrics), folder)
             last_saved = time.monotonic()
@@ -198,13 +199,56 @@ def deterministic_mode(on: bool, device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[1]
 
 
+CHECKPOINT_STAGING_PREFIX = "carsweep-checkpoint-"
+# A staging folder lives for the seconds Ray takes to copy it to storage: one this old whose
+# process is gone was left by a kill, never by a trial still writing (even one whose pid is
+# in another pid namespace sharing this /tmp).
+ORPHAN_AGE_S = 600
+
+
 @contextmanager
-def _temporary_folder() -> Iterator[Path]:
-    folder = Path(tempfile.mkdtemp(prefix="carsweep-checkpoint-"))
+def staging_folder() -> Iterator[Path]:
+    """A staging folder for one checkpoint, named after this process, removed when done."""
+    _remove_orphans_once()
+    folder = Path(tempfile.mkdtemp(prefix=f"{CHECKPOINT_STAGING_PREFIX}{os.getpid()}-"))
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_orphaned_staging_folders(root: Path, now: float | None = None) -> list[Path]:
+    """Remove the checkpoint staging folders under `root` whose process has exited and that are
+    older than ORPHAN_AGE_S: a trial killed (SIGKILL, the OOM killer, its driver killed)
+    never runs its `finally`, and each such folder holds a whole checkpoint (up to ~135 MB
+    at 196 classes) on the node's disk. Returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in root.glob(f"{CHECKPOINT_STAGING_PREFIX}*-*"):
+        pid = folder.name.removeprefix(CHECKPOINT_STAGING_PREFIX).split("-", 1)[0]
+        try:
+            old = now - folder.stat().st_mtime > ORPHAN_AGE_S
+        except OSError:
+            continue  # removed meanwhile
+        if pid.isdigit() and old and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+@functools.cache
+def _remove_orphans_once() -> None:
+    remove_orphaned_staging_folders(Path(tempfile.gettempdir()))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def _check_same_classes(state: dict, data: PreparedDataset, folder: Path) -> None:
