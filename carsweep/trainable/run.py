@@ -217,12 +217,12 @@ def staging_folder() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def remove_orphaned_staging_folders(root: Path, now: float | None = None) -> list[Path]:
+def remove_orphaned_staging_folders(root: Path) -> list[Path]:
     """Remove the checkpoint staging folders under `root` whose process has exited and that are
     older than ORPHAN_AGE_S: a trial killed (SIGKILL, the OOM killer, its driver killed)
     never runs its `finally`, and each such folder holds a whole checkpoint (up to ~135 MB
     at 196 classes) on the node's disk. Returns what was removed."""
-    now = time.time() if now is None else now
+    now = time.time()
     removed = []
     for folder in root.glob(f"{CHECKPOINT_STAGING_PREFIX}*-*"):
         pid = folder.name.removeprefix(CHECKPOINT_STAGING_PREFIX).split("-", 1)[0]
