@@ -1,5 +1,6 @@
-"""Helpers for the reliability tests: tiny sweep configs, the CLI in a subprocess, and what a
-sweep left on disk (each trial's epochs and nodes, read from Ray's result.json)."""
+"""Helpers for the reliability tests: tiny sweep configs, the CLI in a subprocess, what a sweep
+left on disk (each trial's epochs and nodes, read from Ray's result.json), and its trials'
+processes (exited or not, watched while the sweep runs)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -136,3 +138,45 @@ def linked_copy(experiment: Path, target: Path) -> Path:
     for path in experiment.iterdir():
         (target / path.name).symlink_to(path, target_is_directory=path.is_dir())
     return target
+
+
+def process_exited(pid: int) -> bool:
+    """True when `pid` is gone or a zombie (exited, only its exit status left to collect)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no such process (or it vanished while read)
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def first_rows(experiment: Path) -> dict[str, dict]:
+    """The first complete result row of every trial that has reported, by trial folder."""
+    rows = {}
+    for result in experiment.glob("trial_*/result.json"):
+        line = result.read_text().split("\n", 1)[0]
+        try:
+            rows[result.parent.name] = json.loads(line)
+        except json.JSONDecodeError:  # being written: the next look reads it whole
+            continue
+    return rows
+
+
+class FirstReportWatcher(threading.Thread):
+    """Polls the experiment folder; when a trial's first result appears, notes which pids of
+    the trials that reported before it were still running at that moment."""
+
+    def __init__(self, experiment: Path) -> None:
+        super().__init__(daemon=True)
+        self.experiment = experiment
+        self.order: list[tuple[str, int]] = []  # (trial, pid) in first-report order
+        self.alive_at_report: dict[str, list[int]] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for trial, row in first_rows(self.experiment).items():
+                if trial not in self.alive_at_report:
+                    earlier = [pid for _, pid in self.order]
+                    self.alive_at_report[trial] = [p for p in earlier if not process_exited(p)]
+                    self.order.append((trial, row["pid"]))
+            time.sleep(0.02)

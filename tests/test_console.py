@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sweep_runs import cli_env, sweep_command
-from test_release import FirstReportWatcher, process_exited
+from sweep_runs import FirstReportWatcher, cli_env, process_exited, sweep_command
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 NOISE = re.compile(r"WARNING|Warning|Traceback")

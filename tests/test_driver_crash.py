@@ -22,6 +22,7 @@ from sweep_runs import (
     METRIC,
     epochs_by_trial,
     output,
+    process_exited,
     run_cli,
     start_cli,
     stop,
@@ -96,8 +97,8 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
     # They share the driver's fate: no orphaned trial writes into the experiment while it is
     # resumed.
     deadline = time.monotonic() + 60
-    while (survivors := {pid: command_line(pid) for pid in ray_processes if alive(pid)}) \
-            and time.monotonic() < deadline:
+    while (survivors := {pid: command_line(pid) for pid in ray_processes
+                         if not process_exited(pid)}) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not survivors
     before = epochs_by_trial(experiment)
@@ -255,12 +256,3 @@ def command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
     except OSError:
         return ""
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent to reap it counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
