@@ -67,7 +67,7 @@ def test_dashboard_serves_the_study_and_tensorboard_the_trials_on_loopback(
             server.kill()
     table = load_experiment(finished_experiment).trials.set_index("trial_id")
     assert study["name"] == "carsweep"
-    assert study["directions"] == ["maximize"]
+    assert study["directions"] == ["minimize"]  # the finished sweep minimises val_loss
     served = {next(a["value"] for a in t["user_attrs"] if a["key"] == "trial_id"): t
               for t in study["trials"]}
     assert sorted(served) == sorted(table.index)
