@@ -8,9 +8,11 @@ the diverged sweep's resume (which must run nothing) runs in the test's own proc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from sweep_runs import (
     epochs_by_trial,
     output,
     process_exited,
+    result_rows,
     run_cli,
     start_cli,
     stop,
@@ -43,7 +46,8 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
         prepared_dataset, tmp_path):
     """Ctrl-C (SIGINT) once a trial has finished: Tune saves its state, the CLI exits 130 with
     the command to go on as its last line. That command, run as printed, is killed (SIGKILL)
-    once one more trial has finished and another is half-run. A last resume finishes the
+    once one more trial has finished and another is half-run (paused there, so that a fast
+    machine cannot finish it first, and let go once the driver is dead). A last resume finishes the
     sweep: no finished trial trains again, a half-run one goes on from its checkpoint, every
     epoch a trial reported is kept, and the table and the study hold each trial once."""
     config = write_sweep(tmp_path, "stopped", num_samples=3, max_concurrent_trials=1,
@@ -71,18 +75,13 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
 
     process = start_cli([sys.executable, "-m", *shlex.split(printed)],  # run as printed
                         tmp_path / "logs-killed")
+    paused = None
     try:
-        def one_more_finished_and_one_midway():
-            seen = epochs_by_trial(experiment)
-            midway = [t for t, e in seen.items() if e and e[-1] < EPOCHS]
-            # Tune snapshots its experiment state every ~10 s: a trial created since the last
-            # snapshot is unknown to a resume (its folder stays; a new trial takes its place).
-            known = saved_experiment_state(experiment)
-            more = len(finished_trials(experiment)) > len(finished_at_ctrl_c)
-            return seen if more and midway and midway[0][len("trial_"):] in known else None
-
-        wait_until(one_more_finished_and_one_midway, "one more finished and a half-run trial",
-                   300, process)
+        paused, paused_pid = pause_a_trial_midway(experiment, finished_at_ctrl_c, process)
+        # Tune snapshots its experiment state every ~10 s: a trial created since the last
+        # snapshot is unknown to a resume (its folder stays; a new trial takes its place).
+        wait_until(lambda: paused[len("trial_"):] in saved_experiment_state(experiment),
+                   f"Tune's experiment state to know {paused}", 60, process)
         # GCS, raylet, the running trial's worker; not Ray's monitoring agents, which notice
         # their raylet is gone only a minute or two later (they write nothing of ours).
         ray_processes = {pid: command_line(pid) for pid in descendants(process.pid)}
@@ -91,6 +90,9 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
         process.wait(timeout=30)
     finally:
         stop(process)
+        if paused:  # it goes on as if never paused, and finds its Ray gone
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(paused_pid, signal.SIGCONT)
     assert process.returncode == -signal.SIGKILL
     assert any("raylet" in c for c in ray_processes.values())
     assert any("ImplicitFunc" in c for c in ray_processes.values())  # the running trial
@@ -223,6 +225,30 @@ def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_p
 
 def told_id(table: pd.DataFrame, lr: float) -> str:
     return table.loc[table["config/lr"] == lr, "trial_id"].item()
+
+
+def pause_a_trial_midway(experiment: Path, finished_earlier: list[str],
+                         process: subprocess.Popen) -> tuple[str, int]:
+    """Once one more trial than `finished_earlier` has finished and the next has reported an
+    epoch, stop that trial's process (SIGSTOP) so that it stays half-run however fast this
+    machine trains: (its folder name, its pid)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        seen = result_rows(experiment)
+        finished = [t for t, rows in seen.items() if rows and rows[-1]["epoch"] == EPOCHS]
+        midway = [t for t, rows in seen.items() if rows and rows[-1]["epoch"] < EPOCHS]
+        if len(finished) > len(finished_earlier) and midway:
+            trial, pid = midway[0], seen[midway[0]][-1]["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            if epochs_by_trial(experiment)[trial][-1] == EPOCHS:
+                os.kill(pid, signal.SIGCONT)
+                raise AssertionError(f"{trial} finished before it could be paused")
+            return trial, pid
+        if process.poll() is not None:
+            raise AssertionError(f"the sweep exited ({process.returncode}) before a trial ran "
+                                 f"midway: {output(process)[1][-3000:]}")
+        time.sleep(0.02)  # an epoch here can take a fraction of a second
+    raise AssertionError("timed out waiting for one more finished and a half-run trial")
 
 
 def saved_experiment_state(experiment: Path) -> str:
