@@ -1,13 +1,19 @@
-"""The first lines of a Python script that must run with ray impossible to import."""
+"""The first lines of a Python script that must run with some packages impossible to import."""
 
-BLOCK_RAY = '''
+
+def blocking(*packages: str) -> str:
+    """Python lines after which importing any of `packages` (or a submodule) raises."""
+    return f'''
 import sys
 
-class BlockRay:
+class Blocked:
     def find_spec(self, name, path=None, target=None):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError(f"ray is blocked in this test ({name})")
+        if name.split(".")[0] in {packages!r}:
+            raise ImportError(f"{{name.split('.')[0]}} is blocked in this test ({{name}})")
         return None
 
-sys.meta_path.insert(0, BlockRay())
+sys.meta_path.insert(0, Blocked())
 '''
+
+
+BLOCK_RAY = blocking("ray")

@@ -23,13 +23,14 @@ from trainable_data import make_tiny_dataset
 
 import carsweep.config.io as io_module
 from carsweep.cli import main
+from carsweep.config.files import CHECKPOINT_FILE
 from carsweep.config.io import write_text_atomic
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
 from carsweep.search.trial import restorable_checkpoint
 from carsweep.trainable import load_checkpoint, train
-from carsweep.trainable.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from carsweep.trainable.checkpoint import save_checkpoint
 
 EPOCHS = 3
 

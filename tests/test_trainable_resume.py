@@ -12,12 +12,12 @@ import pytest
 import torch
 from trainable_data import make_tiny_dataset, one_torch_thread  # noqa: F401 (autouse)
 
+from carsweep.config.files import CHECKPOINT_FILE
 from carsweep.config.io import load_model
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
 from carsweep.trainable import load_checkpoint, train
-from carsweep.trainable.checkpoint import CHECKPOINT_FILE
 from carsweep.trainable.run import (
     CHECKPOINT_STAGING_PREFIX,
     ORPHAN_AGE_S,

@@ -1,9 +1,9 @@
 """The names of what an experiment folder holds (docs/experiment-folder.md), in one place.
 
-Every module that writes or reads an experiment folder takes its names from here; the files
-inside a checkpoint folder (checkpoint.pt, trial.yaml, classes.json) are named by
-carsweep.trainable.checkpoint, which writes them. Ray Tune's own names are here too, where
-carsweep reads them: Ray writes them, carsweep must find them.
+Every module that writes or reads an experiment folder takes its names from here, those of the
+files inside a checkpoint folder too (carsweep.trainable.checkpoint writes them; the results
+store reads them without importing torch). Ray Tune's own names are here too, where carsweep
+reads them: Ray writes them, carsweep must find them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ ANALYSIS_DIR = "analysis"  # written by `carsweep analyze`
 REPORT_FILE = "report.html"  # in ANALYSIS_DIR
 TEST_METRICS_FILE = "metrics.json"  # in ANALYSIS_DIR
 RETRAINED_MODEL_DIR = "model"  # in ANALYSIS_DIR: the retrained model, a checkpoint folder
+CHECKPOINT_FILE = "checkpoint.pt"  # in a checkpoint folder: weights (and optimizer, for a trial's)
+TRIAL_FILE = "trial.yaml"  # in a checkpoint folder: the TrialConfig that trained it
 
 # The rest of ANALYSIS_DIR: analyze writes them, the report shows and links them.
 PREDICTIONS_FILE = "predictions.csv"  # every test image: label, prediction, probabilities

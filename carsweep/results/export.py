@@ -36,7 +36,7 @@ from torch import nn
 
 from carsweep import __version__
 from carsweep.config import files
-from carsweep.config.files import SWEEP_FILE
+from carsweep.config.files import CHECKPOINT_FILE, SWEEP_FILE, TRIAL_FILE
 from carsweep.config.io import atomic_write, load_model, validate
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
@@ -44,9 +44,7 @@ from carsweep.results.store import load_experiment
 from carsweep.trainable.augment import normalization
 from carsweep.trainable.backbones import DEFAULT_MODEL, model_names
 from carsweep.trainable.checkpoint import (
-    CHECKPOINT_FILE,
     CLASSES_FILE,
-    TRIAL_FILE,
     load_checkpoint,
     save_checkpoint,
     torch_save_atomic,

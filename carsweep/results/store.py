@@ -26,11 +26,13 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from carsweep.config.files import (
+    CHECKPOINT_FILE,
     ERROR_FILE,
     PARAMS_FILE,
     RESULT_FILE,
     STUDY_FILE,
     SWEEP_FILE,
+    TRIAL_FILE,
     TRIALS_FILE,
     trial_dir_name,
 )
@@ -41,7 +43,6 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import CLASSES_FILE
 from carsweep.errors import UserError
 from carsweep.results.study import TRIAL_ID_ATTR, open_study, ray_trials
-from carsweep.trainable.checkpoint import CHECKPOINT_FILE, TRIAL_FILE
 
 # The table's first columns, in order; then last_/best_<metric>, failures, error, trial_dir,
 # best_checkpoint and config/<field>.

@@ -18,14 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from carsweep.config.files import CHECKPOINT_FILE, TRIAL_FILE
 from carsweep.config.io import atomic_write, save_model, write_text_atomic
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import CLASSES_FILE  # the same list under the same name
 from carsweep.errors import UserError
 from carsweep.trainable.safe_load import load_tensors_only
-
-CHECKPOINT_FILE = "checkpoint.pt"
-TRIAL_FILE = "trial.yaml"
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from typing import TextIO
 
 from torch.utils.tensorboard import SummaryWriter
 
+from carsweep.config.files import CHECKPOINT_FILE
 from carsweep.config.io import save_model, write_text_atomic
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import CLASSES_FILE
-from carsweep.trainable.checkpoint import CHECKPOINT_FILE
 
 METRICS_FILE = "metrics.csv"
 BEST_METRIC = "val_top1"
