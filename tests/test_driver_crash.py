@@ -67,6 +67,7 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
     assert process.returncode == 130, stderr[-2000:]
     printed = stderr.rstrip().splitlines()[-1]  # the last line: the command to paste
     assert printed == f"  carsweep resume {experiment} --num-cpus 1"
+    assert "Tuner.restore" not in stderr  # Tune's own hint names an API users never call
     at_ctrl_c = epochs_by_trial(experiment)
     finished_at_ctrl_c = finished_trials(experiment)
     # stopped: a trial not yet created, or one short of its epochs (a started one may have none)

@@ -7,6 +7,9 @@ need no Ray, and the cluster's resources are checked before the Tuner is built.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,7 +113,8 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         else:
             save_sweep(config, experiment / SWEEP_FILE)
             tuner = new_tuner(config, _trainable(config, weights), verbose=verbose)
-        results = tuner.fit()
+        with _without_tune_restore_hint():
+            results = tuner.fit()
     errors = tuple(last_line(error) for error in results.errors)
     table = trials_table(experiment, config)
     save_trials_table(table, experiment)
@@ -124,6 +128,24 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         interrupted=_unfinished(table, config.num_samples),
         table=table,
     )
+
+
+class _TuneRestoreHint(logging.Filter):
+    """Tune's "Resume experiment with: Tuner.restore(...)" after a Ctrl-C: carsweep's users
+    resume with `carsweep resume`, the line the CLI prints last."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+@contextmanager
+def _without_tune_restore_hint() -> Iterator[None]:
+    tune_logger, hint = logging.getLogger("ray.tune.tune"), _TuneRestoreHint()
+    tune_logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        tune_logger.removeFilter(hint)
 
 
 def _unfinished(table, num_samples: int) -> bool:
