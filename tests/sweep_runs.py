@@ -115,8 +115,9 @@ def epochs_by_trial(experiment: Path) -> dict[str, list[int]]:
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float,
-               process: subprocess.Popen | None = None) -> object:
-    """Poll `condition` until it returns something truthy; fail if `process` exits first."""
+               process: subprocess.Popen | None = None, every: float = 0.5) -> object:
+    """Poll `condition` every `every` seconds until it returns something truthy; fail if
+    `process` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = condition()
@@ -125,7 +126,7 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float,
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the sweep exited ({process.returncode}) before {what}: "
                                  f"{output(process)[1][-3000:]}")
-        time.sleep(0.5)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 

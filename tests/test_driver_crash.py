@@ -233,23 +233,19 @@ def pause_a_trial_midway(experiment: Path, finished_earlier: list[str],
     """Once one more trial than `finished_earlier` has finished and the next has reported an
     epoch, stop that trial's process (SIGSTOP) so that it stays half-run however fast this
     machine trains: (its folder name, its pid)."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        seen = result_rows(experiment)
-        finished = [t for t, rows in seen.items() if rows and rows[-1]["epoch"] == EPOCHS]
-        midway = [t for t, rows in seen.items() if rows and rows[-1]["epoch"] < EPOCHS]
-        if len(finished) > len(finished_earlier) and midway:
-            trial, pid = midway[0], seen[midway[0]][-1]["pid"]
-            os.kill(pid, signal.SIGSTOP)
-            if epochs_by_trial(experiment)[trial][-1] == EPOCHS:
-                os.kill(pid, signal.SIGCONT)
-                raise AssertionError(f"{trial} finished before it could be paused")
-            return trial, pid
-        if process.poll() is not None:
-            raise AssertionError(f"the sweep exited ({process.returncode}) before a trial ran "
-                                 f"midway: {output(process)[1][-3000:]}")
-        time.sleep(0.02)  # an epoch here can take a fraction of a second
-    raise AssertionError("timed out waiting for one more finished and a half-run trial")
+    def one_more_finished_and_one_midway():
+        midway = [t for t, e in epochs_by_trial(experiment).items() if e and e[-1] < EPOCHS]
+        more = len(finished_trials(experiment)) > len(finished_earlier)
+        return midway[0] if more and midway else None
+
+    trial = wait_until(one_more_finished_and_one_midway, "one more finished and a half-run "
+                       "trial", 300, process, every=0.02)  # an epoch can take a fraction of 1 s
+    pid = result_rows(experiment)[trial][-1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    if epochs_by_trial(experiment)[trial][-1] == EPOCHS:
+        os.kill(pid, signal.SIGCONT)
+        raise AssertionError(f"{trial} finished before it could be paused")
+    return trial, pid
 
 
 def saved_experiment_state(experiment: Path) -> str:
