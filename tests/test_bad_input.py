@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -208,14 +209,16 @@ def test_address_with_no_ray_behind_it_is_one_line(prepared_dataset, tmp_path, c
 
 def test_resume_with_a_dead_address_leaves_the_experiment_as_it_was(
         prepared_dataset, tmp_path, capsys):
-    # An experiment folder as a sweep leaves it (its files' contents do not matter here: the
-    # command must stop before reading or writing any of them).
+    # An experiment folder as a sweep leaves it (the files' contents do not matter here, but
+    # for tuner.pkl being a whole pickle, which resume checks before Ray starts: the command
+    # must stop before Ray reads any of them, and write none).
     experiment = tmp_path / "results" / "kept"
     experiment.mkdir(parents=True)
     (experiment / "sweep.yaml").write_text(yaml.safe_dump(
         {**TINY_SWEEP, "name": "kept", "dataset": str(prepared_dataset),
          "storage_path": str(tmp_path / "results")}))
-    for name in ("tuner.pkl", "trials.csv", "trial_0001/checkpoint_000000/checkpoint.pt"):
+    (experiment / "tuner.pkl").write_bytes(pickle.dumps({"__trainable_name": "run_trial"}))
+    for name in ("trials.csv", "trial_0001/checkpoint_000000/checkpoint.pt"):
         (experiment / name).parent.mkdir(parents=True, exist_ok=True)
         (experiment / name).write_bytes(name.encode() * 100)
     before = snapshot(experiment)

@@ -16,10 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from no_ray import BLOCK_RAY, blocking
-from sweep_runs import FINISHED_SWEEP, write_sweep
+from sweep_runs import FINISHED_SWEEP, linked_copy, write_sweep
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from carsweep.cli import main
+from carsweep.config.sweep import load_sweep, save_sweep
 from carsweep.results import load_experiment, trials_table
 from carsweep.search.trial import DatasetUnreachableError, readable_dataset
 
@@ -251,3 +252,41 @@ def test_resume_needs_an_experiment_folder(prepared_dataset, tmp_path, capsys):
                  str(prepared_dataset), "--storage", str(tmp_path / "results")]) == 2
     assert "no sweep to resume" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def test_resume_files_cut_short_by_a_dead_driver_are_one_line_naming_the_whole_copies(
+        finished_experiment, tmp_path, monkeypatch, capsys):
+    """Tune's driver copies tuner.pkl and its state snapshots into the experiment with every
+    snapshot, truncating each first: one killed mid-copy leaves them cut short. A copy of the
+    finished experiment (its sweep.yaml naming the copy's folder) with tuner.pkl and the
+    newest experiment state cut in half: resume names both in one line, and the staging folder
+    on this machine where Tune's driver kept whole copies; nothing is written."""
+    experiment = linked_copy(finished_experiment, tmp_path / "copy" / "finished")
+    config = load_sweep(experiment / "sweep.yaml")
+    (experiment / "sweep.yaml").unlink()  # the link: the finished experiment stays as it is
+    save_sweep(config.model_copy(update={"storage_path": str(experiment.parent)}),
+               experiment / "sweep.yaml")
+    state = sorted(experiment.glob("experiment_state-*.json"))[-1]
+    ray_tmp = tmp_path / "ray"  # Ray's temp folder (RAY_TMPDIR/ray), where the driver staged
+    staged = ray_tmp / "ray/session_1/artifacts/2026-12-01_00-00-00/finished/driver_artifacts"
+    staged.mkdir(parents=True)
+    for path in (experiment / "tuner.pkl", state):
+        whole = path.read_bytes()
+        (staged / path.name).write_bytes(whole)
+        path.unlink()  # the link: the finished experiment itself stays whole
+        path.write_bytes(whole[:len(whole) // 2])
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    before = {path: path.stat().st_mtime_ns for path in experiment.rglob("*")}
+
+    assert main(["resume", str(experiment), "--num-cpus", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"carsweep resume: error: {experiment}: tuner.pkl, {state.name} "
+                          "cut short (the sweep's driver died while Ray copied them there)"), err
+    assert err.rstrip().endswith(f"whole copies are in {staged}: copy them over, then resume "
+                                 "again"), err
+    assert {path: path.stat().st_mtime_ns for path in experiment.rglob("*")} == before
+
+    (staged / state.name).write_bytes(b"")  # a copy that is cut too is not offered
+    assert main(["resume", str(experiment), "--num-cpus", "1"]) == 2
+    assert "whole copies" not in capsys.readouterr().err

@@ -27,6 +27,7 @@ from carsweep.search.cluster import check_local_gpus, ray_session
 from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
 from carsweep.search.node_caches import prebuild_node_caches
 from carsweep.search.preflight import check_before_launch
+from carsweep.search.resume_files import check_resume_files_whole
 from carsweep.search.searcher import make_searcher
 from carsweep.search.trial import run_trial
 from carsweep.search.validate import check_storage_writable, check_sweep
@@ -163,6 +164,8 @@ def _check_experiment_folder(experiment: Path, resume: bool) -> None:
             f"{experiment}: a sweep already exists there; add --resume to continue it "
             "or give another --name"
         )
+    if resume:
+        check_resume_files_whole(experiment)
 
 
 def _trainable(config: SweepConfig, weights: dict[tuple[str, str], dict]) -> tune.Trainable:
