@@ -85,11 +85,19 @@ def run_cli(command: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=cli_env())
 
 
-def start_cli(command: list[str], logs: Path) -> subprocess.Popen:
-    """The CLI in the background, its output in files (a full pipe would block it)."""
+def start_cli(command: list[str], logs: Path, *, live_results: bool = False) -> subprocess.Popen:
+    """The CLI in the background, its output in files (a full pipe would block it).
+
+    Tune's driver writes result.json in a staging folder and copies it into the experiment
+    with its experiment state: every 10 s, or after a trial's second checkpoint since the last
+    copy. A test that acts at a given epoch of a running sweep needs `live_results`: Tune then
+    snapshots at every step of its loop (TUNE_GLOBAL_CHECKPOINT_S=0), so the folder is
+    current, where otherwise a trial it shows one epoch in may be done.
+    """
     logs.mkdir(parents=True, exist_ok=True)
+    env = cli_env() | ({"TUNE_GLOBAL_CHECKPOINT_S": "0"} if live_results else {})
     with (logs / "stdout.txt").open("w") as out, (logs / "stderr.txt").open("w") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=cli_env())
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env)
     process.logs = logs
     return process
 

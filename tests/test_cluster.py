@@ -60,7 +60,8 @@ def test_a_sweep_by_address_spreads_over_the_nodes_and_a_lost_nodes_trial_resume
     experiment = storage / "lossy"
     workers = {node.node_id: node for node in cluster.worker_nodes}
     process = start_cli(sweep_command(config, prepared_dataset, storage,
-                                      "--address", cluster.address), tmp_path / "logs")
+                                      "--address", cluster.address), tmp_path / "logs",
+                        live_results=True)
     try:
         # A trial on a worker that has a checkpoint (an epoch reported) and epochs left.
         def trial_mid_run_on_a_worker():

@@ -37,6 +37,7 @@ from sweep_runs import (
 from carsweep.cli import main
 from carsweep.results import load_experiment, open_study, trials_table
 from carsweep.results.store import read_trials_csv
+from carsweep.search.resume_files import cut_short_resume_files
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -45,20 +46,22 @@ EPOCHS = 3
 def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finished_trials(
         prepared_dataset, tmp_path):
     """Ctrl-C (SIGINT) once a trial has finished: Tune saves its state, the CLI exits 130 with
-    the command to go on as its last line. That command, run as printed, is killed (SIGKILL)
-    once one more trial has finished and another is half-run (paused there, so that a fast
-    machine cannot finish it first, and let go once the driver is dead). A last resume finishes the
-    sweep: no finished trial trains again, a half-run one goes on from its checkpoint, every
-    epoch a trial reported is kept, and the table and the study hold each trial once."""
+    the command to go on as its last line. That command, run as printed, is killed (SIGKILL,
+    between two of Tune's copies into the experiment) once one more trial has finished and
+    another is half-run (paused there, so that a fast machine cannot finish it first, and let
+    go once the driver is dead). A last resume finishes the sweep: no finished trial trains
+    again, a half-run one goes on from its checkpoint, every epoch a trial reported is kept,
+    and the table and the study hold each trial once."""
     config = write_sweep(tmp_path, "stopped", num_samples=3, max_concurrent_trials=1,
                          space={"epochs": EPOCHS})
     storage = tmp_path / "results"
     experiment = storage / "stopped"
 
     process = start_cli(sweep_command(config, prepared_dataset, storage, "--num-cpus", "1"),
-                        tmp_path / "logs-ctrl-c")
+                        tmp_path / "logs-ctrl-c", live_results=True)
     try:
-        wait_until(lambda: finished_trials(experiment), "a finished trial", 240, process)
+        wait_until(lambda: finished_trials(experiment), "a finished trial", 240, process,
+                   every=0.05)  # the next trial's process takes seconds to start: none ran
         process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
         process.wait(timeout=60)
     finally:
@@ -70,24 +73,25 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
     assert "Tuner.restore" not in stderr  # Tune's own hint names an API users never call
     at_ctrl_c = epochs_by_trial(experiment)
     finished_at_ctrl_c = finished_trials(experiment)
-    # stopped: a trial not yet created, or one short of its epochs (a started one may have none)
-    assert len(at_ctrl_c) < 3 or any(len(e) < EPOCHS for e in at_ctrl_c.values())
+    # stopped after one trial: the next not yet created, or short of its epochs (a started one
+    # may have none); two are left to finish one and pause the other
+    assert len(finished_at_ctrl_c) == 1, at_ctrl_c
     table_at_ctrl_c = (experiment / "trials.csv").read_text()  # Tune returned: it was written
 
     process = start_cli([sys.executable, "-m", *shlex.split(printed)],  # run as printed
-                        tmp_path / "logs-killed")
+                        tmp_path / "logs-killed", live_results=True)
     paused = None
     try:
         paused, paused_pid = pause_a_trial_midway(experiment, finished_at_ctrl_c, process)
-        # Tune snapshots its experiment state every ~10 s: a trial created since the last
-        # snapshot is unknown to a resume (its folder stays; a new trial takes its place).
+        # A trial created since Tune's last experiment state snapshot is unknown to a resume
+        # (its folder stays; a new trial takes its place). Here it snapshots at every step.
         wait_until(lambda: paused[len("trial_"):] in saved_experiment_state(experiment),
                    f"Tune's experiment state to know {paused}", 60, process)
         # GCS, raylet, the running trial's worker; not Ray's monitoring agents, which notice
         # their raylet is gone only a minute or two later (they write nothing of ours).
         ray_processes = {pid: command_line(pid) for pid in descendants(process.pid)}
         ray_processes = {pid: c for pid, c in ray_processes.items() if "Agent" not in c}
-        os.kill(process.pid, signal.SIGKILL)
+        kill_between_copies(process, experiment)
         process.wait(timeout=30)
     finally:
         stop(process)
@@ -246,6 +250,23 @@ def pause_a_trial_midway(experiment: Path, finished_earlier: list[str],
         os.kill(pid, signal.SIGCONT)
         raise AssertionError(f"{trial} finished before it could be paused")
     return trial, pid
+
+
+def kill_between_copies(process: subprocess.Popen, experiment: Path) -> None:
+    """SIGKILL the driver while Tune is not copying its files into the experiment: one killed
+    mid-copy leaves them cut short, which no resume can use (test_sweep.py has its one-line
+    refusal). The driver is stopped (SIGSTOP) first, killed once every file a resume reads and
+    every result.json there is whole, else let go on for a moment and stopped again."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        os.kill(process.pid, signal.SIGSTOP)
+        results = [path.read_bytes() for path in experiment.glob("trial_*/result.json")]
+        if not cut_short_resume_files(experiment) and all(r.endswith(b"\n") for r in results):
+            os.kill(process.pid, signal.SIGKILL)
+            return
+        os.kill(process.pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError("the driver was copying its files every time it was stopped")
 
 
 def saved_experiment_state(experiment: Path) -> str:
