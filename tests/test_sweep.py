@@ -276,7 +276,7 @@ def test_resume_files_cut_short_by_a_dead_driver_are_one_line_naming_the_whole_c
         path.unlink()  # the link: the finished experiment itself stays whole
         path.write_bytes(whole[:len(whole) // 2])
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
-    before = {path: path.stat().st_mtime_ns for path in experiment.rglob("*")}
+    before = folder_listing(experiment)
 
     assert main(["resume", str(experiment), "--num-cpus", "1"]) == 2
     err = capsys.readouterr().err
@@ -285,7 +285,7 @@ def test_resume_files_cut_short_by_a_dead_driver_are_one_line_naming_the_whole_c
                           "cut short (the sweep's driver died while Ray copied them there)"), err
     assert err.rstrip().endswith(f"whole copies are in {staged}: copy them over, then resume "
                                  "again"), err
-    assert {path: path.stat().st_mtime_ns for path in experiment.rglob("*")} == before
+    assert folder_listing(experiment) == before
 
     (staged / state.name).write_bytes(b"")  # a copy that is cut too is not offered
     assert main(["resume", str(experiment), "--num-cpus", "1"]) == 2
