@@ -20,7 +20,7 @@ from machine import describe, load_average
 from torch import nn
 
 from carsweep.config.trial import TrialConfig
-from carsweep.trainable import build_model, normalization, pick_device
+from carsweep.trainable import build_model, normalization, resolve_device
 from carsweep.trainable.cam_occlusion import CamOcclusion
 from carsweep.trainable.data import Loader
 from carsweep.trainable.gpu_augment import Normalize
@@ -75,7 +75,7 @@ def main() -> None:
     start_load = load_average()
     config = TrialConfig(epochs=1, resize=args.resize, batch_size=args.batch_size,
                          device=args.device, lr=0.01)
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     torch.manual_seed(0)
     model = build_model(CLASSES, "none").to(device)
     if device.type == "cuda":

@@ -24,7 +24,7 @@ from PIL import Image
 
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import MANIFEST_COLUMNS, load_dataset
-from carsweep.trainable import build_loader, build_model, pick_device, train
+from carsweep.trainable import build_loader, build_model, resolve_device, train
 from carsweep.trainable.loop import autocast
 
 
@@ -104,7 +104,7 @@ def main() -> None:
     config = TrialConfig(epochs=1, resize=args.resize, batch_size=args.batch_size,
                          num_workers=args.workers, augmentation=args.augmentation,
                          device=args.device)
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.data or write_noise_dataset(Path(tmp), args.images)
         dataset = load_dataset(folder)

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -194,3 +195,23 @@ class FirstReportWatcher(threading.Thread):
                     self.alive_at_report[trial] = [p for p in earlier if not process_exited(p)]
                     self.order.append((trial, row["pid"]))
             time.sleep(0.02)
+
+
+@contextmanager
+def logical_gpu_cluster(worker_gpus: int, object_store_memory: int) -> Iterator[tuple]:
+    """(cluster, its worker): a loopback Ray cluster whose head has 1 CPU and no GPU, and one
+    worker with 2 CPUs offering `worker_gpus` logical GPUs that torch there cannot use (this
+    machine has no NVIDIA driver): a GPU node whose driver is broken."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from ray.cluster_utils import Cluster
+
+    common = {"object_store_memory": object_store_memory, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={**common, "num_cpus": 1, "num_gpus": 0})
+    try:
+        worker = cluster.add_node(**common, num_cpus=2, num_gpus=worker_gpus)
+        cluster.wait_for_nodes()
+        yield cluster, worker
+    finally:
+        cluster.shutdown()

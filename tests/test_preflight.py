@@ -18,13 +18,13 @@ from ray.tune.schedulers.async_hyperband import _Bracket
 
 from carsweep.cli import main
 from carsweep.config.sweep import SweepConfig
+from carsweep.search.capacity import trials_per_gpu
 from carsweep.search.preflight import Report, check_before_launch
 from carsweep.search.preflight_checks import (
     check_asha,
     check_schedules,
     dry_trial,
     largest_trials,
-    trials_per_gpu,
 )
 
 SPACE = {
@@ -240,7 +240,11 @@ def test_passing_check_prints_the_rungs_and_launches_nothing(
         assert re.fullmatch(rf"  ok    cache 32px on node {node}: missing, built before trials "
                             rf"start \(96 images, 295\.0 kB; [\d.]+ [kMG]B free in "
                             rf"{re.escape(str(caches))}\)", line), line
-    assert "no GPU: memory check skipped" in out
+    # Each node runs one 1-CPU trial; no GPU, so no GPU check.
+    assert "  ok    slots: 2 nodes like 127.0.0.1/" in out
+    assert ": 1 trial at once (1 CPU each)\n" in out
+    assert "  ok    concurrency: 2 trials at once (2 slots on the cluster" in out
+    assert " gpu" not in out
     assert "pre-flight: all checks passed" in out
     assert not storage.exists()
     assert list(tmp_path.iterdir()) == [tmp_path / "checked.yaml"]

@@ -5,7 +5,8 @@ workers that declare one logical GPU each, every worker in its own mount namespa
 tmpfs of its own over the cache folder (tests/isolated_nodes.py), as real GPU nodes have local
 disks. The dataset is Cars-shaped (196 classes of 700x480 JPEGs, a few per class) on the
 machine's disk, which every node sees, as NFS would be. A sweep with half a GPU per trial (the
-trainable computes on the CPU: torch sees no CUDA), then `analyze` on the cluster. It shows:
+trainable computes on the CPU, `device: cpu`: torch there has no CUDA), then `analyze` on the
+cluster. It shows:
 
 - every trial's results readable on the driver, and trials only on the GPU workers;
 - each worker's caches built once, before any trial started, on its own disk (the head's
@@ -55,6 +56,7 @@ def sweep_yaml(folder: Path, cache_dir: Path) -> Path:
                   "lr": {"loguniform": [3.0e-4, 3.0e-3]},
                   "epochs": EPOCHS, "batch_size": 32, "resize": {"choice": SIZES},
                   "augmentation": "flip", "weights": "none", "num_workers": 0,
+                  "device": "cpu",  # the workers' GPUs are logical: train on their CPUs
                   "data_cache": "on", "cache_dir": str(cache_dir)},
     }
     path = folder / "rehearsal.yaml"

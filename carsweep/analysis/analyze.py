@@ -65,7 +65,7 @@ from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError
 from carsweep.results import BestTrial, Experiment, load_experiment, open_study
 from carsweep.results.export import save_retrained_model
-from carsweep.trainable import build_model, load_checkpoint, pick_device, predict
+from carsweep.trainable import build_model, load_checkpoint, predict, resolve_device
 from carsweep.trainable.cam_occlusion import describe
 
 
@@ -190,7 +190,7 @@ def _fit_temperature(best: BestTrial, dataset: PreparedDataset, config: TrialCon
     say(f"[analyze] fitting a temperature on {len(val)} val images with trial "
         f"{best.trial_id}'s checkpoint", out)
     model = build_model(dataset.num_classes, state["model"], best.config.model)
-    model = model.to(pick_device(config.device)).eval()
+    model = model.to(resolve_device(config.device)).eval()
     # Decoded, not cached: on a cluster's driver a cache would be built for a few images.
     logits, labels = predict(model, dataset, "val", best.config.model_copy(
         update={"device": config.device, "data_cache": "off"}))

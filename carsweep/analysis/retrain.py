@@ -133,12 +133,14 @@ def retrain_name(config: TrialConfig, index: int, total: int, trial_id: str | No
 
 
 def train_and_test(config: TrialConfig, dataset: PreparedDataset, emit: Callable[[str], None],
-                   initial_weights: dict | None = None, *, tta: bool = False) -> Tested:
+                   initial_weights: dict | None = None, *, tta: bool = False,
+                   gpu_share: float | None = None) -> Tested:
     """Train `config` on train+val (no per-epoch evaluation), then predict the test split once
     (with `tta`, once more flipped left-right); one line per epoch and one before the test
-    pass go to `emit`."""
+    pass go to `emit`. `gpu_share`: the GPU Ray granted (None when not placed by Ray)."""
     result = train(config, dataset, reporter=ProgressLines(emit, config.epochs),
-                   train_splits=TRAIN_SPLITS, eval_split=None, initial_weights=initial_weights)
+                   train_splits=TRAIN_SPLITS, eval_split=None, initial_weights=initial_weights,
+                   gpu_share=gpu_share)
     mirrored = " and their mirror images" if tta else ""
     emit(f"predicting {len(dataset.rows(TEST_SPLIT))} test images{mirrored}")
     logits, labels = predict(result.model, dataset, TEST_SPLIT, config)

@@ -29,12 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from carsweep.analysis.predict import format_predictions, predict_files, predictions_json
     from carsweep.errors import UserError
     from carsweep.results.export import load_export
-    from carsweep.trainable import pick_device
+    from carsweep.trainable import resolve_device
 
     if args.top < 1:
         raise UserError(f"--top is {args.top}, but must be >= 1")
     exported = load_export(args.weights)
-    exported.model.to(pick_device(args.device))
+    exported.model.to(resolve_device(args.device))
     predictions = predict_files(exported, args.inputs, k=args.top, cam_dir=args.cam)
     print(predictions_json(predictions) if args.json else format_predictions(predictions))
     return 0

@@ -35,8 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from carsweep.config.trial import TrialConfig
     from carsweep.data.manifest import load_dataset
     from carsweep.errors import UserError
-    from carsweep.trainable import check_augmentation, check_backbone, load_weights, train
-    from carsweep.trainable.run import pick_device
+    from carsweep.trainable import (
+        check_augmentation,
+        check_backbone,
+        load_weights,
+        resolve_device,
+        train,
+    )
     from carsweep.trainable.run_folder import METRICS_FILE, RunFolder
 
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = None
     check_augmentation(config.augmentation, resize=config.resize)
     check_backbone(config.model, resize=config.resize, augmentation=config.augmentation)
-    pick_device(config.device)  # `cuda` on a machine without one: an error, no run folder
+    resolve_device(config.device)  # `cuda` on a machine without one: an error, no run folder
     # Weights are resolved before the run folder exists, so a bad source leaves nothing behind.
     weights = None if args.resume else load_weights(config.weights, config.model)
     eval_split = None if args.eval_split == "none" else args.eval_split

@@ -101,7 +101,8 @@ class ClusterRetrain:
             runs = {}
             for index, job in enumerate(jobs):
                 run = _Run(job, index)
-                ref = task.remote(job, str(dataset.folder), shared.get(weights_key(job.config)))
+                ref = task.remote(job, str(dataset.folder), shared.get(weights_key(job.config)),
+                                  resources.gpu)
                 runs[ref] = run
             return _collect(runs, dataset.num_classes, out)
 
@@ -117,13 +118,13 @@ class ClusterRetrain:
 
 
 def task_config(config: TrialConfig, resources: Resources) -> TrialConfig:
-    """The config a task trains: `device: auto` means cpu when the task gets no GPU, as for a
-    trial; `cuda` without a GPU per task is refused here rather than on the node."""
+    """The config a task trains (its device resolved on the node with the task's GPU share,
+    as a trial's); `cuda` without a GPU per task is refused here rather than on the node."""
     if config.device == "cuda" and resources.gpu == 0:
         raise UserError("`device` is 'cuda', but the sweep's `resources.gpu` is 0, so a "
                         "retrain task gets no GPU; give --device auto, or --local on a "
                         "machine with a GPU")
-    return trial_config(config.model_dump(), use_gpu=resources.gpu > 0)
+    return trial_config(config.model_dump())
 
 
 @contextmanager
@@ -221,14 +222,14 @@ def _placement(started: Started) -> Placement:
 
 
 @ray.remote(num_returns="streaming", max_retries=0, max_calls=1)
-def _retrain_task(job: RetrainJob, dataset: str, weights: dict | None):
+def _retrain_task(job: RetrainJob, dataset: str, weights: dict | None, gpu_share: float):
     """On the node: where it runs, the progress lines as they come, then the result."""
     yield Started(node_id=ray.get_runtime_context().get_node_id(),
                   hostname=socket.gethostname())
     lines: queue.Queue[str | None] = queue.Queue()
     outcome: dict[str, Any] = {}
-    worker = threading.Thread(target=_train_into, args=(job, dataset, weights, lines, outcome),
-                              daemon=True)
+    worker = threading.Thread(target=_train_into,
+                              args=(job, dataset, weights, gpu_share, lines, outcome), daemon=True)
     worker.start()
     while (line := lines.get()) is not None:
         yield line
@@ -238,7 +239,7 @@ def _retrain_task(job: RetrainJob, dataset: str, weights: dict | None):
     yield outcome["result"]
 
 
-def _train_into(job: RetrainJob, dataset: str, weights: dict | None,
+def _train_into(job: RetrainJob, dataset: str, weights: dict | None, gpu_share: float,
                 lines: queue.Queue, outcome: dict[str, Any]) -> None:
     """The task's training thread: lines into `lines` (None at the end), result or error into
     `outcome`."""
@@ -246,7 +247,7 @@ def _train_into(job: RetrainJob, dataset: str, weights: dict | None,
         with gpu_memory_released():
             data = load_dataset(readable_dataset(dataset))
             tested = train_and_test(job.config, data, lines.put, initial_weights=weights,
-                                    tta=job.tta)
+                                    tta=job.tta, gpu_share=gpu_share)
             outcome["result"] = Shipped(
                 state_dict={k: v.detach().cpu() for k, v in tested.model.state_dict().items()},
                 history=tested.history, probs=tested.probs, labels=tested.labels,

@@ -9,6 +9,13 @@ the same checks first and stops at the first failure. The checks, in order:
     schedules   warnings (not failures) where trials reach an ASHA rung at different points
                 of their learning-rate schedule, so the rung compares schedules, not settings
     resources   one trial's request fits on some node
+    slots       per kind of node, trials at once by CPU and by GPU, and the GPUs a CPU request
+                leaves idle (warned, with the resources that fill them); the trials at once
+                against num_samples and TPE's startup: how many suggestions see a result
+                (search/capacity.py)
+    gpu         on every GPU node at once, in a process holding a trial's GPU share: torch
+                there can use CUDA, its kernels cover the GPU, the driver is new enough; a
+                node that would train on its CPU fails (device: cpu is a warning instead)
     dry step    carsweep.trainable.train for one epoch on a few images at a small size
                 really reports the sweep's metric (and ASHA's time attribute, epoch)
     nodes       the storage path is shared with the driver (a token written by the driver is
@@ -17,9 +24,9 @@ the same checks first and stops at the first failure. The checks, in order:
     caches      per node that can run a trial and per resize: the decoded cache is there, or
                 the disk has room to build it (search/node_caches.py); a cache folder on
                 shared storage is a warning (warn lines never stop a sweep)
-    gpu memory  per model of the space, one training step at the largest batch size x input
-                size, measured on a GPU (the allocator's peak reserve and the CUDA context),
-                fits in the GPU's memory / trials per GPU
+    gpu memory  when the GPU check passed, per model of the space: one training step at the
+                largest batch size x input size, measured on a GPU (the allocator's peak
+                reserve and the CUDA context), fits in the GPU's memory / trials per GPU
 
 Every failure is one line naming the node, path or value. A warning is one line too, saying
 what to do; `--check` prints it as `warn`, a real launch prints it once and goes on. The
@@ -38,6 +45,7 @@ from carsweep.search.preflight_checks import (
     check_asha,
     check_dry_step,
     check_gpu_memory,
+    check_gpus,
     check_node_caches,
     check_nodes,
     check_schedules,
@@ -125,7 +133,9 @@ def static_checks(config: SweepConfig, report: Report) -> None:
 
 def cluster_checks(config: SweepConfig, report: Report) -> None:
     """The checks that need the connected Ray: resources, dry step, node probes, GPU memory."""
+    from carsweep.search.capacity import check_capacity
     from carsweep.search.cluster import check_cluster_resources
+    from carsweep.search.probes import alive_nodes, node_label
 
     try:
         check_cluster_resources(config.resources)
@@ -134,10 +144,14 @@ def cluster_checks(config: SweepConfig, report: Report) -> None:
         return
     report.passed("resources", f"{config.resources.cpu:g} CPU, {config.resources.gpu:g} GPU "
                   "per trial fit on a node")
+    check_capacity(config, report, [(node_label(node), node["Resources"].get("CPU", 0),
+                                     node["Resources"].get("GPU", 0)) for node in alive_nodes()])
+    gpus_usable = check_gpus(config, report)
     check_dry_step(config, report)
     check_nodes(config, report)
     check_node_caches(config, report)
-    check_gpu_memory(config, report)
+    if gpus_usable:
+        check_gpu_memory(config, report)
 
 
 def print_report(report: Report) -> int:

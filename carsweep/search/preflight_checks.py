@@ -27,6 +27,7 @@ import pandas as pd
 from carsweep.config.sweep import SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
+from carsweep.search.capacity import trials_per_gpu
 
 if TYPE_CHECKING:  # preflight.py imports these checks and makes the Report they fill
     from carsweep.search.preflight import Report
@@ -250,6 +251,40 @@ def check_node_caches(config: SweepConfig, report: Report) -> None:
         verdicts[line.verdict](line.check, line.text)
 
 
+# GPUs -------------------------------------------------------------------------------------
+
+def check_gpus(config: SweepConfig, report: Report) -> bool:
+    """On every GPU node, what torch there can run (trainable/device.py judges it): a
+    failure per node that would train on its CPU or cannot run its GPU. True when trials will
+    use GPUs and every node that was checked can."""
+    from carsweep.search.probes import probe_gpu_nodes
+    from carsweep.trainable.device import cuda_facts_problems
+
+    gpu = config.resources.gpu
+    if gpu == 0:
+        return False
+    if set(config.listed_values("device")) == {"cpu"}:
+        report.warned("gpu", f"device is cpu, so the {gpu:g} GPU each trial reserves goes "
+                      "unused; set device: auto to train on the GPUs")
+        return False
+    working: dict[str, list[str]] = {}
+    for label, facts in probe_gpu_nodes(gpu):
+        if isinstance(facts, str):
+            report.warned("gpu", f"node {label}: {facts}; not checked")
+            continue
+        for problem in cuda_facts_problems(facts):
+            report.failed("gpu", f"node {label}: {problem}")
+        if not cuda_facts_problems(facts):
+            driver = ".".join(map(str, facts.driver_cuda)) if facts.driver_cuda else "?"
+            what = (f"{facts.gpu_name} (sm_{facts.capability[0]}{facts.capability[1]}), torch "
+                    f"{facts.torch_version}, driver for CUDA {driver}")
+            working.setdefault(what, []).append(label)
+    for what, labels in working.items():
+        which = f"node {labels[0]}" if len(labels) == 1 else f"{len(labels)} nodes like {labels[0]}"
+        report.passed("gpu", f"{which}: {what}")
+    return report.ok
+
+
 # GPU memory -------------------------------------------------------------------------------
 
 def largest_trials(config: SweepConfig) -> list[dict[str, Any]]:
@@ -263,24 +298,21 @@ def largest_trials(config: SweepConfig) -> list[dict[str, Any]]:
     return [{"model": model, **trial} for model in _possible(config, "model")]
 
 
-def trials_per_gpu(gpu: float) -> int:
-    return max(1, math.floor(1 / gpu + 1e-9)) if gpu < 1 else 1
-
-
 def check_gpu_memory(config: SweepConfig, report: Report) -> None:
+    """Run only where the GPU check found every GPU node usable."""
     from carsweep.data.manifest import load_dataset
     from carsweep.search.probes import GIB, NoCudaOnGpuNode, measure_gpu_step
 
     gpu = config.resources.gpu
-    if gpu == 0:
-        report.passed("gpu memory", "no GPU: memory check skipped (resources.gpu = 0)")
-        return
     classes = load_dataset(Path(config.dataset)).num_classes
     for trial in largest_trials(config):  # one measurement (and line) per model
         try:
             measured = measure_gpu_step(gpu, trial, classes)
-        except (TimeoutError, NoCudaOnGpuNode) as error:  # a busy cluster, logical GPUs: go on
+        except TimeoutError as error:  # a busy cluster: go on
             report.warned("gpu memory", f"{error}; not checked")
+            return
+        except NoCudaOnGpuNode as error:
+            report.failed("gpu memory", str(error))
             return
         share = measured.total_bytes / trials_per_gpu(gpu)
         step = (f"one training step of {trial['model']} at batch_size={trial['batch_size']} x "

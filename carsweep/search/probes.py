@@ -12,9 +12,11 @@ One zero-CPU task is pinned to each alive node (NodeAffinitySchedulingStrategy, 
 runs there or not at all). The exchange folder is removed afterwards, and so is any folder the
 driver had to create for it, so the check leaves nothing behind.
 
-The GPU probe trains one step of a configuration (the space's largest, per model) on a GPU
-node and reports the peak memory; it runs in a worker that exits after it (max_calls=1), so it holds
-no CUDA memory.
+The GPU check runs on every GPU node at once, in a process holding a trial's GPU share (so it
+sees CUDA as a trial would): what torch there can run (trainable/device.py `cuda_facts`),
+judged on the driver. The GPU memory probe trains one step of a configuration (the space's
+largest, per model) on a GPU node and reports the peak memory; it runs in a worker that exits
+after it (max_calls=1), so it holds no CUDA memory.
 """
 
 from __future__ import annotations
@@ -30,15 +32,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 from ray.exceptions import GetTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from carsweep.data.manifest import CLASSES_FILE, INFO_FILE, MANIFEST_FILE
+from carsweep.errors import last_line
 from carsweep.search.validate import storage_problem
 
+if TYPE_CHECKING:  # torch is imported in the probe's process only
+    from carsweep.trainable.device import CudaFacts
+
 PROBE_TIMEOUT_S = 60.0
+GPU_CHECK_TIMEOUT_S = 60.0
 GPU_PROBE_TIMEOUT_S = 180.0
 GIB = 1024**3
 EXCHANGE_PREFIX = ".carsweep-shared-"
@@ -215,6 +223,43 @@ def dataset_problem(dataset: str) -> str | None:
     except (ValueError, KeyError) as error:
         return f"dataset {dataset} is not a prepared dataset here ({error})"
     return None
+
+
+# The GPU check ------------------------------------------------------------------------------
+
+def probe_gpu_nodes(share: float) -> list[tuple[str, CudaFacts | str]]:
+    """(node label, the CUDA facts of a process holding `share` of a GPU there) for every
+    alive node that offers GPUs, all at once; instead of facts, a line saying why there are
+    none (no GPU free within GPU_CHECK_TIMEOUT_S, the probe failed)."""
+    pending = []
+    for node in alive_nodes():
+        if node["Resources"].get("GPU", 0) <= 0:
+            continue
+        pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        task = _cuda_facts.options(scheduling_strategy=pinned, num_gpus=min(share, 1.0))
+        pending.append((node_label(node), task.remote()))
+    refs = [ref for _, ref in pending]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=GPU_CHECK_TIMEOUT_S)
+    found: list[tuple[str, CudaFacts | str]] = []
+    for label, ref in pending:
+        if ref not in ready:
+            ray.cancel(ref, force=True)
+            found.append((label, f"no GPU there was free within {GPU_CHECK_TIMEOUT_S:.0f} s "
+                                 "to check (busy with other work?)"))
+            continue
+        try:
+            found.append((label, ray.get(ref)))
+        except ray.exceptions.RayError as error:
+            found.append((label, f"the check failed: {last_line(error)}"))
+    return found
+
+
+# A fresh worker (max_calls=1): CUDA is initialised in this process only, as in a trial's.
+@ray.remote(num_cpus=0, max_calls=1)
+def _cuda_facts() -> CudaFacts:
+    from carsweep.trainable.device import cuda_facts
+
+    return cuda_facts()
 
 
 @dataclass(frozen=True)

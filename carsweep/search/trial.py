@@ -60,7 +60,8 @@ def run_trial(params: dict[str, Any], *, dataset: str, gpu: float, metric: str, 
               shipped_weights: dict[tuple[str, str], dict] | None = None) -> None:
     """Train one trial's configuration; Ray calls this with the searcher's parameters.
 
-    `gpu` is the share of a GPU the trial holds (its CUDA memory is capped to it);
+    `gpu` is the share of a GPU Ray granted the trial: it trains there or fails in one line,
+    never on the CPU, and its CUDA memory is capped to that share;
     `checkpoints` says which epochs write one. `shipped_weights` maps a (model, weights) pair
     (`weights_key`) to the state dict the driver loaded, so this node needs neither internet
     (imagenet) nor the file.
@@ -69,11 +70,11 @@ def run_trial(params: dict[str, Any], *, dataset: str, gpu: float, metric: str, 
     from carsweep.trainable import train  # torch is imported in the trial's process only
     from carsweep.trainable.loop import NonFiniteLossError
 
-    config = trial_config(params, use_gpu=gpu > 0)
+    config = trial_config(params)
     dataset_path = readable_dataset(dataset)
     weights = (shipped_weights or {}).get(weights_key(config))
     reporter = TuneReporter()
-    how = {"reporter": reporter, "gpu_fraction": gpu,
+    how = {"reporter": reporter, "gpu_share": gpu,
            **({"checkpoints": checkpoints} if checkpoints is not None else {})}
     with gpu_memory_released(), restorable_checkpoint(tune.get_checkpoint()) as folder:
         try:
@@ -158,12 +159,11 @@ def _newest_first(latest: Path) -> list[Path]:
     return sorted({*beside, latest}, key=_index, reverse=True)
 
 
-def trial_config(params: dict[str, Any], *, use_gpu: bool) -> TrialConfig:
-    """The TrialConfig of a trial; `device: auto` means cpu when the trial was given no GPU.
-    A branch's study name (`lr|sgd`, from a searcher that did not map it back) is its field."""
+def trial_config(params: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig of a trial (its device is resolved where it trains, with the GPU share
+    Ray granted: trainable/device.py). A branch's study name (`lr|sgd`, from a searcher that
+    did not map it back) is its field."""
     values = field_values(params)
-    if not use_gpu and values.get("device", "auto") == "auto":
-        values["device"] = "cpu"
     try:
         return TrialConfig.model_validate(values)
     except ValueError as error:

@@ -39,6 +39,7 @@ from carsweep.trainable.checkpoint import (
     save_checkpoint,
 )
 from carsweep.trainable.data import build_loader
+from carsweep.trainable.device import run_device
 from carsweep.trainable.loop import (
     evaluate,
     grad_scaler,
@@ -72,17 +73,18 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
           train_splits: tuple[str, ...] = ("train",), eval_split: str | None = "val",
           resume_from: Path | None = None, initial_weights: dict | None = None,
           checkpoints: CheckpointPolicy = EVERY_EPOCH,
-          gpu_fraction: float | None = None) -> TrainResult:
+          gpu_share: float | None = None) -> TrainResult:
     """Train `config.model` on `train_splits` for `config.epochs` epochs, reporting every epoch
-    (with a checkpoint on the epochs `checkpoints` asks for). `gpu_fraction` below 1 caps
-    this process's CUDA memory to that share of the GPU (trials that share one)."""
+    (with a checkpoint on the epochs `checkpoints` asks for). `gpu_share` is the GPU Ray
+    granted this process (None: not placed by Ray; device.py says what each value means):
+    a granted GPU is used or the run fails, and below 1 this process's CUDA memory is capped
+    to that share (trials that share one)."""
     check_augmentation(config.augmentation, resize=config.resize)
     check_backbone(config.model, resize=config.resize, augmentation=config.augmentation)
     check_splits(*train_splits, *([eval_split] if eval_split else []))
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
-    device = pick_device(config.device)
+    device = run_device(config.device, gpu_share)
     precision = pick_precision(config.precision, device)
-    cap_gpu_memory(device, gpu_fraction)
     with deterministic_mode(config.deterministic, device):
         torch.manual_seed(config.seed)
         train_loader = build_loader(data, tuple(train_splits), config, train=True, device=device)
@@ -165,22 +167,6 @@ def check_splits(*splits: str) -> None:
     for split in splits:
         if split not in SPLITS:
             raise UserError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-
-
-def pick_device(choice: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is a UserError."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("`device` = 'cuda', but no CUDA GPU is available; use auto or cpu")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
-def cap_gpu_memory(device: torch.device, fraction: float | None) -> None:
-    """Cap this process's CUDA allocator to `fraction` of the GPU, so trials sharing a GPU
-    cannot starve each other (the one that overreaches gets an out-of-memory error)."""
-    if device.type == "cuda" and fraction is not None and 0 < fraction < 1:
-        torch.cuda.set_per_process_memory_fraction(fraction, device)
 
 
 @contextmanager
