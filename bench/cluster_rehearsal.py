@@ -53,7 +53,8 @@ def sweep_config(folder: Path, cache_dir: Path, sizes: list[int], trials: int) -
         "space": {"optimizer": "adam", "lr": {"loguniform": [3.0e-4, 3.0e-3]}, "epochs": 3,
                   "batch_size": 32, "resize": {"choice": sizes}, "augmentation": "flip",
                   "weights": "none", "num_workers": 0, "data_cache": "on",
-                  "cache_dir": str(cache_dir)},
+                  "cache_dir": str(cache_dir),
+                  "device": "cpu"},  # the workers' GPUs are logical: train on their CPUs
     }
     path = folder / "rehearsal.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -201,3 +201,15 @@ def test_the_facts_of_a_faked_gpu_come_from_torch(fake_cuda, monkeypatch):
     here = cuda_facts()
     assert (here.gpu_name, here.capability, here.problem) == ("GPU 0", (8, 9), None)
     assert cuda_facts_problems(here) == []
+
+
+def test_a_cuda_error_while_reading_the_gpu_is_a_cause_not_a_traceback(fake_cuda, monkeypatch):
+    def broken(index):
+        raise RuntimeError("CUDA error: unspecified launch failure\nCUDA kernel errors might be "
+                           "asynchronously reported at some other API call")
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", broken)
+    here = cuda_facts()
+    assert here.problem == "CUDA error: unspecified launch failure"
+    (line,) = cuda_facts_problems(here)
+    assert "cannot use CUDA: CUDA error: unspecified launch failure; trials would" in line

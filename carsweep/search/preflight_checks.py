@@ -268,13 +268,16 @@ def check_gpus(config: SweepConfig, report: Report) -> bool:
                       "unused; set device: auto to train on the GPUs")
         return False
     working: dict[str, list[str]] = {}
-    for label, facts in probe_gpu_nodes(gpu):
-        if isinstance(facts, str):
-            report.warned("gpu", f"node {label}: {facts}; not checked")
+    for probe in probe_gpu_nodes(gpu):
+        label, facts = probe.node, probe.facts
+        if probe.not_run:
+            report.warned("gpu", f"node {label}: {probe.not_run} (busy with other work?); "
+                          "not checked")
             continue
-        for problem in cuda_facts_problems(facts):
+        problems = [probe.failed] if probe.failed else cuda_facts_problems(facts)
+        for problem in problems:
             report.failed("gpu", f"node {label}: {problem}")
-        if not cuda_facts_problems(facts):
+        if not problems:
             driver = ".".join(map(str, facts.driver_cuda)) if facts.driver_cuda else "?"
             what = (f"{facts.gpu_name} (sm_{facts.capability[0]}{facts.capability[1]}), torch "
                     f"{facts.torch_version}, driver for CUDA {driver}")

@@ -227,10 +227,19 @@ def dataset_problem(dataset: str) -> str | None:
 
 # The GPU check ------------------------------------------------------------------------------
 
-def probe_gpu_nodes(share: float) -> list[tuple[str, CudaFacts | str]]:
-    """(node label, the CUDA facts of a process holding `share` of a GPU there) for every
-    alive node that offers GPUs, all at once; instead of facts, a line saying why there are
-    none (no GPU free within GPU_CHECK_TIMEOUT_S, the probe failed)."""
+@dataclass(frozen=True)
+class GpuProbe:
+    """What the GPU check found on one node: its facts, or why there are none."""
+
+    node: str
+    facts: CudaFacts | None = None
+    not_run: str | None = None  # no GPU was free to check with: a warning
+    failed: str | None = None  # the probe itself raised: a failure
+
+
+def probe_gpu_nodes(share: float) -> list[GpuProbe]:
+    """For every alive node that offers GPUs, all at once: the CUDA facts of a process holding
+    `share` of a GPU there, or why there are none."""
     pending = []
     for node in alive_nodes():
         if node["Resources"].get("GPU", 0) <= 0:
@@ -240,17 +249,17 @@ def probe_gpu_nodes(share: float) -> list[tuple[str, CudaFacts | str]]:
         pending.append((node_label(node), task.remote()))
     refs = [ref for _, ref in pending]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=GPU_CHECK_TIMEOUT_S)
-    found: list[tuple[str, CudaFacts | str]] = []
+    found = []
     for label, ref in pending:
         if ref not in ready:
             ray.cancel(ref, force=True)
-            found.append((label, f"no GPU there was free within {GPU_CHECK_TIMEOUT_S:.0f} s "
-                                 "to check (busy with other work?)"))
+            found.append(GpuProbe(label, not_run=f"no GPU there was free within "
+                                                f"{GPU_CHECK_TIMEOUT_S:.0f} s to check"))
             continue
         try:
-            found.append((label, ray.get(ref)))
+            found.append(GpuProbe(label, facts=ray.get(ref)))
         except ray.exceptions.RayError as error:
-            found.append((label, f"the check failed: {last_line(error)}"))
+            found.append(GpuProbe(label, failed=f"the GPU check failed there: {last_line(error)}"))
     return found
 
 

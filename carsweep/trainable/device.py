@@ -138,9 +138,12 @@ def cuda_facts() -> CudaFacts:
     problem = cuda_problem()
     name = capability = None
     if problem is None:
-        index = torch.cuda.current_device()
-        name = torch.cuda.get_device_name(index)
-        capability = tuple(torch.cuda.get_device_capability(index))
+        try:
+            index = torch.cuda.current_device()
+            name = torch.cuda.get_device_name(index)
+            capability = tuple(torch.cuda.get_device_capability(index))
+        except RuntimeError as error:  # a CUDA error past init: a cause, not a traceback
+            problem = first_sentence(str(error)) or type(error).__name__
     return CudaFacts(host=socket.gethostname(), torch_version=torch.__version__,
                      build_cuda=torch.version.cuda, arch_flags=flags,
                      driver_cuda=driver_cuda_version(), problem=problem, gpu_name=name,
