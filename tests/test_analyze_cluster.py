@@ -255,7 +255,7 @@ def test_a_task_gets_the_device_a_trial_would():
 
 
 def test_launch_makes_weights_paths_absolute(tmp_path, monkeypatch):
-    from carsweep.search.tuner import resolved
+    from carsweep.search.sweep_inputs import resolved
 
     monkeypatch.chdir(tmp_path)
     config = SweepConfig(

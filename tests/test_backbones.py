@@ -175,9 +175,9 @@ def test_imagenet_of_another_model_is_its_own_file_in_the_hub_cache(tmp_path, mo
 
 def test_shipped_weights_are_keyed_by_model_and_source(tmp_path, monkeypatch):
     from carsweep.search.preflight import Report
-    from carsweep.search.preflight_checks import check_weights
+    from carsweep.search.preflight.config_checks import check_weights
+    from carsweep.search.sweep_inputs import shipped_weights
     from carsweep.search.trial import weights_key
-    from carsweep.search.tuner import shipped_weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     models = ["resnet18", "efficientnet_b0"]
@@ -237,7 +237,7 @@ def test_a_model_carsweep_cannot_train_is_one_line_and_writes_no_run(
 
 
 def test_a_sweep_space_with_a_model_that_cannot_take_a_size_is_refused():
-    from carsweep.search.validate import check_models
+    from carsweep.search.preflight.config_checks import check_models
 
     space = {"model": {"choice": ["resnet18", "maxvit_t"]}, "resize": {"choice": [224, 448]}}
     with pytest.raises(UserError, match=r"^space: `model` = 'maxvit_t' cannot take 448 px "
@@ -247,7 +247,7 @@ def test_a_sweep_space_with_a_model_that_cannot_take_a_size_is_refused():
 
 
 def test_a_sweep_space_pairing_snapmix_with_a_model_without_a_linear_head_is_refused():
-    from carsweep.search.validate import check_models
+    from carsweep.search.preflight.config_checks import check_models
 
     space = {"model": {"choice": ["resnet18", "mobilenet_v3_small"]}, "resize": 64,
              "augmentation": {"choice": ["flip", "flip+snapmix"]}}

@@ -1,19 +1,19 @@
-"""Trial slots per node and what the trials at once leave TPE to learn (search/capacity.py),
-over the clusters the docs and the issue name; no Ray."""
+"""Trial slots per node and what the trials at once leave TPE to learn
+(search/preflight/capacity.py), over the clusters the docs and the issue name; no Ray."""
 
 from __future__ import annotations
 
 import pytest
 
 from carsweep.config.sweep import Resources, SweepConfig
-from carsweep.search.capacity import (
+from carsweep.search.preflight import Report
+from carsweep.search.preflight.capacity import (
     check_capacity,
     filling_resources,
     informed_suggestions,
     node_slots,
     trial_cpus,
 )
-from carsweep.search.preflight import Report
 
 
 @pytest.mark.parametrize(("cpus", "gpus", "resources", "by_gpu", "by_cpu", "idle", "fill"), [

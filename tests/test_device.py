@@ -70,18 +70,22 @@ def test_a_whole_gpu_or_no_ray_is_not_capped(fake_cuda, share):
 
 
 def test_train_resolves_and_caps_before_it_touches_the_gpu(fake_cuda, tmp_path, monkeypatch):
-    """The trial's own path: train() resolves cuda:0 and caps it at the trial's share; the
-    first real CUDA call after that (here: none can run) is what stops it."""
+    """The trial's own path: train() resolves cuda:0 and caps it at the trial's share less the
+    CUDA context the pre-flight measured; the first real CUDA call after that (here: none can
+    run) is what stops it."""
     reached = []
     monkeypatch.setattr("carsweep.trainable.run.pick_precision",
                         lambda choice, device: reached.append(device) or "fp32")
     data = make_tiny_dataset(tmp_path / "data")
     config = TrialConfig(epochs=1, batch_size=4, resize=32, num_workers=0, data_cache="off",
                          weights="none", device="auto")
+    total = 40 * 1024**3
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: type("Props", (), {"total_memory": total})())
     with pytest.raises(RuntimeError):
-        train(config, data, reporter=None, gpu_share=0.5)
+        train(config, data, reporter=None, gpu_share=0.5, gpu_context_bytes=total // 10)
     assert reached == [torch.device("cuda", 0)]
-    assert fake_cuda == [(0.5, 0)]
+    assert fake_cuda == [(pytest.approx(0.4), 0)]  # its share, less the measured context
 
 
 def test_no_ray_and_no_cuda_means_the_cpu():
@@ -213,3 +217,22 @@ def test_a_cuda_error_while_reading_the_gpu_is_a_cause_not_a_traceback(fake_cuda
     assert here.problem == "CUDA error: unspecified launch failure"
     (line,) = cuda_facts_problems(here)
     assert "cannot use CUDA: CUDA error: unspecified launch failure; trials would" in line
+
+
+def test_the_cap_leaves_the_measured_context_out_of_the_share(fake_cuda, monkeypatch):
+    total = 80 * 1024**3
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: type("Props", (), {"total_memory": total})())
+    fraction = cap_gpu_memory(resolve_device("auto", 0.25), 0.25, context_bytes=total // 100)
+    assert fraction == pytest.approx(0.24)
+    assert fake_cuda == [(pytest.approx(0.24), 0)]
+
+
+def test_a_share_smaller_than_the_context_is_one_line(fake_cuda, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: type("Props", (), {"total_memory": 4 * 1024**3})())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla T4")
+    with pytest.raises(UserError, match=r"a 0.1 share of Tesla T4 \(4.0 GiB\) leaves nothing "
+                                        r"beside the CUDA context \(0.50 GiB\)"):
+        cap_gpu_memory(resolve_device("auto", 0.1), 0.1, context_bytes=512 * 1024**2)
+    assert fake_cuda == []

@@ -61,4 +61,11 @@ def test_check_states_slots_by_cpu_and_gpu_and_what_tpe_learns(
         "  warn  gpu: device is cpu, so the 0.5 GPU each trial reserves goes unused; set "
         "device: auto to train on the GPUs",
     ]
+    # The real step of the space's worst trial ran on the worker, in the bucket of GPUs Ray
+    # cannot name, on its CPU as `device: cpu` says.
+    (step,) = [line for line in lines if "real step" in line]
+    assert re.fullmatch(
+        rf"  ok    real step: unknown GPU on node {re.escape(worker)}: mobilenet_v3_small at "
+        r"batch_size=16 x resize=32, flip, adam, fp32: trained and evaluated on cpu in "
+        r"[\d.]+ s", step)
     assert lines[-1] == "pre-flight: all checks passed (2 warning(s) above)"

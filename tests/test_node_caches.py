@@ -1,4 +1,4 @@
-"""Decoded caches built on every node before trials start (carsweep/search/node_caches.py).
+"""Decoded caches built on every node before trials start (carsweep/search/preflight/caches.py).
 
 The pure parts (which caches a space needs, the pre-flight's verdicts) run without Ray; the
 rest on a two-node loopback Ray cluster (1 CPU each). Both nodes share this machine's disk, as
@@ -16,7 +16,7 @@ from carsweep.config.sweep import SweepConfig
 from carsweep.data.cache import cache_plan
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
-from carsweep.search.node_caches import (
+from carsweep.search.preflight.caches import (
     cache_line_name,
     caches_to_build,
     node_cache_reports,

@@ -18,14 +18,12 @@ from ray.tune.schedulers.async_hyperband import _Bracket
 
 from carsweep.cli import main
 from carsweep.config.sweep import SweepConfig
-from carsweep.search.capacity import trials_per_gpu
+from carsweep.config.trial import TrialConfig
 from carsweep.search.preflight import Report, check_before_launch
-from carsweep.search.preflight_checks import (
-    check_asha,
-    check_schedules,
-    dry_trial,
-    largest_trials,
-)
+from carsweep.search.preflight.capacity import trials_per_gpu
+from carsweep.search.preflight.config_checks import check_asha, check_schedules
+from carsweep.search.preflight.dry_step import dry_trial
+from carsweep.search.preflight.gpus import worst_trials
 
 SPACE = {
     "optimizer": {"choice": ["sgd", "adam"]},
@@ -91,15 +89,26 @@ def test_asha_checks_fail_in_one_line_naming_the_value():
     ]
 
 
-def test_gpu_check_measures_the_largest_trial_of_the_space_per_model():
-    assert largest_trials(sweep()) == [
-        {"model": "resnet18", "batch_size": 64, "resize": 400, "optimizer": "adam"}]
-    assert largest_trials(sweep(space={"lr": 0.1})) == [{
-        "model": "resnet18", "batch_size": 32, "resize": 256, "optimizer": "sgd"}]  # defaults
-    models = sweep(space={**SPACE, "model": {"choice": ["resnet50", "efficientnet_b0"]}})
-    assert largest_trials(models) == [
-        {"model": "resnet50", "batch_size": 64, "resize": 400, "optimizer": "adam"},
-        {"model": "efficientnet_b0", "batch_size": 64, "resize": 400, "optimizer": "adam"}]
+WORST = ("model", "batch_size", "resize", "optimizer", "augmentation")
+
+
+def shapes(trials: list[dict]) -> list[tuple]:
+    return [tuple(trial.get(key) for key in WORST) for trial in trials]
+
+
+def test_the_real_step_runs_the_memory_worst_trial_per_model_and_augmentation():
+    assert shapes(worst_trials(sweep())) == [("resnet18", 64, 400, "adam", "flip")]
+    assert shapes(worst_trials(sweep(space={"lr": 0.1}))) == [
+        ("resnet18", 32, 256, "sgd", "flip")]  # the defaults
+    models = sweep(space={**SPACE, "model": {"choice": ["resnet50", "efficientnet_b0"]},
+                          "augmentation": {"choice": ["flip", "flip+snapmix"]}})
+    assert shapes(worst_trials(models)) == [
+        ("resnet50", 64, 400, "adam", "flip"), ("resnet50", 64, 400, "adam", "flip+snapmix"),
+        ("efficientnet_b0", 64, 400, "adam", "flip"),
+        ("efficientnet_b0", 64, 400, "adam", "flip+snapmix")]
+    for trial in worst_trials(models):  # each a valid trial, with no download and no cache
+        config = TrialConfig.model_validate(trial)
+        assert (config.weights, config.data_cache, config.num_workers) == ("none", "off", 0)
     assert [trials_per_gpu(g) for g in (0.25, 0.3, 0.5, 1, 2)] == [4, 3, 2, 1, 1]
 
 
@@ -121,13 +130,14 @@ def test_dry_and_largest_trial_of_a_branched_space():
                                            {"choice": [16, 32], "when": {"optimizer": ["adam"]}}]})
     trial = dry_trial(branched)
     assert (trial.optimizer, trial.lr) == ("adam", 1.0e-5)  # the branch adam selects
-    assert largest_trials(branched) == [
-        {"model": "resnet18", "batch_size": 128, "resize": 400, "optimizer": "adam"}]
+    (worst,) = worst_trials(branched)
+    assert (worst["batch_size"], worst["resize"], worst["optimizer"]) == (128, 400, "adam")
+    assert worst["lr"] == 1.0e-5  # the branch of the optimizer it runs
 
 
 def test_checks_of_every_value_see_every_branch():
     from carsweep.errors import UserError
-    from carsweep.search.validate import check_augmentations, check_cuda_has_gpus
+    from carsweep.search.preflight.config_checks import check_augmentations, check_cuda_has_gpus
 
     def per_optimizer(field, sgd, adam):
         return sweep(space={**SPACE, field: [{"fixed": sgd, "when": {"optimizer": ["sgd"]}},
@@ -300,7 +310,7 @@ def test_dataset_without_val_images_fails_the_dry_step_naming_the_split(
 
 @pytest.mark.slow
 def test_a_path_no_node_can_read_is_reported_per_node(two_node_ray, tmp_path):
-    from carsweep.search.probes import probe_every_node
+    from carsweep.search.preflight.nodes import probe_every_node
 
     missing = tmp_path / "not-mounted" / "data"
     reports = probe_every_node(str(tmp_path / "results"), str(missing))

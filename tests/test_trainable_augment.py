@@ -113,7 +113,7 @@ def test_elastic_is_refused_below_the_size_both_its_forms_take():
 
 def test_a_sweep_space_with_elastic_at_a_size_it_cannot_take_is_refused():
     from carsweep.config.sweep import SweepConfig
-    from carsweep.search.validate import check_augmentations
+    from carsweep.search.preflight.config_checks import check_augmentations
 
     space = {"augmentation": {"choice": ["flip", "elastic"]}, "resize": {"choice": [16, 64]}}
     with pytest.raises(UserError, match=r"^space: `augmentation` = 'elastic': elastic needs "

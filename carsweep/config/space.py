@@ -26,8 +26,8 @@ never models two ranges as one; the searcher hands trials the field's own name (
 
 Every fixed value, choice and range end is checked against TrialConfig here (`check_space`),
 so a bad value is one line naming `space.<field>` before Ray starts. Names owned by
-registries (augmentations) are checked by `carsweep.search.validate`, which may import the
-trainable.
+registries (augmentations) are checked by `carsweep.search.preflight.config_checks`, which may
+import the trainable.
 """
 
 from __future__ import annotations

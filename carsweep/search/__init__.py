@@ -4,7 +4,7 @@ The only package that imports ray. Entry point: `run_sweep` (launch or resume); 
 folder is read with carsweep.results, without Ray.
 
 The names below are imported on first use (PEP 562): a Ray worker that unpickles a probe
-task or a trial imports carsweep.search.probes or .trial, and through this file it would
+task or a trial imports carsweep.search.preflight.nodes or .trial, and through this file it would
 otherwise import the tuner, Optuna's searcher and pandas too, seconds of start-up per
 process that neither needs.
 """

@@ -2,8 +2,8 @@
 
 A local Ray binds 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) and starts no dashboard
 unless asked; `address: auto` or HOST:PORT joins a cluster started with `ray start`, the
-cluster launcher or KubeRay. Resource requests are checked against what Ray sees before any
-trial is created, so asking for GPUs on a CPU-only cluster is one line, not a hung sweep.
+cluster launcher or KubeRay. What the pre-flight checks against the cluster Ray sees is in
+search/preflight/.
 
 A local Ray is carsweep's own choice, so Ray's announcements of its own defaults for it are
 silenced (each where it is made, with the reason); Ray's warnings about a cluster the user
@@ -13,7 +13,6 @@ joins, and carsweep's own warnings, stay visible.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 
 import ray
 
-from carsweep.config.sweep import ClusterConfig, Resources
+from carsweep.config.sweep import ClusterConfig
 from carsweep.errors import UserError
 
 # Ray >= 2.59 turns token authentication on for every new local cluster and logs a WARNING
@@ -56,21 +55,6 @@ def bind_loopback_only() -> None:
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
-
-
-def check_local_gpus(resources: Resources, cluster: ClusterConfig) -> None:
-    """For a local Ray, refuse GPU trials this machine cannot hold, before starting Ray."""
-    if cluster.address is not None or resources.gpu == 0:
-        return
-    import torch
-
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if available < math.ceil(resources.gpu):
-        has = f"has {available} CUDA GPU(s)" if available else "has no CUDA GPU"
-        raise UserError(
-            f"`resources.gpu` is {resources.gpu:g} per trial, but this machine {has}; "
-            "lower resources.gpu or join a GPU cluster with --address"
-        )
 
 
 @contextmanager
@@ -137,23 +121,3 @@ def check_address_answers(address: str, timeout_s: float = 5.0) -> None:
             f"cannot join the Ray cluster at {address}: nothing answers there ({reason}); "
             "start one with `ray start --head` or give the head node's HOST:PORT"
         ) from None
-
-
-def check_cluster_resources(resources: Resources) -> None:
-    """One trial's request must fit on some node of the connected Ray."""
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    total_gpus = sum(node.get("GPU", 0) for node in nodes)
-    if resources.gpu > 0 and total_gpus == 0:
-        raise UserError(
-            f"`resources.gpu` is {resources.gpu}, but the Ray cluster has no GPUs; "
-            "set resources.gpu=0 or add GPU nodes"
-        )
-    fits = [n for n in nodes
-            if n.get("CPU", 0) >= resources.cpu and n.get("GPU", 0) >= resources.gpu]
-    if not fits:
-        most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
-        most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
-        raise UserError(
-            f"`resources` asks {resources.cpu:g} CPU and {resources.gpu:g} GPU per trial, but "
-            f"no Ray node has that much (largest: {most_cpus:g} CPU, {most_gpus:g} GPU)"
-        )

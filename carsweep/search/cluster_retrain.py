@@ -53,11 +53,12 @@ from carsweep.config.sweep import Resources, SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError
-from carsweep.search.cluster import check_cluster_resources, ray_session
-from carsweep.search.probes import node_label
+from carsweep.search.cluster import ray_session
+from carsweep.search.preflight.capacity import check_cluster_resources
+from carsweep.search.preflight.nodes import node_label
 from carsweep.search.release import gpu_memory_released
+from carsweep.search.sweep_inputs import shipped_weights
 from carsweep.search.trial import readable_dataset, trial_config, weights_key
-from carsweep.search.tuner import shipped_weights
 
 
 @dataclass(frozen=True)

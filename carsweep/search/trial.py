@@ -56,12 +56,14 @@ class DatasetUnreachableError(RuntimeError):
 
 
 def run_trial(params: dict[str, Any], *, dataset: str, gpu: float, metric: str, mode: str,
+              gpu_context_bytes: int | None = None,
               checkpoints: CheckpointPolicy | None = None,
               shipped_weights: dict[tuple[str, str], dict] | None = None) -> None:
     """Train one trial's configuration; Ray calls this with the searcher's parameters.
 
     `gpu` is the share of a GPU Ray granted the trial: it trains there or fails in one line,
-    never on the CPU, and its CUDA memory is capped to that share;
+    never on the CPU, and its CUDA memory is capped to that share less `gpu_context_bytes`
+    (the CUDA context the pre-flight's real step measured);
     `checkpoints` says which epochs write one. `shipped_weights` maps a (model, weights) pair
     (`weights_key`) to the state dict the driver loaded, so this node needs neither internet
     (imagenet) nor the file.
@@ -74,7 +76,7 @@ def run_trial(params: dict[str, Any], *, dataset: str, gpu: float, metric: str, 
     dataset_path = readable_dataset(dataset)
     weights = (shipped_weights or {}).get(weights_key(config))
     reporter = TuneReporter()
-    how = {"reporter": reporter, "gpu_share": gpu,
+    how = {"reporter": reporter, "gpu_share": gpu, "gpu_context_bytes": gpu_context_bytes,
            **({"checkpoints": checkpoints} if checkpoints is not None else {})}
     with gpu_memory_released(), restorable_checkpoint(tune.get_checkpoint()) as folder:
         try:

@@ -23,14 +23,16 @@ from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.errors import UserError, last_line
 from carsweep.results import save_trials_table, trials_table
 from carsweep.results.study import study_path
-from carsweep.search.cluster import check_local_gpus, ray_session
+from carsweep.search.cluster import ray_session
 from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
-from carsweep.search.node_caches import prebuild_node_caches
-from carsweep.search.preflight import check_before_launch
+from carsweep.search.preflight.caches import prebuild_node_caches
+from carsweep.search.preflight.capacity import check_local_gpus
+from carsweep.search.preflight.config_checks import check_storage_writable, check_sweep
+from carsweep.search.preflight.run import Launch, check_before_launch
 from carsweep.search.resume_files import check_resume_files_whole
 from carsweep.search.searcher import make_searcher
+from carsweep.search.sweep_inputs import resolved, shipped_weights
 from carsweep.search.trial import run_trial
-from carsweep.search.validate import check_storage_writable, check_sweep
 
 if TYPE_CHECKING:  # torch is imported where training starts, not with this module
     from carsweep.trainable.checkpoint import CheckpointPolicy
@@ -50,35 +52,6 @@ class SweepOutcome:
 
 def experiment_path(config: SweepConfig) -> Path:
     return Path(config.storage_path).expanduser().resolve() / config.name
-
-
-def resolved(config: SweepConfig) -> SweepConfig:
-    """Paths made absolute (dataset, storage, weights files), so trials on any node and a
-    later `analyze` from any folder find the same ones; sweep.yaml records them so."""
-    if "://" in config.storage_path:
-        raise UserError(
-            f"`storage_path` = {config.storage_path!r}: cloud URIs are not supported yet; "
-            "use a folder every node mounts (NFS)"
-        )
-    dataset = str(Path(config.dataset).expanduser().resolve()) if config.dataset else None
-    storage = str(Path(config.storage_path).expanduser().resolve())
-    asha = config.asha.model_copy(update={"max_t": config.max_t})
-    space, searcher = dict(config.space), config.searcher
-    if "weights" in space:  # a weights file, fixed or a choice; imagenet and none stay names
-        from carsweep.trainable.model import IMAGENET, NONE
-
-        def absolute(value):  # not a string: left for check_sweep to name
-            if not isinstance(value, str) or value in (IMAGENET, NONE):
-                return value
-            return str(Path(value).expanduser().resolve())
-
-        files = [absolute(value) for value in space["weights"].values]
-        space["weights"] = space["weights"].model_copy(update={"values": files})
-        points = [point | {"weights": absolute(point["weights"])} if "weights" in point else point
-                  for point in searcher.points_to_evaluate]
-        searcher = searcher.model_copy(update={"points_to_evaluate": points})
-    return config.model_copy(update={"dataset": dataset, "storage_path": storage, "asha": asha,
-                                     "space": space, "searcher": searcher})
 
 
 def make_scheduler(config: SweepConfig) -> TrialScheduler:
@@ -104,16 +77,17 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
     check_storage_writable(experiment)
     weights = shipped_weights(config)  # a bad weights file stops here, before anything is written
     with ray_session(config.cluster):
-        check_before_launch(config)  # resources, a dry step, every node's paths, GPU memory
+        # resources, GPUs, a dry step, every node's paths and caches, the real step per GPU type
+        launch = check_before_launch(config)
         prebuild_node_caches(config)  # each node's decoded caches, progress on this console
         if resume:
             tuner = tune.Tuner.restore(
-                str(experiment), trainable=_trainable(config, weights),
+                str(experiment), trainable=_trainable(config, weights, launch),
                 resume_unfinished=True, resume_errored=True,
             )
         else:
             save_sweep(config, experiment / SWEEP_FILE)
-            tuner = new_tuner(config, _trainable(config, weights), verbose=verbose)
+            tuner = new_tuner(config, _trainable(config, weights, launch), verbose=verbose)
         with _without_tune_restore_hint():
             results = tuner.fit()
     errors = tuple(last_line(error) for error in results.errors)
@@ -168,9 +142,11 @@ def _check_experiment_folder(experiment: Path, resume: bool) -> None:
         check_resume_files_whole(experiment)
 
 
-def _trainable(config: SweepConfig, weights: dict[tuple[str, str], dict]) -> tune.Trainable:
+def _trainable(config: SweepConfig, weights: dict[tuple[str, str], dict],
+               launch: Launch) -> tune.Trainable:
     trainable = tune.with_parameters(
         run_trial, dataset=config.dataset, gpu=config.resources.gpu,
+        gpu_context_bytes=launch.gpu_context_bytes,
         metric=config.metric, mode=config.mode, checkpoints=checkpoint_policy(config),
         shipped_weights=weights,
     )
@@ -187,24 +163,6 @@ def checkpoint_policy(config: SweepConfig) -> CheckpointPolicy:
     rungs = [epoch for epoch, _ in config.asha_rungs()] if config.scheduler == "asha" else []
     return CheckpointPolicy(at_epochs=frozenset(rungs),
                             every_s=60.0 * config.checkpoint_every_min)
-
-
-def shipped_weights(config: SweepConfig) -> dict[tuple[str, str], dict]:
-    """Start weights loaded once by the driver (ImageNet download, a local file), keyed by
-    (model, weights) as trials look them up (`trial.weights_key`): ImageNet's are per model,
-    a file is read once for every model of the space.
-
-    `tune.with_parameters` puts them in Ray's object store, so worker nodes need neither
-    internet nor the file.
-    """
-    from carsweep.trainable import load_weights
-    from carsweep.trainable.model import IMAGENET, NONE
-
-    sources = [name for name in config.listed_values("weights") if name != NONE]
-    files = {name: load_weights(name) for name in sources if name != IMAGENET}
-    return {(model, name): files[name] if name in files else load_weights(name, model)
-            for model in config.listed_values("model") for name in sources}
-
 
 
 def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, verbose: int = 1) -> tune.Tuner:

@@ -115,10 +115,37 @@ def build_loader(dataset: PreparedDataset, splits: str | tuple[str, ...], config
                             persistent=persistent_workers(config))
     batches, generator = cached or _decoded_batches(dataset, rows, config, train, batch_size,
                                                     device, per_image)
+    return _loader(batches, len(rows), generator, config, plan.device, device)
+
+
+def random_image_loader(config: TrialConfig, num_classes: int, *, train: bool, batches: int,
+                        device: torch.device, seed: int = 0) -> Loader:
+    """`batches` batches of random uint8 images at the config's size and random labels, with
+    the config's augmentation split as `build_loader` splits it: what the pre-flight's real
+    step trains on, before any node has a decoded cache."""
+    plan = plan_augmentation(config.augmentation, device, train=train, where=config.augment_on)
+    per_image = (build_augmentation(COMBINE.join(plan.cpu), config.resize) if plan.cpu
+                 else None)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (config.batch_size, 3, config.resize, config.resize)
+    made = []
+    for _ in range(batches):
+        images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+        if per_image is not None:
+            images = torch.stack([per_image(image) for image in images])
+        labels = torch.randint(0, num_classes, (config.batch_size,), generator=generator)
+        if device.type == "cuda":  # pinned, as the cached loader hands them over
+            images, labels = images.pin_memory(), labels.pin_memory()
+        made.append((images, labels))
+    return _loader(made, batches * config.batch_size, None, config, plan.device, device)
+
+
+def _loader(batches, num_images: int, generator: torch.Generator | None, config: TrialConfig,
+            device_presets: tuple[str, ...], device: torch.device | None) -> Loader:
     normalize = Normalize(*normalization(config.model)).to(device or torch.device("cpu"))
-    return Loader(batches=batches, num_images=len(rows), normalize=normalize,
+    return Loader(batches=batches, num_images=num_images, normalize=normalize,
                   generator=generator, channels_last=device is not None and device.type == "cuda",
-                  augment=build_device_augmentation(plan.device, config.resize))
+                  augment=build_device_augmentation(device_presets, config.resize))
 
 
 def _decoded_batches(dataset: PreparedDataset, rows: pd.DataFrame, config: TrialConfig,

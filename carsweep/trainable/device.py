@@ -23,6 +23,7 @@ import torch
 from carsweep.errors import UserError
 
 CPU = torch.device("cpu")
+GIB = 1024**3
 # The oldest Linux driver each CUDA major runs on (minor-version compatibility: a 12.8 build
 # runs on any 12.x driver), from NVIDIA's CUDA compatibility guide.
 MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
@@ -74,17 +75,31 @@ def first_sentence(text: str) -> str:
     return line.split(". ")[0].rstrip(".")
 
 
-def cap_gpu_memory(device: torch.device, share: float | None) -> None:
-    """Cap this process's CUDA allocator to `share` of the GPU, so trials sharing a GPU
-    cannot starve each other (the one that overreaches gets an out-of-memory error)."""
-    if device.type == "cuda" and share is not None and 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(float(share), device)
+def cap_gpu_memory(device: torch.device, share: float | None,
+                   context_bytes: int | None = None) -> float | None:
+    """Cap this process's CUDA allocator to its `share` of the GPU less `context_bytes` (the
+    CUDA context and kernels, which live outside the allocator), so trials sharing a GPU
+    cannot starve each other: the one that overreaches gets an out-of-memory error of its own.
+    Returns the fraction of the GPU's memory given to the allocator, None when uncapped."""
+    if device.type != "cuda" or share is None or not 0 < share < 1:
+        return None
+    fraction = float(share)
+    if context_bytes:
+        total = torch.cuda.get_device_properties(device).total_memory
+        fraction -= context_bytes / total
+        if fraction <= 0:
+            raise UserError(f"a {share:g} share of {torch.cuda.get_device_name(device)} "
+                            f"({total / GIB:.1f} GiB) leaves nothing beside the CUDA context "
+                            f"({context_bytes / GIB:.2f} GiB); raise resources.gpu")
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
 
 
-def run_device(choice: str, gpu_share: float | None) -> torch.device:
+def run_device(choice: str, gpu_share: float | None,
+               context_bytes: int | None = None) -> torch.device:
     """What a run does first: resolve its device, and cap its memory to its share of a GPU."""
     device = resolve_device(choice, gpu_share)
-    cap_gpu_memory(device, gpu_share)
+    cap_gpu_memory(device, gpu_share, context_bytes)
     return device
 
 

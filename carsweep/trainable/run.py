@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ from carsweep.trainable.checkpoint import (
     rng_states,
     save_checkpoint,
 )
-from carsweep.trainable.data import build_loader
+from carsweep.trainable.data import Loader, build_loader
 from carsweep.trainable.device import run_device
 from carsweep.trainable.loop import (
     evaluate,
@@ -73,17 +73,17 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
           train_splits: tuple[str, ...] = ("train",), eval_split: str | None = "val",
           resume_from: Path | None = None, initial_weights: dict | None = None,
           checkpoints: CheckpointPolicy = EVERY_EPOCH,
-          gpu_share: float | None = None) -> TrainResult:
+          gpu_share: float | None = None, gpu_context_bytes: int | None = None) -> TrainResult:
     """Train `config.model` on `train_splits` for `config.epochs` epochs, reporting every epoch
     (with a checkpoint on the epochs `checkpoints` asks for). `gpu_share` is the GPU Ray
     granted this process (None: not placed by Ray; device.py says what each value means):
     a granted GPU is used or the run fails, and below 1 this process's CUDA memory is capped
-    to that share (trials that share one)."""
+    to that share less `gpu_context_bytes` (the CUDA context the pre-flight measured)."""
     check_augmentation(config.augmentation, resize=config.resize)
     check_backbone(config.model, resize=config.resize, augmentation=config.augmentation)
     check_splits(*train_splits, *([eval_split] if eval_split else []))
     data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
-    device = run_device(config.device, gpu_share)
+    device = run_device(config.device, gpu_share, gpu_context_bytes)
     precision = pick_precision(config.precision, device)
     with deterministic_mode(config.deterministic, device):
         torch.manual_seed(config.seed)
@@ -93,50 +93,26 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
         resumed = load_checkpoint(resume_from) if resume_from is not None else None
         weights = None if resumed else (initial_weights if initial_weights is not None
                                         else config.weights)
-        model = build_model(data.num_classes, weights, config.model).to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        optimizer = build_optimizer(model, config)
-        scheduler = build_scheduler(optimizer, config, len(train_loader))
-        scaler = grad_scaler(precision, device)
-        batch_mix = batch_mix_for(config, data.num_classes, precision)
+        run = build_run(config, data.num_classes, weights, device, precision, len(train_loader))
         history: list[dict[str, float]] = []
         first_epoch = 1
         if resumed is not None:
             _check_same_classes(resumed, data, resume_from)
-            model.load_state_dict(resumed["model"])
-            optimizer.load_state_dict(resumed["optimizer"])
-            scheduler.load_state_dict(resumed["scheduler"])
-            if scaler.is_enabled() and resumed["scaler"]:
-                # A run resumed on another GPU generation may switch bf16 <-> fp16: the
-                # fp32 weights carry over, a scale exists only where both sides used one.
-                scaler.load_state_dict(resumed["scaler"])
+            run.restore(resumed)
             restore_rng_states(resumed["rng"], train_loader.generator)
             history = list(resumed["history"])
             first_epoch = int(resumed["epoch"]) + 1
         last_saved = time.monotonic()
         for epoch in range(first_epoch, config.epochs + 1):
             started = time.perf_counter()
-            model.train()
-            set_backbone_frozen(model, epoch <= config.freeze_backbone_epochs, config.model)
-            metrics = {"epoch": epoch}
-            metrics |= train_one_epoch(model, train_loader, criterion, optimizer, scheduler,
-                                       scaler, device,
-                                       batch_hook=batch_hook_for(config, epoch),
-                                       precision=precision, epoch=epoch,
-                                       batch_mix=batch_mix)
-            if eval_loader is not None:
-                metrics |= evaluate(model, eval_loader, device, precision)
+            metrics = {"epoch": epoch} | run_epoch(run, config, epoch, train_loader, eval_loader)
             metrics["epoch_time_s"] = time.perf_counter() - started
             metrics["precision"] = precision
             history.append(metrics)
             if not checkpoints.due(epoch, config.epochs, time.monotonic() - last_saved):
                 reporter.report(dict(metrics), None)
                 continue
-            state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            state = run.state() | {
                 "epoch": epoch, "history": history, "classes": data.classes,
                 "rng": rng_states(train_loader.generator), "precision": precision,
             }
@@ -144,9 +120,68 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
                 save_checkpoint(folder, state, config, data.classes)
                 reporter.report(dict(metrics), folder)
             last_saved = time.monotonic()
-        set_backbone_frozen(model, False, config.model)
-        model.eval()
-    return TrainResult(model=model, history=history, classes=list(data.classes))
+        set_backbone_frozen(run.model, False, config.model)
+        run.model.eval()
+    return TrainResult(model=run.model, history=history, classes=list(data.classes))
+
+
+@dataclass
+class Run:
+    """What one training run steps: the model on its device and what trains it."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    batch_mix: Callable | None
+    device: torch.device
+    precision: str
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and state["scaler"]:
+            # A run resumed on another GPU generation may switch bf16 <-> fp16: the fp32
+            # weights carry over, a scale exists only where both sides used one.
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def build_run(config: TrialConfig, num_classes: int, weights, device: torch.device,
+              precision: str, steps_per_epoch: int) -> Run:
+    """The model (channels_last on a GPU), loss, optimizer, schedule, fp16 scaler and batch
+    mix of `config`, as every run and the pre-flight's real step build them."""
+    model = build_model(num_classes, weights, config.model).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, config)
+    return Run(model=model,
+               criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+               optimizer=optimizer,
+               scheduler=build_scheduler(optimizer, config, steps_per_epoch),
+               scaler=grad_scaler(precision, device),
+               batch_mix=batch_mix_for(config, num_classes, precision),
+               device=device, precision=precision)
+
+
+def run_epoch(run: Run, config: TrialConfig, epoch: int, train_loader: Loader,
+              eval_loader: Loader | None) -> dict[str, float]:
+    """Epoch `epoch` of a run: train (backbone frozen in the first freeze_backbone_epochs,
+    the epoch's batch hook), then evaluate; its metrics."""
+    run.model.train()
+    set_backbone_frozen(run.model, epoch <= config.freeze_backbone_epochs, config.model)
+    metrics = train_one_epoch(run.model, train_loader, run.criterion, run.optimizer,
+                              run.scheduler, run.scaler, run.device,
+                              batch_hook=batch_hook_for(config, epoch),
+                              precision=run.precision, epoch=epoch, batch_mix=run.batch_mix)
+    if eval_loader is not None:
+        metrics |= evaluate(run.model, eval_loader, run.device, run.precision)
+    return metrics
 
 
 def predict(model: nn.Module, dataset: PreparedDataset | Path, split: str, config: TrialConfig,

@@ -1,4 +1,4 @@
-"""Probe tasks run on the Ray nodes before a sweep: paths every node must share, a GPU's memory.
+"""The nodes check: storage every node must share with the driver, and the driver's dataset.
 
 A trial can land on any node, and every node must see the driver's storage and dataset, not a
 folder of the same name on its own disk: a node whose storage path is a local disk would write
@@ -11,12 +11,6 @@ of its manifest and class list, and the first image's bytes against the manifest
 One zero-CPU task is pinned to each alive node (NodeAffinitySchedulingStrategy, soft=False: it
 runs there or not at all). The exchange folder is removed afterwards, and so is any folder the
 driver had to create for it, so the check leaves nothing behind.
-
-The GPU check runs on every GPU node at once, in a process holding a trial's GPU share (so it
-sees CUDA as a trial would): what torch there can run (trainable/device.py `cuda_facts`),
-judged on the driver. The GPU memory probe trains one step of a configuration (the space's
-largest, per model) on a GPU node and reports the peak memory; it runs in a worker that exits
-after it (max_calls=1), so it holds no CUDA memory.
 """
 
 from __future__ import annotations
@@ -24,10 +18,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import secrets
 import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,16 +31,13 @@ from ray.exceptions import GetTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from carsweep.data.manifest import CLASSES_FILE, INFO_FILE, MANIFEST_FILE
-from carsweep.errors import last_line
-from carsweep.search.validate import storage_problem
+from carsweep.search.preflight.config_checks import storage_problem
 
-if TYPE_CHECKING:  # torch is imported in the probe's process only
-    from carsweep.trainable.device import CudaFacts
+if TYPE_CHECKING:  # run.py makes the Report this check fills
+    from carsweep.config.sweep import SweepConfig
+    from carsweep.search.preflight.report import Report
 
 PROBE_TIMEOUT_S = 60.0
-GPU_CHECK_TIMEOUT_S = 60.0
-GPU_PROBE_TIMEOUT_S = 180.0
-GIB = 1024**3
 EXCHANGE_PREFIX = ".carsweep-shared-"
 DRIVER_TOKEN = "driver"
 
@@ -225,153 +214,13 @@ def dataset_problem(dataset: str) -> str | None:
     return None
 
 
-# The GPU check ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GpuProbe:
-    """What the GPU check found on one node: its facts, or why there are none."""
-
-    node: str
-    facts: CudaFacts | None = None
-    not_run: str | None = None  # no GPU was free to check with: a warning
-    failed: str | None = None  # the probe itself raised: a failure
-
-
-def probe_gpu_nodes(share: float) -> list[GpuProbe]:
-    """For every alive node that offers GPUs, all at once: the CUDA facts of a process holding
-    `share` of a GPU there, or why there are none."""
-    pending = []
-    for node in alive_nodes():
-        if node["Resources"].get("GPU", 0) <= 0:
-            continue
-        pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-        task = _cuda_facts.options(scheduling_strategy=pinned, num_gpus=min(share, 1.0))
-        pending.append((node_label(node), task.remote()))
-    refs = [ref for _, ref in pending]
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=GPU_CHECK_TIMEOUT_S)
-    found = []
-    for label, ref in pending:
-        if ref not in ready:
-            ray.cancel(ref, force=True)
-            found.append(GpuProbe(label, not_run=f"no GPU there was free within "
-                                                f"{GPU_CHECK_TIMEOUT_S:.0f} s to check"))
-            continue
-        try:
-            found.append(GpuProbe(label, facts=ray.get(ref)))
-        except ray.exceptions.RayError as error:
-            found.append(GpuProbe(label, failed=f"the GPU check failed there: {last_line(error)}"))
-    return found
-
-
-# A fresh worker (max_calls=1): CUDA is initialised in this process only, as in a trial's.
-@ray.remote(num_cpus=0, max_calls=1)
-def _cuda_facts() -> CudaFacts:
-    from carsweep.trainable.device import cuda_facts
-
-    return cuda_facts()
-
-
-@dataclass(frozen=True)
-class GpuMeasurement:
-    node: str
-    gpu_name: str
-    total_bytes: int
-    peak_bytes: int
-
-
-class NoCudaOnGpuNode(RuntimeError):
-    """A node gives Ray GPUs, but torch on it sees no CUDA device (trials would use its CPU)."""
-
-
-def measure_gpu_step(gpu_fraction: float, trial: dict, num_classes: int) -> GpuMeasurement:
-    """Peak memory of one training step of `trial` on a GPU node Ray picks."""
-    ref = _measure_gpu_step.options(num_gpus=min(gpu_fraction, 1.0)).remote(trial, num_classes)
-    try:
-        node_id, measured = ray.get(ref, timeout=GPU_PROBE_TIMEOUT_S)
-    except GetTimeoutError:
-        ray.cancel(ref, force=True)
-        raise TimeoutError(
-            f"no GPU was free within {GPU_PROBE_TIMEOUT_S:.0f} s to measure a training step"
-        ) from None
-    node = next((n for n in alive_nodes() if n["NodeID"] == node_id), None)
-    label = node_label(node) if node is not None else node_id[:8]
-    if measured is None:
-        raise NoCudaOnGpuNode(
-            f"node {label} gives Ray GPUs, but torch there sees no CUDA device, so trials on it "
-            "would train on its CPU (check its NVIDIA driver and that its torch is a CUDA build)")
-    return GpuMeasurement(label, *measured)
-
-
-# A fresh worker that exits after the measurement (max_calls=1), so it holds no CUDA memory.
-@ray.remote(num_cpus=0, max_calls=1)
-def _measure_gpu_step(trial: dict, num_classes: int) -> tuple[str, tuple | None]:
-    import torch
-
-    node = ray.get_runtime_context().get_node_id()
-    if not torch.cuda.is_available():
-        return node, None
-    return node, peak_step_memory(trial, num_classes)
-
-
-def peak_step_memory(trial: dict, num_classes: int, steps: int = 2) -> tuple[str, int, int]:
-    """(GPU name, total bytes, bytes the trial's process needs) over `steps` training steps of
-    `trial` on random data: forward, backward and optimizer step as the epoch loop does them
-    (the GPU's autocast, channels_last). Two steps, because optimizers allocate their state on
-    the first. What a process needs is more than the tensors it allocates: the caching
-    allocator's reserve (cuDNN's workspace included) and the CUDA context, which nvidia-smi
-    sees for this process; where it cannot be read, a typical context size is added."""
-    import torch
-    from torch import nn
-
-    from carsweep.config.trial import TrialConfig
-    from carsweep.trainable import build_model
-    from carsweep.trainable.loop import autocast
-    from carsweep.trainable.optim import build_optimizer
-
-    config = TrialConfig.model_validate(trial)
-    device = torch.device("cuda")
-    torch.cuda.reset_peak_memory_stats(device)
-    model = optimizer = images = labels = None
-    try:
-        model = build_model(num_classes, None, config.model).to(
-            device, memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, config)
-        criterion = nn.CrossEntropyLoss()
-        shape = (config.batch_size, 3, config.resize, config.resize)
-        images = torch.randn(shape, device=device).to(memory_format=torch.channels_last)
-        labels = torch.randint(0, num_classes, (config.batch_size,), device=device)
-        for _ in range(steps):
-            with autocast(device, config.precision):
-                loss = criterion(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        torch.cuda.synchronize(device)
-        properties = torch.cuda.get_device_properties(device)
-        reserved = torch.cuda.max_memory_reserved(device)
-        needed = max(process_gpu_bytes() or 0, reserved + CUDA_CONTEXT_BYTES)
-        return properties.name, properties.total_memory, needed
-    finally:
-        del model, optimizer, images, labels
-        torch.cuda.empty_cache()
-
-
-# A CUDA context with cuDNN and cuBLAS loaded takes a few hundred MiB outside PyTorch's
-# allocator (CUDA 12-13, measured on other machines at 300-600 MiB): the upper end is assumed
-# where nvidia-smi cannot say what this process holds.
-CUDA_CONTEXT_BYTES = 600 * 1024**2
-
-
-def process_gpu_bytes() -> int | None:
-    """GPU memory nvidia-smi counts for this process (context included), or None."""
-    try:
-        listing = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in listing.splitlines():
-        pid, _, used = line.partition(",")
-        if pid.strip() == str(os.getpid()) and used.strip().isdigit():
-            return int(used.strip()) * 1024**2  # MiB
-    return None  # another PID namespace (a container): nvidia-smi shows the host's PIDs
+def check_nodes(config: SweepConfig, report: Report) -> None:
+    nodes = probe_every_node(config.storage_path, config.dataset)
+    bad = [node for node in nodes if node.problems]
+    for node in bad:
+        for problem in node.problems:
+            report.failed("node", f"node {node.node}: {problem}")
+    if not bad:
+        report.passed("nodes", f"storage {config.storage_path} shared (a token round trip) "
+                      f"and dataset {config.dataset} the same (manifest digest) on all "
+                      f"{len(nodes)} node(s)")

@@ -20,7 +20,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from carsweep.config.sweep import Resources, SweepConfig
+import ray
+
+from carsweep.config.sweep import ClusterConfig, Resources, SweepConfig
+from carsweep.errors import UserError
 
 EPS = 1e-9
 
@@ -182,3 +185,40 @@ def _remedy(config: SweepConfig, at_once: int) -> str:
     lower = (f", or lower max_concurrent_trials to {cap} (leaves slots idle)" if cap >= 1
              else "")
     return f"raise num_samples to >= {samples_needed}{lower}"
+
+
+# Requests that fit ---------------------------------------------------------------------------
+
+def check_local_gpus(resources: Resources, cluster: ClusterConfig) -> None:
+    """For a local Ray, refuse GPU trials this machine cannot hold, before starting Ray."""
+    if cluster.address is not None or resources.gpu == 0:
+        return
+    import torch
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available < math.ceil(resources.gpu):
+        has = f"has {available} CUDA GPU(s)" if available else "has no CUDA GPU"
+        raise UserError(
+            f"`resources.gpu` is {resources.gpu:g} per trial, but this machine {has}; "
+            "lower resources.gpu or join a GPU cluster with --address"
+        )
+
+
+def check_cluster_resources(resources: Resources) -> None:
+    """One trial's request must fit on some node of the connected Ray."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    total_gpus = sum(node.get("GPU", 0) for node in nodes)
+    if resources.gpu > 0 and total_gpus == 0:
+        raise UserError(
+            f"`resources.gpu` is {resources.gpu}, but the Ray cluster has no GPUs; "
+            "set resources.gpu=0 or add GPU nodes"
+        )
+    fits = [n for n in nodes
+            if n.get("CPU", 0) >= resources.cpu and n.get("GPU", 0) >= resources.gpu]
+    if not fits:
+        most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+        most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+        raise UserError(
+            f"`resources` asks {resources.cpu:g} CPU and {resources.gpu:g} GPU per trial, but "
+            f"no Ray node has that much (largest: {most_cpus:g} CPU, {most_gpus:g} GPU)"
+        )

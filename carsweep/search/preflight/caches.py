@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayError
@@ -49,7 +49,10 @@ from carsweep.data.cache import (
 from carsweep.data.cache_build import build_steps
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError, last_line
-from carsweep.search.probes import PROBE_TIMEOUT_S, alive_nodes, node_label
+from carsweep.search.preflight.nodes import PROBE_TIMEOUT_S, alive_nodes, node_label
+
+if TYPE_CHECKING:  # run.py makes the Report this check fills
+    from carsweep.search.preflight.report import Report
 
 START_TIMEOUT_S = 120.0  # a node's task must report once within this; then builds take their time
 PROGRESS_STEPS = 10  # a progress line at about every tenth of a build
@@ -321,3 +324,11 @@ def _plan_on_node(config: SweepConfig, jobs: list[CacheJob], node: str,
             reports.append(NodeCacheReport(node, "", "warn", warning))
         reports.append(plan_report(node, plan, required))
     return reports
+
+
+def check_node_caches(config: SweepConfig, report: Report) -> None:
+    """Per node and cache size: there, or missing with room to build it, or no room (a failure
+    under data_cache: on, a warning under auto); the shared-storage warning. Builds nothing."""
+    verdicts = {"ok": report.passed, "warn": report.warned, "fail": report.failed}
+    for line in node_cache_reports(config):
+        verdicts[line.verdict](line.check, line.text)
