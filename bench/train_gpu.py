@@ -1,8 +1,11 @@
 """Training speed of ResNet-18 on one GPU: seed-style fp32 loop vs carsweep's, side by side.
 
-Needs torch, torchvision and kornia only (numpy comes with them): it imports nothing of
-carsweep but carsweep/trainable/gpu_augment.py, loaded by path so the package's other
-dependencies are not needed on a bare GPU box. On a GPU machine, from the repository root:
+The carsweep rows time the product's own epoch: `build_run` (the model, optimizer, scaler a
+trial builds) and `train_one_epoch` (the trial's loop, with its device augmentation and
+normaliser from `batches_loader`), over batches from the memmap; the images/s is the one the
+loop itself reports. The seed rows are a bare torchvision step, the ceiling's baseline. Needs
+carsweep.trainable's dependencies (torch, torchvision, kornia, torchcam, pydantic, pandas), not
+Ray, Optuna or TensorBoard. On a GPU machine, from the repository root:
 
     python bench/train_gpu.py --json gpu.json                 # all rows, about 5-8 minutes
     python bench/train_gpu.py --compile --sizes 400           # + torch.compile, compile time
@@ -15,8 +18,10 @@ format, so no JPEG decoding is timed here: bench/data_path.py measures that):
   full trial   + the data path: batch gathered from the memmap, then
                  seed-style: pageable blocking copy, normalise on the CPU, fp32, NCHW,
                              loss.item() every step (the seed logged it: a host sync)
-                 carsweep:   pinned non_blocking copy, per-sample flip + random crop and
-                             normalise on the device, bf16 autocast, channels_last, no syncs
+                 carsweep:   the trial's epoch: pinned non_blocking copy, per-sample flip +
+                             random crop and normalise on the device, the GPU's autocast
+                             (bf16 or fp16 + GradScaler), channels_last, a NaN check every
+                             20 batches, the lr schedule's step
   sharing      N processes (1, 2, 4) training side by side on the one GPU (carsweep full
                trial), total images/s, at batch 32 and 64
 
@@ -28,7 +33,7 @@ backward, 2 FLOPs per multiply-add), so no (px/224)^2 estimate is needed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -44,20 +49,21 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import resnet18
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # carsweep from this checkout, installed or not
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ResNet18_Weights' transforms
 PEAKS_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
 CLASSES = 196
 CARS_TRAIN_IMAGES = 8144
 
 
-def load_gpu_augment():
-    """carsweep/trainable/gpu_augment.py without the carsweep package (torch-only by design)."""
-    path = ROOT / "carsweep" / "trainable" / "gpu_augment.py"
-    spec = importlib.util.spec_from_file_location("carsweep_gpu_augment", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
+def product_config(size: int, batch: int, device: torch.device):
+    """The trial the carsweep rows train: ResNet-18, sgd, flip + random crop on the device."""
+    from carsweep.config.trial import TrialConfig
+
+    return TrialConfig(model="resnet18", optimizer="sgd", lr=0.01, momentum=0.9,
+                       resize=size, batch_size=batch, augmentation="flip+random-crop",
+                       augment_on="device", weights="none", device=device.type,
+                       num_workers=0)
 
 
 def make_images(folder: Path, count: int, size: int) -> Path:
@@ -97,22 +103,16 @@ def flops_per_image(size: int, device: torch.device) -> float:
     return counter.get_total_flops() / 2
 
 
-def make_step(style: str, device: torch.device, size: int, use_compile: bool, gpu_augment):
-    """(model step function taking (uint8 images, labels) on the host or device)."""
+def seed_step(device: torch.device, use_compile: bool):
+    """The bare step (model step function taking (uint8 images, labels) on the host)."""
     model = resnet18(num_classes=CLASSES).to(device)
-    carsweep = style == "carsweep"
-    if carsweep and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
     forward = torch.compile(model) if use_compile else model
-    augment = gpu_augment.DeviceAugment([gpu_augment.flip(size), gpu_augment.random_crop(size)])
-    normalize = gpu_augment.Normalize(MEAN, STD).to(device)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
 
-    def seed_step(images: torch.Tensor, labels: torch.Tensor) -> None:
+    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         x = ((images.float() / 255 - mean) / std).to(device)  # CPU normalise, blocking copy
         loss = criterion(forward(x), labels.to(device))
         optimizer.zero_grad()
@@ -120,23 +120,33 @@ def make_step(style: str, device: torch.device, size: int, use_compile: bool, gp
         optimizer.step()
         loss.item()  # the seed printed the running loss: one host sync per step
 
-    def carsweep_step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        x = normalize(augment(images))
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with amp if amp is not None else torch.enable_grad():
-            loss = criterion(forward(x), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    return step
 
-    return carsweep_step if carsweep else seed_step
+
+def product_epoch(device: torch.device, size: int, batch: int, use_compile: bool):
+    """The trial's epoch: `epoch(batches, count) -> images/s` over `count` batches."""
+    from carsweep.trainable.data import batches_loader
+    from carsweep.trainable.loop import pick_precision, train_one_epoch
+    from carsweep.trainable.run import build_run
+
+    config = product_config(size, batch, device)
+    precision = pick_precision(config.precision, device)
+    run = build_run(config, CLASSES, None, device, precision, steps_per_epoch=10**6)
+    if use_compile:
+        run.model = torch.compile(run.model)
+
+    def epoch(batches, count: int) -> float:
+        loader = batches_loader(list(itertools.islice(batches, count)), count * batch, config,
+                                train=True, device=device)
+        return train_one_epoch(run.model, loader, run.criterion, run.optimizer, run.scheduler,
+                               run.scaler, device, precision=run.precision)["images_per_s"]
+
+    return epoch
 
 
 def timed(step, batches, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """(seconds of the first step (compile included), images/s over `steps` after warm-up)."""
+    """(seconds of the first step (compile included), images/s over `steps` after warm-up) of
+    a bare step."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     started = time.perf_counter()
     step(*next(batches))
@@ -164,12 +174,21 @@ def on_device(path: Path, batch: int, device: torch.device):
 
 
 def measure(args, style: str, mode: str, size: int, path: Path, device: torch.device,
-            gpu_augment, use_compile: bool = False) -> dict:
-    step = make_step(style, device, size, use_compile, gpu_augment)
-    pinned = style == "carsweep" and device.type == "cuda"
+            use_compile: bool = False) -> dict:
+    carsweep = style == "carsweep"
+    pinned = carsweep and device.type == "cuda"
     batches = (on_device(path, args.batch, device) if mode == "model-only"
                else batches_from_memmap(path, args.batch, pinned))
-    first, rate = timed(step, batches, args.steps, args.warmup, device)
+    if carsweep:
+        epoch = product_epoch(device, size, args.batch, use_compile)
+        started = time.perf_counter()
+        epoch(batches, 1)
+        first = time.perf_counter() - started
+        epoch(batches, args.warmup)
+        rate = epoch(batches, args.steps)
+    else:
+        first, rate = timed(seed_step(device, use_compile), batches, args.steps, args.warmup,
+                            device)
     return {"style": style, "mode": mode, "size": size, "batch": args.batch,
             "compile": use_compile, "first_step_s": round(first, 2), "images_per_s": round(rate, 1)}
 
@@ -194,21 +213,17 @@ def worker(args) -> None:
     if device.type == "cpu":
         torch.set_num_threads(1)
     size = args.sizes[0]
-    step = make_step("carsweep", device, size, False, load_gpu_augment())
+    epoch = product_epoch(device, size, args.batch, False)
     batches = batches_from_memmap(Path(args.worker), args.batch, device.type == "cuda")
-    timed(step, batches, 1, 2, device)  # warm-up: cuDNN autotune, allocator
+    epoch(batches, 3)  # warm-up: cuDNN autotune, allocator
     barrier = Path(args.worker_barrier)
     (barrier / f"ready-{os.getpid()}").touch()
     while len(list(barrier.glob("ready-*"))) < args.worker_count:
         time.sleep(0.01)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    started, seen = time.perf_counter(), 0
+    started, rates = time.perf_counter(), []
     while time.perf_counter() - started < args.seconds:
-        images, labels = next(batches)
-        step(images, labels)
-        seen += len(labels)
-    sync()
-    print(json.dumps({"images_per_s": seen / (time.perf_counter() - started)}))
+        rates.append(epoch(batches, 10))  # epochs of 10 batches, each synced at its end
+    print(json.dumps({"images_per_s": sum(rates) / len(rates)}))
 
 
 def peak_tflops(args, device: torch.device) -> float | None:
@@ -224,7 +239,6 @@ def run(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    gpu_augment = load_gpu_augment()
     peak = peak_tflops(args, device)
     rows, shares = [], []
     with tempfile.TemporaryDirectory(prefix="carsweep-train-bench-") as tmp:
@@ -233,10 +247,10 @@ def run(args) -> dict:
             flops = flops_per_image(size, device)
             for style in ("seed", "carsweep"):
                 for mode in ("model-only", "full trial"):
-                    rows.append(measure(args, style, mode, size, path, device, gpu_augment))
+                    rows.append(measure(args, style, mode, size, path, device))
             if args.compile:
                 rows.append(measure(args, "carsweep", "full trial", size, path, device,
-                                    gpu_augment, use_compile=True))
+                                    use_compile=True))
             for row in rows:
                 if row["size"] == size:
                     row["gflops_per_image"] = round(flops / 1e9, 3)
@@ -249,8 +263,11 @@ def run(args) -> dict:
                 shares.append({"size": share_size, "batch": batch, "processes": processes,
                                "total_images_per_s": round(sharing(args, share_size, path,
                                                                   processes, batch), 1)})
+    from carsweep.trainable.loop import train_one_epoch
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": name, "peak_tflops": peak, "torch": torch.__version__,
+            "carsweep_step": f"{train_one_epoch.__module__}.{train_one_epoch.__qualname__}",
             "rows": rows, "sharing": shares, "ratios": ratios(rows)}
 
 

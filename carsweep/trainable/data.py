@@ -140,6 +140,17 @@ def random_image_loader(config: TrialConfig, num_classes: int, *, train: bool, b
     return _loader(made, batches * config.batch_size, None, config, plan.device, device)
 
 
+def batches_loader(batches, num_images: int, config: TrialConfig, *, train: bool,
+                   device: torch.device) -> Loader:
+    """A Loader over `batches` of (uint8 images, labels) made elsewhere (a benchmark's memmap),
+    with the config's device augmentation and normalisation as `build_loader` gives them."""
+    plan = plan_augmentation(config.augmentation, device, train=train, where=config.augment_on)
+    if plan.cpu:
+        raise ValueError(f"{config.augmentation} has per-image parts on the CPU ({plan.cpu}); "
+                         "batches made elsewhere get only the device part")
+    return _loader(batches, num_images, None, config, plan.device, device)
+
+
 def _loader(batches, num_images: int, generator: torch.Generator | None, config: TrialConfig,
             device_presets: tuple[str, ...], device: torch.device | None) -> Loader:
     normalize = Normalize(*normalization(config.model)).to(device or torch.device("cpu"))
