@@ -26,9 +26,8 @@ from carsweep.results.study import study_path
 from carsweep.search.cluster import ray_session
 from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
 from carsweep.search.preflight.caches import prebuild_node_caches
-from carsweep.search.preflight.capacity import check_local_gpus
-from carsweep.search.preflight.config_checks import check_storage_writable, check_sweep
-from carsweep.search.preflight.run import Launch, check_before_launch
+from carsweep.search.preflight.config_checks import check_storage_writable
+from carsweep.search.preflight.run import Launch, check_before_launch, check_before_ray
 from carsweep.search.resume_files import check_resume_files_whole
 from carsweep.search.searcher import make_searcher
 from carsweep.search.sweep_inputs import resolved, shipped_weights
@@ -70,8 +69,7 @@ def make_scheduler(config: SweepConfig) -> TrialScheduler:
 def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) -> SweepOutcome:
     """Check, then run (or resume) the sweep; the trials table is written at the end."""
     config = resolved(config)
-    check_sweep(config)
-    check_local_gpus(config.resources, config.cluster)
+    check_before_ray(config)
     experiment = experiment_path(config)
     _check_experiment_folder(experiment, resume)
     check_storage_writable(experiment)

@@ -54,6 +54,13 @@ def preflight(config: SweepConfig) -> Report:
     return report
 
 
+def check_before_ray(config: SweepConfig) -> None:
+    """What a launch checks before Ray starts (config, space, dataset, the GPUs a local Ray
+    would need); a UserError for the first problem."""
+    check_sweep(config)
+    check_local_gpus(config.resources, config.cluster)
+
+
 def check_before_launch(config: SweepConfig) -> Launch:
     """For a real launch, inside its Ray session (config and ASHA were checked before Ray);
     its warnings are printed once, on stderr, when every check passed."""
