@@ -55,18 +55,18 @@ HOST = socket.gethostname()
 def gpu_cluster():
     # A ResNet-18 state dict is 45 MB: the start weights and each retrain's result pass
     # through the object stores, so they get room for several at once. The worker's 2 CPUs
-    # run both retrains at once.
-    with logical_gpu_cluster(worker_gpus=1, object_store_memory=300 * 1024**2) as (cluster, _):
+    # and 2 GPUs run both retrains at once, a whole GPU each.
+    with logical_gpu_cluster(worker_gpus=2, object_store_memory=300 * 1024**2) as (cluster, _):
         yield cluster
 
 
 @pytest.fixture(scope="module")
 def swept(gpu_cluster, prepared_dataset, tmp_path_factory) -> Path:
-    """A 1-trial sweep with 0.5 GPU per trial, joined by address from folder `launch/`."""
+    """A 1-trial sweep with a GPU per trial, joined by address from folder `launch/`."""
     launch = tmp_path_factory.mktemp("launch")
     torch.manual_seed(1)
     torch.save(build_model(4).state_dict(), launch / "start.pt")
-    write_sweep(launch, "gpu", num_samples=1, resources={"cpu": 1, "gpu": 0.5}, space=SPACE)
+    write_sweep(launch, "gpu", num_samples=1, resources={"cpu": 1, "gpu": 1}, space=SPACE)
     warned = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(warned):
         patch.chdir(launch)
@@ -75,7 +75,7 @@ def swept(gpu_cluster, prepared_dataset, tmp_path_factory) -> Path:
     # Trials train on the CPU on purpose: the pre-flight says the GPUs go unused, and goes on.
     # (Ray streams the trials' own log lines to a driver that joined by address: not ours.)
     assert [line for line in warned.getvalue().splitlines() if "warning" in line] == [
-        "warning: gpu: device is cpu, so the 0.5 GPU each trial reserves goes unused; set "
+        "warning: gpu: device is cpu, so the 1 GPU each trial reserves goes unused; set "
         "device: auto to train on the GPUs"]
     return launch / "results" / "gpu"
 
@@ -114,6 +114,7 @@ def test_both_retrains_ran_on_the_gpu_worker(analyzed, gpu_cluster):
     assert [s["seed"] for s in seeds] == [0, 1]
     for seed in seeds:
         assert seed["ran_on"] == "cluster"
+        assert seed["gpus"] == 1.0  # a whole GPU each, both at once on the worker's two
         assert seed["node_id"] == worker.node_id != gpu_cluster.head_node.node_id
         assert seed["node"] == f"127.0.0.1/{worker.node_id[:8]}"
         assert seed["hostname"] == HOST
@@ -249,8 +250,8 @@ def test_a_task_gets_the_device_a_trial_would():
     assert resolve_device(task_config(auto, Resources(cpu=1, gpu=0)).device, 0).type == "cpu"
     assert task_config(auto, Resources(cpu=1, gpu=0.5)).device == "auto"  # cuda on a GPU node
     assert task_config(TrialConfig(device="cuda"), Resources(gpu=1)).device == "cuda"
-    with pytest.raises(UserError, match=r"`device` is 'cuda', but the sweep's `resources.gpu` "
-                                        r"is 0, so a retrain task gets no GPU"):
+    with pytest.raises(UserError, match=r"`device` is 'cuda', but a retrain task gets no GPU "
+                                        r"\(the sweep's `resources.gpu` is 0\)"):
         task_config(TrialConfig(device="cuda"), Resources(cpu=1, gpu=0))
 
 
@@ -271,6 +272,47 @@ def test_launch_makes_weights_paths_absolute(tmp_path, monkeypatch):
     fixed = resolved(SweepConfig(space={"weights": "start.pt"})).space["weights"]
     assert (fixed.kind, fixed.values) == ("fixed", [str(tmp_path / "start.pt")])
     assert resolved(got) == got  # a resumed sweep resolves to the same
+
+
+class TouchedCuda(Exception):
+    """Raised where the analyze process (the driver) would start CUDA."""
+
+
+@pytest.mark.slow
+def test_analyze_cuda_on_a_driver_without_gpus_leaves_cuda_to_the_workers(
+        analyzed, gpu_cluster, monkeypatch, capsys):
+    folder, _ = analyzed
+    before = (folder / "metrics.json").read_text()
+
+    def touched():
+        raise TouchedCuda("the analyze process started CUDA")
+
+    monkeypatch.setattr(torch.cuda, "init", touched)
+    monkeypatch.setattr(torch.cuda, "_lazy_init", touched)
+    assert main(["analyze", str(folder.parent), "--device", "cuda"]) == 2
+    # The temperature was fitted here on the CPU; the retrain asked the worker's GPU, which
+    # its torch cannot use: that is the failure, named on the worker.
+    worker = f"127.0.0.1/{worker_of(gpu_cluster).node_id[:8]}"
+    assert re.fullmatch(
+        rf"carsweep analyze: error: retrain 1/1 \(seed 0\) on node {re.escape(worker)} "
+        rf"\({re.escape(HOST)}\) failed: Ray gave this run 1 GPU, but torch \S+ on \S+ cannot "
+        r"use CUDA: Found no NVIDIA driver on your system; .*", only_line(capsys.readouterr().err))
+    assert (folder / "metrics.json").read_text() == before
+
+
+def test_retrain_gpus_are_checked_and_only_for_a_cluster(tmp_path, capsys):
+    from carsweep.search.cluster_retrain import retrain_resources
+
+    gpu_sweep = SweepConfig(resources={"cpu": 2, "gpu": 0.25})
+    assert retrain_resources(gpu_sweep) == Resources(cpu=2, gpu=1.0)  # a whole GPU
+    assert retrain_resources(gpu_sweep, 0.5) == Resources(cpu=2, gpu=0.5)
+    assert retrain_resources(SweepConfig(resources={"cpu": 1, "gpu": 0})).gpu == 0
+    with pytest.raises(UserError, match=r"--retrain-gpus 1.5: .*whole number"):
+        retrain_resources(gpu_sweep, 1.5)
+    assert main(["analyze", str(tmp_path), "--local", "--retrain-gpus", "0.5"]) == 2
+    assert only_line(capsys.readouterr().err) == (
+        "carsweep analyze: error: --retrain-gpus 0.5 is for retrains on a cluster; --local "
+        "retrains in this process")
 
 
 # Last but one: it takes the GPU worker away from the module's cluster.
@@ -306,6 +348,6 @@ def test_a_cluster_without_gpus_left_is_one_line_offering_local(analyzed, gpu_cl
     before = (folder / "metrics.json").read_text()
     assert main(["analyze", str(folder.parent)]) == 2
     assert only_line(capsys.readouterr().err) == (
-        "carsweep analyze: error: `resources.gpu` is 0.5, but the Ray cluster has no GPUs; set "
-        "resources.gpu=0 or add GPU nodes; or retrain on this machine with --local")
+        "carsweep analyze: error: a retrain task (--retrain-gpus) asks 1 GPU, but the Ray "
+        "cluster has no GPUs; add GPU nodes; or retrain on this machine with --local")
     assert (folder / "metrics.json").read_text() == before

@@ -33,10 +33,16 @@ CONFIG = TrialConfig(optimizer="adam", lr=1e-3, epochs=1, batch_size=8, resize=3
                      num_workers=0, device="cpu", data_cache="off")
 
 
-def test_tta_probabilities_are_the_mean_over_each_image_and_its_mirror_image(tmp_path):
+def test_tta_probabilities_are_the_mean_over_each_image_and_its_mirror_image(tmp_path,
+                                                                              monkeypatch):
     dataset = load_dataset(make_tiny_dataset(tmp_path, per_split={"train": 4, "val": 1,
                                                                   "test": 3}))
-    tested = train_and_test(CONFIG, dataset, lambda line: None, tta=True)
+    written = []
+    monkeypatch.setattr("carsweep.trainable.run.save_checkpoint",
+                        lambda folder, *args: written.append(folder))
+    tested = train_and_test(CONFIG.model_copy(update={"epochs": 2}), dataset,
+                            lambda line: None, tta=True)
+    assert written == []  # a retrain writes no checkpoint: its model is handed over in memory
     images = load_inputs([dataset.image_path(p) for p in dataset.rows("test")["path"]], CONFIG)
     with torch.no_grad():
         normalize = Normalize(*normalization(CONFIG.model))

@@ -14,7 +14,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
 from carsweep.trainable import load_checkpoint, train
-from carsweep.trainable.checkpoint import CheckpointPolicy
+from carsweep.trainable.checkpoint import NO_CHECKPOINTS, CheckpointPolicy
 from carsweep.trainable.data import persistent_workers
 from carsweep.trainable.loop import pick_precision
 
@@ -108,6 +108,7 @@ def test_checkpoint_policy_rungs_last_epoch_and_interval(epoch, seconds, due):
     policy = CheckpointPolicy(at_epochs=frozenset({3}), every_s=600.0)
     assert policy.due(epoch, last_epoch=5, seconds_since_last=seconds) is due
     assert CheckpointPolicy().due(epoch, last_epoch=5, seconds_since_last=0.0)  # default: all
+    assert not NO_CHECKPOINTS.due(epoch, last_epoch=5, seconds_since_last=1e9)  # retrains
 
 
 def test_workers_persist_across_epochs_unless_the_run_is_deterministic():

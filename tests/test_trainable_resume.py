@@ -144,3 +144,26 @@ def test_a_killed_trials_staging_folder_is_removed_by_the_next_one_on_the_node(t
     assert remove_orphaned_staging_folders(tmp_path) == [folders["killed"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for name, p in folders.items() if name != "killed")
+
+
+def test_a_checkpoint_keeps_only_the_training_gpus_generator(monkeypatch):
+    """On an 8-GPU workstation a run saved every visible GPU's generator (and opened a context
+    on each); it saves its own device's, and an older many-GPU checkpoint resumes on one."""
+    from carsweep.trainable.checkpoint import restore_rng_states, rng_states
+
+    read, written = [], []
+    sevens = torch.full((16,), 7, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: read.append(device) or sevens)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every GPU read"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: written.append((int(state[0]), device)))
+    gpu = torch.device("cuda", 0)
+    states = rng_states(None, gpu)
+    assert read == [gpu]
+    assert torch.equal(states["cuda"], sevens)
+    assert rng_states(None)["cuda"] is None  # a CPU run touches no GPU
+    restore_rng_states(states, None, gpu)
+    many = states | {"cuda": [torch.full((16,), k, dtype=torch.uint8) for k in range(8)]}
+    restore_rng_states(many, None, gpu)  # a checkpoint of 8 GPUs, resumed on one
+    restore_rng_states(many, None)  # ...or on a CPU: nothing to put back
+    assert written == [(7, gpu), (0, gpu)]

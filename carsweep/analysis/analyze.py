@@ -71,10 +71,13 @@ from carsweep.trainable.cam_occlusion import describe
 
 def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 1,
                        ensemble_of: int = 1, tta: bool = False, device: str | None = None,
-                       retrain: Retrain = retrain_locally, out: TextIO | None = None) -> Path:
+                       retrain: Retrain = retrain_locally, fit_device: str | None = None,
+                       out: TextIO | None = None) -> Path:
     """Retrain the best trial `seeds` times and the next `ensemble_of` - 1 trials once with
     `retrain` (their test passes mirrored too with `tta`), test, write folder/analysis/;
-    returns that path."""
+    returns that path. `fit_device` is where this process fits the temperature: "cpu" when
+    the retrains run on a cluster (this process only coordinates, and its machine may have
+    no GPU), else None: the retrains' device."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     experiment = load_experiment(Path(folder))
@@ -86,7 +89,7 @@ def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 
     target = experiment.folder / ANALYSIS_DIR
     with building_folder(target) as building:
         _say_plan(experiment, trials, configs[0], seeds, tta, out)
-        fitted = _fit_temperature(best, dataset, configs[0], out)
+        fitted = _fit_temperature(best, dataset, fit_device or configs[0].device, out)
         runs = retrain(jobs, dataset, out)
         _build(experiment, trials, dataset, configs[0], runs[:seeds], runs[seeds:], fitted, tta,
                building, out)
@@ -174,7 +177,7 @@ def _metrics_json(experiment: Experiment, best: BestTrial, dataset: PreparedData
     return summary
 
 
-def _fit_temperature(best: BestTrial, dataset: PreparedDataset, config: TrialConfig,
+def _fit_temperature(best: BestTrial, dataset: PreparedDataset, device: str,
                      out: TextIO | None) -> dict[str, Any]:
     """The start of metrics.json's `calibration`: the temperature fitted on val with the best
     trial's checkpoint, or 1.0 and why not. Done before the retrains: it needs none of them."""
@@ -190,10 +193,10 @@ def _fit_temperature(best: BestTrial, dataset: PreparedDataset, config: TrialCon
     say(f"[analyze] fitting a temperature on {len(val)} val images with trial "
         f"{best.trial_id}'s checkpoint", out)
     model = build_model(dataset.num_classes, state["model"], best.config.model)
-    model = model.to(resolve_device(config.device)).eval()
+    model = model.to(resolve_device(device)).eval()
     # Decoded, not cached: on a cluster's driver a cache would be built for a few images.
     logits, labels = predict(model, dataset, "val", best.config.model_copy(
-        update={"device": config.device, "data_cache": "off"}))
+        update={"device": device, "data_cache": "off"}))
     logits, labels = logits.numpy(), labels.numpy()
     temperature = calibration.fit_temperature(logits, labels)
     return fitted | {

@@ -30,6 +30,7 @@ from torch import nn
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import PreparedDataset
 from carsweep.trainable import predict, train
+from carsweep.trainable.checkpoint import NO_CHECKPOINTS
 from carsweep.trainable.run_folder import progress_line
 
 TRAIN_SPLITS = ("train", "val")
@@ -44,6 +45,7 @@ class Placement:
     hostname: str
     node: str | None = None  # the node's label as the pre-flight names it: address/short id
     node_id: str | None = None  # Ray's full node id
+    gpus: float | None = None  # the GPUs Ray gave the retrain task (on a cluster)
 
     def describe(self) -> str:
         if self.node is None:
@@ -140,7 +142,7 @@ def train_and_test(config: TrialConfig, dataset: PreparedDataset, emit: Callable
     pass go to `emit`. `gpu_share`: the GPU Ray granted (None when not placed by Ray)."""
     result = train(config, dataset, reporter=ProgressLines(emit, config.epochs),
                    train_splits=TRAIN_SPLITS, eval_split=None, initial_weights=initial_weights,
-                   gpu_share=gpu_share)
+                   checkpoints=NO_CHECKPOINTS, gpu_share=gpu_share)
     mirrored = " and their mirror images" if tta else ""
     emit(f"predicting {len(dataset.rows(TEST_SPLIT))} test images{mirrored}")
     logits, labels = predict(result.model, dataset, TEST_SPLIT, config)

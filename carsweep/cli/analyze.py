@@ -1,8 +1,9 @@
 """`carsweep analyze EXPERIMENT`: retrain the best trial on train+val, test it once, explain it.
 
 Where the retrains run: on the Ray cluster the sweep ran on (sweep.yaml's `cluster.address`)
-or the one `--address` names, as Ray tasks with the sweep's per-trial resources; in this
-process when the sweep ran on a local Ray or `--local` is given.
+or the one `--address` names, as Ray tasks with the sweep's CPUs per trial and a whole GPU
+each (`--retrain-gpus`), this process only coordinating (its temperature fit runs on its CPU);
+in this process when the sweep ran on a local Ray or `--local` is given.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None,
                         help="retrain as Ray tasks on this cluster, 'auto' or HOST:PORT "
                         "(default: the cluster the sweep ran on, if it ran on one)")
+    parser.add_argument("--retrain-gpus", type=float, default=None, metavar="G",
+                        help="GPUs per retrain task on a cluster (default: 1, a whole GPU, "
+                        "for a GPU sweep; 0.5 puts two retrains on one GPU)")
     parser.add_argument("--local", action="store_true",
                         help="retrain in this process, one seed after another, even when the "
                         "sweep ran on a cluster")
@@ -41,10 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from carsweep.analysis.analyze import analyze_experiment
+    from carsweep.analysis.retrain import retrain_locally
 
+    retrain = retrain_strategy(args)
+    elsewhere = retrain is not retrain_locally  # this process only coordinates: no GPU here
     folder = analyze_experiment(args.experiment, epochs=args.epochs, seeds=args.seeds,
                                 ensemble_of=args.ensemble, tta=args.tta, device=args.device,
-                                retrain=retrain_strategy(args))
+                                retrain=retrain, fit_device="cpu" if elsewhere else None)
     print(f"analysis written: {folder}")
     return 0
 
@@ -57,6 +64,9 @@ def retrain_strategy(args: argparse.Namespace):
     if args.local and args.address is not None:
         raise UserError(f"--local and --address {args.address} contradict each other: --local "
                         "retrains in this process, --address on a cluster; give one of them")
+    if args.local and args.retrain_gpus is not None:
+        raise UserError(f"--retrain-gpus {args.retrain_gpus:g} is for retrains on a cluster; "
+                        "--local retrains in this process")
     if args.local:
         return retrain_locally
     sweep = experiment_sweep(args.experiment)
@@ -65,4 +75,4 @@ def retrain_strategy(args: argparse.Namespace):
         return retrain_locally
     from carsweep.search.cluster_retrain import ClusterRetrain
 
-    return ClusterRetrain(sweep, address)
+    return ClusterRetrain(sweep, address, gpus=args.retrain_gpus)

@@ -2,9 +2,11 @@
 
 `ClusterRetrain` is the `analysis.retrain.Retrain` strategy the CLI picks when the sweep ran on
 a cluster (sweep.yaml's `cluster.address`) or `--address` is given. Each retrain is one Ray task
-asking the sweep's per-trial resources, so with `resources.gpu` > 0 it runs only on a node with
-a GPU (the head node needs none), and every job of an analyze (`--seeds K`, the trials of
-`--ensemble K`) is one task, all submitted together.
+asking the sweep's per-trial CPUs and, for a GPU sweep, one whole GPU (`--retrain-gpus` sets
+another share): a trial's 0.25 would pack `--seeds 3 --ensemble 2` onto one GPU, four
+trainings time-slicing it while the cluster's other GPUs idle. So a retrain runs only on a node
+with a GPU (the head node needs none), and every job of an analyze (`--seeds K`, the trials of
+`--ensemble K`) is one task, all submitted together, spread over the cluster's GPUs.
 
 A task is a streaming generator (`num_returns="streaming"`). It yields where it started, then
 each progress line as training makes it (training runs in a thread of the task that feeds a
@@ -63,10 +65,11 @@ from carsweep.search.trial import readable_dataset, trial_config, weights_key
 
 @dataclass(frozen=True)
 class Started:
-    """The first thing a task yields: the node it runs on."""
+    """The first thing a task yields: the node it runs on, and the GPUs Ray gave it."""
 
     node_id: str
     hostname: str
+    gpus: float = 0.0
 
 
 @dataclass
@@ -80,19 +83,34 @@ class Shipped:
     tta_probs: np.ndarray | None  # (N, C), with tta only
 
 
-class ClusterRetrain:
-    """Retrain on the Ray cluster at `address` with the sweep's per-trial resources."""
+WHOLE_GPU = 1.0
 
-    def __init__(self, sweep: SweepConfig, address: str) -> None:
+
+def retrain_resources(sweep: SweepConfig, gpus: float | None = None) -> Resources:
+    """What one retrain task asks: the sweep's CPUs per trial, and `gpus` (default: one whole
+    GPU for a GPU sweep, none for a CPU one)."""
+    if gpus is None:
+        gpus = WHOLE_GPU if sweep.resources.gpu > 0 else 0.0
+    try:
+        return Resources(cpu=sweep.resources.cpu, gpu=gpus)
+    except ValueError as error:
+        raise UserError(f"--retrain-gpus {gpus:g}: {error.errors()[0]['msg']}") from None
+
+
+class ClusterRetrain:
+    """Retrain on the Ray cluster at `address`, each retrain a task of `retrain_resources`."""
+
+    def __init__(self, sweep: SweepConfig, address: str, gpus: float | None = None) -> None:
         self.sweep, self.address = sweep, address
+        self.resources = retrain_resources(sweep, gpus)
 
     def __call__(self, jobs: list[RetrainJob], dataset: PreparedDataset,
                  out: TextIO | None = None) -> list[Retrained]:
-        resources = self.sweep.resources
+        resources = self.resources
         jobs = [RetrainJob(task_config(job.config, resources), job.name, job.tta)
                 for job in jobs]
         weights = self._start_weights(jobs)
-        with _joined(self.sweep, self.address):
+        with _joined(self.sweep, self.address, resources):
             say(f"[analyze] {len(jobs)} retrain task(s) on the Ray cluster at {self.address}, "
                 f"{resources.cpu:g} CPU and {resources.gpu:g} GPU each; each starts when a "
                 "node has them free", out)
@@ -122,20 +140,20 @@ def task_config(config: TrialConfig, resources: Resources) -> TrialConfig:
     """The config a task trains (its device resolved on the node with the task's GPU share,
     as a trial's); `cuda` without a GPU per task is refused here rather than on the node."""
     if config.device == "cuda" and resources.gpu == 0:
-        raise UserError("`device` is 'cuda', but the sweep's `resources.gpu` is 0, so a "
-                        "retrain task gets no GPU; give --device auto, or --local on a "
-                        "machine with a GPU")
+        raise UserError("`device` is 'cuda', but a retrain task gets no GPU (the sweep's "
+                        "`resources.gpu` is 0); give --retrain-gpus 1 or --device auto, or "
+                        "--local on a machine with a GPU")
     return trial_config(config.model_dump())
 
 
 @contextmanager
-def _joined(sweep: SweepConfig, address: str) -> Iterator[None]:
+def _joined(sweep: SweepConfig, address: str, resources: Resources) -> Iterator[None]:
     """Ray joined at `address` with the sweep's cluster settings, and one retrain's resources
     fit on some node; a cluster that is not there, or too small, is one line offering --local."""
     with ExitStack() as stack:
         try:
             stack.enter_context(ray_session(sweep.cluster.model_copy(update={"address": address})))
-            check_cluster_resources(sweep.resources)
+            check_cluster_resources(resources, asked_by="a retrain task (--retrain-gpus)")
         except UserError as error:
             raise UserError(f"{error}; or retrain on this machine with --local") from None
         yield
@@ -218,15 +236,16 @@ def failure_reason(error: RayError) -> str:
 def _placement(started: Started) -> Placement:
     node = next((n for n in ray.nodes() if n["NodeID"] == started.node_id), None)
     label = node_label(node) if node is not None else started.node_id[:8]
-    return Placement(ran_on="cluster", hostname=started.hostname, node=label,
+    return Placement(ran_on="cluster", hostname=started.hostname, node=label, gpus=started.gpus,
                      node_id=started.node_id)
 
 
 @ray.remote(num_returns="streaming", max_retries=0, max_calls=1)
 def _retrain_task(job: RetrainJob, dataset: str, weights: dict | None, gpu_share: float):
     """On the node: where it runs, the progress lines as they come, then the result."""
-    yield Started(node_id=ray.get_runtime_context().get_node_id(),
-                  hostname=socket.gethostname())
+    context = ray.get_runtime_context()
+    yield Started(node_id=context.get_node_id(), hostname=socket.gethostname(),
+                  gpus=context.get_assigned_resources().get("GPU", 0.0))
     lines: queue.Queue[str | None] = queue.Queue()
     outcome: dict[str, Any] = {}
     worker = threading.Thread(target=_train_into,

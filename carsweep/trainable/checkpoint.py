@@ -1,7 +1,7 @@
 """Checkpoint folders: everything a run needs to continue exactly where it stopped.
 
 A checkpoint folder holds `checkpoint.pt` (model, optimizer, scheduler, scaler, epoch,
-history, and the RNG states: torch, CUDA, numpy, python and the data-order generator),
+history, and the RNG states: torch, the training GPU's, numpy, python and the data order),
 `trial.yaml` (the resolved TrialConfig) and `classes.json`. Every value in `checkpoint.pt`
 is a tensor, number, string or container of those, so it loads with `weights_only=True`.
 Each file is written to a temporary name and renamed, so a reader never sees half a file.
@@ -23,6 +23,7 @@ from carsweep.config.io import atomic_write, save_model, write_text_atomic
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import CLASSES_FILE  # the same list under the same name
 from carsweep.errors import UserError
+from carsweep.trainable.device import CPU
 from carsweep.trainable.safe_load import load_tensors_only
 
 
@@ -39,10 +40,16 @@ class CheckpointPolicy:
 
     at_epochs: frozenset[int] = frozenset()
     every_s: float = 0.0
+    last_epoch: bool = True  # False: a run nobody resumes (analyze's retrains) writes none
 
     def due(self, epoch: int, last_epoch: int, seconds_since_last: float) -> bool:
-        return (epoch == last_epoch or epoch in self.at_epochs
+        return ((self.last_epoch and epoch == last_epoch) or epoch in self.at_epochs
                 or seconds_since_last >= self.every_s)
+
+
+# analyze's retrains hand their model over in memory: a checkpoint (90-135 MB for ResNet-18)
+# every epoch would be written for nobody.
+NO_CHECKPOINTS = CheckpointPolicy(every_s=float("inf"), last_epoch=False)
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any], config: TrialConfig,
@@ -67,12 +74,14 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
     return state
 
 
-def rng_states(data_order: torch.Generator | None) -> dict[str, Any]:
-    """Every random generator a run draws from, in weights_only-loadable form."""
+def rng_states(data_order: torch.Generator | None, device: torch.device = CPU) -> dict[str, Any]:
+    """Every random generator a run draws from, in weights_only-loadable form: the training
+    device's CUDA generator only (its device-side draws), never every visible GPU's, which
+    would open a context on each and tie the checkpoint to as many GPUs."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
                   "has_gauss": has_gauss, "gauss": gauss},
         "python": random.getstate(),
@@ -80,11 +89,17 @@ def rng_states(data_order: torch.Generator | None) -> dict[str, Any]:
     }
 
 
-def restore_rng_states(states: dict[str, Any], data_order: torch.Generator | None) -> None:
-    """Put back what `rng_states` saved."""
+def restore_rng_states(states: dict[str, Any], data_order: torch.Generator | None,
+                       device: torch.device = CPU) -> None:
+    """Put back what `rng_states` saved; the CUDA generator onto the training device, when it
+    trains on one (a checkpoint of every visible GPU's, from before: its first, the device a
+    Ray trial trains on)."""
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda = states["cuda"]
+    if isinstance(cuda, list | tuple):
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     saved = states["numpy"]
     np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"],
                          saved["has_gauss"], saved["gauss"]))

@@ -99,7 +99,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
         if resumed is not None:
             _check_same_classes(resumed, data, resume_from)
             run.restore(resumed)
-            restore_rng_states(resumed["rng"], train_loader.generator)
+            restore_rng_states(resumed["rng"], train_loader.generator, device)
             history = list(resumed["history"])
             first_epoch = int(resumed["epoch"]) + 1
         last_saved = time.monotonic()
@@ -114,7 +114,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
                 continue
             state = run.state() | {
                 "epoch": epoch, "history": history, "classes": data.classes,
-                "rng": rng_states(train_loader.generator), "precision": precision,
+                "rng": rng_states(train_loader.generator, device), "precision": precision,
             }
             with staging_folder() as folder:
                 save_checkpoint(folder, state, config, data.classes)

@@ -204,21 +204,24 @@ def check_local_gpus(resources: Resources, cluster: ClusterConfig) -> None:
         )
 
 
-def check_cluster_resources(resources: Resources) -> None:
-    """One trial's request must fit on some node of the connected Ray."""
+def check_cluster_resources(resources: Resources, asked_by: str | None = None) -> None:
+    """One trial's request (or `asked_by`'s, e.g. a retrain task's) must fit on some node of
+    the connected Ray."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     total_gpus = sum(node.get("GPU", 0) for node in nodes)
     if resources.gpu > 0 and total_gpus == 0:
-        raise UserError(
-            f"`resources.gpu` is {resources.gpu}, but the Ray cluster has no GPUs; "
-            "set resources.gpu=0 or add GPU nodes"
-        )
+        if asked_by:
+            raise UserError(f"{asked_by} asks {resources.gpu:g} GPU, but the Ray cluster has "
+                            "no GPUs; add GPU nodes")
+        raise UserError(f"`resources.gpu` is {resources.gpu}, but the Ray cluster has no GPUs; "
+                        "set resources.gpu=0 or add GPU nodes")
     fits = [n for n in nodes
             if n.get("CPU", 0) >= resources.cpu and n.get("GPU", 0) >= resources.gpu]
     if not fits:
         most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
         most_gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+        who = asked_by or "`resources`"
+        per = "" if asked_by else " per trial"
         raise UserError(
-            f"`resources` asks {resources.cpu:g} CPU and {resources.gpu:g} GPU per trial, but "
-            f"no Ray node has that much (largest: {most_cpus:g} CPU, {most_gpus:g} GPU)"
-        )
+            f"{who} asks {resources.cpu:g} CPU and {resources.gpu:g} GPU{per}, but no Ray "
+            f"node has that much (largest: {most_cpus:g} CPU, {most_gpus:g} GPU)")
