@@ -33,7 +33,7 @@ import pytest
 import yaml
 from sweep_runs import ANALYZE, FINISHED_SWEEP, linked_copy  # no carsweep import in there
 
-# Decoded caches go to a folder of this session, never to the machine's /tmp/carsweep-cache:
+# Decoded caches go to a folder of this session, never to the machine's /tmp/carsweep-cache-USER:
 # set before anything imports carsweep, and inherited by every Ray and CLI process started.
 SESSION_CACHE_DIR = Path(tempfile.mkdtemp(prefix="carsweep-test-caches-"))
 os.environ["CARSWEEP_CACHE_DIR"] = str(SESSION_CACHE_DIR)

@@ -3,6 +3,7 @@ decoding, built once under a lock, refused or skipped in one line when the disk 
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import pickle
@@ -20,10 +21,10 @@ from trainable_data import make_tiny_dataset
 from carsweep.cli import main
 from carsweep.config.trial import TrialConfig
 from carsweep.data.cache import (
-    DEFAULT_CACHE_DIR,
     CacheError,
     cache_plan,
     check_size,
+    default_cache_dir,
     npy_bytes,
     resolve_cache_dir,
     shared_storage_warning,
@@ -65,7 +66,11 @@ def test_cache_folder_is_the_setting_else_the_environment_else_the_default(monke
     assert resolve_cache_dir() == tmp_path / "from-env"
     assert resolve_cache_dir(str(tmp_path / "set")) == tmp_path / "set"
     monkeypatch.delenv("CARSWEEP_CACHE_DIR")
-    assert resolve_cache_dir() == Path(DEFAULT_CACHE_DIR) == Path("/tmp/carsweep-cache")
+    # Per user: on a node several users share, one's folder would refuse the next's files.
+    assert resolve_cache_dir() == default_cache_dir() == Path(
+        f"/tmp/carsweep-cache-{getpass.getuser()}")
+    monkeypatch.setattr(getpass, "getuser", lambda: (_ for _ in ()).throw(KeyError("uid")))
+    assert default_cache_dir() == Path(f"/tmp/carsweep-cache-{os.getuid()}")  # no passwd entry
     assert TrialConfig().cache_dir is None
     assert TrialConfig().data_cache == "auto"
     with pytest.raises(ValueError, match="a relative folder would be inside each trial's"):
@@ -73,7 +78,7 @@ def test_cache_folder_is_the_setting_else_the_environment_else_the_default(monke
 
 
 def test_the_test_session_never_writes_the_machine_default():
-    assert os.environ["CARSWEEP_CACHE_DIR"] != DEFAULT_CACHE_DIR  # tests/conftest.py sets it
+    assert Path(os.environ["CARSWEEP_CACHE_DIR"]) != default_cache_dir()  # conftest.py sets it
     assert resolve_cache_dir() == Path(os.environ["CARSWEEP_CACHE_DIR"])
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from carsweep.trainable import gpu_augment
 from carsweep.trainable.augment import (
     AUGMENTATIONS,
     AugmentPlan,
@@ -164,3 +165,22 @@ def test_normalize_matches_the_weights_normalisation_from_bytes_and_from_floats(
     torch.testing.assert_close(normalize(images), expected)
     torch.testing.assert_close(normalize(images.float() / 255), expected)
     assert torch.equal(images, _images(8))  # the caller's batch is left as it was
+
+
+def test_elastic_draws_its_noise_field_on_the_batchs_device(monkeypatch):
+    """The field is the size of the batch: drawn on the host it would be a (B, 2, S, S) draw
+    and a pageable copy every step. Every draw of that size must name the batch's device."""
+    draws = []
+    original = torch.rand
+
+    def recording(*size, **kwargs):
+        shape = size[0] if len(size) == 1 and isinstance(size[0], tuple | list) else size
+        draws.append((tuple(shape), kwargs.get("device")))
+        return original(*size, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", recording)
+    batch = torch.rand(4, 3, 40, 40)
+    draws.clear()
+    gpu_augment.elastic(40)(batch)
+    large = [(shape, device) for shape, device in draws if math.prod(shape) >= 4 * 40 * 40]
+    assert large == [((4, 2, 40, 40), batch.device)]

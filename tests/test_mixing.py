@@ -57,12 +57,15 @@ class Quiet:
 # --- mixup and cutmix: torchvision's, with soft targets ------------------------------------
 
 @pytest.mark.parametrize("name", ["mixup", "cutmix"])
-def test_torchvision_mixes_pair_each_image_with_the_one_before_in_the_targets_proportion(name):
-    torch.manual_seed(0)
+def test_torchvision_mixes_pair_images_in_a_random_order_in_the_targets_proportion(name):
     mix = batch_mix_for(small(augmentation=f"flip+{name}"), num_classes=4)
     assert isinstance(mix, TorchvisionMix)
     x, labels = torch.rand(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 3])  # classes distinct
+    torch.manual_seed(0)
+    order = torch.randperm(4)  # the batch's random order: its first draw
+    torch.manual_seed(0)
     mixed, targets = mix(None, x, labels)
+    x, labels = x[order], labels[order]  # then torchvision pairs each with the one before
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(4))
     own = targets[torch.arange(4), labels]  # (4,) weight of each image's own class
     other = targets[torch.arange(4), labels.roll(1)]  # ... of the image before it
@@ -74,6 +77,30 @@ def test_torchvision_mixes_pair_each_image_with_the_one_before_in_the_targets_pr
     else:  # the share of pixels that came from the image before is that image's weight
         from_before = (mixed == x.roll(1, 0)).all(dim=1).flatten(1).float().mean(dim=1)
         torch.testing.assert_close(from_before, other)
+
+
+def test_mixing_partners_from_the_cache_are_of_another_class_as_often_as_chance(tmp_path):
+    """The decoded cache hands a batch over in cache order (sorted for read speed); on a
+    class-ordered manifest neighbours then share a class. Partners must not."""
+    from carsweep.trainable.data import build_loader
+
+    classes, per_class = 16, 8
+    data = load_dataset(make_tiny_dataset(tmp_path / "data", num_classes=classes, size=SIZE,
+                                          per_split={"train": per_class, "val": 1}))
+    config = small(augmentation="mixup", batch_size=32, data_cache="on",
+                   cache_dir=str(tmp_path / "cache"))
+    loader = build_loader(data, "train", config, train=True, device=torch.device("cpu"))
+    mix = batch_mix_for(config, classes)
+    torch.manual_seed(0)
+    same = pairs = 0
+    for _ in range(4):
+        for images, labels in loader:
+            _, targets = mix(None, loader.to_model_input(images), labels)
+            same += int(((targets > 0).sum(dim=1) == 1).sum())  # its partner's class is its own
+            pairs += len(labels)
+    chance = (per_class - 1) / (classes * per_class - 1)  # 5.5 %
+    assert pairs == 4 * classes * per_class
+    assert same / pairs < 2.5 * chance  # in cache order about half the pairs were
 
 
 def test_mix_prob_zero_leaves_batches_alone_with_one_hot_targets_and_half_mixes_half():

@@ -34,7 +34,8 @@ COLOURS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (230, 220, 40)]
 
 def make_tiny_dataset(folder: Path, *, per_split: dict[str, int] | None = None,
                       num_classes: int = 4, size: int = 40, seed: int = 0) -> Path:
-    """Write images + manifest.csv + classes.json + dataset.json under `folder`; returns it."""
+    """Write images + manifest.csv + classes.json + dataset.json under `folder`; returns it.
+    Past 4 classes the colours repeat (for tests of order and counts, not of content)."""
     per_split = per_split or {"train": 16, "val": 8, "test": 8}  # images per class
     rng = np.random.default_rng(seed)
     folder = Path(folder)
@@ -43,7 +44,7 @@ def make_tiny_dataset(folder: Path, *, per_split: dict[str, int] | None = None,
         for label in range(num_classes):
             for index in range(count):
                 relative = f"class{label}/{split}_{index}.png"
-                box = _draw(folder / "images" / relative, COLOURS[label], size, rng)
+                box = _draw(folder / "images" / relative, COLOURS[label % len(COLOURS)], size, rng)
                 sha1 = hashlib.sha1((folder / "images" / relative).read_bytes()).hexdigest()
                 rows.append({
                     "path": relative, "label": label, "class_name": f"class {label}",

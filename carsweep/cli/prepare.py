@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "on this machine read: warms this machine's cache up front")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="the caches' folder on this machine's local disk (default: "
-                        "$CARSWEEP_CACHE_DIR, else /tmp/carsweep-cache)")
+                        "$CARSWEEP_CACHE_DIR, else /tmp/carsweep-cache-$USER)")
 
 
 def _sizes(text: str) -> tuple[int, ...]:

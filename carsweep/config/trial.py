@@ -73,7 +73,7 @@ class TrialConfig(BaseModel):
         "once if the disk has room (else warns, decodes), on builds it or fails, off decodes")
     cache_dir: str | None = Field(
         None, min_length=1, description="folder for decoded caches on the node that runs the "
-        "trial; default: $CARSWEEP_CACHE_DIR, else /tmp/carsweep-cache")
+        "trial; default: $CARSWEEP_CACHE_DIR, else /tmp/carsweep-cache-$USER")
     augment_on: Literal["auto", "cpu", "device"] = Field(
         "auto", description="auto: with the model on a GPU every preset runs there, per "
         "sample; on a CPU per image in the loader's workers; cpu: always in workers; device: "
@@ -117,7 +117,7 @@ class TrialConfig(BaseModel):
         if cache_dir is not None and not os.path.isabs(os.path.expanduser(cache_dir)):
             raise ValueError("a relative folder would be inside each trial's folder, on the "
                              "shared storage; give an absolute folder on the node's local "
-                             "disk, e.g. /tmp/carsweep-cache")
+                             "disk, e.g. /tmp/carsweep-cache-$USER")
         return cache_dir
 
     @model_validator(mode="after")

@@ -7,7 +7,9 @@ A trial that decodes JPEGs every epoch is limited by the CPU (about 150-300 imag
 with resize), while a GPU trains ResNet-18 at thousands. So each node decodes every train and
 val image once per (input size, bbox crop), in parallel over its cores, into a folder of its
 own local disk, `cache_dir` (TrialConfig; default $CARSWEEP_CACHE_DIR, else
-/tmp/carsweep-cache, resolved on the node itself, so every node uses its own disk):
+/tmp/carsweep-cache-USER, resolved on the node itself, so every node uses its own disk; per
+user, so on a node that several users share each one's trials build and read their own
+caches, where one user's folder would refuse the next user's files):
 
     CACHE_DIR/400px-<key>.u8.npy   uint8 (N, 3, 400, 400): the train+val rows, manifest order,
                                    CHW like PILToTensor
@@ -23,7 +25,7 @@ The key is the first 16 hex digits of a sha1 over the format version, size, crop
 manifest order, every train+val row's path and sha1 (and box when cropping). Two datasets, or
 two preparations of one, never share a file, and a changed manifest simply means a new key:
 the old file is never read again. Nothing deletes old caches: clear them on each node with
-`rm -rf /tmp/carsweep-cache` (or your cache_dir) while no trial runs there.
+`rm -rf /tmp/carsweep-cache-$USER` (or your cache_dir) while no trial runs there.
 
 A cache on a network file system, or under a folder every node shares, still works, but is no
 faster than decoding (BENCHMARKS.md: 100-200 MB/s): `shared_storage_warning` says so.
@@ -31,6 +33,7 @@ faster than decoding (BENCHMARKS.md: 100-200 MB/s): `shared_storage_warning` say
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import io
 import json
@@ -51,7 +54,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CACHE_DIR_VARIABLE = "CARSWEEP_CACHE_DIR"
-DEFAULT_CACHE_DIR = "/tmp/carsweep-cache"
+DEFAULT_CACHE_PREFIX = "/tmp/carsweep-cache-"
 CACHED_SPLITS = ("train", "val")
 FORMAT_VERSION = 2
 KEY_DIGITS = 16
@@ -80,9 +83,19 @@ class CacheDiskError(CacheError):
 
 
 def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """The cache folder on this machine: `cache_dir`, else $CARSWEEP_CACHE_DIR, else the default."""
-    chosen = cache_dir or os.environ.get(CACHE_DIR_VARIABLE) or DEFAULT_CACHE_DIR
+    """The cache folder on this machine: `cache_dir`, else $CARSWEEP_CACHE_DIR, else this
+    user's default."""
+    chosen = cache_dir or os.environ.get(CACHE_DIR_VARIABLE) or default_cache_dir()
     return Path(chosen).expanduser().absolute()
+
+
+def default_cache_dir() -> Path:
+    """/tmp/carsweep-cache-USER (the user id where the user has no name, as in a container)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return Path(f"{DEFAULT_CACHE_PREFIX}{user}")
 
 
 def check_size(size: int) -> int:

@@ -24,10 +24,13 @@ are its default). Where it does not, or was measurably slower, the op is written
   hand-written ops this module had were no faster in both runs (random-crop's was slower).
   The comparison on a GPU is not measured yet (`bench/augment_ops.py --device cuda`).
 
-Randomness: every draw comes from torch's default (CPU) generator, as kornia's own do, so one
-`torch.manual_seed` makes a run repeatable and the generator state a checkpoint saves
-resumes it exactly. Parameters are drawn on the host and copied to the device with the
-batch's work: no host sync.
+Randomness: every per-sample parameter comes from torch's default (CPU) generator, as kornia's
+own do, drawn on the host and copied to the device with the batch's work (no host sync).
+`elastic`'s noise field is the one draw the size of the batch: it is drawn on the batch's
+device from that device's default generator, since on the host it would cost a (B, 2, S, S)
+draw and a pageable copy every step (82 MB at 400 px x 64). One `torch.manual_seed` seeds
+both generators, so a run is repeatable, and a checkpoint saves both states (the training
+device's), so a resumed run draws what an uninterrupted one does.
 
 ColorJitter's four operations run in an order drawn per batch (torchvision draws it per
 image); the four commute except for clipping and hue, so an image's distribution is kept.
@@ -189,7 +192,7 @@ def elastic(size: int) -> BatchOp:
 
     def warp(x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
-        noise = (torch.rand(b, 2, h, w) * 2 - 1).to(x.device, x.dtype, non_blocking=True)
+        noise = torch.rand(b, 2, h, w, device=x.device, dtype=x.dtype) * 2 - 1  # on the device
         field = gaussian_blur2d(noise, (kernel, kernel), (ELASTIC_SIGMA, ELASTIC_SIGMA),
                                 border_type="reflect")
         field = field * torch.tensor([ELASTIC_ALPHA / w, ELASTIC_ALPHA / h], device=x.device,

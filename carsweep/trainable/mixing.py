@@ -12,7 +12,11 @@ nn.CrossEntropyLoss takes such probability targets and applies `label_smoothing`
             x = lam x_i + (1 - lam) x_j, targets in the same proportion; lam ~ Beta(mixup_alpha).
     cutmix  torchvision.transforms.v2.CutMix (Yun et al. 2019, https://arxiv.org/abs/1905.04899):
             a box of x_j pasted into x_i, targets by the area kept; the box from Beta(cutmix_alpha).
-            torchvision pairs each image with the one before it in the (shuffled) batch.
+            torchvision pairs each image with the one before it in the batch, so the batch is
+            put in a random order first: a batch read from the decoded cache comes in the
+            cache's order (sorted, for read speed), where on a class-ordered manifest an image's
+            neighbour is often of its own class (about 8 % of pairs at Stanford Cars' size,
+            against 0.5 % by chance).
     snapmix `SnapMix` below.
 
 SnapMix (Huang, Wang and Tao, "SnapMix: Semantically Proportional Mixing for Augmenting
@@ -106,7 +110,8 @@ class TorchvisionMix:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         if not mixes_this_batch(self.p):
             return x, F.one_hot(labels, self.num_classes).float()
-        return self.mix(x, labels)
+        order = torch.randperm(x.shape[0]).to(x.device, non_blocking=True)  # random partners
+        return self.mix(x[order], labels[order])
 
 
 @dataclass(frozen=True)

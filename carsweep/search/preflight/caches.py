@@ -5,7 +5,7 @@ data/cache.py): one per (resize, bbox_crop) a trial can get, train+val only. `ru
 builds them right after the pre-flight, before the Tuner exists, so no trial waits on a
 half-built cache and the driver's console shows the progress:
 
-    cache 400px on node 10.0.0.2/1a2b3c4d: building 8,144 images in /tmp/carsweep-cache
+    cache 400px on node 10.0.0.2/1a2b3c4d: building 8,144 images in /tmp/carsweep-cache-alice
     cache 400px on node 10.0.0.2/1a2b3c4d: 3,264/8,144 images (40 %), 41 s
     cache 400px on node 10.0.0.2/1a2b3c4d: built, 8,144 images (3.9 GB) in 104 s
 
