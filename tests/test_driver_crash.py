@@ -35,9 +35,11 @@ from sweep_runs import (
 )
 
 from carsweep.cli import main
-from carsweep.results import load_experiment, open_study, trials_table
+from carsweep.cli.sweep import report_outcome
+from carsweep.results import experiment_sweep, load_experiment, open_study, trials_table
 from carsweep.results.store import read_trials_csv
 from carsweep.search.resume_files import cut_short_resume_files
+from carsweep.search.tuner import SweepOutcome, best_trial_row
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -220,7 +222,20 @@ def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_p
         assert max(told.intermediate_values) == epoch
         assert told.intermediate_values[epoch] == 0.0
 
+    # Had adam diverged too, no trial would have worked: the console names no best trial.
+    only_blown = blown.reset_index(drop=True)
+    assert best_trial_row(only_blown, METRIC) is None
     capsys.readouterr()
+    outcome = SweepOutcome(experiment=experiment, trials=2, best_trial=None, best_value=None,
+                           table=only_blown)
+    assert report_outcome(experiment_sweep(experiment), outcome) == 1
+    out, err = capsys.readouterr()
+    assert "best trial" not in out
+    assert "analyze" not in out
+    assert err.splitlines() == [
+        "carsweep sweep: no trial worked, so there is no best trial to analyze: 2 diverged "
+        "(loss NaN/inf: lower the learning rates)"]
+
     assert main(["resume", str(experiment), "--num-cpus", "3"]) == 0, \
         capsys.readouterr().err[-3000:]
     assert "diverged at epoch" not in capsys.readouterr().out  # nothing ran again

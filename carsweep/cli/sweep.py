@@ -81,6 +81,11 @@ def report_outcome(config, outcome) -> int:
     blown = list(table.loc[diverged(table), "trial_id"])
     print(f"\n{compact_table(table, config.metric, list(config.searched()))}")
     print(f"\nexperiment: {outcome.experiment}  ({state_counts(table)})")
+    failed = len(outcome.errors) + len(blown)
+    if outcome.trials and failed >= outcome.trials and not outcome.interrupted:
+        print("carsweep sweep: no trial worked, so there is no best trial to analyze: "
+              f"{_none_worked(outcome.errors, blown)}", file=sys.stderr)
+        return 1
     if outcome.best_trial is None:
         print("No trials are completed yet.")
     else:
@@ -97,7 +102,17 @@ def report_outcome(config, outcome) -> int:
         print(f"sweep stopped before every trial ended; its state is saved. "
               f"Resume with:\n  {resume_command(config, outcome.experiment)}", file=sys.stderr)
         return 130
-    return 1 if outcome.trials and len(outcome.errors) + len(blown) >= outcome.trials else 0
+    return 0
+
+
+def _none_worked(errors: tuple[str, ...], blown: list) -> str:
+    """Why no trial worked, in a few words and the first cause."""
+    parts = []
+    if blown:
+        parts.append(f"{len(blown)} diverged (loss NaN/inf: lower the learning rates)")
+    if errors:
+        parts.append(f"{len(errors)} failed (first error: {errors[0]})")
+    return "; ".join(parts)
 
 
 def next_commands(experiment: Path) -> str:

@@ -22,6 +22,7 @@ from carsweep.config.files import SWEEP_FILE, TUNER_FILE, trial_dir_name
 from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.errors import UserError, last_line
 from carsweep.results import save_trials_table, trials_table
+from carsweep.results.store import diverged
 from carsweep.results.study import study_path
 from carsweep.search.cluster import ray_session
 from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
@@ -91,7 +92,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
     errors = tuple(last_line(error) for error in results.errors)
     table = trials_table(experiment, config)
     save_trials_table(table, experiment)
-    best = table.iloc[0] if len(table) and table["best_" + config.metric].notna().any() else None
+    best = best_trial_row(table, config.metric)
     return SweepOutcome(
         experiment=experiment,
         trials=len(table),
@@ -101,6 +102,15 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         interrupted=_unfinished(table, config.num_samples),
         table=table,
     )
+
+
+def best_trial_row(table: pd.DataFrame, metric: str) -> pd.Series | None:
+    """The trials table's first row (best_first order) when it has a result and did not
+    diverge; None when no trial worked (a diverged trial reports the metric's worst value,
+    which must not make it the best)."""
+    if not len(table) or pd.isna(table["best_" + metric].iloc[0]):
+        return None
+    return None if diverged(table).iloc[0] else table.iloc[0]
 
 
 class _TuneRestoreHint(logging.Filter):
