@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -50,10 +51,41 @@ def sweep_yaml(folder: Path) -> Path:
     return path
 
 
-def analyze(carsweep, experiment: Path, epochs: int, *extra: str) -> tuple[float, dict]:
-    """(wall seconds, retrains per node) of one analyze."""
+class TimedLines(io.StringIO):
+    """stdout that notes when each line of analyze's progress arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        self.lines += [(time.perf_counter(), line) for line in text.splitlines() if line]
+        return super().write(text)
+
+
+def most_at_once_per_node(lines: list[tuple[float, str]]) -> int:
+    """The most retrains that trained at the same time on one node (one logical GPU), from
+    each retrain's `started` and `predicting` lines."""
+    spans: dict[tuple[str, str], dict[str, float]] = collections.defaultdict(dict)
+    for when, line in lines:
+        found = re.match(r"\[analyze\] (retrain \S+ \(.*?\)) on node (\S+) .*?(: started| "
+                         r"predicting)", line)
+        if found:
+            name, node, event = found.groups()
+            spans[(name, node)]["start" if "started" in event else "end"] = when
+    best = 0
+    for (_, node), span in spans.items():
+        overlapping = [other for (_, other_node), other in spans.items() if other_node == node
+                       and other["start"] < span["end"] and other["end"] > span["start"]]
+        best = max(best, len(overlapping))
+    return best
+
+
+def analyze(carsweep, experiment: Path, epochs: int, *extra: str) -> tuple[float, dict, int]:
+    """(wall seconds, retrains per node, most at once on one node) of one analyze."""
+    printed = TimedLines()
     started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(printed):
         code = carsweep(["analyze", str(experiment), "--seeds", "2", "--ensemble", "2",
                          "--epochs", str(epochs), *extra])
     seconds = time.perf_counter() - started
@@ -62,7 +94,7 @@ def analyze(carsweep, experiment: Path, epochs: int, *extra: str) -> tuple[float
     metrics = json.loads((experiment / "analysis" / "metrics.json").read_text())
     placed = [seed["node"] for seed in metrics["seeds"]]
     placed += [member["node"] for member in metrics["ensemble"]["members"][1:]]
-    return seconds, dict(collections.Counter(placed))
+    return seconds, dict(collections.Counter(placed)), most_at_once_per_node(printed.lines)
 
 
 def main() -> None:
@@ -98,15 +130,15 @@ def main() -> None:
                                  ("a whole GPU each (now)", [])):
                 copy = root / f"copy-{len(rows)}"
                 shutil.copytree(experiment, copy, symlinks=True)
-                seconds, placed = analyze(carsweep, copy, args.epochs, *extra)
-                rows.append((label, seconds, placed))
+                rows.append((label, *analyze(carsweep, copy, args.epochs, *extra)))
         finally:
             head.shutdown()
     print(describe(start_load))
-    print("| retrain task asks | analyze wall time (s) | retrains per node |\n|---|---|---|")
-    for label, seconds, placed in rows:
+    print("| retrain task asks | analyze wall time (s) | retrains per node | most at once on "
+          "one GPU |\n|---|---|---|---|")
+    for label, seconds, placed, at_once in rows:
         nodes = ", ".join(f"{node.split('/')[1]}: {count}" for node, count in placed.items())
-        print(f"| {label} | {seconds:.1f} | {nodes} |")
+        print(f"| {label} | {seconds:.1f} | {nodes} | {at_once} |")
 
 
 if __name__ == "__main__":
