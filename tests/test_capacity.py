@@ -113,6 +113,15 @@ def test_the_shipped_cars_sweep_fills_the_gpus_it_is_sized_for(nodes):
                                        "the cluster, max_concurrent_trials 32): 89 of 128 ")
 
 
+def test_make_demos_sweep_on_two_cores_is_not_warned():
+    from carsweep.config.sweep import load_sweep
+
+    demo = load_sweep("configs/demo.yaml").model_copy(update={"dataset": "/data"})
+    report = lines_for(demo, [("127.0.0.1/aaaa", 2.0, 0.0)])  # the local Ray of `make demo`
+    assert report.warnings == []
+    assert "4 of 8 suggestions see results" in report.lines[-1]
+
+
 def test_few_informed_suggestions_say_what_to_set():
     config = sweep(num_samples=40, resources={"cpu": 1, "gpu": 0},
                    searcher={"n_startup_trials": 10})
