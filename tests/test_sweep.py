@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from carsweep.cli import main
 from carsweep.config.sweep import load_sweep, save_sweep
 from carsweep.results import load_experiment, trials_table
+from carsweep.results.store import read_trials_csv
 from carsweep.search.trial import DatasetUnreachableError, readable_dataset
 
 METRIC = FINISHED_SWEEP["metric"]  # val_loss, mode min (tests/sweep_runs.py says why)
@@ -243,6 +245,23 @@ def test_existing_experiment_is_not_overwritten(prepared_dataset, tmp_path, caps
 def test_node_without_the_dataset_fails_clearly(tmp_path):
     with pytest.raises(DatasetUnreachableError, match=r"cannot read the dataset .*every Ray node"):
         readable_dataset(str(tmp_path / "not-shared"))
+
+
+@pytest.mark.slow
+def test_resuming_a_copy_resumes_the_copy_and_never_touches_the_original(finished_experiment,
+                                                                         tmp_path):
+    # Checkpoints are left out of the copy: a finished sweep's resume runs no trial.
+    copy = shutil.copytree(finished_experiment, tmp_path / "elsewhere" / "renamed",
+                           ignore=shutil.ignore_patterns("checkpoint_*", "analysis"))
+    original = folder_listing(finished_experiment)
+    copied = folder_listing(copy)
+    assert main(["resume", str(copy), "--num-cpus", "2"]) == 0
+    assert folder_listing(finished_experiment) == original  # not a byte, not a time stamp
+    assert folder_listing(copy) != copied  # the copy's own state was saved again
+    here, there = (read_trials_csv((folder / "trials.csv").read_text())
+                   for folder in (copy, finished_experiment))
+    kept = ["trial_id", "state", "epochs_run", f"best_{METRIC}"]
+    pd.testing.assert_frame_equal(here[kept], there[kept])  # the same trials, none run again
 
 
 def test_resume_needs_an_experiment_folder(prepared_dataset, tmp_path, capsys):

@@ -1,4 +1,9 @@
-"""`carsweep resume EXPERIMENT`: continue an interrupted sweep from its folder."""
+"""`carsweep resume EXPERIMENT`: continue an interrupted sweep from its folder.
+
+The experiment is the folder given, wherever it is now: sweep.yaml records the storage path
+and name it was launched with, and a copied or moved experiment resumed from those would
+rewrite the original (Tune's state, trials.csv) and leave the copy as it was. Ray Tune
+restores a moved experiment folder by itself."""
 
 from __future__ import annotations
 
@@ -26,5 +31,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.experiment}: not a carsweep experiment (no {SWEEP_FILE})")
     overrides = [f"cluster.{key}={value}" for key, value in
                  (("address", args.address), ("num_cpus", args.num_cpus)) if value is not None]
-    config = load_sweep(sweep_file, overrides)
+    here = args.experiment.expanduser().resolve()
+    config = load_sweep(sweep_file, overrides).model_copy(
+        update={"storage_path": str(here.parent), "name": here.name})
     return report_outcome(config, run_sweep(config, resume=True))
