@@ -136,6 +136,9 @@ def test_fractional_gpu_allowed(tmp_path):
         ({"space": {"epochs": {"choice": [2, 6]}, "warmup_epochs": {"int": [0, 2]}}},
          "warmup_epochs is 2, but must be < epochs (2)"),
         ({"metric": "accuracy"}, "`metric` = 'accuracy'"),
+        ({"name": "../../escape"}, "`name` = '../../escape' is invalid: it names a folder "
+         "inside storage_path"),
+        ({"name": "runs/demo"}, "one folder name, without / or \\"),
         ({"mode": "best"}, "`mode` = 'best'"),
         ({"num_samples": 0}, "`num_samples` = 0"),
         ({"resources": {"gpu": -1}}, "`resources.gpu` = -1"),
@@ -213,3 +216,39 @@ def test_demo_and_cars_configs_are_valid():
     assert demo.resources.gpu == 0
     assert cars.resources.gpu > 0
     assert isinstance(SweepConfig.model_validate(demo.to_yaml_dict()), SweepConfig)
+
+
+# Reading YAML as people write it ------------------------------------------------------------
+
+def test_numbers_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "tutorial.yaml"
+    path.write_text("space:\n  lr: {loguniform: [1e-4, 1e-2]}\n"
+                    "  weight_decay: {choice: [0, 1e-5, 1E-4]}\n"
+                    "searcher:\n  points_to_evaluate: [{lr: 1e-3}]\n")
+    config = load_sweep(path, ["space.label_smoothing=1e-1"])
+    assert config.space["lr"].values == [1e-4, 1e-2]
+    assert config.space["weight_decay"].values == [0, 1e-5, 1e-4]
+    assert config.searcher.points_to_evaluate == [{"lr": 1e-3}]
+    assert config.space["label_smoothing"].values == [0.1]  # --set reads them the same way
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"name: a\nnum_samples: 4\nname: b\n",
+     "not valid YAML at line 3: the key 'name' is given twice"),
+    (b"name: caf\xe9\n", "not UTF-8 text (byte 0xe9 at offset 9); save it as UTF-8"),
+    (b"name: x\nspace: &s\n  lr: *s\n",
+     "a YAML anchor (&name) is used inside itself (*name), which makes an endless value"),
+])
+def test_a_config_file_yaml_cannot_read_as_meant_is_one_line(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text)
+    with pytest.raises(UserError) as raised:
+        load_sweep(path)
+    assert str(raised.value) == f"{path}: {message}"
+
+
+def test_an_anchor_used_twice_is_fine(tmp_path):
+    path = tmp_path / "shared.yaml"
+    path.write_text("space:\n  lr: &range {loguniform: [1.0e-4, 0.1]}\n"
+                    "  weight_decay: *range\n")
+    assert load_sweep(path).space["weight_decay"].values == [1.0e-4, 0.1]

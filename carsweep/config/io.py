@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,22 +19,71 @@ from carsweep.errors import UserError, describe_validation_error
 Model = TypeVar("Model", bound=BaseModel)
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as people write them, and strict about keys.
+
+    PyYAML implements YAML 1.1, where a float needs a dot: `1e-4` (how every tutorial writes a
+    learning rate) would be the string '1e-4', and `lr: {loguniform: [1e-4, 1e-2]}` a range
+    of strings. YAML 1.2's float form (a mantissa without a dot) is added here. A key given
+    twice in one mapping is an error, where PyYAML keeps the last silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml_text(text: str) -> Any:
+    """`text` parsed by ConfigLoader (a yaml.YAMLError for malformed YAML)."""
+    return yaml.load(text, Loader=ConfigLoader)  # safe: ConfigLoader is a SafeLoader
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """The mapping at the top of a YAML file; a missing or malformed file is a UserError."""
+    """The mapping at the top of a YAML file; a missing, undecodable or malformed file is a
+    UserError naming the file (and the line, where YAML knows it)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at "
+                        f"offset {error.start}); save it as UTF-8") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(error, "problem", None)
+        raise UserError(f"{path}: not valid YAML{where}" + (f": {problem}" if problem else "")
+                        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    if _refers_to_itself(data):
+        raise UserError(f"{path}: a YAML anchor (&name) is used inside itself (*name), which "
+                        "makes an endless value")
     return data
+
+
+def _refers_to_itself(value: Any, inside: tuple[int, ...] = ()) -> bool:
+    """Whether a mapping or list contains itself (a YAML anchor used within its own value)."""
+    if not isinstance(value, dict | list):
+        return False
+    if id(value) in inside:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    return any(_refers_to_itself(child, (*inside, id(value))) for child in children)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -42,7 +92,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise UserError(f"--set {text!r}: expected KEY=VALUE, for example lr=0.01")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml_text(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value

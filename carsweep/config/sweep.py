@@ -125,6 +125,14 @@ class SweepConfig(BaseModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     space: dict[str, ParamSpec] = Field(default_factory=dict, description="TrialConfig fields")
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str) -> str:
+        # A name with a separator or `..` would put the experiment outside storage_path.
+        if "/" in name or "\\" in name or name in (".", ".."):
+            raise ValueError("it names a folder inside storage_path: one folder name, without "
+                             "/ or \\ and not . or ..")
+        return name
     @field_validator("metric")
     @classmethod
     def _reported(cls, metric: str) -> str:
