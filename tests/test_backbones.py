@@ -22,7 +22,7 @@ import torchvision
 from test_bad_input import only_line
 from trainable_data import make_tiny_dataset, one_torch_thread  # noqa: F401 - autouse
 
-from carsweep.analysis.gradcam import cam_layer, class_maps, load_inputs
+from carsweep.analysis.gradcam import cam_layer, class_maps
 from carsweep.analysis.predict import probabilities
 from carsweep.cli import main
 from carsweep.config.sweep import SweepConfig
@@ -40,6 +40,7 @@ from carsweep.trainable.backbones import (
 )
 from carsweep.trainable.cam_occlusion import grad_cam
 from carsweep.trainable.checkpoint import save_checkpoint
+from carsweep.trainable.data import load_inputs
 from carsweep.trainable.gpu_augment import Normalize
 from carsweep.trainable.model import imagenet_cache_path, set_backbone_frozen
 from carsweep.trainable.run_folder import RunFolder

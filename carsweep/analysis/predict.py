@@ -1,6 +1,6 @@
 """Predictions of an exported model on image files: top-k classes, optionally Grad-CAM overlays.
 
-Images are prepared exactly as the trainable evaluates them (`gradcam.load_inputs`: decoded
+Images are prepared exactly as the trainable evaluates them (`trainable.data.load_inputs`: decoded
 with `open_rgb`, square resize to the export's input size, no crop), then normalised with the
 mean and std stored in the export; the probabilities are the softmax of the logits divided by
 the export's temperature. A model trained with `bbox_crop` saw cropped cars: give it cropped
@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from carsweep.analysis.gradcam import cam_layer, class_maps, load_inputs, overlay
+from carsweep.analysis.gradcam import cam_layer, class_maps, overlay
 from carsweep.data.images import DECODE_ERRORS, open_rgb
 from carsweep.errors import UserError
 from carsweep.results.export import Export
+from carsweep.trainable.data import load_inputs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 BATCH = 64
