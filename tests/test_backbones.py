@@ -23,7 +23,6 @@ from test_bad_input import only_line
 from trainable_data import make_tiny_dataset, one_torch_thread  # noqa: F401 - autouse
 
 from carsweep.analysis.gradcam import cam_layer, class_maps
-from carsweep.analysis.predict import probabilities
 from carsweep.cli import main
 from carsweep.config.sweep import SweepConfig
 from carsweep.config.trial import TrialConfig
@@ -95,7 +94,7 @@ def test_a_backbone_trains_explains_itself_and_survives_export_and_predict(
     exported = load_export(out)
     assert (exported.architecture, exported.temperature) == (name, 1.0)
     logits, _ = predict(model, tiny_data, "test", config)
-    np.testing.assert_allclose(probabilities(exported, images).numpy(),
+    np.testing.assert_allclose(exported.probabilities(images).numpy(),
                                torch.softmax(logits, dim=1).numpy(), atol=1e-5)
 
 
@@ -276,7 +275,7 @@ def test_an_export_from_before_architectures_and_temperatures_is_resnet18(tmp_pa
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         logits = hotter.model(hotter.normalize(images))
-    np.testing.assert_allclose(probabilities(hotter, images).numpy(),
+    np.testing.assert_allclose(hotter.probabilities(images).numpy(),
                                torch.softmax(logits / 2.0, dim=1).numpy(), atol=1e-6)
     with pytest.raises(UserError, match="export version 1 of vit_b_16; this carsweep reads"):
         from_payload(old | {"architecture": "vit_b_16"}, "export")

@@ -255,6 +255,13 @@ class Normalize(nn.Module):
         # x*scale + shift with one new tensor (no write into the caller's tensor)
         return images.float().mul_(self.byte_scale).add_(self.shift)
 
+    def bytes_in_graph(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 0..255 in, the model's input out, in ops every exporter captures (no numpy,
+        no writes in place): the form inside the exported ONNX and .pt2 graphs. The same
+        x * byte_scale + shift as `forward`, so the graph and the model agree to float
+        rounding."""
+        return images.to(torch.float32) * self.byte_scale + self.shift
+
     def _bytes_on_cpu(self, images: torch.Tensor) -> torch.Tensor:
         import numpy as np  # numpy ships with torch; only the CPU path needs it
 
