@@ -17,6 +17,7 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from carsweep.config.files import CHECKPOINT_FILE
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
-from carsweep.results.deploy import REFUSED, read_metadata
+from carsweep.results.deploy import REFUSED, capture, read_metadata
 from carsweep.results.export import load_export, save_retrained_model
 from carsweep.results.onnx_file import OPSET, load_onnx
 from carsweep.results.pt2_file import load_pt2
@@ -247,7 +248,7 @@ def test_cam_on_an_onnx_file_is_one_line_pointing_at_the_pt(export_of, prepared_
 @pytest.mark.parametrize(("damage", "message"), [
     (lambda data: data[: len(data) // 2], "not a readable ONNX model, damaged or truncated"),
     (lambda data: b"garbage" * 64, "not a readable ONNX model, damaged or truncated"),
-])
+], ids=["truncated", "not onnx"])
 def test_a_damaged_onnx_file_is_one_line(export_of, prepared_dataset, tmp_path, damage,
                                          message):
     _, out, _ = export_of("resnet18")
@@ -354,3 +355,42 @@ def test_predict_cuda_on_an_onnx_file_and_a_missing_proof_dataset_are_one_line(
     assert buffer.getvalue().count("\n") == 1
     assert f"{tmp_path / 'nope'}: no such dataset folder" in buffer.getvalue()
     assert list(tmp_path.iterdir()) == []
+
+
+class _BranchesOnPixels(nn.Module):
+    """A model torch.export cannot capture: its control flow depends on the input's values."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        return logits if x.mean() > 0 else -logits
+
+
+def test_an_exporters_failure_is_one_line_naming_the_backbone(export_of):
+    _, out, _ = export_of("resnet18")
+    reference = load_export(out)
+    branching = replace(reference, model=_BranchesOnPixels(reference.model))
+    with pytest.raises(UserError) as refused:
+        capture(branching)
+    message = str(refused.value)
+    assert message.startswith("torch.export cannot take resnet18 (")
+    assert message.endswith("); export the .pt alone")
+    assert "\n" not in message
+
+
+def test_without_a_dataset_the_proof_runs_on_seeded_random_images_and_says_so(export_of,
+                                                                             tmp_path):
+    _, out, _ = export_of("resnet18")
+    exported = load_export(out)
+    unknown = proof_images(exported, None)
+    gone = proof_images(exported, tmp_path / "moved-away")
+    assert unknown.description == ("16 random images (seed 0): no dataset is recorded for it; "
+                                   "give --data DATASET to prove on real images")
+    assert gone.description == (f"16 random images (seed 0): the dataset "
+                                f"{tmp_path / 'moved-away'} is not there")
+    assert unknown.images.dtype == torch.uint8
+    assert unknown.images.shape == (16, 3, SIZE, SIZE)
+    assert torch.equal(unknown.images, gone.images)  # seeded: the same pixels every time
