@@ -208,10 +208,15 @@ def file_sha256(path: Path) -> str:
 def write_export(payload: dict[str, Any], out: Path) -> Path:
     """torch.save to a temporary file beside `out`, then rename: never half an export."""
     out = Path(out)
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a file name such as best.pt")
+    check_out(out)
     torch_save_atomic(payload, out)
     return out
+
+
+def check_out(out: Path) -> None:
+    """A UserError for an --out that cannot be the export file."""
+    if Path(out).is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name such as best.pt")
 
 
 def load_export(path: Path) -> Export:

@@ -23,6 +23,7 @@ from carsweep.results.deploy import capture, metadata, refuse_if_known
 from carsweep.results.export import (
     Export,
     ModelSource,
+    check_out,
     checkpoint_config,
     export_payload,
     find_source,
@@ -52,24 +53,25 @@ def export(folder: Path, out: Path, *, torchscript: Path | None = None,
            data: Path | None = None) -> Written:
     """Export what `folder` holds to `out`, and to the other files given; `data` is the
     dataset whose images prove the ONNX and .pt2 files (default: the experiment's)."""
+    deployables = onnx is not None or pt2 is not None
     if onnx is not None:
         require_onnx_extra("--onnx")
+    check_out(out)
     source = find_source(folder)
-    if onnx is not None or pt2 is not None:
+    if deployables:
         refuse_if_known(checkpoint_config(source.checkpoint).model)
     payload = export_payload(source)
     exported = from_payload(payload, str(folder))
     traced = trace(exported) if torchscript is not None else None
     written = Written(payload)
     with _staging(Path(out)) as stage:
-        if onnx is not None or pt2 is not None:
-            proof = proof_images(exported, data if data is not None else recorded_dataset(source),
+        staged = {}
+        if deployables:
+            proof = proof_images(exported, data or recorded_dataset(source),
                                  explicit=data is not None)
             written.proof_images = proof.description
             staged = _write_deployables(exported, payload, stage, proof, onnx=onnx, pt2=pt2,
-                                        written=written)
-        else:
-            staged = {}
+                                        proofs=written.proofs)
         write_export(payload, out)
         for kind, (files, target) in staged.items():
             for file in reversed(files):  # an ONNX model's external data before the model
@@ -83,22 +85,21 @@ def export(folder: Path, out: Path, *, torchscript: Path | None = None,
 
 def _write_deployables(exported: Export, payload: dict[str, Any], stage: Path,
                        proof: ProofImages, *, onnx: Path | None, pt2: Path | None,
-                       written: Written) -> dict[str, tuple[list[Path], Path]]:
+                       proofs: list[Agreement]) -> dict[str, tuple[list[Path], Path]]:
     """Capture once, write the ONNX and/or .pt2 file into `stage` under its final name, prove
-    each from disk; returns kind -> (staged files, final path)."""
+    each from disk (appended to `proofs`); returns kind -> (staged files, final path)."""
     program = capture(exported)
     meta = metadata(payload)
     staged: dict[str, tuple[list[Path], Path]] = {}
     if onnx is not None:
         path = write_onnx(program, stage / Path(onnx).name, meta, exported.architecture)
-        runtime = load_onnx(path)
-        written.proofs.append(prove_same("ONNX Runtime", exported, runtime.probabilities, proof))
+        proofs.append(prove_same("ONNX Runtime", exported, load_onnx(path).probabilities, proof))
         staged["onnx"] = (onnx_files(path), Path(onnx))
     if pt2 is not None:
         path = write_pt2(program, stage / Path(pt2).name, meta, exported.architecture)
         module, _ = load_pt2(path)
-        written.proofs.append(prove_same("torch.export .pt2", exported,
-                                         lambda images: module(images)[1], proof))
+        proofs.append(prove_same("torch.export .pt2", exported,
+                                 lambda images: module(images)[1], proof))
         staged["pt2"] = ([path], Path(pt2))
     return staged
 
