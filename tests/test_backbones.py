@@ -28,7 +28,13 @@ from carsweep.config.sweep import SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
-from carsweep.results.export import export_payload, find_source, from_payload, load_export
+from carsweep.results.export import (
+    export_payload,
+    find_source,
+    from_payload,
+    load_export,
+    save_retrained_model,
+)
 from carsweep.trainable import build_loader, build_model, predict, train
 from carsweep.trainable.augment import normalization
 from carsweep.trainable.backbones import (
@@ -301,3 +307,17 @@ def test_the_meta_model_of_the_largest_regnet_needs_no_weight_init():
     assert sum(p.numel() for p in model.parameters()) > 600_000_000
     with torch.device("meta"), pytest.raises(NotImplementedError):
         torchvision.models.regnet_y_400mf()  # unpatched again: its .tolist() on meta raises
+
+
+@pytest.mark.parametrize("name", ["mnasnet0_5", "resnet18"])
+def test_a_retrained_model_survives_export_with_its_state_dict_versions(name, tmp_path):
+    """MNASNet's loader refuses weights without the state dict's per-module versions, which
+    a dict comprehension over state_dict() dropped: analyze's retrained model and every .pt
+    export of an mnasnet failed to load ("version should be set to 1 or 2 instead of None")."""
+    config = TrialConfig(model=name, resize=RESIZE)
+    model = build_model(3, model=name)
+    save_retrained_model(tmp_path / "analysis", model, config, ["a", "b", "c"])
+    payload = export_payload(find_source(tmp_path / "analysis" / "model"))
+    exported = from_payload(payload, "export")
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(exported.model.state_dict()[key], tensor), key

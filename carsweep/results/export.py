@@ -49,6 +49,7 @@ from carsweep.trainable.augment import normalization
 from carsweep.trainable.backbones import DEFAULT_MODEL, model_names
 from carsweep.trainable.checkpoint import (
     CLASSES_FILE,
+    cpu_state_dict,
     load_checkpoint,
     save_checkpoint,
     torch_save_atomic,
@@ -145,7 +146,7 @@ def save_retrained_model(analysis_folder: Path, model: nn.Module, config: TrialC
                          classes: list[str]) -> Path:
     """Keep the model `analyze` retrained in its analysis folder (as the checkpoint folder
     analysis/model/: weights, trial.yaml, classes.json), where `export` looks first."""
-    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    state = {"model": cpu_state_dict(model),
              "epoch": config.epochs, "classes": list(classes)}
     return save_checkpoint(Path(analysis_folder) / RETRAINED_MODEL_DIR.name, state, config,
                            classes)
@@ -178,7 +179,7 @@ def export_payload(source: ModelSource) -> dict[str, Any]:
     return {
         "format": FORMAT, "version": VERSION, "carsweep_version": __version__,
         "architecture": config.model,
-        "model": {name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+        "model": cpu_state_dict(model),
         "temperature": float(calibration["temperature"]) if calibration else 1.0,
         "calibration": calibration,
         "classes": classes,
