@@ -228,7 +228,7 @@ def test_predict_on_the_onnx_file_prints_what_the_pt_prints(export_of, prepared_
             assert pt_line == onnx_line  # the image's path
             continue
         # the same class at the same rank; the percentage at most its last digit apart (the
-        # runtimes round float32 differently, by < 1e-4 in probability)
+        # runtimes round float32 differently: ~1e-6 in probability for this model)
         assert pt_line.rsplit(maxsplit=1)[0] == onnx_line.rsplit(maxsplit=1)[0]
         assert float(pt_line.split()[-1][:-1]) == pytest.approx(
             float(onnx_line.split()[-1][:-1]), abs=0.011)
@@ -341,7 +341,7 @@ def test_a_file_that_gives_other_answers_is_an_error_with_the_figures(export_of,
         prove_same("ONNX Runtime", reference, wrong.probabilities, proof)
     message = str(refused.value)
     assert message.startswith("resnet18: ONNX Runtime vs PyTorch: max |Δp| ")
-    assert "(tolerance 1e-04)" in message
+    assert "(tolerance 1e-03)" in message
     assert message.endswith("the file gives other answers than the .pt, so it is not written")
     assert "16 test images of" in message
     assert "cropped to their boxes" in message

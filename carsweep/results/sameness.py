@@ -30,9 +30,11 @@ from carsweep.errors import UserError
 from carsweep.results.export import Export
 from carsweep.trainable.data import load_inputs
 
-# ONNX Runtime and torch on one CPU differ by float32 rounding (BENCHMARKS.md, "ONNX Runtime
-# vs PyTorch": ~1e-7 measured); a wrong normalisation, temperature or layer is ~1e-2.
-PROB_TOLERANCE = 1e-4
+# ONNX Runtime and torch differ by float32 rounding: 1e-8 to 1e-5 on most of the 75 backbones
+# in bench/export_all.py, up to 3e-4 on the deepest ResNets with random weights, where torch's
+# own float32 result is as far from a float64 run (docs/export.md). A wrong normalisation,
+# temperature or layer moves probabilities by 1e-2 and more.
+PROB_TOLERANCE = 1e-3
 PROOF_IMAGES = 16
 PROOF_SEED = 0
 
