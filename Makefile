@@ -11,6 +11,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 
 install: $(STAMP)
 
+# '.[dev]' brings the onnx extra too (pyproject.toml): the tests export and run ONNX files.
 # PYTHONWARNINGS: setuptools warns on every editable install that a folder named like the
 # package may shadow it; here that folder is the package itself, so that note (only it) is off.
 $(STAMP): pyproject.toml constraints.txt

@@ -17,7 +17,7 @@ from PIL import Image
 from sweep_runs import ANALYZE, FINISHED_SWEEP
 
 from carsweep.analysis import plots
-from carsweep.analysis.gradcam import cam_layer, class_maps, load_inputs, pointing_game
+from carsweep.analysis.gradcam import cam_layer, class_maps, pointing_game
 from carsweep.analysis.metrics import by_make
 from carsweep.analysis.report import data_uri
 from carsweep.cli import main
@@ -29,6 +29,7 @@ from carsweep.results import load_experiment
 from carsweep.trainable import predict, train
 from carsweep.trainable.augment import normalization
 from carsweep.trainable.cam_occlusion import describe
+from carsweep.trainable.data import load_inputs
 from carsweep.trainable.gpu_augment import Normalize
 
 

@@ -22,14 +22,19 @@ import torchvision
 from test_bad_input import only_line
 from trainable_data import make_tiny_dataset, one_torch_thread  # noqa: F401 - autouse
 
-from carsweep.analysis.gradcam import cam_layer, class_maps, load_inputs
-from carsweep.analysis.predict import probabilities
+from carsweep.analysis.gradcam import cam_layer, class_maps
 from carsweep.cli import main
 from carsweep.config.sweep import SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
-from carsweep.results.export import export_payload, find_source, from_payload, load_export
+from carsweep.results.export import (
+    export_payload,
+    find_source,
+    from_payload,
+    load_export,
+    save_retrained_model,
+)
 from carsweep.trainable import build_loader, build_model, predict, train
 from carsweep.trainable.augment import normalization
 from carsweep.trainable.backbones import (
@@ -40,6 +45,7 @@ from carsweep.trainable.backbones import (
 )
 from carsweep.trainable.cam_occlusion import grad_cam
 from carsweep.trainable.checkpoint import save_checkpoint
+from carsweep.trainable.data import load_inputs
 from carsweep.trainable.gpu_augment import Normalize
 from carsweep.trainable.model import imagenet_cache_path, set_backbone_frozen
 from carsweep.trainable.run_folder import RunFolder
@@ -94,7 +100,7 @@ def test_a_backbone_trains_explains_itself_and_survives_export_and_predict(
     exported = load_export(out)
     assert (exported.architecture, exported.temperature) == (name, 1.0)
     logits, _ = predict(model, tiny_data, "test", config)
-    np.testing.assert_allclose(probabilities(exported, images).numpy(),
+    np.testing.assert_allclose(exported.probabilities(images).numpy(),
                                torch.softmax(logits, dim=1).numpy(), atol=1e-5)
 
 
@@ -275,7 +281,7 @@ def test_an_export_from_before_architectures_and_temperatures_is_resnet18(tmp_pa
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         logits = hotter.model(hotter.normalize(images))
-    np.testing.assert_allclose(probabilities(hotter, images).numpy(),
+    np.testing.assert_allclose(hotter.probabilities(images).numpy(),
                                torch.softmax(logits / 2.0, dim=1).numpy(), atol=1e-6)
     with pytest.raises(UserError, match="export version 1 of vit_b_16; this carsweep reads"):
         from_payload(old | {"architecture": "vit_b_16"}, "export")
@@ -301,3 +307,17 @@ def test_the_meta_model_of_the_largest_regnet_needs_no_weight_init():
     assert sum(p.numel() for p in model.parameters()) > 600_000_000
     with torch.device("meta"), pytest.raises(NotImplementedError):
         torchvision.models.regnet_y_400mf()  # unpatched again: its .tolist() on meta raises
+
+
+@pytest.mark.parametrize("name", ["mnasnet0_5", "resnet18"])
+def test_a_retrained_model_survives_export_with_its_state_dict_versions(name, tmp_path):
+    """MNASNet's loader refuses weights without the state dict's per-module versions, which
+    a dict comprehension over state_dict() dropped: analyze's retrained model and every .pt
+    export of an mnasnet failed to load ("version should be set to 1 or 2 instead of None")."""
+    config = TrialConfig(model=name, resize=RESIZE)
+    model = build_model(3, model=name)
+    save_retrained_model(tmp_path / "analysis", model, config, ["a", "b", "c"])
+    payload = export_payload(find_source(tmp_path / "analysis" / "model"))
+    exported = from_payload(payload, "export")
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(exported.model.state_dict()[key], tensor), key

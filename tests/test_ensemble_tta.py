@@ -18,7 +18,6 @@ from trainable_data import make_tiny_dataset, one_torch_thread  # noqa: F401 - a
 from carsweep.analysis import calibration, metrics
 from carsweep.analysis.analyze import analyze_experiment
 from carsweep.analysis.ensemble import VARIANT_FILES
-from carsweep.analysis.gradcam import load_inputs
 from carsweep.analysis.retrain import retrain_locally, train_and_test
 from carsweep.cli import main
 from carsweep.config.trial import TrialConfig
@@ -27,6 +26,7 @@ from carsweep.results import load_experiment
 from carsweep.results.export import load_export
 from carsweep.trainable import build_model, load_checkpoint, predict
 from carsweep.trainable.augment import normalization
+from carsweep.trainable.data import load_inputs
 from carsweep.trainable.gpu_augment import Normalize
 
 CONFIG = TrialConfig(optimizer="adam", lr=1e-3, epochs=1, batch_size=8, resize=32,

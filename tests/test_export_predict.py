@@ -125,7 +125,7 @@ def test_run_folder_export_and_torchscript_predict_as_the_trained_model(
     assert json.loads(extra["carsweep.json"])["input_size"] == 32
     from carsweep.analysis.predict import model_inputs
 
-    inputs = model_inputs(images, exported)  # uint8 (N, 3, 32, 32)
+    inputs = model_inputs(images, exported.input_size)  # uint8 (N, 3, 32, 32)
     with torch.no_grad():
         scripted_probs = torch.softmax(scripted(inputs.float() / 255).double(), dim=1).numpy()
     np.testing.assert_allclose(scripted_probs, expected, atol=1e-5)

@@ -19,13 +19,14 @@ import pandas as pd
 from PIL import Image
 from torch import nn
 
-from carsweep.analysis.gradcam import class_maps, load_inputs, overlay
+from carsweep.analysis.gradcam import class_maps, overlay
 from carsweep.analysis.retrain import say
 from carsweep.config.trial import TrialConfig
 from carsweep.data.images import open_rgb
 from carsweep.data.manifest import BOX_COLUMNS, PreparedDataset
 from carsweep.trainable.augment import normalization
 from carsweep.trainable.cam_occlusion import flat_maps
+from carsweep.trainable.data import load_inputs
 from carsweep.trainable.gpu_augment import Normalize
 
 GALLERY_DIR = "gallery"

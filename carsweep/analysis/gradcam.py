@@ -12,8 +12,6 @@ decides the class.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
@@ -23,11 +21,7 @@ from torch import nn
 from torchcam.utils import overlay_mask
 from torchvision.transforms.functional import to_pil_image
 
-from carsweep.config.trial import TrialConfig
-from carsweep.data.cache_build import crop_to_box
-from carsweep.data.images import open_rgb
 from carsweep.data.manifest import BOX_COLUMNS
-from carsweep.trainable import eval_transform
 from carsweep.trainable.backbones import feature_stages
 from carsweep.trainable.cam_occlusion import TARGET_LAYER, grad_cam
 from carsweep.trainable.gpu_augment import Normalize
@@ -45,22 +39,6 @@ def cam_layer(model: str, resize: int) -> str:
     stages = feature_stages(model, resize)
     wide = [stage for stage in stages if stage.side >= MIN_CAM_SIDE]
     return wide[-1].name if wide else max(stages, key=lambda stage: stage.side).name
-
-
-def load_inputs(paths: list[Path], config: TrialConfig,
-                boxes: np.ndarray | None = None) -> torch.Tensor:
-    """uint8 (B, 3, S, S): the images as the model saw them at evaluation (square resize).
-
-    With `config.bbox_crop`, pass the images' (B, 4) boxes: they are cropped as in training.
-    """
-    transform = eval_transform(config)
-    batch = []
-    for index, path in enumerate(paths):
-        image = open_rgb(path)  # alpha on white, exactly as the trainable decodes
-        if config.bbox_crop and boxes is not None:
-            image = crop_to_box(image, np.asarray(boxes[index], dtype=float))
-        batch.append(transform(image))
-    return torch.stack(batch)
 
 
 def class_maps(model: nn.Module, images: torch.Tensor, classes: list[int],

@@ -1,10 +1,11 @@
 """Predictions of an exported model on image files: top-k classes, optionally Grad-CAM overlays.
 
-Images are prepared exactly as the trainable evaluates them (`gradcam.load_inputs`: decoded
-with `open_rgb`, square resize to the export's input size, no crop), then normalised with the
-mean and std stored in the export; the probabilities are the softmax of the logits divided by
-the export's temperature. A model trained with `bbox_crop` saw cropped cars: give it cropped
-photos.
+Images are prepared exactly as the trainable evaluates them (`trainable.data.load_inputs`:
+decoded with `open_rgb`, square resize to the export's input size, no crop), then fed to the
+export: the .pt's PyTorch model (normalised with the mean and std stored in it, the logits
+divided by its temperature before the softmax: `Export.probabilities`), or an ONNX file in
+ONNX Runtime (the same inside its graph: `OnnxExport.probabilities`). A model trained with
+`bbox_crop` saw cropped cars: give it cropped photos. Grad-CAM needs the PyTorch model.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from carsweep.analysis.gradcam import cam_layer, class_maps, load_inputs, overlay
+from carsweep.analysis.gradcam import cam_layer, class_maps, overlay
+from carsweep.config.trial import TrialConfig
 from carsweep.data.images import DECODE_ERRORS, open_rgb
 from carsweep.errors import UserError
 from carsweep.results.export import Export
+from carsweep.results.onnx_file import OnnxExport
+from carsweep.trainable.data import load_inputs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 BATCH = 64
@@ -59,11 +63,10 @@ def collect_images(inputs: list[Path]) -> list[Path]:
     return paths
 
 
-def model_inputs(paths: list[Path], exported: Export) -> torch.Tensor:
-    """uint8 (N, 3, S, S) as the model saw images at evaluation; an unreadable file is a
-    UserError naming it (checked for all before anything runs)."""
-    config = exported.config.model_copy(update={"resize": exported.input_size,
-                                                "bbox_crop": False})
+def model_inputs(paths: list[Path], input_size: int) -> torch.Tensor:
+    """uint8 (N, 3, S, S) as the model saw images at evaluation, S = `input_size`; an
+    unreadable file is a UserError naming it (checked for all before anything runs)."""
+    config = TrialConfig(resize=input_size, bbox_crop=False)
     images = []
     for path in paths:
         try:
@@ -71,15 +74,6 @@ def model_inputs(paths: list[Path], exported: Export) -> torch.Tensor:
         except DECODE_ERRORS as error:
             raise UserError(f"{path}: not an image that can be read ({error})") from None
     return torch.cat(images)
-
-
-@torch.no_grad()
-def probabilities(exported: Export, images: torch.Tensor) -> torch.Tensor:
-    """(N, C) softmax of the model's logits divided by the export's temperature (the one
-    `analyze` fitted; 1.0 where none was) for uint8 (N, 3, S, S) images, on the CPU."""
-    device = next(exported.model.parameters()).device
-    logits = exported.model(exported.normalize.to(device)(images.to(device)))
-    return torch.softmax(logits.float() / exported.temperature, dim=1).cpu()
 
 
 def top_k(probs: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[int, str, float]]]:
@@ -113,27 +107,32 @@ def save_cams(exported: Export, paths: list[Path], images: torch.Tensor, labels:
     return written
 
 
-def predict_files(exported: Export, inputs: list[Path], *, k: int = 5,
+def predict_files(exported: Export | OnnxExport, inputs: list[Path], *, k: int = 5,
                   cam_dir: Path | None = None) -> list[Prediction]:
-    """Top-k for every image in `inputs` (files or folders), and CAM overlays if asked.
+    """Top-k for every image in `inputs` (files or folders), and CAM overlays if asked (of a
+    .pt's model only: Grad-CAM reads its gradients).
 
     BATCH images at a time, so a large folder never sits in memory whole; overlays are drawn
     in a second pass, after every image has decoded, so a bad file leaves none behind.
     """
+    if cam_dir is not None and not isinstance(exported, Export):
+        raise UserError(f"--cam needs the PyTorch model, and {exported.path} is ONNX (Grad-CAM "
+                        "reads the model's gradients); give the .pt export beside it: "
+                        f"--weights {exported.path.with_suffix('.pt')}")
     paths = collect_images(inputs)
     chunks = [paths[i:i + BATCH] for i in range(0, len(paths), BATCH)]
     tops = []
     for chunk in chunks:
-        tops += top_k(probabilities(exported, model_inputs(chunk, exported)),
-                      exported.classes, k)
+        images = model_inputs(chunk, exported.input_size)
+        tops += top_k(exported.probabilities(images), exported.classes, k)
     cams: list[Path | None] = [None] * len(paths)
     if cam_dir is not None:
         used: set[str] = set()
         cams = []
         for start, chunk in zip(range(0, len(paths), BATCH), chunks, strict=True):
             labels = [top[0][0] for top in tops[start:start + len(chunk)]]
-            cams += save_cams(exported, chunk, model_inputs(chunk, exported), labels, cam_dir,
-                              used)
+            cams += save_cams(exported, chunk, model_inputs(chunk, exported.input_size),
+                              labels, cam_dir, used)
     return [Prediction(path, top, cam) for path, top, cam in zip(paths, tops, cams, strict=True)]
 
 

@@ -10,12 +10,15 @@ An export is a dict of tensors, strings, numbers, lists and dicts, so it loads w
     temperature            divide the logits by it before the softmax (1.0: not calibrated)
     calibration            how `analyze` fitted the temperature (metrics.json's), else None
     classes                class names, index = output
-    input_size             square side in pixels the images are resized to (no crop)
+    input_size             square side in pixels the images are resized to
+    crop                   "none": the whole image is resized; "bbox": the model was trained
+                           on car crops (bbox_crop), so crop to the car first
     normalization          {"mean": [r, g, b], "std": [r, g, b]} on 0..1 RGB
     config                 the TrialConfig it was trained with (dict)
     test_metrics           EXPERIMENT/analysis/metrics.json for the retrained model, else None
     source                 what it came from: kind (retrained, trial, run, checkpoint), path,
-                           trial_id and validation score where known
+                           the checkpoint file's sha256, trial_id and validation score where
+                           known
 
 Sources, by what FOLDER is: an experiment (the model `analyze` retrained and saved as a
 checkpoint folder in EXPERIMENT/analysis/model/ if there is one, else the best trial's best
@@ -25,6 +28,7 @@ checkpoint folder itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -45,6 +49,7 @@ from carsweep.trainable.augment import normalization
 from carsweep.trainable.backbones import DEFAULT_MODEL, model_names
 from carsweep.trainable.checkpoint import (
     CLASSES_FILE,
+    cpu_state_dict,
     load_checkpoint,
     save_checkpoint,
     torch_save_atomic,
@@ -85,11 +90,20 @@ class Export:
     config: TrialConfig
     test_metrics: dict[str, Any] | None
     source: dict[str, Any]
+    crop: str  # "none" or "bbox" (export_payload)
 
     @property
     def normalize(self) -> Normalize:
         """The model's input normaliser, with the export's own mean and std (on the CPU)."""
         return Normalize(self.mean, self.std)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C) softmax of the model's logits divided by the export's temperature (the one
+        `analyze` fitted; 1.0 where none was) for uint8 (N, 3, S, S) images, on the CPU."""
+        device = next(self.model.parameters()).device
+        logits = self.model(self.normalize.to(device)(images.to(device)))
+        return torch.softmax(logits.float() / self.temperature, dim=1).cpu()
 
 
 def find_source(folder: Path) -> ModelSource:
@@ -132,7 +146,7 @@ def save_retrained_model(analysis_folder: Path, model: nn.Module, config: TrialC
                          classes: list[str]) -> Path:
     """Keep the model `analyze` retrained in its analysis folder (as the checkpoint folder
     analysis/model/: weights, trial.yaml, classes.json), where `export` looks first."""
-    state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    state = {"model": cpu_state_dict(model),
              "epoch": config.epochs, "classes": list(classes)}
     return save_checkpoint(Path(analysis_folder) / RETRAINED_MODEL_DIR.name, state, config,
                            classes)
@@ -152,7 +166,7 @@ def _test_metrics(folder: Path) -> dict[str, Any] | None:
 def export_payload(source: ModelSource) -> dict[str, Any]:
     """The export dict of `source` (all checked: a bad checkpoint fails before any writing)."""
     state = load_checkpoint(source.checkpoint)
-    config = _checkpoint_config(source.checkpoint)
+    config = checkpoint_config(source.checkpoint)
     classes = _checkpoint_classes(source.checkpoint, state)
     model = build_model(len(classes), model=config.model)
     try:
@@ -165,38 +179,45 @@ def export_payload(source: ModelSource) -> dict[str, Any]:
     return {
         "format": FORMAT, "version": VERSION, "carsweep_version": __version__,
         "architecture": config.model,
-        "model": {name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+        "model": cpu_state_dict(model),
         "temperature": float(calibration["temperature"]) if calibration else 1.0,
         "calibration": calibration,
         "classes": classes,
         "input_size": config.resize,
+        "crop": crop_of(config),
         "normalization": {"mean": list(mean), "std": list(std)},
         "config": config.model_dump(mode="json"),
         "test_metrics": source.test_metrics,
-        "source": {"kind": source.kind, **source.details},
+        "source": {"kind": source.kind, **source.details,
+                   "checkpoint_sha256": file_sha256(source.checkpoint / CHECKPOINT_FILE)},
     }
+
+
+def crop_of(config: TrialConfig) -> str:
+    """What the model was trained on: "bbox" (car crops) or "none" (whole images)."""
+    return "bbox" if config.bbox_crop else "none"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_export(payload: dict[str, Any], out: Path) -> Path:
     """torch.save to a temporary file beside `out`, then rename: never half an export."""
     out = Path(out)
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a file name such as best.pt")
+    check_out(out)
     torch_save_atomic(payload, out)
     return out
 
 
-def export(folder: Path, out: Path, *, torchscript: Path | None = None) -> dict[str, Any]:
-    """Export what `folder` holds to `out` (and a TorchScript file); returns the payload.
-
-    Everything is built and checked in memory first, so bad input leaves no file behind.
-    """
-    payload = export_payload(find_source(folder))
-    traced = trace(from_payload(payload, str(folder))) if torchscript is not None else None
-    write_export(payload, out)
-    if traced is not None:
-        write_torchscript(traced, torchscript)
-    return payload
+def check_out(out: Path) -> None:
+    """A UserError for an --out that cannot be the export file."""
+    if Path(out).is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name such as best.pt")
 
 
 def load_export(path: Path) -> Export:
@@ -219,6 +240,7 @@ def from_payload(data: Any, what: str) -> Export:
                         f"this carsweep reads versions {', '.join(map(str, READABLE_VERSIONS))} "
                         "of torchvision's classification models")
     classes = list(data["classes"])
+    config = validate(TrialConfig, data["config"], f"{what} config")
     model = build_model(len(classes), model=architecture)
     try:
         model.load_state_dict(data["model"])
@@ -230,8 +252,8 @@ def from_payload(data: Any, what: str) -> Export:
         temperature=float(data.get("temperature", 1.0)),
         classes=classes, input_size=int(data["input_size"]),
         mean=tuple(data["normalization"]["mean"]), std=tuple(data["normalization"]["std"]),
-        config=validate(TrialConfig, data["config"], f"{what} config"),
-        test_metrics=data.get("test_metrics"), source=dict(data.get("source") or {}),
+        config=config, test_metrics=data.get("test_metrics"),
+        source=dict(data.get("source") or {}), crop=data.get("crop", crop_of(config)),
     )
 
 
@@ -269,7 +291,8 @@ def write_torchscript(traced: Traced, out: Path) -> Path:
     return out
 
 
-def _checkpoint_config(checkpoint: Path) -> TrialConfig:
+def checkpoint_config(checkpoint: Path) -> TrialConfig:
+    """The TrialConfig saved beside a checkpoint (how to build and feed its model)."""
     path = checkpoint / TRIAL_FILE
     if not path.is_file():
         raise UserError(f"{checkpoint}: no {TRIAL_FILE}; cannot tell how to feed the model")

@@ -61,6 +61,7 @@ from carsweep.search.preflight.nodes import node_label
 from carsweep.search.release import gpu_memory_released
 from carsweep.search.sweep_inputs import shipped_weights
 from carsweep.search.trial import readable_dataset, trial_config, weights_key
+from carsweep.trainable.checkpoint import cpu_state_dict
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ def _train_into(job: RetrainJob, dataset: str, weights: dict | None, gpu_share: 
             tested = train_and_test(job.config, data, lines.put, initial_weights=weights,
                                     tta=job.tta, gpu_share=gpu_share)
             outcome["result"] = Shipped(
-                state_dict={k: v.detach().cpu() for k, v in tested.model.state_dict().items()},
+                state_dict=cpu_state_dict(tested.model),
                 history=tested.history, probs=tested.probs, labels=tested.labels,
                 tta_probs=tested.tta_probs)
     except BaseException as error:  # noqa: BLE001 - re-raised by the task, for the driver

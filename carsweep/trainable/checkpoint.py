@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,18 @@ class CheckpointPolicy:
     def due(self, epoch: int, last_epoch: int, seconds_since_last: float) -> bool:
         return ((self.last_epoch and epoch == last_epoch) or epoch in self.at_epochs
                 or seconds_since_last >= self.every_s)
+
+
+def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights detached, contiguous and on the CPU, with the state dict's
+    per-module versions (`_metadata`) kept: a plain dict comprehension drops them, and
+    MNASNet's loader refuses weights without its version ("version should be set to 1 or 2")."""
+    state = model.state_dict()
+    copied = OrderedDict((name, tensor.detach().cpu().contiguous())
+                         for name, tensor in state.items())
+    if hasattr(state, "_metadata"):
+        copied._metadata = state._metadata  # type: ignore[attr-defined]
+    return copied
 
 
 # analyze's retrains hand their model over in memory: a checkpoint (90-135 MB for ResNet-18)

@@ -18,6 +18,7 @@ import random
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,23 @@ class ManifestImages(Dataset):
         if self.boxes is not None:
             image = crop_to_box(image, self.boxes[index])
         return self.transform(image), int(self.labels[index])
+
+
+def load_inputs(paths: list[Path], config: TrialConfig,
+                boxes: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 (B, 3, S, S): image files as the model saw them at evaluation (square resize):
+    what Grad-CAM, `predict` and an export's proof of sameness feed it.
+
+    With `config.bbox_crop`, pass the images' (B, 4) boxes: they are cropped as in training.
+    """
+    transform = eval_transform(config)
+    batch = []
+    for index, path in enumerate(paths):
+        image = open_rgb(path)  # alpha on white, exactly as the trainable decodes
+        if config.bbox_crop and boxes is not None:
+            image = crop_to_box(image, np.asarray(boxes[index], dtype=float))
+        batch.append(transform(image))
+    return torch.stack(batch)
 
 
 @dataclass

@@ -226,10 +226,11 @@ class DeviceAugment:
 class Normalize(nn.Module):
     """The model's input: (x - mean) / std per channel, from uint8 0..255 or float 0..1 RGB.
 
-    The one normaliser of carsweep: the loaders' `to_model_input`, Grad-CAM, `predict` and
-    the exported TorchScript module all use it, with the mean and std of the weights'
-    metadata (augment.normalization, or an export's own). Its constants are buffers, so
-    `.to(device)` moves them and a traced module keeps them.
+    The one normaliser of carsweep: the loaders' `to_model_input`, Grad-CAM, `predict`, the
+    exported TorchScript module and the ONNX and .pt2 graphs (`bytes_in_graph`) all use it,
+    with the mean and std of the weights' metadata (augment.normalization, or an export's
+    own). Its constants are buffers, so `.to(device)` moves them and a traced module keeps
+    them.
 
     On the CPU a uint8 batch is converted in chunks of `CPU_CHUNK` images into memory that
     numpy allocates (huge pages where the kernel offers them): converting a 400 px batch of
@@ -254,6 +255,13 @@ class Normalize(nn.Module):
             return self._bytes_on_cpu(images)
         # x*scale + shift with one new tensor (no write into the caller's tensor)
         return images.float().mul_(self.byte_scale).add_(self.shift)
+
+    def bytes_in_graph(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 0..255 in, the model's input out, in ops every exporter captures (no numpy,
+        no writes in place): the form inside the exported ONNX and .pt2 graphs. The same
+        x * byte_scale + shift as `forward`, so the graph and the model agree to float
+        rounding."""
+        return images.to(torch.float32) * self.byte_scale + self.shift
 
     def _bytes_on_cpu(self, images: torch.Tensor) -> torch.Tensor:
         import numpy as np  # numpy ships with torch; only the CPU path needs it
