@@ -264,6 +264,22 @@ def test_resuming_a_copy_resumes_the_copy_and_never_touches_the_original(finishe
     pd.testing.assert_frame_equal(here[kept], there[kept])  # the same trials, none run again
 
 
+def test_resume_with_changed_settings_is_refused_in_one_line_naming_them(finished_experiment,
+                                                                          capsys):
+    """Tune's restore drops what changed silently; only the cluster and places may change."""
+    before = folder_listing(finished_experiment)
+    args = ["sweep", str(finished_experiment / "sweep.yaml"), "--resume", "--storage",
+            str(finished_experiment.parent), "--set", "num_samples=9",
+            "--set", "asha.grace_period=2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"carsweep sweep: error: {finished_experiment}: a resume continues "
+                          "the sweep as it was launched, but these settings differ from its "
+                          "sweep.yaml: num_samples (4 -> 9); asha.grace_period (1 -> 2); ")
+    assert folder_listing(finished_experiment) == before
+
+
 def test_resume_needs_an_experiment_folder(prepared_dataset, tmp_path, capsys):
     assert main(["resume", str(tmp_path / "nothing")]) == 2
     assert "no sweep.yaml" in capsys.readouterr().err

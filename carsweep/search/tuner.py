@@ -73,6 +73,8 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
     check_before_ray(config)
     experiment = experiment_path(config)
     _check_experiment_folder(experiment, resume)
+    if resume:
+        check_resume_unchanged(config, experiment)
     check_storage_writable(experiment)
     weights = shipped_weights(config)  # a bad weights file stops here, before anything is written
     with ray_session(config.cluster):
@@ -148,6 +150,39 @@ def _check_experiment_folder(experiment: Path, resume: bool) -> None:
         )
     if resume:
         check_resume_files_whole(experiment)
+
+
+# What a resume may change: where the experiment and the dataset are now, and the Ray it runs
+# on. Everything else Tune restores as it was launched.
+RESUMABLE_CHANGES = frozenset({"name", "storage_path", "dataset", "cluster"})
+
+
+def check_resume_unchanged(config: SweepConfig, experiment: Path) -> None:
+    """A resume continues the sweep as launched: settings that differ from its sweep.yaml
+    would be dropped silently by Tune's restore, so they are refused in one line instead."""
+    from carsweep.config.sweep import load_sweep
+
+    saved = _flat(resolved(load_sweep(experiment / SWEEP_FILE)).to_yaml_dict())
+    given = _flat(config.to_yaml_dict())
+    changed = [f"{key} ({saved.get(key)!r} -> {given.get(key)!r})"
+               for key in sorted(set(saved) | set(given), key=list({**given, **saved}).index)
+               if key.split(".")[0] not in RESUMABLE_CHANGES and given.get(key) != saved.get(key)]
+    if changed:
+        raise UserError(f"{experiment}: a resume continues the sweep as it was launched, but "
+                        f"these settings differ from its sweep.yaml: {'; '.join(changed)}; "
+                        "drop them (only the cluster, the storage and the dataset's place "
+                        "may change), or start a new sweep with another --name")
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    """{"asha": {"grace_period": 1}} -> {"asha.grace_period": 1}; lists stay values."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _trainable(config: SweepConfig, weights: dict[tuple[str, str], dict],
