@@ -141,7 +141,8 @@ def test_bad_weights_file_in_a_sweep_stops_it_before_anything_is_written(
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("space: [unclosed\n", "bad.yaml: not valid YAML at line 2"),
+        ("space: [unclosed\n",
+         "bad.yaml: not valid YAML at line 2: expected ',' or ']', but got '<stream end>'"),
         ("- a list\n- not a mapping\n", "bad.yaml: expected a mapping of keys to values, got list"),
     ],
 )

@@ -211,7 +211,8 @@ NO_RAY_SCRIPT = BLOCK_RAY + """
 from pathlib import Path
 
 from carsweep.results import load_experiment
-from carsweep.results.export import export, load_export
+from carsweep.results.export import load_export
+from carsweep.results.write_exports import export
 import carsweep.analysis.predict
 
 experiment = load_experiment(Path(sys.argv[1]))
