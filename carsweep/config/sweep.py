@@ -133,6 +133,7 @@ class SweepConfig(BaseModel):
             raise ValueError("it names a folder inside storage_path: one folder name, without "
                              "/ or \\ and not . or ..")
         return name
+
     @field_validator("metric")
     @classmethod
     def _reported(cls, metric: str) -> str:

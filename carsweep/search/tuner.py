@@ -165,7 +165,7 @@ def check_resume_unchanged(config: SweepConfig, experiment: Path) -> None:
     saved = _flat(resolved(load_sweep(experiment / SWEEP_FILE)).to_yaml_dict())
     given = _flat(config.to_yaml_dict())
     changed = [f"{key} ({saved.get(key)!r} -> {given.get(key)!r})"
-               for key in sorted(set(saved) | set(given), key=list({**given, **saved}).index)
+               for key in dict.fromkeys([*given, *saved])
                if key.split(".")[0] not in RESUMABLE_CHANGES and given.get(key) != saved.get(key)]
     if changed:
         raise UserError(f"{experiment}: a resume continues the sweep as it was launched, but "

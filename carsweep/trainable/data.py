@@ -33,6 +33,7 @@ from carsweep.data.manifest import BOX_COLUMNS, PreparedDataset
 from carsweep.errors import UserError
 from carsweep.trainable.augment import (
     COMBINE,
+    AugmentPlan,
     build_augmentation,
     build_device_augmentation,
     eval_transform,
@@ -121,10 +122,7 @@ def build_loader(dataset: PreparedDataset, splits: str | tuple[str, ...], config
         )
     _warn_if_no_boxes(dataset, rows, config)
     batch_size = batch_size or config.batch_size
-    plan = plan_augmentation(config.augmentation, device or torch.device("cpu"), train=train,
-                             where=config.augment_on)
-    per_image = (build_augmentation(COMBINE.join(plan.cpu), config.resize) if plan.cpu
-                 else None)
+    plan, per_image = augmentation_split(config, device, train=train)
     # Fast path (cached_data.py): the decoded cache, if there is one.
     from carsweep.trainable.cached_data import cached_batches
 
@@ -141,9 +139,7 @@ def random_image_loader(config: TrialConfig, num_classes: int, *, train: bool, b
     """`batches` batches of random uint8 images at the config's size and random labels, with
     the config's augmentation split as `build_loader` splits it: what the pre-flight's real
     step trains on, before any node has a decoded cache."""
-    plan = plan_augmentation(config.augmentation, device, train=train, where=config.augment_on)
-    per_image = (build_augmentation(COMBINE.join(plan.cpu), config.resize) if plan.cpu
-                 else None)
+    plan, per_image = augmentation_split(config, device, train=train)
     generator = torch.Generator().manual_seed(seed)
     shape = (config.batch_size, 3, config.resize, config.resize)
     made = []
@@ -162,11 +158,22 @@ def batches_loader(batches, num_images: int, config: TrialConfig, *, train: bool
                    device: torch.device) -> Loader:
     """A Loader over `batches` of (uint8 images, labels) made elsewhere (a benchmark's memmap),
     with the config's device augmentation and normalisation as `build_loader` gives them."""
-    plan = plan_augmentation(config.augmentation, device, train=train, where=config.augment_on)
+    plan, _ = augmentation_split(config, device, train=train)
     if plan.cpu:
         raise ValueError(f"{config.augmentation} has per-image parts on the CPU ({plan.cpu}); "
                          "batches made elsewhere get only the device part")
     return _loader(batches, num_images, None, config, plan.device, device)
+
+
+def augmentation_split(config: TrialConfig, device: torch.device | None, *, train: bool
+                       ) -> tuple[AugmentPlan, Callable | None]:
+    """(where each part of the config's augmentation runs, the per-image CPU transform or
+    None): every loader splits it this one way."""
+    plan = plan_augmentation(config.augmentation, device or torch.device("cpu"), train=train,
+                             where=config.augment_on)
+    per_image = (build_augmentation(COMBINE.join(plan.cpu), config.resize) if plan.cpu
+                 else None)
+    return plan, per_image
 
 
 def _loader(batches, num_images: int, generator: torch.Generator | None, config: TrialConfig,
