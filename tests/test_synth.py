@@ -101,7 +101,7 @@ def test_a_few_hundred_96px_images_take_seconds(tmp_path):
     ({"classes": 1}, "classes is 1, but must be 2..8"),
     ({"classes": 9}, "classes is 9, but must be 2..8"),
     ({"per_class": 0}, "per_class is 0, but must be >= 1"),
-    ({"size": 8}, "size is 8 px, but must be >= 16"),
+    ({"size": 8}, "size is 8 px, but must be 16..2048"),
     ({"cues": ("grille",)}, r"cues \['grille'\] are invalid; choose one or both of"),
     ({"layout": "devkit"}, r"layout 'devkit' is unknown; valid: \['class-csv', 'imagefolder'\]"),
 ])

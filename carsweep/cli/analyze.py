@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from carsweep.cli.arguments import COUNT
 from carsweep.errors import UserError
 
 HELP = ("retrain a sweep's best trial (or top K) on train+val, test it once, and write "
@@ -20,7 +21,7 @@ HELP = ("retrain a sweep's best trial (or top K) on train+val, test it once, and
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", type=Path, help="experiment folder, e.g. results/demo")
-    parser.add_argument("--epochs", type=int, default=None,
+    parser.add_argument("--epochs", type=COUNT, default=None,
                         help="retrain for N epochs (default: the best trial's epochs)")
     parser.add_argument("--seeds", type=int, default=1,
                         help="retrain K times (seeds seed..seed+K-1) and report mean and spread")

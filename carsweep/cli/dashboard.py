@@ -19,6 +19,8 @@ import errno
 import socket
 from pathlib import Path
 
+from carsweep.cli.arguments import PORT, PORT_OR_OFF
+
 HELP = "serve a sweep's Optuna study with optuna-dashboard, and TensorBoard beside it (127.0.0.1)"
 LOOPBACK = "127.0.0.1"
 
@@ -27,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", type=Path, help="experiment folder, e.g. results/demo")
     parser.add_argument("--host", default=LOOPBACK,
                         help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8080, help="optuna-dashboard's port")
-    parser.add_argument("--tensorboard-port", type=int, default=6006,
+    parser.add_argument("--port", type=PORT, default=8080, help="optuna-dashboard's port")
+    parser.add_argument("--tensorboard-port", type=PORT_OR_OFF, default=6006,
                         help="TensorBoard's port; 0: do not start TensorBoard")
 
 
@@ -38,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from carsweep.results import experiment_sweep
     from carsweep.results.study import journal_storage, study_path
 
+    if args.port == args.tensorboard_port:
+        raise UserError(f"--port and --tensorboard-port are both {args.port}; give each server "
+                        "its own port, or --tensorboard-port 0 for none")
     experiment_sweep(args.experiment)  # not an experiment folder: one line
     study_file = study_path(args.experiment)
     if not study_file.is_file():

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from carsweep.cli.arguments import COUNT, COUNT_OR_NONE, SEED
 from carsweep.errors import UserError
 
 HELP = "index, audit and split a dataset (devkit, class folders + CSV, ImageFolder)"
@@ -27,13 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "pooled:R (pool all, R to train+val, e.g. pooled:0.7)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of each class's train images held out for validation (0.1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split (0)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the split (0)")
     parser.add_argument("--strict", action="store_true",
                         help="an unreadable image is an error (default: left out with a warning)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty DATASET")
-    parser.add_argument("--tiny-px", type=int, default=32,
+    parser.add_argument("--tiny-px", type=COUNT_OR_NONE, default=32,
                         help="report images whose shorter side is under this (32)")
-    parser.add_argument("--workers", type=int,
+    parser.add_argument("--workers", type=COUNT,
                         help="processes decoding images (default: up to 8 for large sources)")
     parser.add_argument("--cache", type=_sizes, default=(), metavar="S1,S2",
                         help="also decode the train+val images once per input size into a "

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from carsweep.cli.arguments import COUNT, SEED
+
 HELP = "run a hyperparameter sweep (Ray Tune + Optuna + ASHA), or resume one"
 EPILOG = "Every sweep and trial setting and augmentation preset: carsweep settings"
 
@@ -29,14 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="prepared dataset folder, readable from every Ray node")
     parser.add_argument("--name", help="experiment name (default: the config file's name)")
     parser.add_argument("--storage", help="where experiments go: a folder, NFS path or URI")
-    parser.add_argument("--num-samples", type=int, help="number of trials")
-    parser.add_argument("--max-concurrent", type=int, help="trials running at once")
+    parser.add_argument("--num-samples", type=COUNT, help="number of trials")
+    parser.add_argument("--max-concurrent", type=COUNT, help="trials running at once")
     parser.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--num-cpus", type=COUNT, help="CPUs of the local Ray (default: all)")
     parser.add_argument("--dashboard", action="store_true", default=None,
                         help="start Ray's dashboard (bound to 127.0.0.1 unless "
                         "--set cluster.dashboard_host=...)")
-    parser.add_argument("--seed", type=int, help="the searcher's seed")
+    parser.add_argument("--seed", type=SEED, help="the searcher's seed")
     parser.add_argument("--scheduler", choices=("asha", "fifo"), help="fifo: no early stopping")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -12,6 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
+from carsweep.cli.arguments import COUNT, SEED
 from carsweep.errors import UserError
 
 HELP = "draw a synthetic car-like dataset (demo: class = a known part; cars: Stanford Cars' shape)"
@@ -31,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-per-class", type=int,
                         help="test images per class (demo: a third of --per-class; cars: the "
                         "official 41-42)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--workers", type=int,
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed (0)")
+    parser.add_argument("--workers", type=COUNT,
                         help="cars: processes drawing images (default: all cores)")
     parser.add_argument("--size", type=int, help="demo: image side in pixels (96)")
     parser.add_argument("--cues",
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if args.preset == "cars":
         from carsweep.data.synth_cars import make_cars_dataset
 
-        out = make_cars_dataset(args.out, classes=args.classes or 196, per_class=args.per_class,
+        out = make_cars_dataset(args.out, classes=_default(args.classes, 196),
+                                per_class=args.per_class,
                                 test_per_class=args.test_per_class, seed=args.seed,
                                 workers=args.workers, force=args.force)
         what, suffix = "700x480 JPEG", "jpg"
@@ -65,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
         from carsweep.data.synth import make_synthetic_dataset
 
         out = make_synthetic_dataset(
-            args.out, classes=args.classes or 4, per_class=args.per_class or 60,
-            test_per_class=args.test_per_class, size=args.size or 96, seed=args.seed,
+            args.out, classes=_default(args.classes, 4), per_class=_default(args.per_class, 60),
+            test_per_class=args.test_per_class, size=_default(args.size, 96), seed=args.seed,
             cues=tuple((args.cues or "headlight").split("+")),
             coloured_parts=not args.shape_only, layout=args.layout or "class-csv",
             image_format=args.image_format or "png", force=args.force,
         )
-        what = f"{args.size or 96} px, cue: {args.cues or 'headlight'}"
+        what = f"{_default(args.size, 96)} px, cue: {args.cues or 'headlight'}"
         suffix = args.image_format or "png"
     images = list(out.glob(f"*/*/*.{suffix}"))
     classes = len({image.parent.name for image in images})
@@ -79,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(images):,} images of {classes} classes ({what}, {megabytes:,.1f} MB) "
           f"to {out} in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _default(value: int | None, default: int) -> int:
+    """The preset's default where the flag was not given (a given 0 stays 0, and is refused)."""
+    return default if value is None else value
 
 
 def _refuse_other_presets_options(args: argparse.Namespace) -> None:

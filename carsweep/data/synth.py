@@ -47,6 +47,7 @@ SPLIT_IDS = {"train": 0, "test": 1}
 CUES = ("headlight", "wheel")
 LAYOUTS = ("class-csv", "imagefolder")
 SAVE_OPTIONS = {"png": {}, "jpg": {"quality": 92}}
+MAX_SIZE = 2048  # drawn whole in memory: 100,000 px met the OOM killer, not an error
 NEUTRAL_LAMP: Colour = (255, 250, 205)  # every lamp's colour when colour is not part of the cue
 NEUTRAL_HUB: Colour = (170, 170, 175)
 
@@ -58,7 +59,6 @@ class SynthImage:
     image: Image.Image
     car_box: tuple[int, int, int, int]
     parts: list[tuple[str, tuple[int, int, int, int]]]
-
 
 def make_synthetic_dataset(
     out: Path, *, classes: int = 4, per_class: int = 60, test_per_class: int | None = None,
@@ -76,9 +76,10 @@ def make_synthetic_dataset(
     shape, which makes the data learnable in a couple of epochs from scratch even at 32 px;
     without it only the shape tells the classes apart.
     """
-    _check_arguments(classes, per_class, size, cues, layout, image_format)
+    _check_arguments(classes, per_class, test_per_class, size, cues, layout, image_format)
     out = Path(out)
-    check_replaceable(out, force=force or (out / "synth.json").is_file(), what="the drawing")
+    check_replaceable(out, force=force or (out / "synth.json").is_file(), what="the drawing",
+                      flag="OUT")
     with building_folder(out) as folder:
         _draw_dataset(folder, classes=classes, per_class=per_class, size=size, seed=seed,
                       test_per_class=test_per_class, cues=cues, coloured_parts=coloured_parts,
@@ -234,15 +235,18 @@ def write_csv(path: Path, rows: list[list], header: list[str] | None = None) -> 
         writer.writerows(rows)
 
 
-def _check_arguments(classes: int, per_class: int, size: int, cues: tuple[str, ...],
-                     layout: str, image_format: str) -> None:
+def _check_arguments(classes: int, per_class: int, test_per_class: int | None, size: int,
+                     cues: tuple[str, ...], layout: str, image_format: str) -> None:
     if not 2 <= classes <= len(SHAPES):
         raise UserError(f"classes is {classes}, but must be 2..{len(SHAPES)} "
                         f"(one per part shape: {', '.join(SHAPES)})")
     if per_class < 1:
         raise UserError(f"per_class is {per_class}, but must be >= 1")
-    if size < 16:
-        raise UserError(f"size is {size} px, but must be >= 16")
+    if test_per_class is not None and test_per_class < 0:
+        raise UserError(f"test_per_class is {test_per_class}, but must be >= 0")
+    if not 16 <= size <= MAX_SIZE:
+        raise UserError(f"size is {size} px, but must be 16..{MAX_SIZE} (each picture is drawn "
+                        "whole in memory)")
     unknown = [cue for cue in cues if cue not in CUES]
     if not cues or unknown or len(set(cues)) != len(cues):
         raise UserError(f"cues {list(cues)} are invalid; choose one or both of {list(CUES)}")
