@@ -60,7 +60,7 @@ from carsweep.config.files import (
 )
 from carsweep.config.io import validate
 from carsweep.config.trial import TrialConfig
-from carsweep.data.folders import building_folder
+from carsweep.data.folders import building_folder, check_output_path
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError
 from carsweep.results import BestTrial, Experiment, load_experiment, open_study
@@ -81,12 +81,13 @@ def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     experiment = load_experiment(Path(folder))
+    target = experiment.folder / ANALYSIS_DIR
+    check_output_path(target, flag="the analysis folder", renamed_in=True)  # before hours of work
     trials = ensemble.top_trials(experiment, ensemble_of)
     best = trials[0]
     dataset = _dataset_of(experiment, best)
     configs = [_retrain_config(trial, epochs, device) for trial in trials]
     jobs = ensemble.retrain_jobs(trials, configs, seeds, tta)
-    target = experiment.folder / ANALYSIS_DIR
     with building_folder(target) as building:
         _say_plan(experiment, trials, configs[0], seeds, tta, out)
         fitted = _fit_temperature(best, dataset, fit_device or configs[0].device, out)

@@ -40,14 +40,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.onnx:  # before torch is imported: a missing extra answers at once
         require_onnx_extra("--onnx")
+    from carsweep.data.folders import check_output_path
     from carsweep.results.write_exports import export
 
     def beside(suffix: str, wanted: bool) -> Path | None:
         return args.out.with_name(f"{args.out.stem}{suffix}") if wanted else None
 
-    written = export(args.folder, args.out, torchscript=beside(".torchscript.pt", args.torchscript),
-                     onnx=beside(".onnx", args.onnx), pt2=beside(".pt2", args.pt2),
-                     data=args.data)
+    extras = {"torchscript": beside(".torchscript.pt", args.torchscript),
+              "onnx": beside(".onnx", args.onnx), "pt2": beside(".pt2", args.pt2)}
+    for path in (args.out, *filter(None, extras.values())):
+        check_output_path(path, flag="--out", folder=False)
+    written = export(args.folder, args.out, **extras, data=args.data)
     payload = written.payload
     source = payload["source"]
     calibrated = (f", temperature {payload['temperature']:.3f}" if payload["calibration"]

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if onnx:  # before torch is imported: a missing runtime answers at once
         require_onnx_extra(f"weights {str(args.weights)!r}", READ_PACKAGES)
     from carsweep.analysis.predict import format_predictions, predict_files, predictions_json
+    from carsweep.data.folders import check_output_path
     from carsweep.errors import UserError
     from carsweep.results.export import load_export
     from carsweep.results.onnx_file import load_onnx
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise UserError(f"--top is {args.top}, but must be >= 1")
+    if args.cam is not None:
+        check_output_path(args.cam, flag="--cam")
     if onnx:
         if args.device == "cuda":
             raise UserError("--device cuda: an ONNX file runs in ONNX Runtime on the CPU here; "

@@ -12,9 +12,44 @@ from pathlib import Path
 from carsweep.errors import UserError
 
 
-def check_replaceable(out: Path, *, force: bool, what: str) -> None:
-    """Refuse an `out` that is a file, or a non-empty folder unless `force` (before any work)."""
+def check_output_path(path: Path, *, flag: str, folder: bool = True,
+                      renamed_in: bool = False) -> None:
+    """Refuse, before any work, an output `path` that cannot be written: one under a file, on a
+    read-only file system or in a folder this user may not write, a file where a folder is
+    wanted (or the reverse); and, where the folder is built beside it and renamed in
+    (`renamed_in`), the current folder or one holding it, which cannot be renamed away.
+
+    Every command checks each of its outputs with this before reading its inputs, so a long
+    run never ends in a traceback about where it meant to write.
+    """
+    path = Path(path)
+    absolute = Path(os.path.abspath(path))
+    here = Path.cwd()
+    if renamed_in and (absolute == here or absolute in here.parents):
+        raise UserError(f"{flag} {path} is the folder you are in (or holds it); the output is "
+                        "built beside it and renamed into place, which that folder cannot be; "
+                        f"give a new folder's name, e.g. {path / 'out'}")
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"{flag} {path} is {'a file' if folder else 'a folder'}; give "
+                        f"{'a folder' if folder else 'a file'}'s path")
+    # The folder where new entries appear: the output itself when written in place, else its
+    # parent; the nearest one of it and its parents that exists is what must be writable.
+    container = absolute if folder and not renamed_in else absolute.parent
+    existing = next(parent for parent in (container, *container.parents) if parent.exists())
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: {existing} is a file, not a folder; give a path "
+                        "under a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = ("is on a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY
+               else "is not writable by you (permission denied)")
+        raise UserError(f"{flag} {path}: {existing} {why}; write somewhere else")
+
+
+def check_replaceable(out: Path, *, force: bool, what: str, flag: str) -> None:
+    """Refuse an `out` that cannot be written (check_output_path), or a non-empty folder
+    unless `force` (before any work)."""
     out = Path(out)
+    check_output_path(out, flag=flag, renamed_in=True)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another output folder")
     if out.is_dir() and any(out.iterdir()) and not force:

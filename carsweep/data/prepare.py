@@ -44,7 +44,7 @@ def prepare_dataset(
     scheme = parse_scheme(split)  # every argument is checked before any work is done
     check_val_fraction(val_fraction)
     _check_out_is_not_the_source(Path(source), Path(out))
-    check_replaceable(out, force=force, what="the prepared dataset")
+    check_replaceable(out, force=force, what="the prepared dataset", flag="--out")
     index = read_source(Path(source), layout)
     inspected = inspect_images(index.root, index.images["path"].tolist(), workers)
     images = _leave_out_unreadable(index, inspected, strict, warn)

@@ -76,7 +76,8 @@ def make_cars_dataset(out: Path, *, classes: int = MAX_CLASSES, per_class: int |
     first `classes` classes). `out` is replaced as synth.make_synthetic_dataset does."""
     counts = _counts(classes, per_class, test_per_class)
     out = Path(out)
-    check_replaceable(out, force=force or (out / "synth.json").is_file(), what="the drawing")
+    check_replaceable(out, force=force or (out / "synth.json").is_file(), what="the drawing",
+                      flag="OUT")
     names = car_class_names(classes)
     jobs = [(split, label, index, number)  # number: unique in the split, like 00001.jpg
             for split, per_label in counts.items()
