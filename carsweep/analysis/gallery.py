@@ -22,7 +22,7 @@ from torch import nn
 from carsweep.analysis.gradcam import class_maps, overlay
 from carsweep.analysis.retrain import say
 from carsweep.config.trial import TrialConfig
-from carsweep.data.images import open_rgb
+from carsweep.data.images import open_dataset_image
 from carsweep.data.manifest import BOX_COLUMNS, PreparedDataset
 from carsweep.trainable.augment import normalization
 from carsweep.trainable.cam_occlusion import flat_maps
@@ -54,7 +54,7 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
     wrong = misclassified(predictions)
     (folder / GALLERY_DIR).mkdir(parents=True, exist_ok=True)
     examples = training_examples(dataset, wrong["pred"].astype(int).tolist())
-    example_files = {label: _save_thumbnail(open_rgb(dataset.image_path(path)),
+    example_files = {label: _save_thumbnail(open_dataset_image(dataset.image_path(path)),
                                             folder, f"example_class{label}.png")
                      for label, path in examples.items()}
     manifest = dataset.manifest.set_index("path")

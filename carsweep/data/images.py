@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from carsweep.errors import UserError
+
 # What a broken image file raises in PIL: not an image (UnidentifiedImageError is an OSError),
 # truncated data (OSError), a malformed header (SyntaxError, ValueError), a decompression bomb.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -45,3 +47,18 @@ def open_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as opened:
         opened.load()
         return to_rgb(opened)
+
+
+def open_dataset_image(path: str | Path) -> Image.Image:
+    """`open_rgb` for an image a prepared dataset lists: one that is gone or no longer decodes
+    (changed since `carsweep prepare` read it) is a UserError naming the file, which the
+    cache build's message matches."""
+    try:
+        return open_rgb(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: the image is missing (moved or deleted since `carsweep "
+                        "prepare`?); put it back or prepare the dataset again") from None
+    except DECODE_ERRORS as error:
+        raise UserError(f"{path}: cannot decode the image ({error}); it changed since "
+                        "`carsweep prepare` read it: restore it or prepare the dataset "
+                        "again") from None

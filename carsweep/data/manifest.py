@@ -100,15 +100,63 @@ def load_dataset(folder: Path) -> PreparedDataset:
             f"{folder}: not a prepared dataset (missing {', '.join(missing)}); "
             "run `carsweep prepare SOURCE --out DATASET` first"
         )
-    manifest = pd.read_csv(
-        folder / MANIFEST_FILE,
-        dtype={"path": str, "class_name": str, "source_split": str, "split": str, "sha1": str},
-        keep_default_na=False,
-        na_values={c: [""] for c in BOX_COLUMNS},
-    )
-    classes = json.loads((folder / CLASSES_FILE).read_text())
-    info = json.loads((folder / INFO_FILE).read_text())
+    manifest = _read_file(folder / MANIFEST_FILE, _read_manifest)
+    classes = _read_file(folder / CLASSES_FILE, _read_json)
+    info = _read_file(folder / INFO_FILE, _read_json)
+    _check_prepared(folder, manifest, classes, info)
     root = Path(info["root"])
     if not root.is_absolute():
         root = (folder / root).resolve()
     return PreparedDataset(folder=folder, root=root, manifest=manifest, classes=classes, info=info)
+
+
+def _read_manifest(path: Path) -> pd.DataFrame:
+    return pd.read_csv(
+        path,
+        dtype={"path": str, "class_name": str, "source_split": str, "split": str, "sha1": str},
+        keep_default_na=False,
+        na_values={c: [""] for c in BOX_COLUMNS},
+    )
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read_file(path: Path, read):
+    """`read(path)`, where a file that does not parse (cut short, edited, not text) is one line
+    naming it."""
+    try:
+        return read(path)
+    except (ValueError, pd.errors.ParserError) as error:  # JSON, UTF-8, CSV and dtype errors
+        raise UserError(damaged(path, str(error).splitlines()[0] if str(error) else
+                                type(error).__name__)) from None
+
+
+def damaged(path: Path, problem: str) -> str:
+    return (f"{path}: {problem}; the prepared dataset is damaged: prepare it again with "
+            "`carsweep prepare SOURCE --out DATASET --force`")
+
+
+def _check_prepared(folder: Path, manifest: pd.DataFrame, classes, info) -> None:
+    """The three files agree with the contract above (a hand edit, a copy cut short, files of
+    two preparations mixed), so no trial fails later on a KeyError or a label out of range."""
+    if not (isinstance(classes, list) and classes
+            and all(isinstance(name, str) for name in classes)):
+        raise UserError(damaged(folder / CLASSES_FILE, "expected a list of class names"))
+    if not (isinstance(info, dict) and isinstance(info.get("root"), str)):
+        raise UserError(damaged(folder / INFO_FILE, "expected a mapping with the images' root"))
+    missing = [column for column in MANIFEST_COLUMNS if column not in manifest.columns]
+    if missing:
+        raise UserError(damaged(folder / MANIFEST_FILE, f"missing column(s) {missing}"))
+    if manifest.empty:
+        raise UserError(damaged(folder / MANIFEST_FILE, "no images listed"))
+    labels = pd.to_numeric(manifest["label"], errors="coerce")
+    bad_label = ~labels.between(0, len(classes) - 1) | (labels % 1 != 0)
+    bad_split = ~manifest["split"].isin(SPLITS)
+    for name, bad, want in (("label", bad_label, f"a class index 0..{len(classes) - 1} into "
+                             f"{CLASSES_FILE}"), ("split", bad_split, f"one of {list(SPLITS)}")):
+        if bad.any():
+            row = int(bad.idxmax())
+            problem = f"line {row + 2} has {name} {str(manifest[name][row])!r}, not {want}"
+            raise UserError(damaged(folder / MANIFEST_FILE, problem))

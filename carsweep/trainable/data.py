@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 
 from carsweep.config.trial import TrialConfig
 from carsweep.data.cache_build import crop_to_box  # the cache crops exactly the same way
-from carsweep.data.images import open_rgb
+from carsweep.data.images import open_dataset_image, open_rgb
 from carsweep.data.manifest import BOX_COLUMNS, PreparedDataset
 from carsweep.errors import UserError
 from carsweep.trainable.augment import (
@@ -58,7 +58,7 @@ class ManifestImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = open_rgb(self.paths[index])  # alpha composited on white, as the cache does
+        image = open_dataset_image(self.paths[index])  # alpha on white, as the cache does
         if self.boxes is not None:
             image = crop_to_box(image, self.boxes[index])
         return self.transform(image), int(self.labels[index])
