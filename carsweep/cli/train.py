@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from carsweep.config.io import load_model
     from carsweep.config.trial import TrialConfig
+    from carsweep.data.folders import check_output_path
     from carsweep.data.manifest import load_dataset
     from carsweep.errors import UserError
     from carsweep.trainable import (
@@ -42,18 +43,22 @@ def run(args: argparse.Namespace) -> int:
         resolve_device,
         train,
     )
-    from carsweep.trainable.run_folder import METRICS_FILE, RunFolder
+    from carsweep.trainable.run_folder import (
+        METRICS_FILE,
+        RunFolder,
+        check_same_classes,
+        new_run_removed_on_failure,
+        resumed_config,
+    )
 
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    check_output_path(out, flag="--out")
     if args.resume:
         if args.out is None or args.config is not None:
             raise UserError("--resume continues the run in --out with its own trial.yaml; "
                             "give --out RUN and no --config")
-        config = load_model(TrialConfig, out / "trial.yaml", args.overrides)
+        config = resumed_config(out, args.overrides)
         checkpoint = out / "checkpoints" / "last"
-        if not checkpoint.is_dir():
-            raise UserError(f"{out}: nothing to resume (no checkpoints/last); start it again "
-                            "without --resume")
     else:
         if (out / METRICS_FILE).exists() or (out / "checkpoints").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or "
@@ -67,9 +72,12 @@ def run(args: argparse.Namespace) -> int:
     weights = None if args.resume else load_weights(config.weights, config.model)
     eval_split = None if args.eval_split == "none" else args.eval_split
     dataset = load_dataset(args.data)
+    if args.resume:
+        check_same_classes(out, dataset.classes)
     print(f"training {config.epochs} epochs on {dataset.folder} "
           f"({dataset.num_classes} classes) -> {out}", flush=True)
-    with RunFolder(out, config, dataset.classes, resume=args.resume) as folder:
+    with new_run_removed_on_failure(out, fresh=not args.resume), \
+            RunFolder(out, config, dataset.classes, resume=args.resume) as folder:
         result = train(config, dataset, reporter=folder, eval_split=eval_split,
                        resume_from=checkpoint, initial_weights=weights)
     if result.history and "val_top1" in result.history[-1]:

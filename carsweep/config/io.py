@@ -128,6 +128,28 @@ def load_model(model: type[Model], path: Path | None, overrides: list[str] = ())
     return validate(model, apply_overrides(data, list(overrides)), source)
 
 
+def changed_settings(saved: dict[str, Any], given: dict[str, Any], may_change: frozenset[str]
+                     ) -> list[str]:
+    """Each setting (as `asha.grace_period`) whose value differs between two configs (as their
+    YAML holds them), as "key (old -> new)", leaving out those under a top-level key in
+    `may_change`: what a resume refuses, since it continues a run or a sweep as started."""
+    old, new = _flat(saved), _flat(given)
+    return [f"{key} ({old.get(key)!r} -> {new.get(key)!r})"
+            for key in dict.fromkeys([*new, *old])
+            if key.split(".")[0] not in may_change and new.get(key) != old.get(key)]
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    """{"asha": {"grace_period": 1}} -> {"asha.grace_period": 1}; lists stay values."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def save_model(config: BaseModel, path: Path) -> None:
     """Write the resolved config as YAML, atomically, so a reader never sees half a file."""
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

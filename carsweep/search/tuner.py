@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from carsweep.config.files import SWEEP_FILE, TUNER_FILE, trial_dir_name
+from carsweep.config.io import changed_settings
 from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.errors import UserError, last_line
 from carsweep.results import save_trials_table, trials_table
@@ -162,27 +163,13 @@ def check_resume_unchanged(config: SweepConfig, experiment: Path) -> None:
     would be dropped silently by Tune's restore, so they are refused in one line instead."""
     from carsweep.config.sweep import load_sweep
 
-    saved = _flat(resolved(load_sweep(experiment / SWEEP_FILE)).to_yaml_dict())
-    given = _flat(config.to_yaml_dict())
-    changed = [f"{key} ({saved.get(key)!r} -> {given.get(key)!r})"
-               for key in dict.fromkeys([*given, *saved])
-               if key.split(".")[0] not in RESUMABLE_CHANGES and given.get(key) != saved.get(key)]
+    saved = resolved(load_sweep(experiment / SWEEP_FILE)).to_yaml_dict()
+    changed = changed_settings(saved, config.to_yaml_dict(), RESUMABLE_CHANGES)
     if changed:
         raise UserError(f"{experiment}: a resume continues the sweep as it was launched, but "
                         f"these settings differ from its sweep.yaml: {'; '.join(changed)}; "
                         "drop them (only the cluster, the storage and the dataset's place "
                         "may change), or start a new sweep with another --name")
-
-
-def _flat(data: dict, prefix: str = "") -> dict:
-    """{"asha": {"grace_period": 1}} -> {"asha.grace_period": 1}; lists stay values."""
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _trainable(config: SweepConfig, weights: dict[tuple[str, str], dict],

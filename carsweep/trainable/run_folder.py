@@ -17,18 +17,79 @@ import json
 import math
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
 from torch.utils.tensorboard import SummaryWriter
 
 from carsweep.config.files import CHECKPOINT_FILE
-from carsweep.config.io import save_model, write_text_atomic
+from carsweep.config.io import changed_settings, load_model, save_model, write_text_atomic
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import CLASSES_FILE
+from carsweep.errors import UserError
 
 METRICS_FILE = "metrics.csv"
 BEST_METRIC = "val_top1"
+
+
+# What `train --resume --set` may change: how long it trains on, and how and where it
+# computes, not what it trains (another model or size does not fit its checkpoint).
+RESUMABLE_SETTINGS = frozenset({"epochs", "num_workers", "data_cache", "cache_dir", "augment_on",
+                                "device", "precision", "deterministic"})
+
+
+def resumed_config(folder: Path, overrides: list[str]) -> TrialConfig:
+    """The run's own trial.yaml with `overrides` of RESUMABLE_SETTINGS; any other changed
+    setting is refused in one line (a resumed run trains on as it started: another model or
+    size does not fit its checkpoint), before anything is written."""
+    if not (folder / "trial.yaml").is_file():
+        raise UserError(f"{folder}: no run to resume (no trial.yaml); start it without --resume")
+    saved = load_model(TrialConfig, folder / "trial.yaml")
+    config = load_model(TrialConfig, folder / "trial.yaml", overrides)
+    changed = changed_settings(saved.model_dump(mode="json"), config.model_dump(mode="json"),
+                               RESUMABLE_SETTINGS)
+    if changed:
+        raise UserError(f"{folder}: a resume trains on as the run started, but these settings "
+                        f"differ from its trial.yaml: {'; '.join(changed)}; drop them (only "
+                        f"{', '.join(sorted(RESUMABLE_SETTINGS))} may change), or start a new "
+                        "run with another --out")
+    if not (folder / "checkpoints" / "last").is_dir():
+        raise UserError(f"{folder}: nothing to resume (no checkpoints/last); start it again "
+                        "without --resume")
+    return config
+
+
+def check_same_classes(folder: Path, classes: list[str]) -> None:
+    """A run resumes on the dataset it started on: the same classes in the same order."""
+    path = folder / CLASSES_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    if saved != classes:
+        raise UserError(f"{folder}: the run was trained on {_classes_said(saved)}, but --data "
+                        f"has {_classes_said(classes)}; resume it with the dataset it started "
+                        "on")
+
+
+def _classes_said(classes: list[str] | None) -> str:
+    if classes is None:
+        return f"unknown classes (no {CLASSES_FILE})"
+    shown = ", ".join(repr(name) for name in classes[:3])
+    return f"{len(classes)} classes ({shown}{', ...' if len(classes) > 3 else ''})"
+
+
+@contextmanager
+def new_run_removed_on_failure(folder: Path, *, fresh: bool) -> Iterator[None]:
+    """A new run that stops (an error, Ctrl-C) before its first checkpoint leaves no folder:
+    there is nothing in it to resume, and a later `train --out` of the same name would meet
+    a stray trial.yaml. A run with a checkpoint is kept for `--resume`."""
+    existed = Path(folder).exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and not existed and not (Path(folder) / "checkpoints" / "last").is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 class RunFolder:
