@@ -14,7 +14,12 @@ import os
 import sys
 
 from carsweep import __version__
-from carsweep.errors import UserError
+from carsweep.errors import (
+    UserError,
+    describe_environment_error,
+    is_environment_error,
+    user_message,
+)
 
 COMMANDS = (
     "synth",
@@ -31,8 +36,16 @@ COMMANDS = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a missing or unknown flag, a value out of range) as one line, as
+    every other refusal: its default prints the usage block first."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="carsweep",
         description="Hyperparameter search for fine-tuning image classifiers "
         "(Ray Tune + Optuna + ASHA), then explain and export the best trial.",
@@ -44,24 +57,32 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP,
                                     epilog=getattr(module, "EPILOG", None))
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(run=module.run, parser=sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # said by the command's parser, whose --help lists what it takes
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
         return code
     except UserError as error:
-        print(f"carsweep {args.command}: error: {error}", file=sys.stderr)
+        print(f"carsweep {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"carsweep {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return _reader_went_away()
+    except (OSError, MemoryError) as error:
+        if not is_environment_error(error):
+            raise  # a bug, or a case nobody foresaw: its traceback is what gets it fixed
+        print(f"carsweep {args.command}: error: {describe_environment_error(error)}",
+              file=sys.stderr)
+        return 2
 
 
 def _reader_went_away() -> int:
