@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -321,6 +323,46 @@ def test_a_path_no_node_can_read_is_reported_per_node(two_node_ray, tmp_path):
         assert problem.startswith(f"dataset {missing} is not readable (No such file")
 
 
+@pytest.mark.slow
+def test_images_changed_after_prepare_are_named_before_launch_where_trials_decode_them(
+        two_node_ray, prepared_dataset, tmp_path):
+    """A train image cut short and a val image deleted after prepare: a node probe that hashes
+    names them in one line (every trial would fail on them otherwise); the default probe,
+    for trials that read a prebuilt cache (whose build decodes every image), does not hash."""
+    from carsweep.search.preflight.nodes import probe_every_node
+
+    data = dataset_with_own_images(prepared_dataset, tmp_path)
+    manifest = pd.read_csv(data / "manifest.csv", keep_default_na=False)
+    root = Path(json.loads((data / "dataset.json").read_text())["root"])
+    cut = root / manifest[manifest["split"] == "train"]["path"].iloc[-1]
+    gone = root / manifest[manifest["split"] == "val"]["path"].iloc[-1]
+    cut.write_bytes(cut.read_bytes()[:100])
+    gone.unlink()
+    first = min((cut, gone), key=lambda path: list(manifest["path"]).index(
+        str(path.relative_to(root))))
+    said = "has other bytes" if first == cut else "is missing"
+    for report in probe_every_node(str(tmp_path / "results"), str(data), check_images=True):
+        assert report.problems == (
+            f"dataset {data}: 2 train+val image(s) changed since `carsweep prepare` read them "
+            f"({first} {said}); trials decode them: restore them, or prepare the dataset "
+            "again",)
+    assert all(not report.problems
+               for report in probe_every_node(str(tmp_path / "results"), str(data)))
+
+
+@pytest.mark.parametrize(("space", "decode"), [
+    ({"resize": 32}, False),
+    ({"resize": {"choice": [32, 64]}}, False),
+    ({"resize": {"int": [32, 64]}}, True),
+    ({"resize": 32, "data_cache": "off"}, True),
+    ({"resize": 32, "data_cache": {"choice": ["on", "off"]}}, True),
+])
+def test_the_probe_hashes_the_images_only_where_some_trial_decodes_them(space, decode):
+    from carsweep.search.preflight.nodes import trials_decode_images
+
+    assert trials_decode_images(sweep(space={**SPACE, **space})) is decode
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -346,6 +388,15 @@ def _alive_nodes() -> list[dict]:
     import ray
 
     return [node for node in ray.nodes() if node.get("Alive")]
+
+
+def dataset_with_own_images(source, tmp_path):
+    """A copy of a prepared dataset and of its images, the copy's root pointing at them."""
+    info = json.loads((source / "dataset.json").read_text())
+    images = shutil.copytree(info["root"], tmp_path / "images")
+    data = shutil.copytree(source, tmp_path / "data")
+    (data / "dataset.json").write_text(json.dumps({**info, "root": str(images)}))
+    return data
 
 
 def dataset_without_val(source, folder):

@@ -7,6 +7,10 @@ checkpoints the driver never sees (`status`, `resume`, `analyze` and `export` re
 writes a fresh token in a folder under it, every node must read that token and write its own
 back, and the driver must then read each node's. The dataset is proven the same by the digest
 of its manifest and class list, and the first image's bytes against the manifest's sha1.
+Where some trial decodes the images itself (data_cache off, or resize searched as a range),
+every train+val image's bytes are checked against its sha1 on every node: an image cut short
+or deleted after `prepare` is one line naming it, not a failure in every trial. (A cache built
+before launch decodes every image and names a broken one itself.)
 
 One zero-CPU task is pinned to each alive node (NodeAffinitySchedulingStrategy, soft=False: it
 runs there or not at all). The exchange folder is removed afterwards, and so is any folder the
@@ -21,6 +25,7 @@ import json
 import secrets
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +35,8 @@ import ray
 from ray.exceptions import GetTimeoutError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from carsweep.data.manifest import CLASSES_FILE, INFO_FILE, MANIFEST_FILE
+from carsweep.data.manifest import CLASSES_FILE, INFO_FILE, MANIFEST_FILE, load_dataset
+from carsweep.errors import UserError
 from carsweep.search.preflight.config_checks import storage_problem
 
 if TYPE_CHECKING:  # run.py makes the Report this check fills
@@ -38,6 +44,9 @@ if TYPE_CHECKING:  # run.py makes the Report this check fills
     from carsweep.search.preflight.report import Report
 
 PROBE_TIMEOUT_S = 60.0
+HASH_BYTES_PER_S = 20e6  # the slowest network file system a probe that hashes waits for
+HASH_THREADS = 8  # hashlib releases the GIL: reads and hashes overlap
+SPLITS_READ = ("train", "val")  # what trials read; the test split is analyze's alone
 EXCHANGE_PREFIX = ".carsweep-shared-"
 DRIVER_TOKEN = "driver"
 
@@ -59,41 +68,47 @@ def alive_nodes() -> list[dict]:
     return [node for node in ray.nodes() if node.get("Alive")]
 
 
-def probe_every_node(storage: str, dataset: str) -> list[NodeReport]:
-    """Prove on every alive node that storage and dataset are the driver's; a node whose
-    probe never runs is a problem too."""
+def probe_every_node(storage: str, dataset: str, *,
+                     check_images: bool = False) -> list[NodeReport]:
+    """Prove on every alive node that storage and dataset are the driver's (with
+    `check_images`, every train+val image's bytes too); a node whose probe never runs is a
+    problem too."""
     expected = dataset_digest(dataset)
+    timeout = PROBE_TIMEOUT_S + (images_bytes(dataset) / HASH_BYTES_PER_S if check_images
+                                 else 0.0)
     with token_exchange(storage) as exchange:
         pending = {}
         for node in alive_nodes():
             pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
             task = _probe_paths.options(scheduling_strategy=pinned)
             pending[node["NodeID"]] = (node_label(node), task.remote(
-                storage, dataset, expected, exchange, node["NodeID"]))
+                storage, dataset, expected, exchange, node["NodeID"], check_images))
         reports = []
         for node_id, (label, ref) in pending.items():
-            problems = _probe_result(ref)
+            problems = _probe_result(ref, timeout)
             if exchange is not None and not problems:
                 problems = [p for p in [token_returned(storage, exchange, node_id)] if p]
             reports.append(NodeReport(node=label, problems=tuple(problems)))
     return reports
 
 
-def _probe_result(ref: ray.ObjectRef) -> list[str]:
+def _probe_result(ref: ray.ObjectRef, timeout: float) -> list[str]:
     try:
-        return ray.get(ref, timeout=PROBE_TIMEOUT_S)
+        return ray.get(ref, timeout=timeout)
     except GetTimeoutError:
         ray.cancel(ref, force=True)
-        return [f"the probe task did not run within {PROBE_TIMEOUT_S:.0f} s"]
+        return [f"the probe task did not run within {timeout:.0f} s"]
 
 
 @ray.remote(num_cpus=0)
 def _probe_paths(storage: str, dataset: str, expected_dataset: str | None,
-                 exchange: Exchange | None, node_id: str) -> list[str]:
+                 exchange: Exchange | None, node_id: str, check_images: bool) -> list[str]:
     problem = storage_problem(storage)
     if problem is None and exchange is not None:
         problem = answer_token(storage, exchange, node_id)
     dataset_found = dataset_problem(dataset) or same_dataset_problem(dataset, expected_dataset)
+    if dataset_found is None and check_images:
+        dataset_found = changed_images_problem(dataset)
     return [p for p in (problem, dataset_found) if p]
 
 
@@ -214,13 +229,66 @@ def dataset_problem(dataset: str) -> str | None:
     return None
 
 
+def trials_decode_images(config: SweepConfig) -> bool:
+    """Whether some trial may decode the images itself: data_cache off, or resize searched as
+    a range (each trial builds its own size's cache on first use)."""
+    # caches.py imports this module: its helpers are imported where they are used.
+    from carsweep.search.preflight.caches import caches_to_build, space_values
+
+    return not caches_to_build(config) or "off" in (space_values(config, "data_cache") or [])
+
+
+def images_bytes(dataset: str) -> int:
+    """The bytes of the train+val images on this machine (what a node that hashes reads)."""
+    prepared = load_dataset(dataset)
+    return sum(_size(prepared.image_path(path)) for path in prepared.rows(*SPLITS_READ)["path"])
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def changed_images_problem(dataset: str) -> str | None:
+    """None if every train+val image has the bytes `prepare` read (its manifest's sha1)."""
+    try:
+        prepared = load_dataset(dataset)
+    except UserError as error:
+        return str(error)
+    rows = prepared.rows(*SPLITS_READ)
+    rows = rows[rows["sha1"].astype(str).str.len() == 40]  # a manifest without sha1s: nothing
+    with ThreadPoolExecutor(HASH_THREADS) as pool:
+        found = list(pool.map(_image_changed, map(prepared.image_path, rows["path"]),
+                              rows["sha1"]))
+    changed = [said for said in found if said]
+    if not changed:
+        return None
+    return (f"dataset {dataset}: {len(changed)} train+val image(s) changed since `carsweep "
+            f"prepare` read them ({changed[0]}); trials decode them: restore them, or prepare "
+            "the dataset again")
+
+
+def _image_changed(path: Path, sha1: str) -> str | None:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except OSError as error:
+        return f"{path} is not readable ({error.strerror})"
+    return None if hashlib.sha1(data).hexdigest() == sha1 else f"{path} has other bytes"
+
+
 def check_nodes(config: SweepConfig, report: Report) -> None:
-    nodes = probe_every_node(config.storage_path, config.dataset)
+    check_images = trials_decode_images(config)
+    nodes = probe_every_node(config.storage_path, config.dataset, check_images=check_images)
     bad = [node for node in nodes if node.problems]
     for node in bad:
         for problem in node.problems:
             report.failed("node", f"node {node.node}: {problem}")
     if not bad:
+        images = ", every train+val image as prepared (sha1)" if check_images else ""
         report.passed("nodes", f"storage {config.storage_path} shared (a token round trip) "
-                      f"and dataset {config.dataset} the same (manifest digest) on all "
-                      f"{len(nodes)} node(s)")
+                      f"and dataset {config.dataset} the same (manifest digest{images}) on "
+                      f"all {len(nodes)} node(s)")
