@@ -86,6 +86,13 @@ def label_out_of_range(folder: Path) -> None:
     manifest.write_text("\n".join(lines) + "\n")
 
 
+def one_class_source(folder: Path) -> None:
+    """one/: an ImageFolder source (train/, test/) of the first class of src alone."""
+    for split in ("train", "test"):
+        first = sorted(p for p in (folder / "src" / split).iterdir() if p.is_dir())[0]
+        shutil.copytree(first, folder / "one" / split / first.name)
+
+
 NOTHING = None
 SETUPS = {
     "blocker": lambda f: (f / "blocker").write_text("a file where a folder is wanted"),
@@ -103,6 +110,7 @@ SETUPS = {
     "dataset.json no root": lambda f: edit_json(f / "data" / "dataset.json",
                                                 lambda info: {**info, "root": None}),
     "other classes": other_classes,
+    "one class": one_class_source,
     "bad yaml": lambda f: (f / "t.yaml").write_text("lr: [0.1\n"),
     "latin-1 yaml": lambda f: (f / "t.yaml").write_bytes("model: r\xe9snet\n".encode("latin-1")),
 }
@@ -140,6 +148,8 @@ CASES = [
      ["prepare", "src", "--out", "d", "--workers", "-2"], "argument --workers: -2 is out of"),
     ("prepare a file as source", (), "blocker", ["prepare", "blocker", "--out", "d"],
      "no such source folder"),
+    ("prepare one class", ("src",), "one class", ["prepare", "one", "--out", "d"],
+     "one: 1 class ('"),
     ("prepare over a dataset", ("src", "data"), NOTHING, ["prepare", "src", "--out", "data"],
      "folder is not empty; pass --force"),
     # train: where it writes

@@ -46,6 +46,7 @@ def prepare_dataset(
     _check_out_is_not_the_source(Path(source), Path(out))
     check_replaceable(out, force=force, what="the prepared dataset", flag="--out")
     index = read_source(Path(source), layout)
+    _check_two_classes(index.root, index.classes)
     inspected = inspect_images(index.root, index.images["path"].tolist(), workers)
     images = _leave_out_unreadable(index, inspected, strict, warn)
     manifest = build_manifest(index, images, inspected, scheme, seed, val_fraction)
@@ -117,6 +118,13 @@ def _leave_out_unreadable(index: SourceIndex, inspected: pd.DataFrame, strict: b
         raise UserError(f"class {empty[0]!r} has no readable images left; fix or remove "
                         "its unreadable files")
     return kept.reset_index(drop=True)
+
+
+def _check_two_classes(root: Path, classes: list[str]) -> None:
+    """A classifier of one class learns nothing: every sweep would report 100 %."""
+    if len(classes) < 2:
+        raise UserError(f"{root}: {len(classes)} class ({', '.join(map(repr, classes))}); a "
+                        "classifier needs at least 2 classes to tell apart")
 
 
 def _copy_parts(root: Path, manifest: pd.DataFrame, target: Path,
