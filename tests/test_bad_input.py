@@ -272,3 +272,25 @@ def test_a_cloud_storage_uri_is_refused(prepared_dataset, tmp_path, capsys):
     assert only_line(capsys.readouterr().err) == (
         "carsweep sweep: error: `storage_path` = 's3://bucket/results': cloud URIs are not "
         "supported yet; use a folder every node mounts (NFS)")
+
+
+
+def test_every_test_the_bad_input_page_names_exists():
+    """docs/bad-input.md names a test for each row (`test_x.py::test_name[case]`, and
+    `...[case]` for more cases of the test before it): each test must exist, and each case of
+    the fuzz table too."""
+    from test_fuzz_cli import CASES
+
+    tests = Path(__file__).parent
+    page = (tests.parent / "docs" / "bad-input.md").read_text()
+    named = set(re.findall(r"`(test_\w+\.py)::(\w+)", page)) - {("test_x.py", "name")}
+    assert len(named) > 100
+    assert [f"{file}::{name}" for file, name in sorted(named)
+            if f"def {name}(" not in (tests / file).read_text()] == []
+    fuzz_rows = [line for line in page.splitlines()
+                 if "test_fuzz_cli.py::test_bad_input_is_one_line_exit_2_and_changes_nothing["
+                 in line]
+    said = {case for row in fuzz_rows for case in re.findall(r"(?:nothing|\.\.\.)\[([^\]]+)\]`",
+                                                              row)}
+    assert len(said) > 40
+    assert sorted(said - {case[0] for case in CASES}) == []
