@@ -101,5 +101,6 @@ def test_shared_storage_and_dataset_pass_on_every_node(split_brain, prepared_dat
     assert main(check(tmp_path, prepared_dataset, storage)) == 0
     out = capsys.readouterr().out
     assert (f"ok    nodes: storage {storage} shared (a token round trip) and dataset "
-            f"{prepared_dataset} the same (manifest digest) on all 2 node(s)") in out
+            f"{prepared_dataset} the same (manifest digest, every train+val image as "
+            "prepared (sha1)) on all 2 node(s)") in out  # its trials decode (data_cache off)
     assert not storage.exists()
