@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import TypeVar
 
+from carsweep.interrupts import interrupts_held_back
+
 Task = TypeVar("Task")
 Result = TypeVar("Result")
 
@@ -41,7 +43,11 @@ def forked_map(function: Callable[[Task], Result], tasks: list[Task], workers: i
                                mp_context=get_context("fork"),
                                initializer=_leave_interrupts_to_the_parent)
     try:
-        yield from pool.map(function, tasks, chunksize=chunksize)
+        # The workers are forked while the tasks are handed out; a Ctrl-C landing in a fork's
+        # after-fork hook would be lost (carsweep/interrupts.py).
+        with interrupts_held_back():
+            results = pool.map(function, tasks, chunksize=chunksize)
+        yield from results
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
