@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from sweep_runs import cli_env
+from sweep_runs import cli_env, sweep_command, wait_until, write_sweep
 
 from carsweep.trainable.checkpoint import _save_raising_what_stopped_it
 
@@ -43,10 +43,15 @@ def _session_processes(session: int) -> list[int]:
 
 
 def _interrupt(command: list[str], delay: float, cwd: Path) -> tuple[int, str, list[int]]:
-    """(exit code, stderr, processes of its session left) of `command` Ctrl-C'd after `delay` s."""
+    """(exit code, stderr, processes of its session left) of `command` Ctrl-C'd `delay` s
+    after its worker pool started (a loaded machine imports at its own pace)."""
     process = subprocess.Popen([sys.executable, "-m", "carsweep", *command], cwd=cwd,
                                env=cli_env(), start_new_session=True, text=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while (len(_session_processes(process.pid)) < 2 and process.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.02)
     time.sleep(delay)
     os.killpg(process.pid, signal.SIGINT)
     try:
@@ -60,8 +65,8 @@ def _interrupt(command: list[str], delay: float, cwd: Path) -> tuple[int, str, l
 
 
 @pytest.mark.parametrize(("command", "delay"), [
-    ("synth-cars", 1.5), ("synth-cars", 2.0), ("synth-cars", 2.5),
-    ("prepare-workers", 1.0), ("prepare-workers", 1.3),
+    ("synth-cars", 0.0), ("synth-cars", 0.3), ("synth-cars", 0.8),
+    ("prepare-workers", 0.0), ("prepare-workers", 0.1),
 ])
 def test_ctrl_c_is_exit_130_and_leaves_nothing(command, delay, synthetic_source, tmp_path):
     out = tmp_path / "out"
@@ -76,8 +81,9 @@ def test_ctrl_c_is_exit_130_and_leaves_nothing(command, delay, synthetic_source,
     code, stderr, left = _interrupt(argv, delay, tmp_path)
     assert not list(tmp_path.glob(".*building-*"))
     assert left == []
-    if code == 0:  # it finished before the Ctrl-C (a loaded machine): the output is whole
+    if code in (0, -signal.SIGINT):  # the work was done before the Ctrl-C (ended at exit)
         assert _digest(out) != before
+        assert "Traceback" not in stderr
         return
     assert code == 130, stderr
     assert "Traceback" not in stderr
@@ -108,3 +114,38 @@ def test_ctrl_c_in_a_checkpoint_save_is_a_keyboard_interrupt_not_the_zip_writers
     state = {"weights": torch.zeros(1000, 100), "more": torch.ones(1000, 100)}
     with pytest.raises(KeyboardInterrupt):
         _save_raising_what_stopped_it(state, _InterruptedFile())
+
+
+def _marked_processes(mark: str) -> list[int]:
+    """Processes whose environment holds `mark`: Ray's start in sessions of their own."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and mark.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def test_ctrl_c_in_a_sweeps_ray_start_is_exit_130_and_leaves_no_ray_process(prepared_dataset,
+                                                                         tmp_path):
+    mark = f"carsweep-interrupt-test-{os.getpid()}-{time.monotonic_ns()}"
+    config = write_sweep(tmp_path, "start")
+    process = subprocess.Popen(
+        sweep_command(config, prepared_dataset, tmp_path / "results"), cwd=tmp_path,
+        env=cli_env() | {"CARSWEEP_TEST_MARK": mark}, start_new_session=True, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: len(_marked_processes(mark)) >= 3, "Ray's first processes", 60,
+                   every=0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=45)
+        time.sleep(3)  # Ray's agents notice their raylet is gone
+        assert process.returncode == 130, stderr
+        assert "Traceback" not in stderr
+        assert len(stderr.strip().splitlines()) <= 2, stderr
+        assert _marked_processes(mark) == []
+    finally:
+        for pid in _marked_processes(mark):
+            os.kill(pid, signal.SIGKILL)
