@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
 
 from carsweep.data.images import DECODE_ERRORS, has_alpha, to_rgb
+from carsweep.data.parallel import forked_map
 
 INSPECT_COLUMNS = ["path", "sha1", "width", "height", "mode", "alpha", "error"]
 PARALLEL_FROM = 400  # images; below this a process pool costs more than it saves
@@ -31,11 +31,7 @@ def inspect_images(root: Path, paths: list[str], workers: int | None = None) -> 
     tasks = [str(root / p) for p in paths]
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if len(tasks) >= PARALLEL_FROM else 1
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(inspect_one, tasks, chunksize=64))
-    else:
-        results = [inspect_one(task) for task in tasks]
+    results = list(forked_map(inspect_one, tasks, workers, chunksize=64))
     table = pd.DataFrame(results, columns=INSPECT_COLUMNS[1:])
     table.insert(0, "path", list(paths))
     return table

@@ -22,6 +22,7 @@ import ray
 
 from carsweep.config.sweep import ClusterConfig
 from carsweep.errors import UserError
+from carsweep.interrupts import interrupts_held_back
 
 # Ray >= 2.59 turns token authentication on for every new local cluster and logs a WARNING
 # that it did ("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled
@@ -59,11 +60,23 @@ def bind_loopback_only() -> None:
 
 @contextmanager
 def ray_session(cluster: ClusterConfig) -> Iterator[None]:
-    """Ray connected for the duration of the block; shut down after, if we started it."""
+    """Ray connected for the duration of the block; shut down after, if we started it, on
+    every way out. Ctrl-C during the start or the shutdown takes effect once that is done: a
+    start stopped halfway left Ray's agents running, which no shutdown could find."""
     quiet_ray_environment()
     if ray.is_initialized():
         yield  # a caller (a test, a notebook) owns this Ray
         return
+    try:
+        with interrupts_held_back():
+            _start_or_join(cluster)
+        yield
+    finally:
+        with interrupts_held_back():
+            ray.shutdown()
+
+
+def _start_or_join(cluster: ClusterConfig) -> None:
     try:
         if cluster.address is not None:
             check_address_answers(cluster.address)
@@ -87,10 +100,6 @@ def ray_session(cluster: ClusterConfig) -> Iterator[None]:
             f"cannot join the Ray cluster at {cluster.address}: {error} (if the cluster uses "
             "token authentication, set RAY_AUTH_MODE=token and its token here: docs/cluster.md)"
         ) from None
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @contextmanager

@@ -123,6 +123,23 @@ def restore_rng_states(states: dict[str, Any], data_order: torch.Generator | Non
 
 
 def torch_save_atomic(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file renamed over `path`; stopped by anything (Ctrl-C
+    included), the temporary file is removed and `path` is as it was."""
     # Through a Python file, so a full disk is OSError(ENOSPC), not torch's RuntimeError.
     with atomic_write(path, "wb") as out:
+        _save_raising_what_stopped_it(state, out)
+
+
+def _save_raising_what_stopped_it(state: dict[str, Any], out) -> None:
+    """torch.save, where an error that stops the writing is raised as itself.
+
+    torch's zip writer finishes the archive in its `__exit__` even when the body raised, and
+    an archive cut mid-record cannot be finished: its RuntimeError ("unexpected pos ...")
+    replaced the KeyboardInterrupt of a Ctrl-C landing in a checkpoint's write, which then
+    reached the CLI as a traceback and exit 1 instead of "interrupted" and 130."""
+    try:
         torch.save(state, out)
+    except RuntimeError as error:
+        if error.__context__ is None:
+            raise
+        raise error.__context__ from None
