@@ -262,6 +262,14 @@ class BucketPath:
                                ) from None
 
 
+def local_copy(folder: Path | BucketPath) -> Path:
+    """A folder to hand to code that needs local files (torch.load, TensorBoard): a local
+    folder itself; a bucket folder mirrored into its `local_folder_for`."""
+    if not is_bucket(folder):
+        return folder
+    return mirror(folder, local_folder_for(folder))
+
+
 def mirror(bucket_folder: BucketPath, local: Path, *, wanted=lambda relative: True) -> Path:
     """Bring `local` in step with the bucket folder: each wanted file whose size differs
     (or that is missing) is downloaded; files already the same size are left as they are.
