@@ -12,6 +12,9 @@
     finished_analysis  `carsweep analyze --epochs 2 --seeds 2` of it, in a linked copy (the
                        finished experiment itself never gets an analysis/ folder)
     two_node_ray       a two-node loopback Ray cluster (module scope), joined by the test
+    s3_bucket          s3://<a new, empty bucket> on an S3-compatible server on 127.0.0.1
+                       (moto_server, one per session: tests/bucket_server.py), with AWS_*
+                       pointing at it for this test (and the Ray and CLI processes it starts)
 
 Every process of the session (Ray's too) puts decoded caches in SESSION_CACHE_DIR
 ($CARSWEEP_CACHE_DIR), removed at the end.
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from bucket_server import create_bucket, running_bucket_server  # no carsweep import there
 from sweep_runs import ANALYZE, FINISHED_SWEEP, linked_copy  # no carsweep import in there
 
 # Decoded caches go to a folder of this session, never to the machine's /tmp/carsweep-cache-USER:
@@ -141,6 +145,23 @@ def two_node_ray():
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def bucket_server(tmp_path_factory):
+    with running_bucket_server(tmp_path_factory.mktemp("s3") / "moto_server.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(bucket_server, monkeypatch) -> str:
+    """`s3://NAME` of a new, empty bucket; the AWS_* variables name the server until the test
+    ends."""
+    for key, value in bucket_server.environment().items():
+        monkeypatch.setenv(key, value)
+    name = f"carsweep-{secrets.token_hex(6)}"
+    create_bucket(bucket_server, name)
+    return f"s3://{name}"
 
 
 def _no_warnings(line: str) -> None:

@@ -265,14 +265,30 @@ def test_train_on_cuda_without_a_gpu_is_one_line_and_writes_no_run_folder(prepar
     assert not run.exists()
 
 
-def test_a_cloud_storage_uri_is_refused(prepared_dataset, tmp_path, capsys):
+def test_a_storage_uri_of_an_unknown_scheme_is_refused(prepared_dataset, tmp_path, capsys):
     args = sweep_args(tmp_path, prepared_dataset)
-    args[args.index("--storage") + 1] = "s3://bucket/results"
+    args[args.index("--storage") + 1] = "ftp://host/results"
     assert main(args) == 2
     assert only_line(capsys.readouterr().err) == (
-        "carsweep sweep: error: `storage_path` = 's3://bucket/results': cloud URIs are not "
-        "supported yet; use a folder every node mounts (NFS)")
+        "carsweep sweep: error: ftp://host/results: ftp:// is not a storage carsweep knows; "
+        "give a folder, s3://BUCKET/PREFIX (S3 and S3-compatible stores) or gs://BUCKET/PREFIX")
 
+
+def test_a_storage_bucket_that_does_not_exist_is_one_line(prepared_dataset, tmp_path, capsys,
+                                                          s3_bucket):
+    args = sweep_args(tmp_path, prepared_dataset)
+    args[args.index("--storage") + 1] = f"{s3_bucket}-gone/results"
+    assert main(args) == 2
+    line = only_line(capsys.readouterr().err)
+    assert line.startswith(f"carsweep sweep: error: storage path {s3_bucket}-gone/results/"), line
+    assert "is not writable" in line
+    assert "check the bucket, the credentials" in line
+
+
+def test_a_status_of_a_uri_with_nothing_there_is_one_line(s3_bucket, capsys):
+    assert main(["status", f"{s3_bucket}/results/none"]) == 2
+    assert only_line(capsys.readouterr().err) == (
+        f"carsweep status: error: {s3_bucket}/results/none: no such experiment folder")
 
 
 def test_every_test_the_bad_input_page_names_exists():

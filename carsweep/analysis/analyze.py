@@ -28,6 +28,7 @@ checkpoint is gone or does not load, or val is empty, the temperature is 1 and
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -65,6 +66,7 @@ from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError
 from carsweep.results import BestTrial, Experiment, load_experiment, open_study
 from carsweep.results.export import save_retrained_model
+from carsweep.storage import BucketPath, is_bucket, local_copy, local_folder_for
 from carsweep.trainable import build_model, load_checkpoint, predict, resolve_device
 from carsweep.trainable.cam_occlusion import describe
 
@@ -80,8 +82,8 @@ def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 
     no GPU), else None: the retrains' device."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
-    experiment = load_experiment(Path(folder))
-    target = experiment.folder / ANALYSIS_DIR
+    experiment = load_experiment(folder)
+    target = analysis_build_folder(experiment.folder)
     check_output_path(target, flag="the analysis folder", renamed_in=True)  # before hours of work
     trials = ensemble.top_trials(experiment, ensemble_of)
     best = trials[0]
@@ -94,8 +96,35 @@ def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 
         runs = retrain(jobs, dataset, out)
         _build(experiment, trials, dataset, configs[0], runs[:seeds], runs[seeds:], fitted, tta,
                building, out)
+    target = publish(target, experiment.folder)
     say(f"[analyze] report: {target / report.REPORT_FILE}", out)
     return target
+
+
+def analysis_build_folder(experiment: Path | BucketPath) -> Path:
+    """Where the analysis folder is built: in the experiment folder; for an experiment in a
+    bucket, in this machine's folder for it (`publish` uploads it), after proving the bucket
+    takes a file there, so a read-only prefix stops before hours of retraining."""
+    if not is_bucket(experiment):
+        return experiment / ANALYSIS_DIR
+    probe = experiment / ANALYSIS_DIR / f".carsweep-probe-{secrets.token_hex(4)}"
+    probe.write_text("")
+    probe.unlink()
+    local = local_folder_for(experiment)
+    local.mkdir(parents=True, exist_ok=True)
+    return local / ANALYSIS_DIR
+
+
+def publish(built: Path, experiment: Path | BucketPath) -> Path | BucketPath:
+    """The analysis folder where readers look: already in place for a local experiment; for
+    one in a bucket, uploaded over the previous analysis (removed first, as a local analyze
+    replaces the folder whole)."""
+    if not is_bucket(experiment):
+        return built
+    remote = experiment / ANALYSIS_DIR
+    remote.remove_tree()
+    remote.upload_tree(built)
+    return remote
 
 
 def _say_plan(experiment: Experiment, trials: list[BestTrial], config: TrialConfig, seeds: int,
@@ -188,7 +217,7 @@ def _fit_temperature(best: BestTrial, dataset: PreparedDataset, device: str,
         why = "no val images" if val.empty else f"trial {best.trial_id} kept no checkpoint"
         return fitted | {"fitted_on": f"not fitted: {why}"}
     try:
-        state = load_checkpoint(best.checkpoint)
+        state = load_checkpoint(local_copy(best.checkpoint))
     except UserError as error:  # a damaged checkpoint costs the temperature, not the analysis
         return fitted | {"fitted_on": f"not fitted: {error}"}
     say(f"[analyze] fitting a temperature on {len(val)} val images with trial "

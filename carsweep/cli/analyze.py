@@ -9,9 +9,8 @@ in this process when the sweep ran on a local Ray or `--local` is given.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from carsweep.cli.arguments import COUNT
+from carsweep.cli.arguments import COUNT, place
 from carsweep.errors import UserError
 
 HELP = ("retrain a sweep's best trial (or top K) on train+val, test it once, and write "
@@ -20,7 +19,8 @@ HELP = ("retrain a sweep's best trial (or top K) on train+val, test it once, and
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", type=Path, help="experiment folder, e.g. results/demo")
+    parser.add_argument("experiment", type=place,
+                        help="experiment folder or URI, e.g. results/demo, s3://bucket/results/demo")
     parser.add_argument("--epochs", type=COUNT, default=None,
                         help="retrain for N epochs (default: the best trial's epochs)")
     parser.add_argument("--seeds", type=int, default=1,

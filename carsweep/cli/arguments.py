@@ -24,6 +24,18 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def place(text: str):
+    """An argparse `type` for a folder or a bucket URI (`s3://BUCKET/PREFIX`, `gs://...`):
+    a Path or a carsweep.storage.BucketPath; an unknown scheme is argparse's one line."""
+    from carsweep.errors import UserError
+    from carsweep.storage import location
+
+    try:
+        return location(text)
+    except UserError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 SEED = whole_number(0, SEED_MAX)
 COUNT = whole_number(1)        # workers, classes, images, trials: at least one
 COUNT_OR_NONE = whole_number(0)  # test images per class, optional counts where 0 means none

@@ -7,6 +7,10 @@ parameters and state as the searcher told Optuna); TensorBoard reads the trials'
 neither has any authentication, so another host is a choice to make on purpose (an SSH tunnel,
 `ssh -L 8080:127.0.0.1:8080 head-node`, keeps them private). Ctrl-C stops both.
 
+An experiment in a bucket (s3://...) is read there: the study through the bucket (read-only, so
+optuna-dashboard's notes cannot be saved), the event files from a local mirror kept in step
+every MIRROR_EVERY_S, since TensorBoard without TensorFlow reads no bucket.
+
 What is shown is read from the experiment folder as it is on disk, so a sweep still running
 shows its trials as they report. optuna-dashboard's own notes and edits, if a user makes any,
 go into the same study file (its journal lock keeps writers apart).
@@ -19,14 +23,17 @@ import errno
 import socket
 from pathlib import Path
 
-from carsweep.cli.arguments import PORT, PORT_OR_OFF
+from carsweep.cli.arguments import PORT, PORT_OR_OFF, place
 
 HELP = "serve a sweep's Optuna study with optuna-dashboard, and TensorBoard beside it (127.0.0.1)"
 LOOPBACK = "127.0.0.1"
+MIRROR_EVERY_S = 30.0
+EVENTS_PREFIX = "events.out.tfevents"  # TensorBoard's event files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", type=Path, help="experiment folder, e.g. results/demo")
+    parser.add_argument("experiment", type=place,
+                        help="experiment folder or URI, e.g. results/demo, s3://bucket/results/demo")
     parser.add_argument("--host", default=LOOPBACK,
                         help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=PORT, default=8080, help="optuna-dashboard's port")
@@ -53,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, port in ports:
         check_port_free(args.host, port, flag)
     if args.tensorboard_port:
-        url = start_tensorboard(args.experiment, args.host, args.tensorboard_port)
+        url = start_tensorboard(event_files_folder(args.experiment), args.host,
+                                args.tensorboard_port)
         print(f"TensorBoard:      {url}  (every trial's metrics per epoch, HParams)")
     print(f"optuna-dashboard: http://{args.host}:{args.port}/  (the study: {study_file})")
     print("Ctrl-C stops them.", flush=True)
@@ -73,6 +81,37 @@ def check_port_free(host: str, port: int, flag: str) -> None:
             why = ("is in use" if error.errno == errno.EADDRINUSE
                    else f"cannot be bound ({error.strerror})")
             raise UserError(f"{flag} {port} on {host} {why}; give another {flag}") from None
+
+
+def event_files_folder(experiment):
+    """The folder TensorBoard reads: the experiment's own; for one in a bucket, a local mirror
+    of its event files, brought in step now and every MIRROR_EVERY_S by a daemon thread."""
+    import threading
+    import time
+
+    from carsweep.storage import is_bucket, local_folder_for, mirror
+
+    if not is_bucket(experiment):
+        return experiment
+    local = local_folder_for(experiment)
+
+    def in_step() -> Path:
+        return mirror(experiment, local, wanted=lambda relative: Path(relative).name.startswith(
+            EVENTS_PREFIX))
+
+    def follow() -> None:
+        while True:
+            time.sleep(MIRROR_EVERY_S)
+            try:
+                in_step()
+            except OSError:  # the store did not answer this time: the next round catches up
+                continue
+
+    in_step()
+    threading.Thread(target=follow, name="carsweep-events-mirror", daemon=True).start()
+    print(f"TensorBoard reads {local}, a mirror of the event files in {experiment}, brought in "
+          f"step every {MIRROR_EVERY_S:.0f} s")
+    return local
 
 
 def start_tensorboard(experiment: Path, host: str, port: int) -> str:

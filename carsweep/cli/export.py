@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from carsweep.cli.arguments import place
+
 HELP = "export the best model of an experiment or a train run: weights, classes, preprocessing"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", type=Path, metavar="EXPERIMENT_OR_RUN",
-                        help="experiment folder (results/NAME), `carsweep train` run folder, "
-                        "or a checkpoint folder")
+    parser.add_argument("folder", type=place, metavar="EXPERIMENT_OR_RUN",
+                        help="experiment folder (results/NAME, or its URI s3://bucket/...), "
+                        "`carsweep train` run folder, or a checkpoint folder")
     parser.add_argument("--out", type=Path, default=Path("best.pt"),
                         help="export file to write (default: best.pt)")
     parser.add_argument("--torchscript", action="store_true",

@@ -8,15 +8,15 @@ restores a moved experiment folder by itself."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from carsweep.cli.arguments import COUNT
+from carsweep.cli.arguments import COUNT, place
 
 HELP = "continue an interrupted sweep; finished trials are kept, unfinished ones resume"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", type=Path, help="experiment folder, e.g. results/demo")
+    parser.add_argument("experiment", type=place,
+                        help="experiment folder or URI, e.g. results/demo, s3://bucket/results/demo")
     parser.add_argument("--address", help="join a Ray cluster: 'auto' or HOST:PORT")
     parser.add_argument("--num-cpus", type=COUNT, help="CPUs of the local Ray (default: all)")
 

@@ -7,13 +7,15 @@ the sweep runs, after it, and on a read-only copy of the experiment; it needs no
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from carsweep.cli.arguments import place
 
 HELP = "show a sweep's trials (state, epochs, best metric, parameters) and its best trial so far"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", type=Path, help="experiment folder, e.g. results/demo")
+    parser.add_argument("experiment", type=place,
+                        help="experiment folder or URI, e.g. results/demo, s3://bucket/results/demo")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -122,11 +122,15 @@ def next_commands(experiment: Path) -> str:
     import os
     import shlex
 
-    relative = os.path.relpath(experiment)
+    from carsweep.storage import is_bucket
+
+    relative = str(experiment) if is_bucket(experiment) else os.path.relpath(experiment)
     folder = shlex.quote(relative if not relative.startswith("..") else str(experiment))
     commands = [(f"carsweep analyze {folder}", "retrain the best on train+val, test once, report"),
                 (f"tensorboard --logdir {folder}", "every trial's curves per epoch, HParams"),
                 (f"carsweep dashboard {folder}", "the Optuna study: history, importances, slices")]
+    if is_bucket(experiment):  # TensorBoard without TensorFlow reads no bucket: the dashboard
+        del commands[1]        # serves it from a local mirror
     width = max(len(command) for command, _ in commands)
     return "next:\n" + "\n".join(f"  {command.ljust(width)}  # {why}" for command, why in commands)
 

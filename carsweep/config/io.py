@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from carsweep.errors import UserError, describe_validation_error
+from carsweep.storage import BucketPath, is_bucket, location
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -52,7 +53,7 @@ def load_yaml_text(text: str) -> Any:
 def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping at the top of a YAML file; a missing, undecodable or malformed file is a
     UserError naming the file (and the line, where YAML knows it)."""
-    path = Path(path)
+    path = location(path)
     if not path.is_file():
         raise UserError(f"{path}: no such config file")
     try:
@@ -153,11 +154,15 @@ def _flat(data: dict, prefix: str = "") -> dict:
 def save_model(config: BaseModel, path: Path) -> None:
     """Write the resolved config as YAML, atomically, so a reader never sees half a file."""
     text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    write_text_atomic(Path(path), text)
+    write_text_atomic(path, text)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename over `path`."""
+def write_text_atomic(path: Path | BucketPath, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename over `path`; in a bucket,
+    one PUT, which replaces an object whole or not at all."""
+    if is_bucket(path):
+        path.write_text(text)
+        return
     with atomic_write(Path(path), "w") as out:
         out.write(text)
 

@@ -35,6 +35,7 @@ from carsweep.config.space import (
 )
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
+from carsweep.storage import location
 
 # The numbers `trainable.train` reports every epoch (besides the text `precision`); the
 # sweep's metric must be one of them.
@@ -277,7 +278,7 @@ def load_sweep(path: Path | None, overrides: list[str] = ()) -> SweepConfig:
     """
     data = read_yaml(path) if path is not None else {}
     if path is not None:
-        data.setdefault("name", Path(path).stem)
+        data.setdefault("name", Path(location(path).name).stem)
     source = str(path) if path is not None else "config"
     config = validate(SweepConfig, apply_overrides(data, list(overrides)), source)
     problems = sweep_problems(config)
@@ -302,4 +303,4 @@ def sweep_problems(config: SweepConfig) -> list[str]:
 def save_sweep(config: SweepConfig, path: Path) -> None:
     """Write the resolved sweep as YAML (the same form it is read from), atomically."""
     text = yaml.safe_dump(config.to_yaml_dict(), sort_keys=False)
-    write_text_atomic(Path(path), text)
+    write_text_atomic(path, text)

@@ -28,6 +28,7 @@ checkpoint folder itself.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -45,6 +46,7 @@ from carsweep.config.io import atomic_write, load_model, validate
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
 from carsweep.results.store import load_experiment
+from carsweep.storage import BucketPath, local_copy, location
 from carsweep.trainable.augment import normalization
 from carsweep.trainable.backbones import DEFAULT_MODEL, model_names
 from carsweep.trainable.checkpoint import (
@@ -106,9 +108,14 @@ class Export:
         return torch.softmax(logits.float() / self.temperature, dim=1).cpu()
 
 
-def find_source(folder: Path) -> ModelSource:
-    """The checkpoint an experiment, run folder or checkpoint folder stands for."""
-    folder = Path(folder)
+def find_source(folder: Path | BucketPath) -> ModelSource:
+    """The checkpoint an experiment, run folder or checkpoint folder stands for (any of them
+    in a bucket too: its checkpoint folder is then downloaded, as torch.load reads files)."""
+    source = _source_in(location(folder))
+    return dataclasses.replace(source, checkpoint=local_copy(source.checkpoint))
+
+
+def _source_in(folder: Path | BucketPath) -> ModelSource:
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder; give an experiment folder, a `carsweep "
                         "train` run folder or a checkpoint folder")

@@ -43,6 +43,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import CLASSES_FILE
 from carsweep.errors import UserError
 from carsweep.results.study import TRIAL_ID_ATTR, open_study, ray_trials
+from carsweep.storage import BucketPath, is_bucket, location
 
 # The table's first columns, in order; then last_/best_<metric>, failures, error, trial_dir,
 # best_checkpoint and config/<field>.
@@ -123,16 +124,20 @@ class Experiment:
         )
 
 
-def load_experiment(folder: Path) -> Experiment:
-    """Read an experiment folder; a folder that is not one is a one-line UserError."""
-    folder = Path(folder)
+def load_experiment(folder: Path | BucketPath | str) -> Experiment:
+    """Read an experiment folder, or one in a bucket (a URI); a folder that is not one is a
+    one-line UserError. A bucket is listed once, and every existence check of the read is
+    answered from that listing: a snapshot, one LIST request per 1,000 objects."""
+    folder = location(folder)
+    if is_bucket(folder):
+        folder = folder.listed()
     sweep = experiment_sweep(folder)
     return Experiment(folder=folder, sweep=sweep, trials=trials_table(folder, sweep))
 
 
-def experiment_sweep(folder: Path) -> SweepConfig:
+def experiment_sweep(folder: Path | BucketPath | str) -> SweepConfig:
     """The sweep.yaml of an experiment folder (as launched: paths absolute), without its trials."""
-    folder = Path(folder)
+    folder = location(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: no such experiment folder")
     if not (folder / SWEEP_FILE).is_file():
@@ -150,7 +155,7 @@ def trials_table(folder: Path, sweep: SweepConfig | None = None) -> pd.DataFrame
     """One row per trial, best first: its state and parameters from the study, its epochs,
     metric and checkpoints from its own folder. A sweep from before the study file was kept is
     read from the trials.csv it left."""
-    folder = Path(folder)
+    folder = location(folder)
     sweep = sweep or experiment_sweep(folder)
     study = open_study(folder)
     if study is None:
@@ -167,7 +172,7 @@ def trials_table(folder: Path, sweep: SweepConfig | None = None) -> pd.DataFrame
 
 def save_trials_table(table: pd.DataFrame, folder: Path) -> Path:
     """trials.csv: the table as a file for spreadsheets, written at the end of a sweep."""
-    path = Path(folder) / TRIALS_FILE
+    path = location(folder) / TRIALS_FILE
     write_text_atomic(path, table.to_csv(index=False))
     return path
 
@@ -191,7 +196,7 @@ def diverged(table: pd.DataFrame) -> pd.Series:
 
 def read_result_rows(trial_folder: Path) -> list[dict[str, Any]]:
     """Every row a trial reported, in the order written (result.json: one JSON per line)."""
-    path = Path(trial_folder) / RESULT_FILE
+    path = location(trial_folder) / RESULT_FILE
     if not path.is_file():
         return []
     rows = []

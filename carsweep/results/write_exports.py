@@ -36,6 +36,7 @@ from carsweep.results.onnx_extra import require_onnx_extra
 from carsweep.results.onnx_file import load_onnx, onnx_files, write_onnx
 from carsweep.results.pt2_file import load_pt2, write_pt2
 from carsweep.results.sameness import Agreement, ProofImages, proof_images, prove_same
+from carsweep.storage import location
 
 
 @dataclass
@@ -111,7 +112,7 @@ def recorded_dataset(source: ModelSource) -> Path | None:
     if recorded:
         return Path(recorded)
     if source.kind in ("retrained", "trial"):
-        sweep = Path(source.details["path"]) / SWEEP_FILE
+        sweep = location(source.details["path"]) / SWEEP_FILE
         dataset = (read_yaml(sweep) or {}).get("dataset") if sweep.is_file() else None
         return Path(dataset) if dataset else None
     return None

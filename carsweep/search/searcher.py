@@ -19,6 +19,13 @@ the storage, so nothing is written to a trial that has ended (a resumed sweep re
 whose end the study already has), and an epoch reported twice keeps its last value. Ray pickles
 the searcher (tuner.pkl, and snapshots for resume): the pickle names the study trial of each
 Ray trial and the study is opened again from its file; see `__getstate__`.
+
+An experiment in a bucket (`bucket_experiment`): the study is written to the driver's own
+disk (an object cannot be appended to), and `save` copies it beside each snapshot of the
+searcher's state, into the folder Tune uploads whole: the journal in the bucket is never older
+than the searcher state beside it, and a killed driver's last upload holds both. The pickle
+names the experiment, not a path of the old head: unpickled on another machine (a resume on a
+new head, which downloads the study first), it opens that machine's copy.
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from carsweep.config.files import STUDY_NAME
+from carsweep.config.files import STUDY_FILE, STUDY_NAME
+from carsweep.config.io import atomic_write
 from carsweep.config.space import field_values
 from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, SweepConfig
 from carsweep.config.trial import TrialConfig
-from carsweep.results.study import TRIAL_ID_ATTR, journal_storage
+from carsweep.results.study import TRIAL_ID_ATTR, driver_study_file, journal_storage
 from carsweep.search.space import DefineByRunSpace
+from carsweep.storage import location
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +59,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
     writing its study to `study_file` (results/study.py) when one is given."""
 
     def __init__(self, *args: Any, planned_epochs: int = 1, study_file: Path | None = None,
-                 **kwargs: Any):
+                 bucket_experiment: str | None = None, **kwargs: Any):
         self._study_file = str(study_file) if study_file is not None else None
+        self._bucket_experiment = bucket_experiment
         storage = journal_storage(study_file) if study_file is not None else None
         super().__init__(*args, storage=storage, study_name=STUDY_NAME, **kwargs)
         self._default_epochs = planned_epochs
@@ -155,13 +165,19 @@ class PruningAwareOptunaSearch(OptunaSearch):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_study_file": None, "_lost": []} | state)  # None: in memory
+        defaults = {"_study_file": None, "_lost": [], "_bucket_experiment": None}
+        self.__dict__.update(defaults | state)  # no study file: in memory
+        if self._bucket_experiment is not None:  # this machine's copy of the study
+            self._study_file = str(driver_study_file(location(self._bucket_experiment)))
         if self._study_file is not None:
             self._reopen_study(state["_ot_trials"])
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
             pickle.dump(self.__getstate__(), handle)
+        if self._bucket_experiment is not None:  # after the state: the study is never older
+            with atomic_write(Path(checkpoint_path).with_name(STUDY_FILE)) as copy:
+                copy.write(Path(self._study_file).read_bytes())
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
@@ -218,14 +234,16 @@ def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
 
 
 def make_searcher(config: SweepConfig, *, pruning_aware: bool = True,
-                  study_file: Path | None = None) -> OptunaSearch:
-    """The sweep's searcher, writing its study to `study_file` (in memory without one);
+                  study_file: Path | None = None,
+                  bucket_experiment: str | None = None) -> OptunaSearch:
+    """The sweep's searcher, writing its study to `study_file` (in memory without one), and a
+    copy beside its snapshots for an experiment in a bucket (its URI);
     `pruning_aware=False` gives stock OptunaSearch (for comparisons)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress table says enough
     cls = PruningAwareOptunaSearch if pruning_aware else OptunaSearch
     default_epochs = TrialConfig.model_fields["epochs"].default  # epochs not in the space
-    kwargs: dict[str, Any] = {"planned_epochs": default_epochs,
-                              "study_file": study_file} if pruning_aware else {}
+    kwargs: dict[str, Any] = {"planned_epochs": default_epochs, "study_file": study_file,
+                              "bucket_experiment": bucket_experiment} if pruning_aware else {}
     return cls(
         space=DefineByRunSpace(config),
         metric=config.metric,

@@ -6,19 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from carsweep.config.sweep import SweepConfig
-from carsweep.errors import UserError
+from carsweep.storage import location
 
 
 def resolved(config: SweepConfig) -> SweepConfig:
     """Paths made absolute (dataset, storage, weights files), so trials on any node and a
-    later `analyze` from any folder find the same ones; sweep.yaml records them so."""
-    if "://" in config.storage_path:
-        raise UserError(
-            f"`storage_path` = {config.storage_path!r}: cloud URIs are not supported yet; "
-            "use a folder every node mounts (NFS)"
-        )
+    later `analyze` from any folder find the same ones; sweep.yaml records them so. A storage
+    URI (s3://, gs://) stays as given, without a trailing slash."""
     dataset = str(Path(config.dataset).expanduser().resolve()) if config.dataset else None
-    storage = str(Path(config.storage_path).expanduser().resolve())
+    storage = str(location(config.storage_path).resolve())
     asha = config.asha.model_copy(update={"max_t": config.max_t})
     space, searcher = dict(config.space), config.searcher
     if "weights" in space:  # a weights file, fixed or a choice; imagenet and none stay names

@@ -24,7 +24,7 @@ from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.errors import UserError, last_line
 from carsweep.results import save_trials_table, trials_table
 from carsweep.results.store import diverged
-from carsweep.results.study import study_path
+from carsweep.results.study import driver_study_file, fetch_driver_study
 from carsweep.search.cluster import ray_session
 from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
 from carsweep.search.preflight.caches import prebuild_node_caches
@@ -34,6 +34,7 @@ from carsweep.search.resume_files import check_resume_files_whole
 from carsweep.search.searcher import make_searcher
 from carsweep.search.sweep_inputs import resolved, shipped_weights
 from carsweep.search.trial import run_trial
+from carsweep.storage import BucketPath, is_bucket, location
 
 if TYPE_CHECKING:  # torch is imported where training starts, not with this module
     from carsweep.trainable.checkpoint import CheckpointPolicy
@@ -51,8 +52,8 @@ class SweepOutcome:
     table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
 
-def experiment_path(config: SweepConfig) -> Path:
-    return Path(config.storage_path).expanduser().resolve() / config.name
+def experiment_path(config: SweepConfig) -> Path | BucketPath:
+    return location(config.storage_path).resolve() / config.name
 
 
 def make_scheduler(config: SweepConfig) -> TrialScheduler:
@@ -83,11 +84,17 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         launch = check_before_launch(config)
         prebuild_node_caches(config)  # each node's decoded caches, progress on this console
         if resume:
+            if is_bucket(experiment):  # a new head has no study: the bucket's, as the driver's
+                fetch_driver_study(experiment)
+            where = ray_storage(experiment)
             tuner = tune.Tuner.restore(
-                str(experiment), trainable=_trainable(config, weights, launch),
+                where["storage_path"], trainable=_trainable(config, weights, launch),
                 resume_unfinished=True, resume_errored=True,
+                storage_filesystem=where["storage_filesystem"],
             )
         else:
+            if is_bucket(experiment):  # the driver's study of a sweep gone from the bucket
+                driver_study_file(experiment).unlink(missing_ok=True)
             save_sweep(config, experiment / SWEEP_FILE)
             tuner = new_tuner(config, _trainable(config, weights, launch), verbose=verbose)
         with _without_tune_restore_hint():
@@ -140,7 +147,16 @@ def _unfinished(table, num_samples: int) -> bool:
     return len(table) < num_samples or not ended
 
 
-def _check_experiment_folder(experiment: Path, resume: bool) -> None:
+def ray_storage(folder: Path | BucketPath) -> dict:
+    """Ray's storage_path and storage_filesystem for `folder`: a local path as it is; a bucket
+    as its pyarrow filesystem and the path in it, so the URI's endpoint options travel to
+    every node with the filesystem (its pickle holds no credentials: each node finds its own)."""
+    if is_bucket(folder):
+        return {"storage_path": folder.fs_path, "storage_filesystem": folder.filesystem}
+    return {"storage_path": str(folder), "storage_filesystem": None}
+
+
+def _check_experiment_folder(experiment: Path | BucketPath, resume: bool) -> None:
     exists = (experiment / TUNER_FILE).is_file()
     if resume and not exists:
         raise UserError(f"{experiment}: no sweep to resume there")
@@ -149,7 +165,7 @@ def _check_experiment_folder(experiment: Path, resume: bool) -> None:
             f"{experiment}: a sweep already exists there; add --resume to continue it "
             "or give another --name"
         )
-    if resume:
+    if resume and not is_bucket(experiment):  # a PUT replaces an object whole or not at all
         check_resume_files_whole(experiment)
 
 
@@ -201,7 +217,7 @@ def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, verbose: int = 
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(config, study_file=study_path(experiment_path(config))),
+            search_alg=_searcher_of(config, experiment_path(config)),
             scheduler=make_scheduler(config),
             num_samples=config.num_samples,
             max_concurrent_trials=config.max_concurrent_trials,
@@ -211,7 +227,7 @@ def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, verbose: int = 
         ),
         run_config=tune.RunConfig(
             name=config.name,
-            storage_path=config.storage_path,
+            **ray_storage(location(config.storage_path)),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2,
                 checkpoint_score_attribute=config.metric,
@@ -223,6 +239,14 @@ def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, verbose: int = 
             verbose=verbose,
         ),
     )
+
+
+def _searcher_of(config: SweepConfig, experiment: Path | BucketPath):
+    """The searcher writing the study to the driver's file; for an experiment in a bucket, it
+    also puts a copy beside each of its snapshots, which Tune uploads."""
+    bucket = str(experiment) if is_bucket(experiment) else None
+    return make_searcher(config, study_file=driver_study_file(experiment),
+                         bucket_experiment=bucket)
 
 
 def _trial_name(trial: tune.experiment.Trial) -> str:

@@ -19,6 +19,7 @@ its lr schedule there. It is not when, under ASHA with a rung below max_t:
 from __future__ import annotations
 
 import math
+import secrets
 import tempfile
 from itertools import product
 from pathlib import Path
@@ -28,6 +29,7 @@ from carsweep.config.sweep import SweepConfig, sweep_problems
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
+from carsweep.storage import BucketPath, is_bucket, location
 
 if TYPE_CHECKING:
     from carsweep.search.preflight.report import Report
@@ -101,8 +103,11 @@ def check_storage_writable(storage: Path) -> None:
 def storage_problem(storage: str) -> str | None:
     """None if a file can be created where the experiment will go; the probe file is removed,
     and folders that do not exist yet are not created (the check writes nothing). Run on the
-    driver before Ray starts, and on every node by the pre-flight probes."""
-    target = Path(storage)
+    driver before Ray starts, and on every node by the pre-flight probes. In a bucket: a probe
+    object is written and deleted, with this node's own credentials."""
+    target = location(storage)
+    if is_bucket(target):
+        return _bucket_problem(target)
     existing = next((p for p in (target, *target.parents) if p.exists()), None)
     if existing is None or not existing.is_dir():
         return f"storage path {storage} is not writable ({existing} is not a folder)"
@@ -111,6 +116,16 @@ def storage_problem(storage: str) -> str | None:
             pass
     except OSError as error:
         return f"storage path {storage} is not writable ({error.strerror} in {existing})"
+    return None
+
+
+def _bucket_problem(target: BucketPath) -> str | None:
+    probe = target / f".carsweep-probe-{secrets.token_hex(4)}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:  # a StorageError names the URI and what the store said
+        return f"storage path {target} is not writable: {error}"
     return None
 
 

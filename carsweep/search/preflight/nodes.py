@@ -38,6 +38,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from carsweep.data.manifest import CLASSES_FILE, INFO_FILE, MANIFEST_FILE, load_dataset
 from carsweep.errors import UserError
 from carsweep.search.preflight.config_checks import storage_problem
+from carsweep.storage import BucketPath, StorageError, is_bucket, location
 
 if TYPE_CHECKING:  # run.py makes the Report this check fills
     from carsweep.config.sweep import SweepConfig
@@ -127,8 +128,9 @@ def token_exchange(storage: str) -> Iterator[Exchange | None]:
     """A fresh exchange folder under `storage` holding the driver's token, removed afterwards
     with every folder made for it. None when the driver cannot write there: then each node's
     own probe says why, so every node is named."""
-    target = Path(storage)
-    missing = [p for p in (target, *target.parents) if not p.exists()]
+    target = location(storage)  # in a bucket: objects under the URI, each node's credentials
+    missing = [] if is_bucket(target) else [p for p in (target, *target.parents)
+                                            if not p.exists()]
     token = secrets.token_hex(16)
     folder = target / f"{EXCHANGE_PREFIX}{token}"
     try:
@@ -144,7 +146,10 @@ def token_exchange(storage: str) -> Iterator[Exchange | None]:
         _remove(folder, missing)
 
 
-def _remove(folder: Path, made: list[Path]) -> None:
+def _remove(folder: Path | BucketPath, made: list[Path]) -> None:
+    if is_bucket(folder):
+        folder.remove_tree()
+        return
     shutil.rmtree(folder, ignore_errors=True)
     for parent in made:  # deepest first: only folders this check created, and only if empty
         try:
@@ -155,9 +160,11 @@ def _remove(folder: Path, made: list[Path]) -> None:
 
 def answer_token(storage: str, exchange: Exchange, node_id: str) -> str | None:
     """On a node: read the driver's token and write this node's answer beside it."""
-    folder = Path(exchange.folder)
+    folder = location(exchange.folder)
     try:
         seen = (folder / DRIVER_TOKEN).read_text()
+    except StorageError as error:  # a bucket this node cannot reach: its credentials, endpoint
+        return f"storage path {storage} cannot be read on this node ({error})"
     except OSError:
         seen = None
     if seen != exchange.token:
@@ -167,14 +174,14 @@ def answer_token(storage: str, exchange: Exchange, node_id: str) -> str | None:
     try:
         (folder / node_id).write_text(f"{exchange.token} {node_id}")
     except OSError as error:
-        return f"storage path {storage} is not writable ({error.strerror} in {folder})"
+        return f"storage path {storage} is not writable ({error.strerror or error} in {folder})"
     return None
 
 
 def token_returned(storage: str, exchange: Exchange, node_id: str) -> str | None:
     """On the driver: the node's answer must be there, or the node wrote to another folder."""
     try:
-        answer = (Path(exchange.folder) / node_id).read_text()
+        answer = (location(exchange.folder) / node_id).read_text()
     except OSError:
         answer = None
     if answer != f"{exchange.token} {node_id}":
