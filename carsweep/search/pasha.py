@@ -100,6 +100,8 @@ class PashaScheduler(TrialScheduler):
         if self._time_attr not in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         trial_id, epoch = trial.trial_id, int(result[self._time_attr])
+        if trial_id in self._to_resume:  # it runs again (choose_trial_to_run must not pop it)
+            self._to_resume.remove(trial_id)
         self.curves.setdefault(trial_id, {})[epoch] = float(result[self._metric])
         milestone = self._milestone.get(trial_id, self._next_level(epoch - 1))
         at_rung = milestone < self._max_t and epoch >= milestone
