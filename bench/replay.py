@@ -19,8 +19,8 @@ trial with the best validation score at any epoch (the trials table's order). A 
 true score is its final-epoch validation top-1, averaged over the recorded seeds; the regret of
 a sweep is the best true score among the configurations it tried minus its pick's.
 
-    .venv/bin/python bench/replay.py bench/curves/main.json [--seeds 20] [--workers 6]
-        [--trials 24] [--searchers random tpe] [--schedulers asha pasha ...]
+    .venv/bin/python bench/replay.py bench/curves/main.json [--seeds 20] [--workers 4]
+        [--trials 16] [--searchers random tpe] [--schedulers asha pasha ...]
     .venv/bin/python bench/replay.py --small     # seconds: 2 seeds of 8 trials, asha and pasha
 """
 
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import MedianStoppingRule, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from carsweep.config.sweep import SweepConfig, load_sweep
@@ -56,8 +56,29 @@ SCHEDULERS = {
     "pasha": {"scheduler": "pasha"},
     "fifo": {"scheduler": "fifo"},
     "asha grace 3": {"scheduler": "asha", "asha": {"grace_period": 3, "reduction_factor": 3}},
+    "asha 2 brackets": {"scheduler": "asha"},  # Ray's ASHA with brackets=2: make_replay_scheduler
     "median stopping": {"scheduler": "fifo"},  # Ray's MedianStoppingRule: make_replay_scheduler
+    "asha on extrapolated": {"scheduler": "asha"},  # ExtrapolatingASHA below
 }
+
+
+class ExtrapolatingASHA(ASHAScheduler):
+    """A curve-aware rule of carsweep's design, tried on the replay (not shipped): ASHA's rungs
+    and cut, but a trial is ranked by its score plus the gain it made over the second half of
+    its epochs so far (v_e + v_e - v_ceil(e/2)), so a slow starter still climbing is ranked
+    where it is heading. At epoch 1 that is its score: pair it with a grace period above 1."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._curves: dict[str, dict[int, float]] = {}
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        epoch, value = int(result["epoch"]), float(result[METRIC])
+        curve = self._curves.setdefault(trial.trial_id, {})
+        curve[epoch] = value
+        halfway = curve.get(math.ceil(epoch / 2), value)
+        return super().on_trial_result(tune_controller, trial,
+                                       {**result, METRIC: value + (value - halfway)})
 
 
 # The recorded pool ---------------------------------------------------------------------
@@ -105,14 +126,18 @@ def _distance(a: tuple, b: tuple) -> float:
 
 def sweep_config(pool: Pool, changes: dict, searcher: str, seed: int, trials: int,
                  workers: int) -> SweepConfig:
-    """The shipped Cars space's dimensions over the recorded values, the shipped scheduler
-    settings scaled to the recording (grace 1, reduction 3: rungs 1, 3, 9 of 12 epochs)."""
+    """The shipped Cars space's dimensions over the recorded values, and its scheduler and
+    searcher settings scaled to the recording and the sweep's size: rungs 1, 3, 9 of 12 epochs
+    (grace 1, reduction 3, where Cars has 3, 9, 27 of 30), TPE's random start-up the same share
+    of the trials (8 of 128)."""
+    cars = load_sweep(CARS)
+    startup = max(2, round(cars.searcher.n_startup_trials * trials / cars.num_samples))
     return SweepConfig.model_validate({
         "metric": METRIC, "mode": "max", "num_samples": trials,
         "max_concurrent_trials": workers,
         "asha": {"grace_period": 1, "reduction_factor": 3},
         "searcher": {"algorithm": searcher, "seed": seed,
-                     "n_startup_trials": max(2, trials // 4)},
+                     "n_startup_trials": startup},
         "space": {
             "optimizer": {"choice": sorted(pool.lrs)},
             "lr": [{**shipped_lr_range(opt), "when": {"optimizer": [opt]}}
@@ -290,6 +315,14 @@ def make_replay_scheduler(name: str, config: SweepConfig) -> TrialScheduler:
         return MedianStoppingRule(time_attr="epoch", metric=METRIC, mode="max",
                                   grace_period=3, min_samples_required=3,
                                   min_time_slice=10**9)  # never pause to yield
+    if name == "asha on extrapolated":
+        return ExtrapolatingASHA(time_attr="epoch", metric=METRIC, mode="max",
+                                 max_t=config.max_t, grace_period=2,
+                                 reduction_factor=config.asha.reduction_factor)
+    if name == "asha 2 brackets":  # half the trials start with their first rung at epoch 3
+        return ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=config.max_t,
+                             grace_period=config.asha.grace_period,
+                             reduction_factor=config.asha.reduction_factor, brackets=2)
     return make_scheduler(config)
 
 
@@ -332,8 +365,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("curves", type=Path, nargs="?", default=MAIN)
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--trials", type=int, default=24)
-    parser.add_argument("--workers", type=int, default=6)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=4,
+                        help="trials at once (Cars: 32 of 128, the same share)")
     parser.add_argument("--start-cost", type=float, default=0.25,
                         help="a trial process's start (and checkpoint load), in its epochs")
     parser.add_argument("--searchers", nargs="+", default=["random", "tpe"])
