@@ -11,10 +11,11 @@ from ray.tune.experiment import Trial
 from carsweep.cli.settings import catalog
 from carsweep.config.sweep import SweepConfig, load_sweep
 from carsweep.errors import UserError
-from carsweep.search.pasha import PashaScheduler
+from carsweep.search.pasha import PashaScheduler, PauseAwareLimiter
 from carsweep.search.pasha_rules import epsilon, promotable, ranking_holds
 from carsweep.search.preflight.config_checks import check_asha
 from carsweep.search.preflight.report import Report
+from carsweep.search.searcher import make_searcher
 from carsweep.search.tuner import checkpoint_policy, make_scheduler
 
 # promotion: the best not yet promoted, if at least the rung's 1 - 1/rf quantile -------------
@@ -184,3 +185,21 @@ def test_pasha_checkpoints_at_every_rung():
     config = SweepConfig.model_validate({"scheduler": "pasha", "space": {"epochs": 27},
                                          "asha": {"grace_period": 1, "reduction_factor": 3}})
     assert checkpoint_policy(config).at_epochs == {1, 3, 9, 27}
+
+
+def test_a_resting_trial_frees_its_slot_and_a_held_one_takes_it_back():
+    config = SweepConfig.model_validate({"space": {"lr": {"loguniform": [1e-3, 0.1]}}})
+    limiter = PauseAwareLimiter(make_searcher(config), max_concurrent=2)
+    assert limiter.suggest("a") is not None
+    assert limiter.suggest("b") is not None
+    assert limiter.suggest("c") is None  # two running: full, as Ray's ConcurrencyLimiter
+    limiter.rest("a")  # paused at a rung, not about to resume
+    assert limiter.suggest("c") is not None
+    limiter.hold("a")  # promoted: it will run again
+    assert limiter.suggest("d") is None  # a, b and c count: over the limit until one ends
+    limiter.on_trial_complete("b", result={"epoch": 3, "val_top1": 0.7})
+    assert limiter.suggest("d") is None  # a and c
+    limiter.rest("c")
+    limiter.on_trial_complete("c", result={"epoch": 1, "val_top1": 0.5})  # stopped at the end
+    assert limiter.resting == set()
+    assert limiter.suggest("d") is not None  # a and d
