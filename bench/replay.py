@@ -39,6 +39,7 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
+from scipy.stats import spearmanr
 
 from carsweep.config.sweep import SweepConfig, load_sweep
 from carsweep.search.pasha import PauseAwareLimiter
@@ -334,6 +335,17 @@ def replay(pool: Pool, scheduler: str, searcher: str, seed: int, *, trials: int,
     return controller.run().outcome()
 
 
+def resolution_rank_correlation(pool: Pool, low: int, high: int) -> tuple[float, int]:
+    """Spearman's ρ between the true scores at `low` and at `high` px of the configurations
+    recorded at both (issue 26's test of input resolution as a cheaper fidelity), and how many."""
+    pairs = [(pool.true_score(key), pool.true_score((*key[:4], high)))
+             for key in pool.curves if key[4] == low and (*key[:4], high) in pool.curves]
+    if len(pairs) < 3:
+        return float("nan"), len(pairs)
+    rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+    return float(rho), len(pairs)
+
+
 # The table ------------------------------------------------------------------------------
 
 
@@ -393,6 +405,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.seeds} seeds of {args.trials} trials on {args.workers} workers, start cost "
           f"{args.start_cost:g} epoch; {time.time() - started:.0f} s")
     print("\n".join(table(results, baseline=args.schedulers[0])))
+    sizes = sorted({key[4] for key in pool.curves})
+    if len(sizes) > 1:
+        rho, count = resolution_rank_correlation(pool, sizes[0], sizes[-1])
+        print(f"resolution as a fidelity: Spearman ρ of the final scores at {sizes[0]} and "
+              f"{sizes[-1]} px over {count} configurations = {rho:.2f}")
     if args.json:
         args.json.write_text(json.dumps({f"{k[0]}/{k[1]}": v for k, v in results.items()},
                                         indent=1) + "\n")
