@@ -20,8 +20,12 @@ process's CPU time for that epoch's training and evaluation (wall time on a shar
 measures the neighbours); the replay scales it to GPU-seconds by one constant, which cancels
 in every ratio it reports.
 
+bench/curves/main.json was recorded before the head was really replaced (its runs start from
+the pretrained classifier, head included: BENCHMARKS.md says what that means); heldout.json
+after.
+
     .venv/bin/python bench/record_curves.py --out bench/curves/main.json
-    .venv/bin/python bench/record_curves.py --dataset heldout --out bench/curves/heldout.json
+    .venv/bin/python bench/record_curves.py --dataset heldout --seeds 1 --out bench/curves/heldout.json
     .venv/bin/python bench/record_curves.py --small --out /tmp/curves.json   # seconds
 """
 
@@ -141,7 +145,8 @@ def pretrain(spec: dict, sizes: dict, epochs: int) -> tuple[dict, float]:
                     resize=DRAWN_PX, flip=True, generator=torch.Generator().manual_seed(0))
     held = draw_split(spec, 1, sizes["val"])
     print(f"pretrained: val top-1 {evaluate(model, held, DRAWN_PX)[0]:.3f}", flush=True)
-    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith("8.")}
+    head = f"{len(model) - 1}."  # the last module, the Linear head
+    backbone = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
     return backbone, time.process_time() - started
 
 
