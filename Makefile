@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/data_path.py --small
 	$(BIN)/python bench/augment_ops.py
 	$(BIN)/python bench/cache_build.py --small
+	$(BIN)/python bench/replay.py --small  # the scheduler replay of bench/curves/ (BENCHMARKS.md)
 	$(BIN)/python bench/train_gpu.py \
 		$$($(BIN)/python -c "import torch; print('' if torch.cuda.is_available() else '--smoke')")
 

@@ -262,8 +262,8 @@ def _sweep_pictures(experiment: Experiment, folder: Path) -> dict[str, Any]:
         return summary | {"importance": {"skipped": f"no study file ({STUDY_FILE}): a sweep "
                                                     "from before carsweep kept one"}}
     found = importance.param_importances(study)
-    stops = [epoch for epoch, _ in sweep.asha_rungs()[:-1]] if sweep.scheduler == "asha" else []
-    drawn = sweep_plots(study, folder, rungs=stops, importances=found["importances"])
+    drawn = sweep_plots(study, folder, rungs=sweep.rung_epochs()[:-1],
+                        importances=found["importances"])
     return summary | {"importance": found, "plots": [path.name for path in drawn]}
 
 

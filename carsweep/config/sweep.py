@@ -91,6 +91,18 @@ class AshaConfig(BaseModel):
     max_t: int | None = Field(None, ge=1, description="last rung; default the largest epochs")
 
 
+class PashaConfig(BaseModel):
+    """PASHA (Bohdal et al. 2023, https://openreview.net/forum?id=syfgJE6nFRW): ASHA's rungs
+    (the `asha` settings), with a maximum that starts at the second rung and grows by one rung
+    only while the ranking of the best trials changes (carsweep/search/pasha.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epsilon_percentile: float = Field(
+        90.0, gt=0, le=100, description="ε, below which two trials rank the same, is this "
+        "percentile of the gaps of trials that swapped places and back (the paper's 90)")
+
+
 class ClusterConfig(BaseModel):
     """Where Ray runs: a local Ray for the sweep, or an existing cluster."""
 
@@ -120,8 +132,11 @@ class SweepConfig(BaseModel):
         10.0, ge=0, description="besides ASHA's rungs and a trial's last epoch, checkpoint at "
         "most every N minutes (0: every epoch); a trial moved off a lost node redoes at most "
         "that much")
-    scheduler: Literal["asha", "fifo"] = Field("asha", description="asha stops early; fifo never")
+    scheduler: Literal["asha", "pasha", "fifo"] = Field(
+        "asha", description="asha stops early; pasha pauses at ASHA's rungs and trains only as "
+        "far as the ranking needs; fifo never stops")
     asha: AshaConfig = Field(default_factory=AshaConfig)
+    pasha: PashaConfig = Field(default_factory=PashaConfig)
     searcher: SearcherConfig = Field(default_factory=SearcherConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     space: dict[str, ParamSpec] = Field(default_factory=dict, description="TrialConfig fields")
@@ -176,6 +191,11 @@ class SweepConfig(BaseModel):
             k += 1
         rungs.append((self.max_t, self.num_samples / rf**k))
         return rungs
+
+    def rung_epochs(self) -> list[int]:
+        """The epochs where ASHA or PASHA may stop or pause a trial (none for fifo): the
+        rungs below max_t, then max_t."""
+        return [] if self.scheduler == "fifo" else [epoch for epoch, _ in self.asha_rungs()]
 
     def searched(self) -> dict[str, ParamSpec]:
         """The fields that vary across trials (a branched field counts once, by its field)."""

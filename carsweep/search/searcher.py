@@ -5,7 +5,11 @@ TPE compares a 2-epoch score with full-length ones. Here every epoch's metric go
 Optuna trial as an intermediate value (step = epoch), and a trial that ended before its own
 `epochs` (stopped by the scheduler, or cut at ASHA's max_t) is told as PRUNED; Optuna keeps
 its intermediate values and TPE treats it as pruned. A trial that ran all its epochs is
-COMPLETE with its final value; a trial that errored is FAIL.
+COMPLETE with its final value; a trial that errored is FAIL. Under PASHA (search/pasha.py) a
+trial that reached the scheduler's final maximum is COMPLETE with its value there, even when
+that maximum is below its `epochs`: the sweep trained no trial further, so these are its
+finished trials (importance and the sweep plots read COMPLETE ones). A pause is no end: Ray
+tells the searcher its result like any other epoch's, and nothing else.
 
 A trial whose loss became NaN/inf (it reports `diverged`, see search/trial.py) is told so that
 TPE ranks it below every other trial; `tell_diverged` says why it is told the way it is.
@@ -52,6 +56,8 @@ from carsweep.storage import location
 logger = logging.getLogger(__name__)
 
 EPOCH = "epoch"
+# Set by PASHA in the last result of a trial it stopped at its final maximum (search/pasha.py).
+REACHED_FINAL_MAX = "reached_final_max"
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -109,7 +115,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         else:
             # Ray withholds the stopping result from on_trial_result; record it here.
             self._report(trial_id, result)
-            if self._ran_all_epochs(trial_id, result):
+            if self._ran_all_epochs(trial_id, result) or result.get(REACHED_FINAL_MAX):
                 self._tell(ot_trial, value, TrialState.COMPLETE)
             else:
                 self._tell(ot_trial, None, TrialState.PRUNED)

@@ -27,6 +27,7 @@ from carsweep.results.store import diverged
 from carsweep.results.study import driver_study_file, fetch_driver_study
 from carsweep.search.cluster import ray_session
 from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
+from carsweep.search.pasha import PashaScheduler, PauseAwareLimiter
 from carsweep.search.preflight.caches import prebuild_node_caches
 from carsweep.search.preflight.config_checks import check_storage_writable
 from carsweep.search.preflight.run import Launch, check_before_launch, check_before_ray
@@ -59,6 +60,11 @@ def experiment_path(config: SweepConfig) -> Path | BucketPath:
 def make_scheduler(config: SweepConfig) -> TrialScheduler:
     if config.scheduler == "fifo":
         return FIFOScheduler()
+    if config.scheduler == "pasha":
+        return PashaScheduler(metric=config.metric, mode=config.mode,
+                              rungs=config.rung_epochs()[:-1], max_t=config.max_t,
+                              reduction_factor=config.asha.reduction_factor,
+                              epsilon_percentile=config.pasha.epsilon_percentile)
     return ASHAScheduler(
         time_attr="epoch",
         metric=config.metric,
@@ -202,25 +208,29 @@ def _trainable(config: SweepConfig, weights: dict[tuple[str, str], dict],
 
 
 def checkpoint_policy(config: SweepConfig) -> CheckpointPolicy:
-    """ASHA's rungs (where a trial may stop: its last epoch must be kept) and max_t, and in
-    between at most one checkpoint every `checkpoint_every_min`."""
+    """ASHA's rungs (where a trial may stop, or PASHA pauses it: that epoch must be kept) and
+    max_t, and in between at most one checkpoint every `checkpoint_every_min`."""
     from carsweep.trainable.checkpoint import CheckpointPolicy
 
-    rungs = [epoch for epoch, _ in config.asha_rungs()] if config.scheduler == "asha" else []
-    return CheckpointPolicy(at_epochs=frozenset(rungs),
+    return CheckpointPolicy(at_epochs=frozenset(config.rung_epochs()),
                             every_s=60.0 * config.checkpoint_every_min)
 
 
 def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, verbose: int = 1) -> tune.Tuner:
     """The sweep's Tuner around `trainable` (carsweep's trial, or a benchmark's stand-in)."""
     reporter = CompactReporter(config.metric, config.mode, list(config.searched()))
+    searcher = _searcher_of(config, experiment_path(config))
+    limit = config.max_concurrent_trials
+    if config.scheduler == "pasha" and limit is not None:
+        # Tune's own limit counts paused trials as running: PASHA's would fill it and wait.
+        searcher, limit = PauseAwareLimiter(searcher, max_concurrent=limit), None
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=_searcher_of(config, experiment_path(config)),
+            search_alg=searcher,
             scheduler=make_scheduler(config),
             num_samples=config.num_samples,
-            max_concurrent_trials=config.max_concurrent_trials,
+            max_concurrent_trials=limit,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
             reuse_actors=False,  # a fresh process per trial: its exit frees all GPU memory

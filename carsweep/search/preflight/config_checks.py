@@ -163,6 +163,9 @@ def check_asha(config: SweepConfig, report: Report) -> None:
         report.failed("asha", f"`asha.reduction_factor` is {rf:g}, but must be > 1")
         return
     rungs = config.asha_rungs()
+    if config.scheduler == "pasha":
+        _pasha_ladder(config, report, rungs)
+        return
     stops = len(rungs) - 1
     note = "" if stops else " (no rung below max_t: ASHA will stop no trial)"
     report.passed("asha", f"grace {grace}, reduction factor {rf:g}, max_t {max_t}: "
@@ -173,11 +176,28 @@ def check_asha(config: SweepConfig, report: Report) -> None:
         report.lines.append(f"        {epoch:>5}  {trials:.1f} of {config.num_samples}{where}")
 
 
+def _pasha_ladder(config: SweepConfig, report: Report, rungs: list[tuple[int, float]]) -> None:
+    """PASHA's ladder is ASHA's; where it starts is the second level (search/pasha.py)."""
+    epochs = [epoch for epoch, _ in rungs]
+    start = epochs[min(1, len(epochs) - 1)]
+    report.passed("asha", f"pasha: rungs at {', '.join(map(str, epochs[:-1])) or 'none'} "
+                  f"(grace {config.asha.grace_period}, reduction factor "
+                  f"{config.asha.reduction_factor:g}), max_t {config.max_t}; trials pause at "
+                  f"each rung. The maximum starts at epoch {start} and grows a rung at a time, "
+                  f"up to {config.max_t}, only while the best trials' ranking changes "
+                  f"(ε: the {config.pasha.epsilon_percentile:g}th percentile of swapped gaps)")
+    report.lines.append("        epoch  trials expected to reach it if the maximum grows there")
+    for epoch, trials in rungs:
+        where = "  (the starting maximum)" if epoch == start else (
+            "  (max_t)" if epoch == config.max_t else "")
+        report.lines.append(f"        {epoch:>5}  {trials:.1f} of {config.num_samples}{where}")
+
+
 def check_schedules(config: SweepConfig, report: Report) -> None:
     """One warning per way trials can reach a rung at different points of their lr schedule
     (the rule is in the module docstring)."""
-    rungs = [epoch for epoch, _ in config.asha_rungs()[:-1]]
-    if config.scheduler != "asha" or not rungs:
+    rungs = config.rung_epochs()[:-1]
+    if not rungs:
         return
     grace = config.asha.grace_period
     epochs, warmup = _possible(config, "epochs"), _possible(config, "warmup_epochs")

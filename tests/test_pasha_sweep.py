@@ -1,0 +1,140 @@
+"""`scheduler: pasha` under real Ray Tune: a deterministic function trainable whose curves force
+one growth of the maximum and one resume (the case tests/test_pasha.py works by hand), one
+trial at a time so the order is fixed; then what Ray and the study recorded, and the same sweep
+replayed by bench/replay.py's simulated loop, which must take Tune's decisions (for ASHA too).
+And the demo sweep, end to end, under pasha."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+from ray import cloudpickle, tune
+
+from carsweep.cli import main
+from carsweep.config.sweep import SweepConfig
+from carsweep.results import trials_table
+from carsweep.results.study import open_study
+from carsweep.search.cluster import ray_session
+from carsweep.search.tuner import experiment_path, make_scheduler, new_tuner
+
+DEMO = Path(__file__).parent.parent / "configs" / "demo.yaml"
+sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+from replay import Pool, ReplayController, config_key  # noqa: E402
+
+# lr -> val_top1 per epoch (1-based); only the epochs each trial reaches matter
+CURVES = {
+    0.001: [0.5] * 27,                                          # a: pauses at rung 1
+    0.002: [0.6, 0.65, 0.7] + [0.7 + e / 100 for e in range(4, 28)],  # b: leads rung 3
+    0.003: [0.2] * 27,                                          # c: pauses at rung 1
+    0.004: [0.9, 0.5, 0.6] + [0.6] * 24,                        # d: leads rung 1, not rung 3
+}
+
+
+def curve_trainable(config: dict) -> None:
+    """Reports CURVES[lr] from the epoch after its checkpoint's, a checkpoint every epoch."""
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            start = int((Path(folder) / "epoch").read_text())
+    for epoch in range(start + 1, config["epochs"] + 1):
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "epoch").write_text(str(epoch))
+            tune.report({"epoch": epoch, "val_top1": CURVES[config["lr"]][epoch - 1],
+                         "resumed_from": start},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def curves_sweep(scheduler: str, storage: Path) -> SweepConfig:
+    return SweepConfig.model_validate({
+        "name": scheduler, "storage_path": str(storage), "scheduler": scheduler,
+        "num_samples": 4, "max_concurrent_trials": 1, "cluster": {"num_cpus": 1},
+        "asha": {"grace_period": 1, "reduction_factor": 3},  # rungs 1, 3, 9; max_t 27
+        "searcher": {"seed": 0, "points_to_evaluate": [{"lr": lr} for lr in CURVES]},
+        "space": {"optimizer": "sgd", "lr": {"choice": list(CURVES)}, "batch_size": 32,
+                  "augmentation": "none", "resize": 32, "epochs": 27},
+    })
+
+
+def tune_fit(config: SweepConfig) -> tuple[dict, dict]:
+    """(lr -> Ray's result rows, lr -> study trial) of the sweep under real Tune."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers lack tests/
+    experiment_path(config).mkdir()  # run_sweep makes it (and writes sweep.yaml) first
+    with ray_session(config.cluster):
+        results = new_tuner(config, curve_trainable, verbose=0).fit()
+    assert not results.errors
+    study = open_study(experiment_path(config))
+    return ({result.config["lr"]: result.metrics_dataframe for result in results},
+            {trial.params["lr"]: trial for trial in study.trials})
+
+
+def replayed(config: SweepConfig) -> tuple[dict, dict]:
+    """(lr -> epochs trained, lr -> study trial) of the same sweep in bench/replay.py's loop."""
+    pool = Pool(epochs=27, lrs={"sgd": list(CURVES)}, curves={
+        config_key({"optimizer": "sgd", "lr": lr, "batch_size": 32, "augmentation": "none",
+                    "resize": 32}): [[{"epoch": e, "val_top1": v, "epoch_time_s": 1.0}
+                                      for e, v in enumerate(curve, 1)]]
+        for lr, curve in CURVES.items()})
+    loop = ReplayController(pool, config, make_scheduler(config), workers=1, start_cost=0,
+                            seed=0).run()
+    return ({trial.config["lr"]: loop.epoch[trial.trial_id] for trial in loop.trials},
+            {trial.params["lr"]: trial for trial in loop.study.trials})
+
+
+@pytest.mark.slow
+def test_pasha_grows_once_resumes_once_and_the_study_stays_true(tmp_path):
+    config = curves_sweep("pasha", tmp_path)
+    rows, study = tune_fit(config)
+    assert {lr: list(rows[lr]["epoch"]) for lr in CURVES} == {
+        0.001: [1], 0.002: list(range(1, 10)), 0.003: [1], 0.004: [1, 2, 3]}
+    # b paused at 3, was resumed once (from its epoch-3 checkpoint) when the maximum grew to 9
+    assert list(rows[0.002]["resumed_from"]) == [0, 0, 0] + [3] * 6
+    assert all(set(rows[lr]["resumed_from"]) == {0} for lr in (0.001, 0.003, 0.004))
+    assert {lr: trial.state for lr, trial in study.items()} == {
+        0.001: TrialState.PRUNED, 0.002: TrialState.COMPLETE,  # b: at the final maximum, 9
+        0.003: TrialState.PRUNED, 0.004: TrialState.PRUNED}
+    assert study[0.002].value == pytest.approx(0.79)
+    for lr, trial in study.items():
+        reached = len(rows[lr])
+        assert trial.intermediate_values == pytest.approx(
+            {epoch: CURVES[lr][epoch - 1] for epoch in range(1, reached + 1)})
+    assert_replay_takes_tunes_decisions(config, rows, study)
+
+
+@pytest.mark.slow
+def test_the_replay_takes_tunes_asha_decisions(tmp_path):
+    config = curves_sweep("asha", tmp_path)
+    assert_replay_takes_tunes_decisions(config, *tune_fit(config))
+
+
+def assert_replay_takes_tunes_decisions(config: SweepConfig, rows: dict, study: dict) -> None:
+    replay_epochs, replay_study = replayed(config)
+    assert replay_epochs == {lr: int(rows[lr]["epoch"].max()) for lr in CURVES}
+    assert {lr: t.state for lr, t in replay_study.items()} == {
+        lr: t.state for lr, t in study.items()}
+    assert {lr: t.intermediate_values for lr, t in replay_study.items()} == {
+        lr: t.intermediate_values for lr, t in study.items()}
+
+
+@pytest.mark.slow
+def test_the_demo_sweep_runs_end_to_end_under_pasha(prepared_dataset, tmp_path, capsys):
+    """configs/demo.yaml with `scheduler: pasha` through the CLI, shrunk to 4 trials of
+    3 epochs (rungs 1, 2; the maximum starts at 2 and max_t is 3)."""
+    storage = tmp_path / "results"
+    code = main(["sweep", str(DEMO), "--data", str(prepared_dataset), "--storage", str(storage),
+                 "--set", "scheduler=pasha", "--set", "num_samples=4",
+                 "--set", "space.epochs=3"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    table = trials_table(storage / "demo")
+    assert len(table) == 4
+    assert set(table["state"]) <= {"COMPLETE", "PRUNED"}
+    assert (table["state"] == "COMPLETE").any()  # at the final maximum, or all 3 epochs
+    complete = table[table["state"] == "COMPLETE"]
+    assert complete["epochs_run"].min() >= 2, complete  # the starting maximum at least
+    assert (table["stopped_early"] == (table["state"] == "PRUNED")).all()
+    assert "best trial" in out
