@@ -25,7 +25,8 @@ the pretrained classifier, head included: BENCHMARKS.md says what that means); h
 after.
 
     .venv/bin/python bench/record_curves.py --out bench/curves/main.json
-    .venv/bin/python bench/record_curves.py --dataset heldout --seeds 1 --out bench/curves/heldout.json
+    .venv/bin/python bench/record_curves.py --dataset heldout --seeds 1 \
+        --out bench/curves/heldout.json
     .venv/bin/python bench/record_curves.py --small --out /tmp/curves.json   # seconds
 """
 
