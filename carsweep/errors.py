@@ -5,8 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+if TYPE_CHECKING:  # the CLI imports this module first: pydantic is 45 ms a Ctrl-C can land in
+    from pydantic import ValidationError
 
 
 class UserError(Exception):

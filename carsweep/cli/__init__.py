@@ -62,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, unknown = build_parser().parse_known_args(argv)
+    try:
+        # Building the parser imports every subcommand's module: a Ctrl-C there is an
+        # interrupt as in any later second, not a traceback.
+        args, unknown = build_parser().parse_known_args(argv)
+    except KeyboardInterrupt:
+        print("carsweep: interrupted", file=sys.stderr)
+        return 130
     if unknown:  # said by the command's parser, whose --help lists what it takes
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
