@@ -152,6 +152,16 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
                                                      strict=True))
         assert trial.value == trial.intermediate_values[EPOCHS]
 
+    # Resumed once more, the ended sweep says so: no Ray started, nothing rewritten.
+    files = {path: path.read_bytes() for path in experiment.rglob("*") if path.is_file()}
+    again = run_cli([sys.executable, "-m", "carsweep", "resume", str(experiment)], timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"every trial of {experiment} has ended: nothing to resume" in again.stdout
+    assert "Traceback" not in again.stderr
+    assert "interrupted" not in again.stderr
+    assert {path: path.read_bytes() for path in experiment.rglob("*")
+            if path.is_file()} == files
+
 
 def finished_trials(experiment: Path) -> list[str]:
     """The trials that have reported their last epoch."""

@@ -49,6 +49,7 @@ class SweepOutcome:
     best_value: float | None
     errors: tuple[str, ...] = ()  # one line per trial that ended in ERROR
     interrupted: bool = False  # stopped (Ctrl-C) before every trial ended; resume continues it
+    nothing_to_resume: bool = False  # a resume of a sweep whose every trial had ended
     # The trials table as saved in trials.csv, so the CLI need not read the experiment again.
     table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
@@ -83,6 +84,8 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
     _check_experiment_folder(experiment, resume)
     if resume:
         check_resume_unchanged(config, experiment)
+        if (ended := _ended_sweep(config, experiment)) is not None:
+            return ended  # no Ray started, nothing rewritten
     check_storage_writable(experiment)
     weights = shipped_weights(config)  # a bad weights file stops here, before anything is written
     with ray_session(config.cluster):
@@ -105,19 +108,33 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
             tuner = new_tuner(config, _trainable(config, weights, launch), verbose=verbose)
         with _without_tune_restore_hint():
             results = tuner.fit()
-    errors = tuple(last_line(error) for error in results.errors)
     table = trials_table(experiment, config)
     save_trials_table(table, experiment)
+    return _outcome(experiment, table, config,
+                    errors=tuple(last_line(error) for error in results.errors),
+                    interrupted=_unfinished(table, config.num_samples))
+
+
+def _outcome(experiment: Path | BucketPath, table: pd.DataFrame, config: SweepConfig,
+             **ending) -> SweepOutcome:
     best = best_trial_row(table, config.metric)
     return SweepOutcome(
         experiment=experiment,
         trials=len(table),
         best_trial=None if best is None else str(best["trial_id"]),
         best_value=None if best is None else float(best["best_" + config.metric]),
-        errors=errors,
-        interrupted=_unfinished(table, config.num_samples),
         table=table,
+        **ending,
     )
+
+
+def _ended_sweep(config: SweepConfig, experiment: Path | BucketPath) -> SweepOutcome | None:
+    """The outcome of a sweep whose every trial completed or was stopped by the scheduler,
+    None while one is left to run. A failed trial is not ended here: a resume retries it."""
+    table = trials_table(experiment, config)
+    if len(table) < config.num_samples or not table["state"].isin(["COMPLETE", "PRUNED"]).all():
+        return None
+    return _outcome(experiment, table, config, nothing_to_resume=True)
 
 
 def best_trial_row(table: pd.DataFrame, metric: str) -> pd.Series | None:
