@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_sources import write_imagefolder
 from sweep_runs import linked_copy
 
 import carsweep.cli.status
@@ -315,6 +316,50 @@ def cli_under_read_only(cwd: Path, read_only: Path, argv: list[str]):
               f"&& exec {sys.executable} -m carsweep \"$@\"")
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
                            "sh", *argv], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+# Permissions. Root may write anywhere, so these run the CLI without root's override of
+# permission bits (setpriv drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its bounding
+# set): a folder of mode 0555 is then not writable, and one of 0000 not listable, as for any
+# other user.
+NO_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+PERMISSION_CASES = [
+    ("synth", ("src",), "locked", ["synth", "locked/new"],
+     "locked is not writable by you (permission denied); write somewhere else"),
+    ("prepare", ("src",), "locked", ["prepare", "src", "--out", "locked/data"],
+     "locked is not writable by you (permission denied)"),
+    ("train", ("data", "src"), "locked", ["train", "--data", "data", "--out", "locked/run", *RUN],
+     "locked is not writable by you (permission denied)"),
+    ("export", ("run",), "locked", ["export", "run", "--out", "locked/best.pt"],
+     "locked is not writable by you (permission denied)"),
+    ("prepare, a split folder not listable", ("src",), "src/train",
+     ["prepare", "src", "--out", "data"],
+     "src/train/round/00001.png: Permission denied; you may not write or read there"),
+    ("prepare, a class folder not listable", ("folders",), "folders/dog",
+     ["prepare", "folders", "--out", "data"],
+     "folders/dog: cannot list the folder (Permission denied); fix its permissions"),
+]
+
+
+@pytest.mark.parametrize(("parts", "locked", "argv", "said"),
+                         [pytest.param(*case[1:], id=case[0]) for case in PERMISSION_CASES])
+def test_a_folder_without_permission_is_one_line(base, tmp_path, parts, locked, argv, said):
+    in_case_folder(base, tmp_path, tuple(part for part in parts if part != "folders"))
+    if "folders" in parts:
+        write_imagefolder(tmp_path / "folders", per_class=4)
+    (tmp_path / "locked").mkdir()
+    mode = 0o555 if locked == "locked" else 0o000
+    (tmp_path / locked).chmod(mode)
+    before = digest(tmp_path)
+    try:
+        done = subprocess.run([*NO_OVERRIDE, sys.executable, "-m", "carsweep", *argv],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        (tmp_path / locked).chmod(0o755)  # so that pytest may remove it
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert said in done.stderr
+    assert digest(tmp_path) == before
 
 
 # The last line of defence: an error of the machine that no check foresaw is one line, while

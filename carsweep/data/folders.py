@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,7 +69,8 @@ def building_folder(out: Path) -> Iterator[Path]:
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    _remove_left_by_killed_builds(out)
+    temporary = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out, "building"), dir=out.parent))
     temporary.chmod(0o777 & ~_umask())  # mkdtemp makes it private; `out` should not be
     try:
         yield temporary
@@ -75,6 +78,42 @@ def building_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     _move_into_place(temporary, out)
+
+
+def _temporary_prefix(out: Path, kind: str) -> str:
+    """`.OUT.building-HOST-PID-`: whose folder it is, so that a later build can tell one left
+    by a killed process (kill -9, a machine that lost power) from one being built right now,
+    on this machine or on another sharing the folder."""
+    return f"{_this_machines(out, kind)}{os.getpid()}-"
+
+
+def _this_machines(out: Path, kind: str) -> str:
+    return f".{out.name}.{kind}-{socket.gethostname()}-"
+
+
+def _remove_left_by_killed_builds(out: Path) -> None:
+    """Remove the temporary folders beside `out` that this machine's killed builds left. An
+    old `out` moved aside by a build killed before the new one took its place is the only
+    whole copy: it is put back."""
+    for kind in ("building", "old"):
+        mine = _this_machines(out, kind)
+        for folder in out.parent.glob(glob.escape(mine) + "*"):
+            pid = folder.name[len(mine):].split("-", 1)[0]
+            if not pid.isdigit() or _running(int(pid)):
+                continue
+            if kind == "old" and (folder / "old").is_dir() and not out.exists():
+                os.replace(folder / "old", out)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _umask() -> int:
@@ -87,7 +126,7 @@ def _move_into_place(temporary: Path, out: Path) -> None:
     if not out.exists():
         os.replace(temporary, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out, "old"), dir=out.parent))
     os.replace(out, old / "old")
     try:
         os.replace(temporary, out)

@@ -12,6 +12,7 @@ first whose `detect` says yes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,18 @@ def is_image(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files directly in `folder` and below, sorted (ImageFolder also walks sub-folders)."""
-    return sorted(p for p in folder.rglob("*") if is_image(p))
+    """Image files directly in `folder` and below, sorted (ImageFolder also walks sub-folders;
+    not symlinked ones, which may loop). A folder that cannot be listed is an error naming it:
+    `rglob` skipped it, and a class folder without read permission read as one without images."""
+    found = []
+    for parent, _, files in os.walk(folder, onerror=_refuse_unlisted):
+        found += [path for path in map(Path(parent).joinpath, files) if is_image(path)]
+    return sorted(found)
+
+
+def _refuse_unlisted(error: OSError) -> None:
+    raise UserError(f"{error.filename}: cannot list the folder ({error.strerror}); fix its "
+                    "permissions or remove it")
 
 
 def make_index(root: Path, layout: str, classes: list[str], rows: list[dict]) -> SourceIndex:
