@@ -246,6 +246,7 @@ def test_node_without_the_dataset_fails_clearly(tmp_path):
         readable_dataset(str(tmp_path / "not-shared"))
 
 
+@pytest.mark.slow
 def test_resuming_a_copy_resumes_the_copy_and_never_touches_the_original(finished_experiment,
                                                                          tmp_path, monkeypatch,
                                                                          capsys):
