@@ -51,9 +51,9 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
     the command to go on as its last line. That command, run as printed, is killed (SIGKILL,
     between two of Tune's copies into the experiment) once one more trial has finished and
     another is half-run (paused there, so that a fast machine cannot finish it first, and let
-    go once the driver is dead). A last resume finishes the sweep: no finished trial trains
-    again, a half-run one goes on from its checkpoint, every epoch a trial reported is kept,
-    and the table and the study hold each trial once."""
+    go once the driver is dead). A last resume, of the folder moved elsewhere, finishes the
+    sweep there: no finished trial trains again, a half-run one goes on from its checkpoint,
+    every epoch a trial reported is kept, and the table and the study hold each trial once."""
     config = write_sweep(tmp_path, "stopped", num_samples=3, max_concurrent_trials=1,
                          space={"epochs": EPOCHS})
     storage = tmp_path / "results"
@@ -117,9 +117,15 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
     assert midway_before
     assert (experiment / "trials.csv").read_text() == table_at_ctrl_c  # the killed one: never
 
+    # Moved before the last resume (sweep.yaml still names where it was launched): it is
+    # resumed where it is now, and nothing appears where it was.
+    launched_at, experiment = experiment, storage.parent / "moved" / "renamed"
+    experiment.parent.mkdir()
+    os.rename(launched_at, experiment)
     resumed = run_cli([sys.executable, "-m", "carsweep", "resume", str(experiment),
                        "--num-cpus", "1"], timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not launched_at.exists()
 
     table = read_trials_csv((experiment / "trials.csv").read_text())
     assert len(table) == 3

@@ -37,6 +37,8 @@ from __future__ import annotations
 import logging
 import pickle
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +53,30 @@ from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.results.study import TRIAL_ID_ATTR, driver_study_file, journal_storage
 from carsweep.search.space import DefineByRunSpace
-from carsweep.storage import location
+from carsweep.storage import BucketPath, is_bucket, location
 
 logger = logging.getLogger(__name__)
 
 EPOCH = "epoch"
 # Set by PASHA in the last result of a trial it stopped at its final maximum (search/pasha.py).
 REACHED_FINAL_MAX = "reached_final_max"
+
+
+# Where the experiment being resumed is now, while Tune unpickles its searcher: the pickles
+# name the study file where the sweep ran, and an experiment moved or copied since (another
+# folder, a new head node) must open its own study, not the old place's, which may be gone.
+_resumed_experiment: Path | BucketPath | None = None
+
+
+@contextmanager
+def searcher_resumed_in(experiment: Path | BucketPath) -> Iterator[None]:
+    """Within this block, a searcher unpickled opens `experiment`'s study."""
+    global _resumed_experiment  # noqa: PLW0603 - read by __setstate__, which takes no arguments
+    _resumed_experiment = experiment
+    try:
+        yield
+    finally:
+        _resumed_experiment = None
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -173,7 +192,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def __setstate__(self, state: dict[str, Any]) -> None:
         defaults = {"_study_file": None, "_lost": [], "_bucket_experiment": None}
         self.__dict__.update(defaults | state)  # no study file: in memory
-        if self._bucket_experiment is not None:  # this machine's copy of the study
+        if self._study_file is not None and _resumed_experiment is not None:
+            self._study_file = str(driver_study_file(_resumed_experiment))
+            if is_bucket(_resumed_experiment):
+                self._bucket_experiment = str(_resumed_experiment)
+        elif self._bucket_experiment is not None:  # this machine's copy of the study
             self._study_file = str(driver_study_file(location(self._bucket_experiment)))
         if self._study_file is not None:
             self._reopen_study(state["_ot_trials"])

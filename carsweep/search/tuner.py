@@ -32,7 +32,7 @@ from carsweep.search.preflight.caches import prebuild_node_caches
 from carsweep.search.preflight.config_checks import check_storage_writable
 from carsweep.search.preflight.run import Launch, check_before_launch, check_before_ray
 from carsweep.search.resume_files import check_resume_files_whole
-from carsweep.search.searcher import make_searcher
+from carsweep.search.searcher import make_searcher, searcher_resumed_in
 from carsweep.search.sweep_inputs import resolved, shipped_weights
 from carsweep.search.trial import run_trial
 from carsweep.storage import BucketPath, is_bucket, location
@@ -92,22 +92,16 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         # resources, GPUs, a dry step, every node's paths and caches, the real step per GPU type
         launch = check_before_launch(config)
         prebuild_node_caches(config)  # each node's decoded caches, progress on this console
-        if resume:
-            if is_bucket(experiment):  # a new head has no study: the bucket's, as the driver's
-                fetch_driver_study(experiment)
-            where = ray_storage(experiment)
-            tuner = tune.Tuner.restore(
-                where["storage_path"], trainable=_trainable(config, weights, launch),
-                resume_unfinished=True, resume_errored=True,
-                storage_filesystem=where["storage_filesystem"],
-            )
-        else:
-            if is_bucket(experiment):  # the driver's study of a sweep gone from the bucket
-                driver_study_file(experiment).unlink(missing_ok=True)
-            save_sweep(config, experiment / SWEEP_FILE)
-            tuner = new_tuner(config, _trainable(config, weights, launch), verbose=verbose)
-        with _without_tune_restore_hint():
-            results = tuner.fit()
+        with searcher_resumed_in(experiment):  # Tune unpickles it in restore and in fit
+            if resume:
+                tuner = _restored_tuner(experiment, _trainable(config, weights, launch))
+            else:
+                if is_bucket(experiment):  # the driver's study of a sweep gone from the bucket
+                    driver_study_file(experiment).unlink(missing_ok=True)
+                save_sweep(config, experiment / SWEEP_FILE)
+                tuner = new_tuner(config, _trainable(config, weights, launch), verbose=verbose)
+            with _without_tune_restore_hint():
+                results = tuner.fit()
     table = trials_table(experiment, config)
     save_trials_table(table, experiment)
     return _outcome(experiment, table, config,
@@ -135,6 +129,15 @@ def _ended_sweep(config: SweepConfig, experiment: Path | BucketPath) -> SweepOut
     if len(table) < config.num_samples or not table["state"].isin(["COMPLETE", "PRUNED"]).all():
         return None
     return _outcome(experiment, table, config, nothing_to_resume=True)
+
+
+def _restored_tuner(experiment: Path | BucketPath, trainable) -> tune.Tuner:
+    if is_bucket(experiment):  # a new head has no study: the bucket's, as the driver's
+        fetch_driver_study(experiment)
+    where = ray_storage(experiment)
+    return tune.Tuner.restore(where["storage_path"], trainable=trainable,
+                              resume_unfinished=True, resume_errored=True,
+                              storage_filesystem=where["storage_filesystem"])
 
 
 def best_trial_row(table: pd.DataFrame, metric: str) -> pd.Series | None:
