@@ -39,4 +39,4 @@ def test_bucket_io_small_counts_a_sweeps_requests_and_times_status(tmp_path):
     assert status["requests_per_status"] >= 1
     assert status["printed"].startswith("in the bucket as of ")
     assert "(a running sweep uploads every 30 s)" in status["printed"]
-    assert status["printed"].count("COMPLETE") == 4  # the 4 copies of the first trial
+    assert "4 of 4 trials: 4 complete" in status["printed"]  # 4 copies of the first trial

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.experiment)
     sweep, table = experiment.sweep, experiment.trials
     if is_bucket(experiment.folder):
-        snapshot = latest_snapshot(experiment.folder)  # the read's own listing, one ranged GET
+        snapshot = latest_snapshot(experiment.folder)  # its listing; a HEAD, a ranged GET
         print(freshness_line(snapshot, datetime.now(UTC)), end="\n\n")
     print(compact_table(table, sweep.metric, list(sweep.searched())))
     print(f"\n{state_counts(table, sweep.num_samples)}")

@@ -8,7 +8,7 @@ uploads its own. So a reader of the bucket sees the sweep as of the last upload,
 that was: the LastModified of the newest experiment_state-*.json, which every snapshot rewrites
 (answered by the listing the read made anyway). The period the driver runs with is in that file
 too (Ray saves it there, and a resume restores it from there, whatever the resuming shell
-sets), near its end: one ranged GET of its last KB.
+sets), near its end: a HEAD and one ranged GET of its last 16 KB.
 """
 
 from __future__ import annotations
