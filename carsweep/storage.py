@@ -29,6 +29,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,7 @@ class _Listing:
     root: str
     files: dict[str, int]  # fs path -> size
     folders: frozenset[str]
+    modified: dict[str, datetime] = field(default_factory=dict)  # fs path -> LastModified
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,10 +158,12 @@ class BucketPath:
         with self._talking("list"):
             infos = self.filesystem.get_file_info(
                 pafs.FileSelector(self.fs_path, recursive=True, allow_not_found=True))
-        files = {info.path: info.size for info in infos if info.type == pafs.FileType.File}
+        infos = [info for info in infos if info.type == pafs.FileType.File]
+        files = {info.path: info.size for info in infos}
         folders = {str(parent) for path in files for parent in PurePosixPath(path).parents}
+        modified = {info.path: info.mtime for info in infos if info.mtime is not None}
         return BucketPath(self.filesystem, self.scheme, self.fs_path, self.query,
-                          _Listing(self.fs_path, files, frozenset(folders)))
+                          _Listing(self.fs_path, files, frozenset(folders), modified))
 
     def is_file(self) -> bool:
         listing = self._listing()
@@ -183,6 +187,14 @@ class BucketPath:
             return listing.files[self.fs_path]
         return self._info().size
 
+    def modified(self) -> datetime:
+        """When this file was last written, as the store says (S3's LastModified, UTC; to the
+        second on most stores)."""
+        listing = self._listing()
+        if listing is not None and self.fs_path in listing.modified:
+            return listing.modified[self.fs_path]
+        return self._info().mtime
+
     def files(self) -> dict[str, int]:
         """Every file under this folder: its path relative to it -> its size."""
         listing = self._listing() or self.listed().listing
@@ -205,6 +217,13 @@ class BucketPath:
     def read_bytes(self) -> bytes:
         with self._talking("read"), self.filesystem.open_input_stream(self.fs_path) as stream:
             return stream.read()
+
+    def read_tail(self, nbytes: int) -> bytes:
+        """The last `nbytes` of this file (all of a smaller one): pyarrow's HEAD for its
+        size, then one ranged GET."""
+        with self._talking("read"), self.filesystem.open_input_file(self.fs_path) as stream:
+            size = stream.size()
+            return stream.read_at(min(nbytes, size), max(0, size - nbytes))
 
     def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         return self.read_bytes().decode(encoding, errors)

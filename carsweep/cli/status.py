@@ -1,12 +1,15 @@
 """`carsweep status EXPERIMENT`: the trials so far and the best one, read from the folder.
 
 Reads the study and the trial folders (carsweep.results) and writes nothing, so it works while
-the sweep runs, after it, and on a read-only copy of the experiment; it needs no Ray.
+the sweep runs, after it, and on a read-only copy of the experiment; it needs no Ray. For an
+experiment in a bucket it first says when the sweep's driver uploaded what it shows
+(results/snapshot.py): the bucket is as fresh as the driver's last snapshot.
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 
 from carsweep.cli.arguments import place
 
@@ -21,9 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from carsweep.results import load_experiment
     from carsweep.results.console import compact_table, state_counts
+    from carsweep.results.snapshot import freshness_line, latest_snapshot
+    from carsweep.storage import is_bucket
 
     experiment = load_experiment(args.experiment)
     sweep, table = experiment.sweep, experiment.trials
+    if is_bucket(experiment.folder):
+        snapshot = latest_snapshot(experiment.folder)  # its listing; a HEAD, a ranged GET
+        print(freshness_line(snapshot, datetime.now(UTC)), end="\n\n")
     print(compact_table(table, sweep.metric, list(sweep.searched())))
     print(f"\n{state_counts(table, sweep.num_samples)}")
     print(best_trial_line(experiment))

@@ -13,6 +13,9 @@ STUDY_FILE = "study.journal"  # the searcher's Optuna study (JournalStorage, one
 STUDY_NAME = "carsweep"  # the one study in STUDY_FILE
 TRIALS_FILE = "trials.csv"  # the trials table at the end of a sweep (a copy for spreadsheets)
 TUNER_FILE = "tuner.pkl"  # (Ray) the Tuner, for Tuner.restore
+# (Ray) the driver's experiment state, experiment_state-<session>.json: one per run of the
+# driver, rewritten at each snapshot it uploads
+EXPERIMENT_STATE_PREFIX = "experiment_state-"
 TRIAL_PREFIX = "trial_"  # trial_<trial_id>/: one folder per trial
 RESULT_FILE = "result.json"  # (Ray) a trial's reports, one JSON object per line
 PARAMS_FILE = "params.json"  # (Ray) a trial's parameters

@@ -1,0 +1,42 @@
+"""bench/bucket_io.py --small: a real 2-trial sweep into the loopback S3 server through the
+request-counting relay, then status on a 4-trial copy in the bucket and in a folder; the
+figures BENCHMARKS.md's table holds, and Tune's real snapshot read by status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.slow
+def test_bucket_io_small_counts_a_sweeps_requests_and_times_status(tmp_path):
+    out = tmp_path / "bucket_io.json"
+    environment = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
+    done = subprocess.run([sys.executable, str(BENCH / "bucket_io.py"), "--small", "--json",
+                           str(out)], capture_output=True, text=True, timeout=400,
+                          env=environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "load average" in done.stdout
+    result = json.loads(out.read_text())
+    sweep, kinds = result["sweep"], result["sweep"]["kinds"]
+    assert sweep["period"] == "30"  # carsweep's SNAPSHOT_PERIOD_S, as Tune's state records it
+    assert sweep["snapshots"] >= 2  # the first, at the start, and the last, at the end
+    # each trial's one checkpoint (the last epoch): checkpoint.pt, trial.yaml, classes.json
+    assert kinds["checkpoints"]["objects"] == 2 * 3
+    assert kinds["checkpoints"]["bytes"] > 2 * 10**6  # mobilenet_v3_small's weights and Adam's
+    # result.json, progress.csv, params.json, params.pkl, events: at least once per trial
+    assert kinds["trial results and events"]["objects"] >= 2 * 5
+    assert sweep["requests"] == sum(kind["requests"] for kind in kinds.values())
+    status = result["status"]
+    assert len(status["seconds"]["bucket"]) == len(status["seconds"]["folder"]) == 1
+    assert status["requests_per_status"] >= 1
+    assert status["printed"].startswith("in the bucket as of ")
+    assert "(a running sweep uploads every 30 s)" in status["printed"]
+    assert "4 of 4 trials: 4 complete" in status["printed"]  # 4 copies of the first trial
