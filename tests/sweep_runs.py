@@ -90,11 +90,11 @@ def start_cli(command: list[str], logs: Path, *, live_results: bool = False) -> 
     """The CLI in the background, its output in files (a full pipe would block it).
 
     Tune's driver writes result.json in a staging folder and copies it into the experiment
-    with its experiment state: every 30 s (SNAPSHOT_PERIOD_S), or after a trial's second
-    checkpoint since the last copy. A test that acts at a given epoch of a running sweep
-    needs `live_results`: Tune then snapshots at every step of its loop
-    (TUNE_GLOBAL_CHECKPOINT_S=0), so the folder is current, where otherwise a trial it shows
-    one epoch in may be done.
+    with its experiment state: every 10 s, or after a trial's second checkpoint since the last
+    copy (every 30 s for a bucket: BUCKET_SNAPSHOT_PERIOD_S). A test that acts at a given
+    epoch of a running sweep needs `live_results`: Tune then snapshots at every step of its
+    loop (TUNE_GLOBAL_CHECKPOINT_S=0), so the folder is current, where otherwise a trial it
+    shows one epoch in may be done.
     """
     logs.mkdir(parents=True, exist_ok=True)
     env = cli_env() | ({"TUNE_GLOBAL_CHECKPOINT_S": "0"} if live_results else {})

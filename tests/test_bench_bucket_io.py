@@ -26,7 +26,7 @@ def test_bucket_io_small_counts_a_sweeps_requests_and_times_status(tmp_path):
     assert "load average" in done.stdout
     result = json.loads(out.read_text())
     sweep, kinds = result["sweep"], result["sweep"]["kinds"]
-    assert sweep["period"] == "30"  # carsweep's SNAPSHOT_PERIOD_S, as Tune's state records it
+    assert sweep["period"] == "30"  # BUCKET_SNAPSHOT_PERIOD_S, as Tune's state records it
     assert sweep["snapshots"] >= 2  # the first, at the start, and the last, at the end
     # each trial's one checkpoint (the last epoch): checkpoint.pt, trial.yaml, classes.json
     assert kinds["checkpoints"]["objects"] == 2 * 3

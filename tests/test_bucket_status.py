@@ -150,12 +150,19 @@ def test_before_the_first_snapshot_the_line_says_so():
                                          "(its first comes when the trials start)")
 
 
-def test_a_sweep_snapshots_every_snapshot_period_unless_the_user_set_one(monkeypatch):
-    from carsweep.search.cluster import SNAPSHOT_PERIOD_S, quiet_ray_environment
+def test_a_bucket_sweep_snapshots_every_30_s_a_folder_at_rays_pace_a_users_export_wins(
+        s3_bucket, monkeypatch, tmp_path):
+    from carsweep.search.tuner import _snapshot_period
+    from carsweep.storage import location
 
+    bucket = location(f"{s3_bucket}/results/sweep")
     monkeypatch.setattr(os, "environ", {})  # what Tune's driver will read, this test's own
-    quiet_ray_environment()
-    assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == str(SNAPSHOT_PERIOD_S)
+    with _snapshot_period(bucket):
+        assert os.environ == {"TUNE_GLOBAL_CHECKPOINT_S": "30"}
+    assert os.environ == {}  # the next sweep in this process may be a folder's
+    with _snapshot_period(tmp_path / "sweep"):
+        assert os.environ == {}  # Ray's own `auto`
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "5"  # a user's export
-    quiet_ray_environment()
-    assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == "5"
+    with _snapshot_period(bucket):
+        assert os.environ == {"TUNE_GLOBAL_CHECKPOINT_S": "5"}
+    assert os.environ == {"TUNE_GLOBAL_CHECKPOINT_S": "5"}

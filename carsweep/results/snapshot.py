@@ -2,7 +2,7 @@
 
 Ray Tune's driver keeps the trials' result.json, progress.csv and events, the study journal and
 its own state in a staging folder on its disk, and uploads that folder whole at each snapshot:
-every TUNE_GLOBAL_CHECKPOINT_S seconds (carsweep sets it: search/cluster.py), after a trial's
+every TUNE_GLOBAL_CHECKPOINT_S seconds (30 s for a bucket: search/tuner.py), after a trial's
 second checkpoint since the last one, and at the end. Checkpoints do not wait: each trial
 uploads its own. So a reader of the bucket sees the sweep as of the last upload, and says when
 that was: the LastModified of the newest experiment_state-*.json, which every snapshot rewrites

@@ -33,26 +33,13 @@ from carsweep.interrupts import interrupts_held_back
 # a Ray or join one; so this logger is quieted during the local ray.init only.
 TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
-# How often Tune's driver snapshots the experiment (its state, the study journal, every trial's
-# result.json, progress.csv and events) into the storage: TUNE_GLOBAL_CHECKPOINT_S, which Ray
-# reads when the Tuner starts. It is what `status`, `analyze` and the dashboard lag behind, a
-# bucket and a folder alike. Ray's own "auto" starts at 10 s and grows with the time a
-# snapshot takes, so the lag was nobody's choice. Each snapshot uploads the whole staging
-# folder again, finished trials too: on S3 16 requests per trial (five small files, each a
-# 3-request multipart upload with pyarrow, and a folder marker; BENCHMARKS.md, "The experiment
-# in a bucket"), so a 64-trial sweep makes ~35 write requests/s at 30 s, ~100 at 10 s. 30 s
-# keeps status at most half a minute behind. A user's export wins; a resume keeps the period
-# its sweep was launched with (Ray restores it with the experiment state).
-SNAPSHOT_PERIOD_S = 30
 
 
 def quiet_ray_environment() -> None:
-    """Before Ray starts: loopback only, no usage stats, Tune's classic console table, the
-    snapshot period."""
+    """Before Ray starts: loopback only, no usage stats, Tune's classic console table."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # so our CompactReporter is used
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_PERIOD_S))
     # Checkpointing every epoch with num_to_keep=2 trips a warning meant for huge sweeps.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 

@@ -8,6 +8,7 @@ need no Ray, and the cluster's resources are checked before the Tuner is built.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -92,7 +93,8 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         # resources, GPUs, a dry step, every node's paths and caches, the real step per GPU type
         launch = check_before_launch(config)
         prebuild_node_caches(config)  # each node's decoded caches, progress on this console
-        with searcher_resumed_in(experiment):  # Tune unpickles it in restore and in fit
+        with searcher_resumed_in(experiment), _snapshot_period(experiment):
+            # Tune unpickles the searcher in restore and in fit, and reads the period in fit
             if resume:
                 tuner = _restored_tuner(experiment, _trainable(config, weights, launch))
             else:
@@ -129,6 +131,33 @@ def _ended_sweep(config: SweepConfig, experiment: Path | BucketPath) -> SweepOut
     if len(table) < config.num_samples or not table["state"].isin(["COMPLETE", "PRUNED"]).all():
         return None
     return _outcome(experiment, table, config, nothing_to_resume=True)
+
+
+# How often Tune's driver snapshots an experiment in a bucket (its state, the study journal,
+# every trial's result.json, progress.csv and events): TUNE_GLOBAL_CHECKPOINT_S, read when
+# the Tuner starts; `status`, `analyze` and the dashboard lag behind it. Each snapshot uploads
+# the whole staging folder again, finished trials too: on S3 16 write requests per trial (five
+# small files, each a 3-request multipart upload with pyarrow, and a folder marker;
+# BENCHMARKS.md, "The experiment in a bucket"), so a 64-trial sweep makes ~35 write requests/s
+# at 30 s, ~100 at Ray's own `auto` (10 s at first). 30 s keeps `status` at most half a minute
+# behind. A folder keeps Ray's period: copies on one disk cost no requests. A user's export
+# wins; a resume keeps the period its sweep was launched with (Ray restores it with its state).
+BUCKET_SNAPSHOT_PERIOD_S = 30
+SNAPSHOT_PERIOD = "TUNE_GLOBAL_CHECKPOINT_S"
+
+
+@contextmanager
+def _snapshot_period(experiment: Path | BucketPath) -> Iterator[None]:
+    """BUCKET_SNAPSHOT_PERIOD_S for a bucket's sweep unless the user set one; this process's
+    environment as it was after (the next sweep may be a folder's)."""
+    if not is_bucket(experiment) or SNAPSHOT_PERIOD in os.environ:
+        yield
+        return
+    os.environ[SNAPSHOT_PERIOD] = str(BUCKET_SNAPSHOT_PERIOD_S)
+    try:
+        yield
+    finally:
+        os.environ.pop(SNAPSHOT_PERIOD, None)
 
 
 def _restored_tuner(experiment: Path | BucketPath, trainable) -> tune.Tuner:
