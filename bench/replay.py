@@ -20,13 +20,14 @@ true score is its final-epoch validation top-1, averaged over the recorded seeds
 a sweep is the best true score among the configurations it tried minus its pick's.
 
     .venv/bin/python bench/replay.py bench/curves/main.json [--seeds 20] [--workers 4]
-        [--trials 16] [--searchers random tpe] [--schedulers asha pasha ...]
+        [--trials 16] [--searchers random tpe "tpe paused as pruned"] [--schedulers asha ...]
     .venv/bin/python bench/replay.py --small     # seconds: 2 seeds of 8 trials, asha and pasha
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import heapq
 import json
 import math
@@ -36,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import optuna
+from optuna.trial import TrialState
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -199,10 +202,12 @@ class ReplayController:
     """Ray's TuneController as the scheduler sees it, on a simulated clock (the loop is `run`)."""
 
     def __init__(self, pool: Pool, config: SweepConfig, scheduler: TrialScheduler,
-                 workers: int, start_cost: float, seed: int):
+                 workers: int, start_cost: float, seed: int, *, paused_as_pruned: bool = False):
         self.pool, self.config, self.scheduler = pool, config, scheduler
         self.workers, self.start_cost = workers, start_cost
         searcher = make_searcher(config)
+        if paused_as_pruned:
+            searcher.study.sampler = PausedSeenAsPruned(searcher.study.sampler)
         limiter = PauseAwareLimiter if config.scheduler == "pasha" else ConcurrencyLimiter
         self.search_alg = ReplaySearch(limiter(searcher, max_concurrent=workers),
                                        config.num_samples)
@@ -311,6 +316,59 @@ class ReplayController:
                 "final_max": getattr(self.scheduler, "current_max", None)}
 
 
+# The searchers: the product's (`searcher.algorithm` random or tpe), and one of this bench's:
+# TPE reading a trial that reported epochs and has not ended (paused by PASHA, or training) as
+# pruned at its last epoch, an answer to "under PASHA, TPE samples at random" (BENCHMARKS.md).
+SEARCHERS = {"random": "random", "tpe": "tpe", "tpe paused as pruned": "tpe"}
+
+
+class _PausedSeenAsPruned:
+    """A study as the sampler reads it: a RUNNING trial with intermediate values is PRUNED at
+    its last epoch (TPE scores pruned trials by their last epoch, then value); the study
+    itself is unchanged (a pause never tells Optuna a trial ended)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False):
+        seen = [_as_pruned(trial) if trial.state == TrialState.RUNNING
+                and trial.intermediate_values else trial
+                for trial in self._study._get_trials(deepcopy=False, use_cache=use_cache)]
+        return [trial for trial in seen if states is None or trial.state in states]
+
+
+def _as_pruned(trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+    seen = copy.copy(trial)
+    seen.state = TrialState.PRUNED
+    return seen
+
+
+class PausedSeenAsPruned(optuna.samplers.BaseSampler):
+    """`sampler` reading the study through `_PausedSeenAsPruned`."""
+
+    def __init__(self, sampler: optuna.samplers.BaseSampler) -> None:
+        self.sampler = sampler
+
+    def infer_relative_search_space(self, study, trial):
+        return self.sampler.infer_relative_search_space(_PausedSeenAsPruned(study), trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.sampler.sample_relative(_PausedSeenAsPruned(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.sampler.sample_independent(_PausedSeenAsPruned(study), trial, param_name,
+                                               param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self.sampler.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+
 def make_replay_scheduler(name: str, config: SweepConfig) -> TrialScheduler:
     if name == "median stopping":  # Ray's rule: stop below the median of running averages
         return MedianStoppingRule(time_attr="epoch", metric=METRIC, mode="max",
@@ -329,9 +387,11 @@ def make_replay_scheduler(name: str, config: SweepConfig) -> TrialScheduler:
 
 def replay(pool: Pool, scheduler: str, searcher: str, seed: int, *, trials: int, workers: int,
            start_cost: float) -> dict:
-    config = sweep_config(pool, SCHEDULERS[scheduler], searcher, seed, trials, workers)
+    config = sweep_config(pool, SCHEDULERS[scheduler], SEARCHERS[searcher], seed, trials,
+                          workers)
     controller = ReplayController(pool, config, make_replay_scheduler(scheduler, config),
-                                  workers, start_cost, seed)
+                                  workers, start_cost, seed,
+                                  paused_as_pruned=searcher == "tpe paused as pruned")
     return controller.run().outcome()
 
 
@@ -382,7 +442,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="trials at once (Cars: 32 of 128, the same share)")
     parser.add_argument("--start-cost", type=float, default=0.25,
                         help="a trial process's start (and checkpoint load), in its epochs")
-    parser.add_argument("--searchers", nargs="+", default=["random", "tpe"])
+    parser.add_argument("--searchers", nargs="+", default=["random", "tpe"],
+                        choices=list(SEARCHERS))
     parser.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS),
                         choices=list(SCHEDULERS))
     parser.add_argument("--json", type=Path, help="write every sweep's outcome here")

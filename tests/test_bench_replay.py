@@ -9,7 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
+from optuna.trial import TrialState
+
+from carsweep.config.sweep import SweepConfig
+from carsweep.search.searcher import make_sampler
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
 
 
 def test_replay_small_mode_compares_pasha_with_asha_on_the_recorded_curves(tmp_path):
@@ -35,3 +42,50 @@ def test_replay_small_mode_compares_pasha_with_asha_on_the_recorded_curves(tmp_p
         assert run["starts"] >= run["trials"]  # a resume is a start, and costs one
     for run in outcomes["tpe/asha"]:
         assert run["starts"] == run["trials"]  # ASHA never pauses
+
+
+# The bench's "tpe paused as pruned" searcher: TPE reading a trial PASHA paused (RUNNING, with
+# epochs reported) as pruned at its last epoch. Exactly TPE's own reading of pruned trials,
+# and the study unchanged.
+X = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+
+
+def _tpe() -> optuna.samplers.TPESampler:
+    return make_sampler(SweepConfig.model_validate(
+        {"searcher": {"seed": 3, "n_startup_trials": 4}, "space": {"lr": 0.01}}))
+
+
+def _study_of_trials_at_epoch_3(sampler, *, ended: bool) -> optuna.Study:
+    """Eight trials that reported epochs 1-3: x near 0.2 scored 0.9, near 0.8 0.1; paused
+    (RUNNING, as PASHA leaves them) or `ended` (told PRUNED there)."""
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for x in (0.15, 0.2, 0.25, 0.18, 0.75, 0.8, 0.85, 0.78):
+        study.enqueue_trial({"x": x})
+        trial = study.ask(X)
+        for epoch in (1, 2, 3):
+            trial.report(0.9 if x < 0.5 else 0.1, epoch)
+        if ended:
+            study.tell(trial, state=TrialState.PRUNED)
+    return study
+
+
+def _suggestions(study: optuna.Study, count: int = 12) -> list[float]:
+    return [study.ask(X).params["x"] for _ in range(count)]
+
+
+def test_tpe_paused_as_pruned_reads_paused_trials_as_tpe_reads_pruned_ones():
+    from replay import PausedSeenAsPruned
+
+    paused = _study_of_trials_at_epoch_3(PausedSeenAsPruned(_tpe()), ended=False)
+    suggested = _suggestions(paused)
+    assert suggested == _suggestions(_study_of_trials_at_epoch_3(_tpe(), ended=True))
+    assert {t.state for t in paused.trials} == {TrialState.RUNNING}  # nothing told ended
+
+
+def test_shipped_tpe_samples_at_random_while_every_trial_is_paused():
+    random = _study_of_trials_at_epoch_3(optuna.samplers.RandomSampler(seed=3), ended=False)
+    paused = _study_of_trials_at_epoch_3(_tpe(), ended=False)
+    assert _suggestions(paused) == _suggestions(random)  # its start-up: RandomSampler's draws
+    modelled = _study_of_trials_at_epoch_3(_tpe(), ended=True)
+    assert _suggestions(modelled) != _suggestions(
+        _study_of_trials_at_epoch_3(optuna.samplers.RandomSampler(seed=3), ended=True))
