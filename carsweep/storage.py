@@ -109,6 +109,12 @@ class BucketPath:
             raise UserError(f"{uri}: name a bucket, e.g. {scheme}://BUCKET/results")
         return cls(filesystem, scheme.lower(), fs_path.rstrip("/"), query)
 
+    @classmethod
+    def on(cls, filesystem: pafs.FileSystem, fs_path: str) -> BucketPath:
+        """A path in a bucket filesystem already made (the one a Ray checkpoint carries):
+        its endpoint options are in the filesystem, so its URI has none."""
+        return cls(filesystem, filesystem.type_name, fs_path.rstrip("/"))
+
     # Names -----------------------------------------------------------------------------------
 
     def __str__(self) -> str:
@@ -201,6 +207,16 @@ class BucketPath:
         prefix = f"{self.fs_path}/"
         return {path.removeprefix(prefix): size for path, size in listing.files.items()
                 if path.startswith(prefix)}
+
+    def iterdir(self) -> Iterator[BucketPath]:
+        """The files and folders right under this folder, sorted by name; they share the
+        listing (this folder's, else one made now), so asking which is a folder costs nothing."""
+        listed = self if self._listing() is not None else self.listed()
+        prefix = f"{self.fs_path}/"
+        below = (*listed.listing.files, *listed.listing.folders)
+        names = {path.removeprefix(prefix).split("/", 1)[0] for path in below
+                 if path.startswith(prefix)}
+        return (listed / name for name in sorted(names))
 
     def _listing(self) -> _Listing | None:
         listing = self.listing

@@ -63,6 +63,21 @@ def test_files_are_written_read_listed_and_mirrored(s3_bucket, tmp_path):
         (folder / "nothing").read_text()
 
 
+def test_a_folders_entries_come_from_one_listing(s3_bucket):
+    trial = location(f"{s3_bucket}/exp/trial_a")
+    (trial / "result.json").write_text("{}\n")
+    (trial / "checkpoint_000000" / "checkpoint.pt").write_bytes(b"x")
+    (trial / "checkpoint_000001" / "deeper" / "file").write_bytes(b"x")
+    entries = list(trial.iterdir())
+    (trial / "checkpoint_000002" / "checkpoint.pt").write_bytes(b"x")  # after the listing
+    assert [entry.name for entry in entries] == [
+        "checkpoint_000000", "checkpoint_000001", "result.json"]
+    assert [entry.is_dir() for entry in entries] == [True, True, False]
+    assert not (entries[0].parent / "checkpoint_000002").exists()  # the listing's answer
+    # A path in a filesystem already made (a Ray checkpoint's) is the same path.
+    assert BucketPath.on(trial.filesystem, f"{trial.fs_path}/") == trial
+
+
 def test_a_missing_bucket_is_one_line_naming_the_uri(s3_bucket):
     missing = location(f"{s3_bucket}-missing/exp/sweep.yaml")
     with pytest.raises(StorageError, match=rf"^{s3_bucket}-missing/exp/sweep.yaml: cannot write "

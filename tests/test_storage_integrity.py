@@ -11,7 +11,6 @@ code path.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -20,48 +19,23 @@ from pathlib import Path
 import pytest
 from ray import tune
 from trainable_data import make_tiny_dataset
+from trial_folders import RayLikeTrialFolder, trial_config, truncate
 
 import carsweep.config.io as io_module
 from carsweep.cli import main
 from carsweep.config.files import CHECKPOINT_FILE
 from carsweep.config.io import write_text_atomic
-from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
 from carsweep.search.trial import restorable_checkpoint
 from carsweep.trainable import load_checkpoint, train
 from carsweep.trainable.checkpoint import save_checkpoint
 
-EPOCHS = 3
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")
     return load_dataset(make_tiny_dataset(folder, per_split={"train": 4, "val": 2}))
-
-
-class RayLikeTrialFolder:
-    """Keeps each epoch as Ray Tune does: trial/checkpoint_000000, _000001, ... and a line of
-    result.json per epoch."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.epochs = folder, []
-
-    def report(self, metrics, checkpoint_dir):
-        self.epochs.append(metrics["epoch"])
-        shutil.copytree(checkpoint_dir, self.checkpoint(metrics["epoch"]))
-        with (self.folder / "result.json").open("a") as results:
-            results.write(json.dumps(metrics) + "\n")
-
-    def checkpoint(self, epoch: int) -> Path:
-        return self.folder / f"checkpoint_{epoch - 1:06d}"
-
-
-def trial_config(epochs: int = EPOCHS) -> TrialConfig:
-    return TrialConfig(epochs=epochs, batch_size=4, resize=32, num_workers=0, device="cpu",
-                       optimizer="sgd", lr=0.02, augmentation="flip", data_cache="off",
-                       weights="none", seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +49,6 @@ def trained_trial(dataset, tmp_path_factory):
 
 def copy_of(trial_folder: Path, tmp_path: Path) -> RayLikeTrialFolder:
     return RayLikeTrialFolder(Path(shutil.copytree(trial_folder, tmp_path / trial_folder.name)))
-
-
-def truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 3])  # what a node dying mid-write leaves
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(

@@ -21,10 +21,11 @@ import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import ray
+from pyarrow import fs as pafs
 from ray import tune
 
 from carsweep.config.files import RESULT_FILE
@@ -34,6 +35,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import MANIFEST_FILE
 from carsweep.errors import UserError
 from carsweep.search.release import gpu_memory_released
+from carsweep.storage import BucketPath, is_bucket
 
 if TYPE_CHECKING:  # torch is imported in the trial's process only
     from carsweep.trainable.checkpoint import CheckpointPolicy
@@ -110,30 +112,41 @@ def restorable_checkpoint(checkpoint: tune.Checkpoint | None) -> Iterator[Path |
     and one whose result the driver never wrote is trained again, so no epoch's row is lost.
     A checkpoint that does not load (a node that died mid-write truncates it) is passed over
     for an older one; when none loads the trial starts over rather than failing every retry.
+
+    The same for an experiment in a bucket: the trial's folder there is listed and its
+    result.json read, and the checkpoints tried are downloaded one at a time, newest first,
+    into a temporary folder (the one chosen is kept until the block ends); `as_directory()`
+    alone would download Ray's one checkpoint, with nothing beside it to compare.
     """
     from carsweep.trainable import load_checkpoint
 
     if checkpoint is None:
         yield None
         return
-    with checkpoint.as_directory() as latest:
-        latest = Path(latest)
-        recorded = _last_recorded_epoch(latest.parent / RESULT_FILE)
-        for folder in _newest_first(latest):
+    latest = _index(checkpoint.path)
+    if latest < 0:  # a copy in a temporary folder: nothing beside it to look at
+        candidates, recorded = [checkpoint], 0
+    else:
+        trial = _trial_folder(checkpoint)
+        candidates = _newest_first(checkpoint, trial)
+        recorded = _last_recorded_epoch(trial / RESULT_FILE)
+    for candidate in candidates:
+        with candidate.as_directory() as local:
+            folder = Path(local)
             try:
                 epoch = load_checkpoint(folder)["epoch"]
             except UserError as error:
-                logger.warning("skipping checkpoint %s: %s", folder, error)
+                logger.warning("skipping checkpoint %s: %s", _where(candidate), error)
                 continue
-            if folder != latest and _index(folder) > _index(latest) and epoch > recorded:
+            if _index(candidate.path) > latest and epoch > recorded:
                 continue  # its epoch's result never reached the driver: train it again
             yield folder
             return
-        logger.warning("no checkpoint of this trial loads; it starts again from epoch 1")
-        yield None
+    logger.warning("no checkpoint of this trial loads; it starts again from epoch 1")
+    yield None
 
 
-def _last_recorded_epoch(result_file: Path) -> int:
+def _last_recorded_epoch(result_file: Path | BucketPath) -> int:
     """The last epoch in a trial's result.json (one JSON object per line), 0 if none."""
     try:
         lines = result_file.read_text().splitlines()
@@ -148,17 +161,42 @@ def _last_recorded_epoch(result_file: Path) -> int:
     return max(epochs, default=0)
 
 
-def _index(folder: Path) -> int:
-    found = re.fullmatch(r"checkpoint_(\d+)", folder.name)
+def _index(path: str) -> int:
+    found = re.fullmatch(r"checkpoint_(\d+)", PurePosixPath(path).name)
     return int(found.group(1)) if found else -1
 
 
-def _newest_first(latest: Path) -> list[Path]:
-    """The trial's checkpoint_NNNNNN folders beside `latest` (and `latest`), newest first."""
-    if _index(latest) < 0:
-        return [latest]  # a copy in a temporary folder: no siblings to look at
-    beside = [f for f in latest.parent.glob("checkpoint_*") if f.is_dir() and _index(f) >= 0]
-    return sorted({*beside, latest}, key=_index, reverse=True)
+def _newest_first(latest: tune.Checkpoint, trial: Path | BucketPath) -> list[tune.Checkpoint]:
+    """`latest` and the checkpoint_NNNNNN folders beside it in the trial's folder, newest
+    first, in its filesystem: a local one, or the bucket's."""
+    found = {_index(folder.name): tune.Checkpoint(_fs_path(folder), filesystem=latest.filesystem)
+             for folder in trial.iterdir() if folder.is_dir() and _index(folder.name) >= 0}
+    found[_index(latest.path)] = latest
+    return [found[index] for index in sorted(found, reverse=True)]
+
+
+def _trial_folder(checkpoint: tune.Checkpoint) -> Path | BucketPath:
+    """The folder the checkpoint sits in: local, or in its bucket (listed once, whole)."""
+    if _is_local(checkpoint):
+        return Path(checkpoint.path).parent
+    return BucketPath.on(checkpoint.filesystem, checkpoint.path).parent.listed()
+
+
+def _fs_path(folder: Path | BucketPath) -> str:
+    return folder.fs_path if is_bucket(folder) else str(folder)
+
+
+def _where(checkpoint: tune.Checkpoint) -> str:
+    """A checkpoint's place for a person: its folder, or its bucket URI."""
+    if _is_local(checkpoint):
+        return checkpoint.path
+    return str(BucketPath.on(checkpoint.filesystem, checkpoint.path))
+
+
+def _is_local(checkpoint: tune.Checkpoint) -> bool:
+    """On this node's disk (a folder sweep's: shared storage); else in a bucket, where Ray's
+    `as_directory()` downloads it (the test Ray itself makes)."""
+    return isinstance(checkpoint.filesystem, pafs.LocalFileSystem)
 
 
 def trial_config(params: dict[str, Any]) -> TrialConfig:
