@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+from machine import describe, load_average
 from optuna.trial import TrialState
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
         args.seeds, args.trials, args.workers = 2, 8, 2
         args.schedulers = ["asha", "pasha"]
     pool = Pool.load(args.curves)
-    started = time.time()
+    started, start_load = time.time(), load_average()
     results: dict[tuple[str, str], list[dict]] = {}
     for searcher in args.searchers:
         for scheduler in args.schedulers:
@@ -462,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
                 replay(pool, scheduler, searcher, seed, trials=args.trials,
                        workers=args.workers, start_cost=args.start_cost)
                 for seed in range(args.seeds)]
+    print(describe(start_load))  # the figures are simulated; only its seconds are the machine's
     print(f"{args.curves}: {len(pool.curves)} configurations, {pool.epochs} epochs; "
           f"{args.seeds} seeds of {args.trials} trials on {args.workers} workers, start cost "
           f"{args.start_cost:g} epoch; {time.time() - started:.0f} s")

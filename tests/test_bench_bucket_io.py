@@ -4,27 +4,14 @@ figures BENCHMARKS.md's table holds, and Tune's real snapshot read by status."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from bench_runs import run_bench
 
 
 @pytest.mark.slow
 def test_bucket_io_small_counts_a_sweeps_requests_and_times_status(tmp_path):
-    out = tmp_path / "bucket_io.json"
-    environment = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    done = subprocess.run([sys.executable, str(BENCH / "bucket_io.py"), "--small", "--json",
-                           str(out)], capture_output=True, text=True, timeout=400,
-                          env=environment)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "load average" in done.stdout
-    result = json.loads(out.read_text())
+    result, _ = run_bench("bucket_io.py", "--small", out=tmp_path / "bucket_io.json",
+                          timeout=400)
     sweep, kinds = result["sweep"], result["sweep"]["kinds"]
     assert sweep["period"] == "30"  # BUCKET_SNAPSHOT_PERIOD_S, as Tune's state records it
     assert sweep["snapshots"] >= 2  # the first, at the start, and the last, at the end

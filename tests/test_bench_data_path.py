@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_runs import run_bench
 
 from carsweep.trainable.augment import AUGMENTATIONS
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 PER_IMAGE = {name for name, preset in AUGMENTATIONS.items()
              if name != "none" and not preset.per_batch}
 
 
 def _run(script: str, tmp_path: Path, *args: str) -> dict:
-    out = tmp_path / "result.json"
-    environment = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    done = subprocess.run([sys.executable, str(BENCH / script), "--small", "--json", str(out),
-                           *args], capture_output=True, text=True, timeout=600,
-                          env=environment)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "load average" in done.stdout  # every figure says what the machine was doing
-    return json.loads(out.read_text())
+    return run_bench(script, "--small", *args, out=tmp_path / "result.json")[0]
 
 
 @pytest.mark.slow

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from bench_runs import run_bench
 
 from carsweep.results.sameness import PROB_TOLERANCE
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.mark.slow
 def test_export_all_proves_a_backbone_and_writes_its_row(tmp_path):
-    out = tmp_path / "rows.json"
-    environment = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    done = subprocess.run([sys.executable, str(BENCH / "export_all.py"), "--only",
-                           "squeezenet1_1", "--json", str(out)], capture_output=True, text=True,
-                          timeout=600, env=environment)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "load average" in done.stdout
-    assert "1/1 exported and proved; refused: none" in done.stdout
-    result = json.loads(out.read_text())
+    result, printed = run_bench("export_all.py", "--only", "squeezenet1_1",
+                                out=tmp_path / "rows.json")
+    assert "1/1 exported and proved; refused: none" in printed
     (row,) = result["rows"]
     assert (row["model"], row["size"], row["outcome"]) == ("squeezenet1_1", 64, "ok")
     assert set(row["proofs"]) == {"ONNX Runtime", "torch.export .pt2"}

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from bench_runs import run_bench
 
 
 @pytest.mark.slow
 def test_recipes_smoke_mode_reports_each_recipe_against_the_baseline(tmp_path):
-    out = tmp_path / "result.json"
-    environment = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    done = subprocess.run([sys.executable, str(BENCH / "recipes.py"), "--smoke", "--json",
-                           str(out)], capture_output=True, text=True, timeout=600,
-                          env=environment)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "load average" in done.stdout  # every figure says what the machine was doing
-    result = json.loads(out.read_text())
+    result, _ = run_bench("recipes.py", "--smoke", out=tmp_path / "result.json")
     rows = {row["recipe"]: row for row in result["rows"]}
     assert list(rows) == ["flip", "flip, TTA", "flip+mixup", "flip+cutmix", "flip+snapmix"]
     assert all(len(run) == len(rows) for run in result["runs"])

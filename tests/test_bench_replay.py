@@ -3,31 +3,22 @@ ASHA and PASHA in seconds, and reports what BENCHMARKS.md's tables hold."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import optuna
+from bench_runs import BENCH, run_bench
 from optuna.trial import TrialState
 
 from carsweep.config.sweep import SweepConfig
 from carsweep.search.searcher import make_sampler
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 
 def test_replay_small_mode_compares_pasha_with_asha_on_the_recorded_curves(tmp_path):
-    out = tmp_path / "outcomes.json"
-    environment = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    done = subprocess.run([sys.executable, str(BENCH / "replay.py"), "--small", "--json",
-                           str(out)], capture_output=True, text=True, timeout=300,
-                          env=environment)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "| searcher | scheduler | regret (pt) |" in done.stdout
-    outcomes = json.loads(out.read_text())
+    outcomes, printed = run_bench("replay.py", "--small", out=tmp_path / "outcomes.json",
+                                  timeout=300)
+    assert "| searcher | scheduler | regret (pt) |" in printed
     assert list(outcomes) == ["random/asha", "random/pasha", "tpe/asha", "tpe/pasha"]
     for name, runs in outcomes.items():
         assert len(runs) == 2, name  # seeds
