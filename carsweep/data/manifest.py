@@ -12,7 +12,8 @@ A prepared dataset is a folder holding:
                    sha1         hash of the file's bytes (audit duplicates, cache staleness)
                    width,height size of the original image
     classes.json   the class names, index = label
-    dataset.json   root (absolute path of the images; not copied), source, layout,
+    dataset.json   root (absolute path of the images, or their bucket URI; not copied), source,
+                   layout,
                    split_scheme, seed, val_fraction, num_classes, counts per split,
                    parts_file (below, or null), carsweep_version
     audit.json     what `prepare` found: class counts per split, tiny images, duplicates,
@@ -23,6 +24,11 @@ A prepared dataset is a folder holding:
                    pixels of the original image. Read it with `PreparedDataset.parts()`;
                    it lets analysis check that Grad-CAM points at the deciding part.
 
+The folder may be in a bucket (`load_dataset("s3://BUCKET/data")`, carsweep/storage.py): its
+files are read from there. A `root` in a bucket (a source prepared from one) is a BucketPath,
+whose images nothing reads yet: `image_path` says so in one line (each node mirroring them is
+issue 28's part 2). A relative `root` is taken from the dataset's folder, in a bucket too.
+
 Splits are named for what they are: `official` keeps the source's train/test and carves val
 from train; `pooled:0.7` pools everything and re-splits (the hackathon team's protocol), and
 its scores must never be compared with the official benchmark.
@@ -30,13 +36,16 @@ its scores must never be compared with the official benchmark.
 
 from __future__ import annotations
 
+import io
 import json
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from carsweep.errors import UserError
+from carsweep.storage import BucketPath, is_bucket, location
 
 BOX_COLUMNS = ["x1", "y1", "x2", "y2"]  # the object's box in the original image, or empty
 MANIFEST_COLUMNS = [
@@ -56,8 +65,8 @@ PARTS_COLUMNS = ["path", "part", *BOX_COLUMNS]
 class PreparedDataset:
     """A prepared dataset folder, read into memory (the images stay on disk under `root`)."""
 
-    folder: Path
-    root: Path
+    folder: Path | BucketPath
+    root: Path | BucketPath
     manifest: pd.DataFrame
     classes: list[str]
     info: dict
@@ -78,6 +87,10 @@ class PreparedDataset:
         return self.manifest[self.manifest["split"].isin(splits)].reset_index(drop=True)
 
     def image_path(self, relative: str) -> Path:
+        if is_bucket(self.root):
+            raise UserError(f"{self.folder}: the dataset's images are in a bucket ({self.root})"
+                            " and reading them needs each node to mirror them first, which is "
+                            "not built yet; prepare from a local copy of the source for now")
         return self.root / relative
 
     def parts(self) -> pd.DataFrame | None:
@@ -85,12 +98,15 @@ class PreparedDataset:
         name = self.info.get("parts_file")
         if not name:
             return None
-        return pd.read_csv(self.folder / name, dtype={"path": str, "part": str})
+        return pd.read_csv(_readable(self.folder / name), dtype={"path": str, "part": str})
 
 
-def load_dataset(folder: Path) -> PreparedDataset:
-    """Read a folder written by `carsweep prepare`; a folder that is not one is a UserError."""
-    folder = Path(folder)
+def load_dataset(folder: Path | str | BucketPath) -> PreparedDataset:
+    """Read a folder written by `carsweep prepare` (a local path, or a bucket URI); a folder
+    that is not one is a UserError."""
+    folder = location(folder)
+    if is_bucket(folder):
+        folder = folder.listed()  # one LIST answers the existence checks below
     if not folder.is_dir():
         raise UserError(f"{folder}: no such dataset folder (make one with `carsweep prepare`)")
     missing = [name for name in (MANIFEST_FILE, CLASSES_FILE, INFO_FILE)
@@ -104,15 +120,31 @@ def load_dataset(folder: Path) -> PreparedDataset:
     classes = _read_file(folder / CLASSES_FILE, _read_json)
     info = _read_file(folder / INFO_FILE, _read_json)
     _check_prepared(folder, manifest, classes, info)
-    root = Path(info["root"])
-    if not root.is_absolute():
-        root = (folder / root).resolve()
+    root = _root(folder, info["root"])
     return PreparedDataset(folder=folder, root=root, manifest=manifest, classes=classes, info=info)
 
 
-def _read_manifest(path: Path) -> pd.DataFrame:
+def _root(folder: Path | BucketPath, root: str) -> Path | BucketPath:
+    """dataset.json's `root`: a URI is a bucket folder; an absolute path is a local folder
+    (wherever the dataset is read from); a relative one is taken from the dataset's folder."""
+    if "://" in root:
+        return location(root)
+    if Path(root).is_absolute():
+        return Path(root)
+    if is_bucket(folder):
+        return BucketPath(folder.filesystem, folder.scheme,
+                          posixpath.normpath(posixpath.join(folder.fs_path, root)), folder.query)
+    return (folder / root).resolve()
+
+
+def _readable(path: Path | BucketPath):
+    """What pandas reads: a local path, or a bucket file's bytes."""
+    return io.BytesIO(path.read_bytes()) if is_bucket(path) else path
+
+
+def _read_manifest(path: Path | BucketPath) -> pd.DataFrame:
     return pd.read_csv(
-        path,
+        _readable(path),
         dtype={"path": str, "class_name": str, "source_split": str, "split": str, "sha1": str},
         keep_default_na=False,
         na_values={c: [""] for c in BOX_COLUMNS},
