@@ -3,13 +3,14 @@
 Reads the Stanford Cars devkit, the class-folder + CSV layout or any ImageFolder tree
 (`--layout auto` detects which), decodes every image, splits the images, and writes the
 prepared dataset folder described in carsweep/data/manifest.py. The images stay where they are.
+SOURCE and DATASET may be bucket URIs (s3://BUCKET/PREFIX, gs://...): a source there is staged
+on this machine first, a dataset there is built here and uploaded (carsweep/data/bucket_source.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from carsweep.cli.arguments import COUNT, COUNT_OR_NONE, SEED
 from carsweep.errors import UserError
@@ -18,9 +19,10 @@ HELP = "index, audit and split a dataset (devkit, class folders + CSV, ImageFold
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, metavar="SOURCE", help="the dataset's folder")
-    parser.add_argument("--out", type=Path, required=True, metavar="DATASET",
-                        help="prepared dataset folder to write")
+    parser.add_argument("source", metavar="SOURCE",
+                        help="the dataset's folder, or its s3://BUCKET/PREFIX (staged here)")
+    parser.add_argument("--out", required=True, metavar="DATASET",
+                        help="prepared dataset folder to write, or an s3://BUCKET/PREFIX")
     parser.add_argument("--layout", default="auto",
                         help="auto (default), devkit, class-csv or imagefolder")
     parser.add_argument("--split", default="official",
@@ -62,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if args.cache_dir is not None and not args.cache:
         raise UserError("--cache-dir is where --cache SIZES builds; give --cache too, "
                         "e.g. --cache 256,400")
+    if args.cache and any("://" in place for place in (args.source, args.out)):
+        raise UserError("--cache builds this machine's decoded caches from a local dataset and "
+                        "images; with a source or --out in a bucket, prepare without --cache")
     dataset = prepare_dataset(
         args.source, args.out, layout=args.layout, split=args.split,
         val_fraction=args.val_fraction, seed=args.seed, strict=args.strict, force=args.force,

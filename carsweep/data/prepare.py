@@ -4,19 +4,29 @@ read the source (sources.py) -> decode every image (audit.py) -> leave out the u
 split (splits.py) -> write manifest.csv, classes.json, dataset.json, audit.json and, if the
 source has one, parts.csv, into a temporary folder that then replaces `out` whole. Images are
 not copied: dataset.json's `root` points at them.
+
+Either may be in a bucket (bucket_source.py): a source there is staged on this machine and
+read as a folder, its `root` being its URI; a dataset there is built locally and uploaded.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
 from carsweep import __version__
 from carsweep.data.audit import audit_report, format_audit, inspect_images
+from carsweep.data.bucket_source import (
+    building_for_bucket,
+    check_bucket_out,
+    same_place_or_above,
+    stage_source,
+)
 from carsweep.data.folders import building_folder, check_replaceable
 from carsweep.data.manifest import (
     AUDIT_FILE,
@@ -32,29 +42,38 @@ from carsweep.data.manifest import (
 from carsweep.data.sources import SourceIndex, read_source
 from carsweep.data.splits import check_val_fraction, parse_scheme, split_manifest
 from carsweep.errors import UserError
+from carsweep.storage import BucketPath, is_bucket, location
 
 
 def prepare_dataset(
-    source: Path, out: Path, *, layout: str = "auto", split: str = "official",
-    val_fraction: float = 0.1, seed: int = 0, strict: bool = False, force: bool = False,
-    tiny_px: int = 32, workers: int | None = None,
+    source: Path | str | BucketPath, out: Path | str | BucketPath, *, layout: str = "auto",
+    split: str = "official", val_fraction: float = 0.1, seed: int = 0, strict: bool = False,
+    force: bool = False, tiny_px: int = 32, workers: int | None = None,
     warn: Callable[[str], None] = lambda line: print(f"warning: {line}", file=sys.stderr),
+    say: Callable[[str], None] = print,
 ) -> PreparedDataset:
-    """Index, audit and split `source` into the prepared dataset folder `out`; returns it."""
+    """Index, audit and split `source` into the prepared dataset folder `out`; returns it.
+    Either may be a bucket URI (`say` tells where a bucket source is staged)."""
     scheme = parse_scheme(split)  # every argument is checked before any work is done
     check_val_fraction(val_fraction)
-    _check_out_is_not_the_source(Path(source), Path(out))
-    check_replaceable(out, force=force, what="the prepared dataset", flag="--out")
-    index = read_source(Path(source), layout)
-    _check_two_classes(index.root, index.classes)
-    inspected = inspect_images(index.root, index.images["path"].tolist(), workers)
-    images = _leave_out_unreadable(index, inspected, strict, warn)
-    manifest = build_manifest(index, images, inspected, scheme, seed, val_fraction)
-    _check_every_class_trains(manifest, warn)
+    source, out = location(source), location(out)
+    _check_out_is_not_the_source(source, out)
+    if is_bucket(out):
+        check_bucket_out(out, force=force)
+    else:
+        check_replaceable(out, force=force, what="the prepared dataset", flag="--out")
+    folder = stage_source(source, say=say) if is_bucket(source) else Path(source)
+    with _naming(folder, source, warn) as warn:
+        index = read_source(folder, layout)
+        _check_two_classes(index.root, index.classes)
+        inspected = inspect_images(index.root, index.images["path"].tolist(), workers)
+        images = _leave_out_unreadable(index, inspected, strict, warn)
+        manifest = build_manifest(index, images, inspected, scheme, seed, val_fraction)
+        _check_every_class_trains(manifest, warn)
     report = audit_report(manifest, inspected, tiny_px=tiny_px)
     info = {
-        "root": str(index.root),
-        "source": str(Path(source).resolve()),
+        "root": _root_of(index.root, folder, source),
+        "source": str(source) if is_bucket(source) else str(Path(source).resolve()),
         "layout": index.layout,
         "split_scheme": str(scheme),
         "seed": seed,
@@ -64,14 +83,43 @@ def prepare_dataset(
         "parts_file": None,
         "carsweep_version": __version__,
     }
-    with building_folder(Path(out)) as folder:
-        manifest.to_csv(folder / MANIFEST_FILE, index=False)
-        (folder / CLASSES_FILE).write_text(json.dumps(index.classes, indent=1) + "\n")
-        if _copy_parts(index.root, manifest, folder / PARTS_FILE, warn):
+    building = building_for_bucket(out) if is_bucket(out) else building_folder(out)
+    with building as built:
+        manifest.to_csv(built / MANIFEST_FILE, index=False)
+        (built / CLASSES_FILE).write_text(json.dumps(index.classes, indent=1) + "\n")
+        if _copy_parts(index.root, manifest, built / PARTS_FILE, warn):
             info["parts_file"] = PARTS_FILE
-        (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        (folder / AUDIT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    return load_dataset(Path(out))
+        (built / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        (built / AUDIT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return load_dataset(out)
+
+
+def _root_of(index_root: Path, folder: Path, source: Path | BucketPath) -> str:
+    """dataset.json's `root`: the images' absolute folder, or for a source in a bucket the URI
+    of the folder the layout found them in (the source's, or the devkit's stanford_cars/)."""
+    if not is_bucket(source):
+        return str(index_root)
+    below = index_root.relative_to(folder.resolve()).as_posix()
+    return str(source if below == "." else source / below)
+
+
+@contextmanager
+def _naming(folder: Path, source: Path | BucketPath,
+            warn: Callable[[str], None]) -> Iterator[Callable[[str], None]]:
+    """The readers' errors and warnings name the source the user gave: for a staged bucket
+    source, its URI in place of the staged copy's path."""
+    if not is_bucket(source):
+        yield warn
+        return
+    staged = str(folder.resolve())
+
+    def named(line: str) -> str:
+        return line.replace(staged, str(source))
+
+    try:
+        yield lambda line: warn(named(line))
+    except UserError as error:
+        raise UserError(named(str(error))) from None
 
 
 def summary(dataset: PreparedDataset) -> str:
@@ -93,8 +141,14 @@ def build_manifest(index: SourceIndex, images: pd.DataFrame, inspected: pd.DataF
     return split[MANIFEST_COLUMNS].reset_index(drop=True)
 
 
-def _check_out_is_not_the_source(source: Path, out: Path) -> None:
+def _check_out_is_not_the_source(source: Path | BucketPath, out: Path | BucketPath) -> None:
     """--force replaces `out` whole: it must never hold the images the dataset points at."""
+    if is_bucket(source) or is_bucket(out):
+        if is_bucket(source) and is_bucket(out) and same_place_or_above(out, source):
+            raise UserError(f"--out {out} holds the source {source}; choose an output prefix "
+                            "outside it (the images are not copied, so replacing it would lose "
+                            "them)")
+        return
     source, target = source.resolve(), out.resolve()
     if target == source or target in source.parents:
         raise UserError(f"--out {out} holds the source {source}; choose an output folder "
