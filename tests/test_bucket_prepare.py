@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fake_sources import write_devkit, write_imagefolder
+from sweep_runs import write_sweep
 
 from carsweep.cli import main
 from carsweep.data.manifest import load_dataset
@@ -184,3 +185,15 @@ def test_cache_with_a_bucket_is_refused_before_any_work(s3_bucket, tmp_path, sta
     assert "with a source or --out in a bucket, prepare without --cache" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
     assert not state_dir.exists()
+
+
+def test_a_sweep_of_a_dataset_in_a_bucket_is_refused_in_one_line(s3_bucket, prepared_dataset,
+                                                                   tmp_path, capsys):
+    data = upload(prepared_dataset, f"{s3_bucket}/data")
+    storage = tmp_path / "results"
+    assert main(["sweep", str(write_sweep(tmp_path, "b")), "--data", data,
+                 "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--data {data}: a prepared dataset in a bucket is not read by sweeps yet" in err
+    assert not storage.exists()

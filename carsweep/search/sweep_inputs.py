@@ -12,8 +12,9 @@ from carsweep.storage import location
 def resolved(config: SweepConfig) -> SweepConfig:
     """Paths made absolute (dataset, storage, weights files), so trials on any node and a
     later `analyze` from any folder find the same ones; sweep.yaml records them so. A storage
-    URI (s3://, gs://) stays as given, without a trailing slash."""
-    dataset = str(Path(config.dataset).expanduser().resolve()) if config.dataset else None
+    URI (s3://, gs://) stays as given, without a trailing slash; so does a dataset URI, for
+    check_dataset to refuse by name."""
+    dataset = str(location(config.dataset).resolve()) if config.dataset else None
     storage = str(location(config.storage_path).resolve())
     asha = config.asha.model_copy(update={"max_t": config.max_t})
     space, searcher = dict(config.space), config.searcher
