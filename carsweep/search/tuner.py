@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.utils import flatten_dict
 
 from carsweep.config.files import SWEEP_FILE, TUNER_FILE, trial_dir_name
 from carsweep.config.io import changed_settings
@@ -39,6 +41,8 @@ from carsweep.storage import BucketPath, is_bucket, location
 
 if TYPE_CHECKING:  # torch is imported where training starts, not with this module
     from carsweep.trainable.checkpoint import CheckpointPolicy
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         if resume:
             if is_bucket(experiment):  # a new head has no study: the bucket's, as the driver's
                 fetch_driver_study(experiment)
+            tell_study_the_ends_tune_has(config, experiment)
             where = ray_storage(experiment)
             tuner = tune.Tuner.restore(
                 where["storage_path"], trainable=_trainable(config, weights, launch),
@@ -151,6 +156,25 @@ def _unfinished(table, num_samples: int) -> bool:
     """Tune returns normally on Ctrl-C: trials still running, or never created."""
     ended = table["state"].isin(["COMPLETE", "PRUNED", "FAIL"]).all() if len(table) else False
     return len(table) < num_samples or not ended
+
+
+def tell_study_the_ends_tune_has(config: SweepConfig, experiment: Path | BucketPath) -> None:
+    """Before a resume: the study on the driver's disk gets the end of every trial Tune's saved
+    state has as TERMINATED but the study has unfinished. Tune skips those trials on resume, so
+    without this they stay RUNNING in the study and a sweep whose every trial ended would
+    read as interrupted. The study can be older than Tune's state where the experiment is in a
+    bucket: a killed driver's last upload is cut short or mixes saves (search/searcher.py)."""
+    if not driver_study_file(experiment).is_file():
+        return  # a sweep from before carsweep kept a study
+    where = ray_storage(experiment)
+    saved = tune.ExperimentAnalysis(where["storage_path"],
+                                    storage_filesystem=where["storage_filesystem"])
+    ended = {trial.trial_id: flatten_dict(trial.last_result) for trial in saved.trials
+             if trial.status == Trial.TERMINATED}
+    told = _searcher_of(config, experiment).tell_ends_tune_has(ended)
+    if told:
+        logger.info("study: the end of %s told from Tune's state (the study was older)",
+                    ", ".join(told))
 
 
 def ray_storage(folder: Path | BucketPath) -> dict:
