@@ -29,6 +29,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
 from carsweep.search.trial import restorable_checkpoint
+from carsweep.storage import location
 from carsweep.trainable import load_checkpoint, train
 from carsweep.trainable.checkpoint import save_checkpoint
 
@@ -111,6 +112,24 @@ def test_a_newer_checkpoint_than_rays_is_used_when_its_result_was_recorded(
     assert resumed.epochs == []  # the trial had finished: nothing is trained again
     with restorable_checkpoint(None) as folder:
         assert folder is None
+
+
+def test_in_a_bucket_a_newer_checkpoint_than_rays_is_used_when_its_result_was_recorded(
+        trained_trial, dataset, s3_bucket, tmp_path):
+    # Tune uploads a trial's result.json and its own state separately: a driver killed between
+    # the two leaves a state naming epoch 2's checkpoint beside epoch 3's row and checkpoint.
+    trial = location(f"{s3_bucket}/results/killed/trial_0001")
+    trial.upload_tree(trained_trial)
+    handed = tune.Checkpoint(f"{trial.fs_path}/checkpoint_000001", filesystem=trial.filesystem)
+    with restorable_checkpoint(handed) as folder:
+        assert load_checkpoint(folder)["epoch"] == 3
+        resumed = RayLikeTrialFolder(tmp_path / "resumed")
+        train(trial_config(), dataset, reporter=resumed, resume_from=folder)
+    assert resumed.epochs == []  # the trial had finished: nothing is trained again
+    rows = (trial / "result.json").read_text().splitlines()
+    (trial / "result.json").write_text("\n".join(rows[:2]) + "\n")  # epoch 3's never written
+    with restorable_checkpoint(handed) as folder:
+        assert load_checkpoint(folder)["epoch"] == 2
 
 
 def test_a_newer_checkpoint_whose_result_was_never_recorded_is_trained_again(

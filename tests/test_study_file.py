@@ -129,7 +129,7 @@ def test_a_resume_tells_the_study_the_end_tune_has_where_the_study_is_older(tmp_
     del searcher  # SIGKILL
     (tmp_path / STUDY_FILE).write_bytes(uploaded)  # a new head fetches the bucket's study
 
-    told = make_searcher(CONFIG, study_file=tmp_path / STUDY_FILE).tell_ends_tune_has(
+    told = make_searcher(CONFIG, study_file=tmp_path / STUDY_FILE).tell_ends(
         {"a": last, "gone": last})  # gone: no study trial, nothing to end
     assert told == ["a"]
     resumed = pickle.loads(at_launch)
@@ -138,7 +138,7 @@ def test_a_resume_tells_the_study_the_end_tune_has_where_the_study_is_older(tmp_
     assert (trial.state, trial.value) == (TrialState.COMPLETE, 0.4)
     assert trial.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
     again = make_searcher(CONFIG, study_file=tmp_path / STUDY_FILE)
-    assert again.tell_ends_tune_has({"a": {**last, "val_top1": 0.9}}) == []  # already ended
+    assert again.tell_ends({"a": {**last, "val_top1": 0.9}}) == []  # already ended
     assert open_study(tmp_path).trials[0].value == 0.4  # the first end told stays
 
 
@@ -147,7 +147,7 @@ def test_a_trial_tune_has_ended_early_is_told_pruned_on_resume(tmp_path):
     searcher.suggest("a")
     report(searcher, "a", 0.1)
     stopped = {"epoch": 2, "val_top1": 0.2, "config/epochs": 4}  # ASHA stopped it at epoch 2
-    told = make_searcher(CONFIG, study_file=tmp_path / STUDY_FILE).tell_ends_tune_has(
+    told = make_searcher(CONFIG, study_file=tmp_path / STUDY_FILE).tell_ends(
         {"a": stopped})
     assert told == ["a"]
     (trial,) = open_study(tmp_path).trials

@@ -31,8 +31,9 @@ the old head: unpickled on another machine (a resume on a new head, which downlo
 first), it opens that machine's copy. Tune's upload of that folder is not one snapshot: it
 copies the files one after another while the driver goes on saving over them, so a killed
 driver can leave in the bucket a Tune state that has a trial TERMINATED beside a study (and a
-searcher state) from before its end. A resume does not run that trial again, so
-`tell_ends_tune_has` tells the study its end from Tune's state before the resume runs.
+searcher state) from before its end, and a Tune state older than the trial's result.json.
+Before a resume runs anything, `tell_ends` gives the study the end of every trial that has
+ended (search/tuner.py says how that is known).
 """
 
 from __future__ import annotations
@@ -124,13 +125,13 @@ class PruningAwareOptunaSearch(OptunaSearch):
                 self._tell(ot_trial, None, TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
-    def tell_ends_tune_has(self, ended: dict[str, dict]) -> list[str]:
-        """Before a resume: `ended` maps each trial that Tune's saved state has as ended
-        (TERMINATED) to its last result. Tune does not run those trials again, so this
-        searcher never hears about them again. Where the study has such a trial still
-        unfinished, its end is told now from that result, as `on_trial_complete` would
-        have told it. That happens when the study is older than Tune's state, which Tune's
-        upload to a bucket allows (see the module docstring). Returns the ids told."""
+    def tell_ends(self, ended: dict[str, dict]) -> list[str]:
+        """Before a resume: `ended` maps each trial known to have ended (search/tuner.py,
+        `tell_study_the_known_ends`) to its last result. Where the study has such a trial
+        still unfinished, its end is told now from that result, as `on_trial_complete` would
+        have told it; an end the study has stays. The study can lack the end where it is
+        older than Tune's state or the trial's folder, which Tune's upload to a bucket allows
+        (see the module docstring). Returns the ids told."""
         numbers = {str(t.user_attrs[TRIAL_ID_ATTR]): t._trial_id
                    for t in self._ot_study.get_trials(deepcopy=False)
                    if TRIAL_ID_ATTR in t.user_attrs}

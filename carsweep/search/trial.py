@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import re
 import socket
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow.fs
 import ray
 from ray import tune
 
@@ -104,39 +106,43 @@ def restorable_checkpoint(checkpoint: tune.Checkpoint | None) -> Iterator[Path |
     """The folder to resume from: the trial's newest usable checkpoint, or None.
 
     Ray hands over the latest checkpoint its saved experiment state knows. That state is
-    snapshotted every few seconds, so after a killed driver it can name an older checkpoint
-    than the trial folder holds. A newer one beside it is used when the epoch it holds is in
-    the trial's result.json: that epoch (or a trial that had finished) is not trained again,
-    and one whose result the driver never wrote is trained again, so no epoch's row is lost.
-    A checkpoint that does not load (a node that died mid-write truncates it) is passed over
-    for an older one; when none loads the trial starts over rather than failing every retry.
+    snapshotted every few seconds, and in a bucket its upload can lag the trial's folder (Tune
+    uploads the folder's files one by one: a killed driver can leave result.json and the
+    checkpoints newer than its state), so after a killed driver it can name an older checkpoint
+    than the trial folder holds. A newer one beside it, in a folder or a bucket, is used when
+    the epoch it holds is in the trial's result.json: that epoch (or a trial that had finished)
+    is not trained again, and one whose result the driver never wrote is trained again, so no
+    epoch's row is lost. A checkpoint that does not load (a node that died mid-write truncates
+    it) is passed over for an older one; when none loads the trial starts over rather than
+    failing every retry.
     """
     from carsweep.trainable import load_checkpoint
 
     if checkpoint is None:
         yield None
         return
-    with checkpoint.as_directory() as latest:
-        latest = Path(latest)
-        recorded = _last_recorded_epoch(latest.parent / RESULT_FILE)
-        for folder in _newest_first(latest):
+    trial_folder = posixpath.dirname(checkpoint.path)
+    recorded = _last_recorded_epoch(checkpoint.filesystem, f"{trial_folder}/{RESULT_FILE}")
+    for candidate in _newest_first(checkpoint):
+        with candidate.as_directory() as folder:  # a bucket's is downloaded first
             try:
-                epoch = load_checkpoint(folder)["epoch"]
+                epoch = load_checkpoint(Path(folder))["epoch"]
             except UserError as error:
-                logger.warning("skipping checkpoint %s: %s", folder, error)
+                logger.warning("skipping checkpoint %s: %s", candidate.path, error)
                 continue
-            if folder != latest and _index(folder) > _index(latest) and epoch > recorded:
+            if _index(candidate.path) > _index(checkpoint.path) and epoch > recorded:
                 continue  # its epoch's result never reached the driver: train it again
-            yield folder
+            yield Path(folder)
             return
-        logger.warning("no checkpoint of this trial loads; it starts again from epoch 1")
-        yield None
+    logger.warning("no checkpoint of this trial loads; it starts again from epoch 1")
+    yield None
 
 
-def _last_recorded_epoch(result_file: Path) -> int:
+def _last_recorded_epoch(filesystem: pyarrow.fs.FileSystem, result_file: str) -> int:
     """The last epoch in a trial's result.json (one JSON object per line), 0 if none."""
     try:
-        lines = result_file.read_text().splitlines()
+        with filesystem.open_input_stream(result_file) as stream:
+            lines = stream.readall().decode(errors="replace").splitlines()
     except OSError:
         return 0
     epochs = []
@@ -148,17 +154,23 @@ def _last_recorded_epoch(result_file: Path) -> int:
     return max(epochs, default=0)
 
 
-def _index(folder: Path) -> int:
-    found = re.fullmatch(r"checkpoint_(\d+)", folder.name)
+def _index(path: str) -> int:
+    found = re.fullmatch(r"checkpoint_(\d+)", posixpath.basename(path))
     return int(found.group(1)) if found else -1
 
 
-def _newest_first(latest: Path) -> list[Path]:
-    """The trial's checkpoint_NNNNNN folders beside `latest` (and `latest`), newest first."""
-    if _index(latest) < 0:
+def _newest_first(latest: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's checkpoint_NNNNNN folders beside `latest` (and `latest`), newest first, on
+    the filesystem `latest` is on."""
+    if _index(latest.path) < 0:
         return [latest]  # a copy in a temporary folder: no siblings to look at
-    beside = [f for f in latest.parent.glob("checkpoint_*") if f.is_dir() and _index(f) >= 0]
-    return sorted({*beside, latest}, key=_index, reverse=True)
+    listed = latest.filesystem.get_file_info(
+        pyarrow.fs.FileSelector(posixpath.dirname(latest.path), allow_not_found=True))
+    beside = {info.path for info in listed
+              if info.type == pyarrow.fs.FileType.Directory and _index(info.path) >= 0}
+    newest_first = sorted(beside | {latest.path}, key=_index, reverse=True)
+    return [latest if path == latest.path else tune.Checkpoint(path, filesystem=latest.filesystem)
+            for path in newest_first]
 
 
 def trial_config(params: dict[str, Any]) -> TrialConfig:

@@ -23,9 +23,10 @@ from ray.tune.utils import flatten_dict
 from carsweep.config.files import SWEEP_FILE, TUNER_FILE, trial_dir_name
 from carsweep.config.io import changed_settings
 from carsweep.config.sweep import SweepConfig, save_sweep
+from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError, last_line
 from carsweep.results import save_trials_table, trials_table
-from carsweep.results.store import diverged
+from carsweep.results.store import diverged, read_result_rows
 from carsweep.results.study import driver_study_file, fetch_driver_study
 from carsweep.search.cluster import ray_session
 from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
@@ -96,7 +97,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         if resume:
             if is_bucket(experiment):  # a new head has no study: the bucket's, as the driver's
                 fetch_driver_study(experiment)
-            tell_study_the_ends_tune_has(config, experiment)
+            tell_study_the_known_ends(config, experiment)
             where = ray_storage(experiment)
             tuner = tune.Tuner.restore(
                 where["storage_path"], trainable=_trainable(config, weights, launch),
@@ -158,23 +159,33 @@ def _unfinished(table, num_samples: int) -> bool:
     return len(table) < num_samples or not ended
 
 
-def tell_study_the_ends_tune_has(config: SweepConfig, experiment: Path | BucketPath) -> None:
-    """Before a resume: the study on the driver's disk gets the end of every trial Tune's saved
-    state has as TERMINATED but the study has unfinished. Tune skips those trials on resume, so
-    without this they stay RUNNING in the study and a sweep whose every trial ended would
-    read as interrupted. The study can be older than Tune's state where the experiment is in a
-    bucket: a killed driver's last upload is cut short or mixes saves (search/searcher.py)."""
+def tell_study_the_known_ends(config: SweepConfig, experiment: Path | BucketPath) -> None:
+    """Before a resume: the study on the driver's disk gets the end of every trial that has
+    ended but that the study has unfinished. A trial has ended when Tune's saved state has it
+    TERMINATED (Tune skips it on resume and never reports it again), or when its result.json
+    holds every one of its epochs while Tune's state is older (the resume restarts it from its
+    last checkpoint, trains nothing, and Ray reports the end with the older last result).
+    Without this such a trial stays RUNNING, or ends PRUNED, in the study. Where the experiment
+    is in a bucket, the study and Tune's state can both be older than the trial's folder: a
+    killed driver's last upload was cut short or mixed saves (search/searcher.py)."""
     if not driver_study_file(experiment).is_file():
         return  # a sweep from before carsweep kept a study
     where = ray_storage(experiment)
     saved = tune.ExperimentAnalysis(where["storage_path"],
                                     storage_filesystem=where["storage_filesystem"])
-    ended = {trial.trial_id: flatten_dict(trial.last_result) for trial in saved.trials
-             if trial.status == Trial.TERMINATED}
-    told = _searcher_of(config, experiment).tell_ends_tune_has(ended)
+    ended = {}
+    for trial in saved.trials:
+        if trial.status == Trial.TERMINATED:
+            ended[trial.trial_id] = flatten_dict(trial.last_result)
+            continue
+        rows = read_result_rows(experiment / trial_dir_name(trial.trial_id))
+        planned = int(trial.config.get("epochs", TrialConfig.model_fields["epochs"].default))
+        if rows and int(rows[-1].get("epoch", 0)) >= planned:
+            ended[trial.trial_id] = flatten_dict(rows[-1])
+    told = _searcher_of(config, experiment).tell_ends(ended)
     if told:
-        logger.info("study: the end of %s told from Tune's state (the study was older)",
-                    ", ".join(told))
+        logger.info("study: the end of %s told from Tune's state and the trials' results (the "
+                    "study was older)", ", ".join(told))
 
 
 def ray_storage(folder: Path | BucketPath) -> dict:
