@@ -182,7 +182,10 @@ def tell_study_the_known_ends(config: SweepConfig, experiment: Path | BucketPath
         planned = int(trial.config.get("epochs", TrialConfig.model_fields["epochs"].default))
         if rows and int(rows[-1].get("epoch", 0)) >= planned:
             ended[trial.trial_id] = flatten_dict(rows[-1])
-    told = _searcher_of(config, experiment).tell_ends(ended)
+    # A new searcher enqueues the points to evaluate in its study: these ran at launch.
+    searcher = config.searcher.model_copy(update={"points_to_evaluate": []})
+    told = _searcher_of(config.model_copy(update={"searcher": searcher}), experiment).tell_ends(
+        ended)
     if told:
         logger.info("study: the end of %s told from Tune's state and the trials' results (the "
                     "study was older)", ", ".join(told))
