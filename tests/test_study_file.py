@@ -113,3 +113,42 @@ def test_an_end_the_study_has_is_not_written_again_after_a_resume(tmp_path, capl
     (trial,) = open_study(tmp_path).trials
     assert (trial.state, trial.value) == (TrialState.COMPLETE, 0.4)  # the first end told
     assert "refused" not in caplog.text
+
+
+def test_a_resume_tells_the_study_the_end_tune_has_where_the_study_is_older(tmp_path):
+    """A killed driver's last upload to a bucket left Tune's state with trial a TERMINATED
+    beside a study (and searcher state) from before a's end; Tune skips a on resume."""
+    searcher = make_searcher(CONFIG, study_file=tmp_path / STUDY_FILE)
+    at_launch = pickle.dumps(searcher)  # tuner.pkl
+    searcher.suggest("a")
+    report(searcher, "a", 0.1, 0.2, 0.3)
+    searcher.save(str(tmp_path / "searcher-state.pkl"))
+    uploaded = (tmp_path / STUDY_FILE).read_bytes()  # the study in the bucket: a RUNNING
+    last = {"epoch": 4, "val_top1": 0.4, "config/epochs": 4}  # in Tune's state: TERMINATED
+    complete(searcher, "a", 4, 0.4)
+    del searcher  # SIGKILL
+    (tmp_path / STUDY_FILE).write_bytes(uploaded)  # a new head fetches the bucket's study
+
+    told = make_searcher(CONFIG, study_file=tmp_path / STUDY_FILE).tell_ends(
+        {"a": last, "gone": last})  # gone: no study trial, nothing to end
+    assert told == ["a"]
+    resumed = pickle.loads(at_launch)
+    resumed.restore(str(tmp_path / "searcher-state.pkl"))  # Tune runs nothing of a again
+    (trial,) = open_study(tmp_path).trials
+    assert (trial.state, trial.value) == (TrialState.COMPLETE, 0.4)
+    assert trial.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
+    again = make_searcher(CONFIG, study_file=tmp_path / STUDY_FILE)
+    assert again.tell_ends({"a": {**last, "val_top1": 0.9}}) == []  # already ended
+    assert open_study(tmp_path).trials[0].value == 0.4  # the first end told stays
+
+
+def test_a_trial_tune_has_ended_early_is_told_pruned_on_resume(tmp_path):
+    searcher = make_searcher(CONFIG, study_file=tmp_path / STUDY_FILE)
+    searcher.suggest("a")
+    report(searcher, "a", 0.1)
+    stopped = {"epoch": 2, "val_top1": 0.2, "config/epochs": 4}  # ASHA stopped it at epoch 2
+    told = make_searcher(CONFIG, study_file=tmp_path / STUDY_FILE).tell_ends(
+        {"a": stopped})
+    assert told == ["a"]
+    (trial,) = open_study(tmp_path).trials
+    assert (trial.state, trial.intermediate_values) == (TrialState.PRUNED, {1: 0.1, 2: 0.2})

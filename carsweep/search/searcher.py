@@ -26,10 +26,14 @@ Ray trial and the study is opened again from its file; see `__getstate__`.
 
 An experiment in a bucket (`bucket_experiment`): the study is written to the driver's own
 disk (an object cannot be appended to), and `save` copies it beside each snapshot of the
-searcher's state, into the folder Tune uploads whole: the journal in the bucket is never older
-than the searcher state beside it, and a killed driver's last upload holds both. The pickle
-names the experiment, not a path of the old head: unpickled on another machine (a resume on a
-new head, which downloads the study first), it opens that machine's copy.
+searcher's state, into the folder Tune uploads. The pickle names the experiment, not a path of
+the old head: unpickled on another machine (a resume on a new head, which downloads the study
+first), it opens that machine's copy. Tune's upload of that folder is not one snapshot: it
+copies the files one after another while the driver goes on saving over them, so a killed
+driver can leave in the bucket a Tune state that has a trial TERMINATED beside a study (and a
+searcher state) from before its end, and a Tune state older than the trial's result.json.
+Before a resume runs anything, `tell_ends` gives the study the end of every trial that has
+ended (search/tuner.py says how that is known).
 """
 
 from __future__ import annotations
@@ -139,6 +143,26 @@ class PruningAwareOptunaSearch(OptunaSearch):
             else:
                 self._tell(ot_trial, None, TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+    def tell_ends(self, ended: dict[str, dict]) -> list[str]:
+        """Before a resume: `ended` maps each trial known to have ended (search/tuner.py,
+        `tell_study_the_known_ends`) to its last result. Where the study has such a trial
+        still unfinished, its end is told now from that result, as `on_trial_complete` would
+        have told it; an end the study has stays. The study can lack the end where it is
+        older than Tune's state or the trial's folder, which Tune's upload to a bucket allows
+        (see the module docstring). Returns the ids told."""
+        numbers = {str(t.user_attrs[TRIAL_ID_ATTR]): t._trial_id
+                   for t in self._ot_study.get_trials(deepcopy=False)
+                   if TRIAL_ID_ATTR in t.user_attrs}
+        told = []
+        for trial_id, result in ended.items():
+            if trial_id not in numbers:
+                continue  # no study trial to end: Ray created it after the study's copy
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, numbers[trial_id])
+            if not self._is_over(trial_id):
+                self.on_trial_complete(trial_id, result)
+                told.append(trial_id)
+        return told
 
     def _is_over(self, trial_id: str) -> bool:
         """Unknown, or already told its end (here, or before a driver died and was resumed:

@@ -17,14 +17,17 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.utils import flatten_dict
 
 from carsweep.config.files import SWEEP_FILE, TUNER_FILE, trial_dir_name
 from carsweep.config.io import changed_settings
 from carsweep.config.sweep import SweepConfig, save_sweep
+from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError, last_line
 from carsweep.results import save_trials_table, trials_table
-from carsweep.results.store import diverged
+from carsweep.results.store import diverged, read_result_rows
 from carsweep.results.study import driver_study_file, fetch_driver_study
 from carsweep.search.cluster import ray_session
 from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
@@ -40,6 +43,8 @@ from carsweep.storage import BucketPath, is_bucket, location
 
 if TYPE_CHECKING:  # torch is imported where training starts, not with this module
     from carsweep.trainable.checkpoint import CheckpointPolicy
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,8 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         with searcher_resumed_in(experiment), _snapshot_period(experiment):
             # Tune unpickles the searcher in restore and in fit, and reads the period in fit
             if resume:
-                tuner = _restored_tuner(experiment, _trainable(config, weights, launch))
+                tuner = _restored_tuner(config, experiment,
+                                        _trainable(config, weights, launch))
             else:
                 if is_bucket(experiment):  # the driver's study of a sweep gone from the bucket
                     driver_study_file(experiment).unlink(missing_ok=True)
@@ -160,9 +166,11 @@ def _snapshot_period(experiment: Path | BucketPath) -> Iterator[None]:
         os.environ.pop(SNAPSHOT_PERIOD, None)
 
 
-def _restored_tuner(experiment: Path | BucketPath, trainable) -> tune.Tuner:
+def _restored_tuner(config: SweepConfig, experiment: Path | BucketPath,
+                    trainable) -> tune.Tuner:
     if is_bucket(experiment):  # a new head has no study: the bucket's, as the driver's
         fetch_driver_study(experiment)
+    tell_study_the_known_ends(config, experiment)
     where = ray_storage(experiment)
     return tune.Tuner.restore(where["storage_path"], trainable=trainable,
                               resume_unfinished=True, resume_errored=True,
@@ -200,6 +208,38 @@ def _unfinished(table, num_samples: int) -> bool:
     """Tune returns normally on Ctrl-C: trials still running, or never created."""
     ended = table["state"].isin(["COMPLETE", "PRUNED", "FAIL"]).all() if len(table) else False
     return len(table) < num_samples or not ended
+
+
+def tell_study_the_known_ends(config: SweepConfig, experiment: Path | BucketPath) -> None:
+    """Before a resume: the study on the driver's disk gets the end of every trial that has
+    ended but that the study has unfinished. A trial has ended when Tune's saved state has it
+    TERMINATED (Tune skips it on resume and never reports it again), or when its result.json
+    holds every one of its epochs while Tune's state is older (the resume restarts it from its
+    last checkpoint, trains nothing, and Ray reports the end with the older last result).
+    Without this such a trial stays RUNNING, or ends PRUNED, in the study. Where the experiment
+    is in a bucket, the study and Tune's state can both be older than the trial's folder: a
+    killed driver's last upload was cut short or mixed saves (search/searcher.py)."""
+    if not driver_study_file(experiment).is_file():
+        return  # a sweep from before carsweep kept a study
+    where = ray_storage(experiment)
+    saved = tune.ExperimentAnalysis(where["storage_path"],
+                                    storage_filesystem=where["storage_filesystem"])
+    ended = {}
+    for trial in saved.trials:
+        if trial.status == Trial.TERMINATED:
+            ended[trial.trial_id] = flatten_dict(trial.last_result)
+            continue
+        rows = read_result_rows(experiment / trial_dir_name(trial.trial_id))
+        planned = int(trial.config.get("epochs", TrialConfig.model_fields["epochs"].default))
+        if rows and int(rows[-1].get("epoch", 0)) >= planned:
+            ended[trial.trial_id] = flatten_dict(rows[-1])
+    # A new searcher enqueues the points to evaluate in its study: these ran at launch.
+    searcher = config.searcher.model_copy(update={"points_to_evaluate": []})
+    told = _searcher_of(config.model_copy(update={"searcher": searcher}), experiment).tell_ends(
+        ended)
+    if told:
+        logger.info("study: the end of %s told from Tune's state and the trials' results (the "
+                    "study was older)", ", ".join(told))
 
 
 def ray_storage(folder: Path | BucketPath) -> dict:
