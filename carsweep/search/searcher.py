@@ -228,7 +228,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as handle:
             pickle.dump(self.__getstate__(), handle)
-        if self._bucket_experiment is not None:  # after the state: the study is never older
+        if self._bucket_experiment is not None:  # after the state; Tune's upload may mix saves
             with atomic_write(Path(checkpoint_path).with_name(STUDY_FILE)) as copy:
                 copy.write(Path(self._study_file).read_bytes())
 
