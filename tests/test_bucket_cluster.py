@@ -16,10 +16,27 @@ from pathlib import Path
 
 import pytest
 from isolated_nodes import can_isolate, start_isolated_node
+from no_ray import blocking
 from sweep_runs import run_cli, sweep_command, write_sweep
 
+from carsweep.config.files import (
+    ANALYSIS_DIR,
+    REPORT_FILE,
+    STUDY_FILE,
+    SWEEP_FILE,
+    TRIALS_FILE,
+    TUNER_FILE,
+)
 from carsweep.results import load_experiment
+from carsweep.results.export import load_export
 from carsweep.storage import location
+
+# status of a bucket imports neither Ray nor torch, as of a folder
+STATUS_WITHOUT_RAY_OR_TORCH = blocking("ray", "torch") + """
+from carsweep.cli import main
+
+sys.exit(main(["status", sys.argv[1]]))
+"""
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not can_isolate(), reason="mount namespaces need root")]
@@ -57,23 +74,30 @@ def test_a_sweep_whose_worker_shares_only_the_bucket_stores_it_whole_there(
     assert list(table["state"]) == ["COMPLETE", "COMPLETE"]
     assert list(table["epochs_run"]) == [2, 2]
     bucket = location(experiment)
+    files = bucket.files()
+    for name in (SWEEP_FILE, STUDY_FILE, TRIALS_FILE, TUNER_FILE):
+        assert name in files, sorted(files)
     for trial in table.itertuples():
         rows = [json.loads(line) for line in
                 (bucket / trial.trial_dir / "result.json").read_text().splitlines()]
         assert {row["node_id"] for row in rows} == {worker}  # trained where nothing is shared
-        assert (bucket / trial.best_checkpoint / "checkpoint.pt").is_file()
+        assert f"{trial.best_checkpoint}/checkpoint.pt" in files
+        assert any(name.startswith(f"{trial.trial_dir}/events.out.tfevents") for name in files)
     assert not (tmp_path / "results").exists()  # nothing written beside the driver
 
-    status = run_cli([sys.executable, "-m", "carsweep", "status", experiment], 120)
+    status = run_cli([sys.executable, "-c", STATUS_WITHOUT_RAY_OR_TORCH, experiment], 120)
     assert status.returncode == 0, status.stderr[-2000:]
-    assert f"best trial: {table.iloc[0].trial_id}" in status.stdout
+    best = table.iloc[0]
+    assert f"best trial: {best.trial_id}" in status.stdout
     exported = run_cli([sys.executable, "-m", "carsweep", "export", experiment, "--out",
-                        str(Path(tmp_path) / "best.pt")], 300)
+                        str(tmp_path / "best.pt")], 300)
     assert exported.returncode == 0, exported.stderr[-2000:]
+    assert f"from {experiment}" in exported.stdout
+    assert load_export(tmp_path / "best.pt").source["trial_id"] == best.trial_id
     # analyze retrains on the cluster the sweep ran on: on the worker, from the bucket
     analyzed = run_cli([sys.executable, "-m", "carsweep", "analyze", experiment, "--epochs",
                         "1", "--device", "cpu"], 300)
     assert analyzed.returncode == 0, analyzed.stderr[-3000:]
     assert f"retrain task(s) on the Ray cluster at {cluster.address}" in analyzed.stdout
-    assert f"analysis written: {experiment}/analysis" in analyzed.stdout
-    assert (bucket / "analysis" / "report.html").is_file()
+    assert f"analysis written: {experiment}/{ANALYSIS_DIR}" in analyzed.stdout
+    assert (bucket / ANALYSIS_DIR / REPORT_FILE).is_file()
