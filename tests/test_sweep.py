@@ -255,8 +255,10 @@ def test_resuming_a_copy_resumes_the_copy_and_never_touches_the_original(finishe
     unfinished one is restored by Tune from the copy (Tune restores a moved folder itself)."""
     import carsweep.search.tuner as tuner
 
+    # Hard links: no room for the checkpoints twice, and carsweep replaces a file it writes
+    # (a new inode), so a write into the copy would leave the original's link as it was.
     copy = shutil.copytree(finished_experiment, tmp_path / "elsewhere" / "renamed",
-                           ignore=shutil.ignore_patterns("checkpoint_*", "analysis"))
+                           ignore=shutil.ignore_patterns("analysis"), copy_function=os.link)
     original = folder_listing(finished_experiment)
     copied = folder_listing(copy)
     started = []
@@ -266,6 +268,10 @@ def test_resuming_a_copy_resumes_the_copy_and_never_touches_the_original(finishe
     assert started == []
     assert folder_listing(finished_experiment) == original  # not a byte, not a time stamp
     assert folder_listing(copy) == copied
+    (copy / "trials.csv").unlink()  # a driver killed after the last trial ended
+    assert main(["resume", str(copy), "--num-cpus", "2"]) == 0
+    assert "nothing to resume, trials.csv brought up to date" in capsys.readouterr().out
+    assert (copy / "trials.csv").read_text() == (finished_experiment / "trials.csv").read_text()
 
     class ResumedHere(Exception):
         pass

@@ -82,8 +82,8 @@ def report_outcome(config, outcome) -> int:
     table = outcome.table
     blown = list(table.loc[diverged(table), "trial_id"])
     if outcome.nothing_to_resume:
-        print(f"every trial of {outcome.experiment} has ended: nothing to resume, nothing "
-              "changed")
+        print(f"every trial of {outcome.experiment} has ended: nothing to resume, "
+              f"{outcome.nothing_to_resume}")
     print(f"\n{compact_table(table, config.metric, list(config.searched()))}")
     print(f"\nexperiment: {outcome.experiment}  ({state_counts(table)})")
     failed = len(outcome.errors) + len(blown)

@@ -21,7 +21,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.utils import flatten_dict
 
-from carsweep.config.files import SWEEP_FILE, TUNER_FILE, trial_dir_name
+from carsweep.config.files import SWEEP_FILE, TRIALS_FILE, TUNER_FILE, trial_dir_name
 from carsweep.config.io import changed_settings
 from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.config.trial import TrialConfig
@@ -55,7 +55,7 @@ class SweepOutcome:
     best_value: float | None
     errors: tuple[str, ...] = ()  # one line per trial that ended in ERROR
     interrupted: bool = False  # stopped (Ctrl-C) before every trial ended; resume continues it
-    nothing_to_resume: bool = False  # a resume of a sweep whose every trial had ended
+    nothing_to_resume: str = ""  # a resume of a sweep whose every trial had ended: what it did
     # The trials table as saved in trials.csv, so the CLI need not read the experiment again.
     table: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
@@ -136,7 +136,12 @@ def _ended_sweep(config: SweepConfig, experiment: Path | BucketPath) -> SweepOut
     table = trials_table(experiment, config)
     if len(table) < config.num_samples or not table["state"].isin(["COMPLETE", "PRUNED"]).all():
         return None
-    return _outcome(experiment, table, config, nothing_to_resume=True)
+    saved = experiment / TRIALS_FILE  # a driver killed after the last trial ended never wrote it
+    if not saved.is_file() or saved.read_text() != table.to_csv(index=False):
+        save_trials_table(table, experiment)
+        return _outcome(experiment, table, config,
+                        nothing_to_resume="trials.csv brought up to date")
+    return _outcome(experiment, table, config, nothing_to_resume="nothing changed")
 
 
 # How often Tune's driver snapshots an experiment in a bucket (its state, the study journal,
