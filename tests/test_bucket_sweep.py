@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -32,10 +31,6 @@ from carsweep.results.store import read_result_rows
 from carsweep.storage import location
 
 pytestmark = pytest.mark.slow
-
-def carsweep(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return run_cli([sys.executable, "-m", "carsweep", *args], timeout)
-
 
 def epochs_in_bucket(experiment: str) -> dict[str, list[int]]:
     """The epoch of every row each trial's result.json in the bucket holds."""
@@ -74,7 +69,8 @@ def test_a_killed_driver_resumes_on_a_new_head_from_the_bucket(s3_bucket, prepar
     assert finished, before
 
     monkeypatch.setenv("CARSWEEP_STATE_DIR", str(tmp_path / "head-2"))  # a new head
-    resumed = carsweep("resume", experiment, "--num-cpus", "1")
+    resumed = run_cli([sys.executable, "-m", "carsweep", "resume", experiment, "--num-cpus",
+                       "1"], 300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     table = load_experiment(experiment).trials
