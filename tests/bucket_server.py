@@ -86,11 +86,22 @@ def _wait_for_port(port: int, process: subprocess.Popen) -> None:
 def create_bucket(server: BucketServer, name: str) -> None:
     """A new, empty bucket (pyarrow's client, told the endpoint itself: its bucket creation
     does not read AWS_ENDPOINT_URL)."""
+    _administrator(server).create_dir(name)
+
+
+def delete_bucket(server: BucketServer, name: str) -> None:
+    """The bucket and everything in it gone, as an operator's cleanup would leave a sweep."""
+    s3 = _administrator(server)
+    s3.delete_dir_contents(name)
+    s3.delete_dir(name)
+
+
+def _administrator(server: BucketServer):
     from pyarrow import fs
 
     env = server.environment()
-    s3 = fs.S3FileSystem(endpoint_override=server.endpoint, access_key=env["AWS_ACCESS_KEY_ID"],
-                         secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_REGION"],
-                         allow_bucket_creation=True)
-    s3.create_dir(name)
+    return fs.S3FileSystem(endpoint_override=server.endpoint,
+                           access_key=env["AWS_ACCESS_KEY_ID"],
+                           secret_key=env["AWS_SECRET_ACCESS_KEY"], region=env["AWS_REGION"],
+                           allow_bucket_creation=True, allow_bucket_deletion=True)
 

@@ -53,8 +53,8 @@ def study_path(experiment: Path | BucketPath) -> Path | BucketPath:
 def driver_study_file(experiment: Path | BucketPath) -> Path:
     """Where the driver's searcher writes the study: in the experiment folder; for an
     experiment in a bucket, on the driver's own disk (an object cannot be appended to), whence
-    every snapshot of Tune's uploads it beside the searcher's state (search/searcher.py). Its
-    local folder is made if missing."""
+    the searcher PUTs it into the bucket before each snapshot of its state (search/
+    searcher.py). Its local folder is made if missing."""
     if is_bucket(experiment):
         local = local_folder_for(experiment)
         local.mkdir(parents=True, exist_ok=True)

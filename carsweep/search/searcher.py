@@ -25,15 +25,18 @@ the searcher (tuner.pkl, and snapshots for resume): the pickle names the study t
 Ray trial and the study is opened again from its file; see `__getstate__`.
 
 An experiment in a bucket (`bucket_experiment`): the study is written to the driver's own
-disk (an object cannot be appended to), and `save` copies it beside each snapshot of the
-searcher's state, into the folder Tune uploads. The pickle names the experiment, not a path of
-the old head: unpickled on another machine (a resume on a new head, which downloads the study
-first), it opens that machine's copy. Tune's upload of that folder is not one snapshot: it
-copies the files one after another while the driver goes on saving over them, so a killed
-driver can leave in the bucket a Tune state that has a trial TERMINATED beside a study (and a
-searcher state) from before its end, and a Tune state older than the trial's result.json.
-Before a resume runs anything, `tell_ends` gives the study the end of every trial that has
-ended (search/tuner.py says how that is known).
+disk (an object cannot be appended to), and `save` PUTs it into the bucket itself, whole,
+before it writes the searcher's state into the folder Tune uploads. Tune's upload of that
+folder is not one snapshot: it copies the files one after another, in the background, while
+the driver goes on saving over them; a study in that folder could reach the bucket older than
+the state beside it (a state naming study trials the study lacks cannot be resumed). Put
+first, the study in the bucket is never older than the searcher's state there. Tune's own
+state is written before the searcher's, so a killed driver can still leave a Tune state that
+has a trial TERMINATED beside a study from before its end, and a Tune state older than the
+trial's result.json: before a resume runs anything, `tell_ends` gives the study the end of
+every trial that has ended (search/tuner.py says how that is known). The pickle names the
+experiment, not a path of the old head: unpickled on another machine (a resume on a new head,
+which downloads the study first), it opens that machine's copy.
 """
 
 from __future__ import annotations
@@ -50,14 +53,18 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from carsweep.config.files import STUDY_FILE, STUDY_NAME
-from carsweep.config.io import atomic_write
+from carsweep.config.files import STUDY_NAME
 from carsweep.config.space import field_values
 from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE, SweepConfig
 from carsweep.config.trial import TrialConfig
-from carsweep.results.study import TRIAL_ID_ATTR, driver_study_file, journal_storage
+from carsweep.results.study import (
+    TRIAL_ID_ATTR,
+    driver_study_file,
+    journal_storage,
+    study_path,
+)
 from carsweep.search.space import DefineByRunSpace
-from carsweep.storage import BucketPath, is_bucket, location
+from carsweep.storage import BucketPath, StorageError, is_bucket, location
 
 logger = logging.getLogger(__name__)
 
@@ -226,11 +233,24 @@ class PruningAwareOptunaSearch(OptunaSearch):
             self._reopen_study(state["_ot_trials"])
 
     def save(self, checkpoint_path: str) -> None:
+        if self._bucket_experiment is not None and not self._upload_study():
+            return  # no state newer than the study in the bucket: Tune keeps the last one
         with open(checkpoint_path, "wb") as handle:
             pickle.dump(self.__getstate__(), handle)
-        if self._bucket_experiment is not None:  # after the state; Tune's upload may mix saves
-            with atomic_write(Path(checkpoint_path).with_name(STUDY_FILE)) as copy:
-                copy.write(Path(self._study_file).read_bytes())
+
+    def _upload_study(self) -> bool:
+        """The study, PUT into the bucket before the state that names its trials is written:
+        Tune uploads that state later, in the background, so the bucket never holds a state
+        newer than its study. A bucket that cannot be written now is said in the log and the
+        sweep goes on (Tune's own upload meets the same bucket and says so too)."""
+        try:
+            study_path(location(self._bucket_experiment)).write_bytes(
+                Path(self._study_file).read_bytes())
+        except StorageError as error:
+            logger.warning("study not uploaded, the searcher's state in the bucket stays as "
+                           "it was: %s", error)
+            return False
+        return True
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as handle:
@@ -289,8 +309,8 @@ def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
 def make_searcher(config: SweepConfig, *, pruning_aware: bool = True,
                   study_file: Path | None = None,
                   bucket_experiment: str | None = None) -> OptunaSearch:
-    """The sweep's searcher, writing its study to `study_file` (in memory without one), and a
-    copy beside its snapshots for an experiment in a bucket (its URI);
+    """The sweep's searcher, writing its study to `study_file` (in memory without one), and
+    PUTting it before each snapshot for an experiment in a bucket (its URI);
     `pruning_aware=False` gives stock OptunaSearch (for comparisons)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress table says enough
     cls = PruningAwareOptunaSearch if pruning_aware else OptunaSearch

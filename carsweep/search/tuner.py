@@ -347,7 +347,7 @@ def new_tuner(config: SweepConfig, trainable: tune.Trainable, *, verbose: int = 
 
 def _searcher_of(config: SweepConfig, experiment: Path | BucketPath):
     """The searcher writing the study to the driver's file; for an experiment in a bucket, it
-    also puts a copy beside each of its snapshots, which Tune uploads."""
+    also PUTs the study there before each snapshot of its state."""
     bucket = str(experiment) if is_bucket(experiment) else None
     return make_searcher(config, study_file=driver_study_file(experiment),
                          bucket_experiment=bucket)
