@@ -102,3 +102,66 @@ def test_dashboard_refuses_a_folder_without_a_study_and_a_taken_port(tmp_path, c
         assert main(["dashboard", str(tmp_path), "--port", str(port)]) == 2
     assert capsys.readouterr().err == (f"carsweep dashboard: error: --port {port} on 127.0.0.1 "
                                        "is in use; give another --port\n")
+
+
+# The dashboard of an experiment in a bucket, its mirror brought in step every 0.5 s (30 s as
+# shipped: a running sweep uploads every 30 s) so the test sees it follow the bucket.
+DASHBOARD_MIRRORING_FAST = """
+import sys
+
+import carsweep.cli.dashboard
+from carsweep.cli import main
+
+carsweep.cli.dashboard.MIRROR_EVERY_S = 0.5
+sys.exit(main(["dashboard", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.slow  # the finished sweep fixture
+def test_dashboard_of_a_bucket_serves_its_study_and_a_mirror_of_its_events_that_follows_it(
+        finished_experiment, s3_bucket, tmp_path, monkeypatch):
+    from carsweep.storage import location
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("CARSWEEP_STATE_DIR", str(state))
+    uri = f"{s3_bucket}/results/{finished_experiment.name}"
+    bucket = location(uri)
+    bucket.upload_tree(finished_experiment)
+    port, board_port = free_port(), free_port()
+    command = [sys.executable, "-c", DASHBOARD_MIRRORING_FAST, uri, "--port", str(port),
+               "--tensorboard-port", str(board_port)]
+    with (tmp_path / "out.txt").open("w") as out, (tmp_path / "err.txt").open("w") as err:
+        server = subprocess.Popen(command, stdout=out, stderr=err, env=cli_env())
+    try:
+        study = wait_until(lambda: get_json(f"http://127.0.0.1:{port}/api/studies/0"),
+                           "optuna-dashboard to answer", 120, server)
+        runs = wait_until(lambda: get_json(f"http://127.0.0.1:{board_port}/data/runs"),
+                          "TensorBoard to answer", 60, server)
+        # A trial that reports after the dashboard started: its events reach TensorBoard.
+        first = sorted(runs)[0]
+        events = next((finished_experiment / first).glob("events.out.tfevents*"))
+        (bucket / "trial_later" / events.name).write_bytes(events.read_bytes())
+        later = wait_until(lambda: "trial_later" in (get_json(
+            f"http://127.0.0.1:{board_port}/data/runs") or []) and get_json(
+            f"http://127.0.0.1:{board_port}/data/runs"), "the new trial in TensorBoard", 60,
+            server)
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    table = load_experiment(finished_experiment).trials
+    served = [next(a["value"] for a in t["user_attrs"] if a["key"] == "trial_id")
+              for t in study["trials"]]
+    assert sorted(served) == sorted(table["trial_id"])  # the study read from the bucket
+    assert sorted(runs) == sorted(table["trial_dir"])
+    assert sorted(later) == sorted([*table["trial_dir"], "trial_later"])
+    mirror = state / "buckets" / "s3" / uri.removeprefix("s3://")
+    assert sorted(p.relative_to(mirror).parts[0] for p in mirror.rglob("*") if p.is_file()) == \
+        sorted([*table["trial_dir"], "trial_later"])  # event files only, nothing else
+    out = (tmp_path / "out.txt").read_text()
+    assert (f"TensorBoard reads {mirror}, a mirror of the event files in {uri}, brought in "
+            "step every 0.5 s") in out
+    assert f"(the study: {uri}/study.journal)" in out
+    assert (tmp_path / "err.txt").read_text() == ""
+    assert server.returncode == 0

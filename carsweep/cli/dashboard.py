@@ -110,7 +110,7 @@ def event_files_folder(experiment):
     in_step()
     threading.Thread(target=follow, name="carsweep-events-mirror", daemon=True).start()
     print(f"TensorBoard reads {local}, a mirror of the event files in {experiment}, brought in "
-          f"step every {MIRROR_EVERY_S:.0f} s")
+          f"step every {MIRROR_EVERY_S:g} s")
     return local
 
 
