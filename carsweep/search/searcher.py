@@ -34,9 +34,11 @@ first, the study in the bucket is never older than the searcher's state there. T
 state is written before the searcher's, so a killed driver can still leave a Tune state that
 has a trial TERMINATED beside a study from before its end, and a Tune state older than the
 trial's result.json: before a resume runs anything, `tell_ends` gives the study the end of
-every trial that has ended (search/tuner.py says how that is known). The pickle names the
-experiment, not a path of the old head: unpickled on another machine (a resume on a new head,
-which downloads the study first), it opens that machine's copy.
+every trial that has ended (search/tuner.py says how that is known). Tune's state and the
+searcher's can also be from different saves: a resume gives each trial of Tune's state the
+study trial labelled with its id, whatever the searcher's state says (`_reopen_study`). The
+pickle names the experiment, not a path of the old head: unpickled on another machine (a
+resume on a new head, which downloads the study first), it opens that machine's copy.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from __future__ import annotations
 import logging
 import pickle
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -76,18 +78,24 @@ REACHED_FINAL_MAX = "reached_final_max"
 # Where the experiment being resumed is now, while Tune unpickles its searcher: the pickles
 # name the study file where the sweep ran, and an experiment moved or copied since (another
 # folder, a new head node) must open its own study, not the old place's, which may be gone.
+# And the Ray trials of Tune's saved state, which can be from another save than the searcher's
+# (see `_reopen_study`).
 _resumed_experiment: Path | BucketPath | None = None
+_resumed_trials: frozenset[str] | None = None
 
 
 @contextmanager
-def searcher_resumed_in(experiment: Path | BucketPath) -> Iterator[None]:
-    """Within this block, a searcher unpickled opens `experiment`'s study."""
-    global _resumed_experiment  # noqa: PLW0603 - read by __setstate__, which takes no arguments
+def searcher_resumed_in(experiment: Path | BucketPath,
+                        saved_trials: Iterable[str] | None = None) -> Iterator[None]:
+    """Within this block, a searcher unpickled opens `experiment`'s study; given the Ray
+    trials Tune's saved state has (a resume), it gives each its own study trial."""
+    global _resumed_experiment, _resumed_trials  # noqa: PLW0603 - read by __setstate__
     _resumed_experiment = experiment
+    _resumed_trials = None if saved_trials is None else frozenset(saved_trials)
     try:
         yield
     finally:
-        _resumed_experiment = None
+        _resumed_experiment, _resumed_trials = None, None
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -158,9 +166,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         have told it; an end the study has stays. The study can lack the end where it is
         older than Tune's state or the trial's folder, which Tune's upload to a bucket allows
         (see the module docstring). Returns the ids told."""
-        numbers = {str(t.user_attrs[TRIAL_ID_ATTR]): t._trial_id
-                   for t in self._ot_study.get_trials(deepcopy=False)
-                   if TRIAL_ID_ATTR in t.user_attrs}
+        numbers = self._study_trial_of_each_ray_trial()
         told = []
         for trial_id, result in ended.items():
             if trial_id not in numbers:
@@ -260,15 +266,31 @@ class PruningAwareOptunaSearch(OptunaSearch):
         """The study from its file, each Ray trial of the snapshot given its study trial; a
         study trial asked for after the snapshot (its Ray trial unknown to a resume) is kept
         for the next trial Ray creates. Its intermediate values from the lost run stay until
-        the new trial reports the same epochs: the limit of a snapshot that lags."""
+        the new trial reports the same epochs: the limit of a snapshot that lags.
+
+        In a resume, the Ray trials are those of Tune's saved state, and each gets the study
+        trial labelled with its id: Tune's state and the searcher's reach a bucket as separate
+        files, possibly from different saves (module docstring), so the searcher's can lack a
+        trial Tune resumes (whose results would be dropped, its study trial handed to a new
+        trial) or name one Tune never runs again (whose study trial would stay RUNNING)."""
         self._storage = journal_storage(Path(self._study_file))
         self._ot_study = optuna.load_study(study_name=STUDY_NAME, storage=self._storage,
                                            sampler=self._sampler,
                                            pruner=optuna.pruners.NopPruner())
+        if _resumed_trials is not None:
+            known = {tid: number
+                     for tid, number in (known | self._study_trial_of_each_ray_trial()).items()
+                     if tid in _resumed_trials}
         self._ot_trials = {tid: optuna.Trial(self._ot_study, number)
                            for tid, number in known.items()}
         running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         self._lost = sorted(t._trial_id for t in running if t._trial_id not in known.values())
+
+    def _study_trial_of_each_ray_trial(self) -> dict[str, int]:
+        """Ray trial id -> the number of the study trial labelled with it."""
+        return {str(t.user_attrs[TRIAL_ID_ATTR]): t._trial_id
+                for t in self._ot_study.get_trials(deepcopy=False)
+                if TRIAL_ID_ATTR in t.user_attrs}
 
 
 def tell_diverged(study: optuna.Study, trial: optuna.Trial, message: str) -> None:

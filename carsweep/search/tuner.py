@@ -98,11 +98,11 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         # resources, GPUs, a dry step, every node's paths and caches, the real step per GPU type
         launch = check_before_launch(config)
         prebuild_node_caches(config)  # each node's decoded caches, progress on this console
-        with searcher_resumed_in(experiment), _snapshot_period(experiment):
+        saved_trials = study_ready_to_resume(config, experiment) if resume else None
+        with searcher_resumed_in(experiment, saved_trials), _snapshot_period(experiment):
             # Tune unpickles the searcher in restore and in fit, and reads the period in fit
             if resume:
-                tuner = _restored_tuner(config, experiment,
-                                        _trainable(config, weights, launch))
+                tuner = _restored_tuner(experiment, _trainable(config, weights, launch))
             else:
                 if is_bucket(experiment):  # the driver's study of a sweep gone from the bucket
                     driver_study_file(experiment).unlink(missing_ok=True)
@@ -171,11 +171,7 @@ def _snapshot_period(experiment: Path | BucketPath) -> Iterator[None]:
         os.environ.pop(SNAPSHOT_PERIOD, None)
 
 
-def _restored_tuner(config: SweepConfig, experiment: Path | BucketPath,
-                    trainable) -> tune.Tuner:
-    if is_bucket(experiment):  # a new head has no study: the bucket's, as the driver's
-        fetch_driver_study(experiment)
-    tell_study_the_known_ends(config, experiment)
+def _restored_tuner(experiment: Path | BucketPath, trainable) -> tune.Tuner:
     where = ray_storage(experiment)
     return tune.Tuner.restore(where["storage_path"], trainable=trainable,
                               resume_unfinished=True, resume_errored=True,
@@ -215,7 +211,21 @@ def _unfinished(table, num_samples: int) -> bool:
     return len(table) < num_samples or not ended
 
 
-def tell_study_the_known_ends(config: SweepConfig, experiment: Path | BucketPath) -> None:
+def study_ready_to_resume(config: SweepConfig, experiment: Path | BucketPath) -> frozenset[str]:
+    """Before a resume: the driver's study (for an experiment in a bucket, the bucket's: a new
+    head has none), told the known ends. Returns the Ray trials Tune's saved state has, which
+    the resumed searcher gives their own study trials (search/searcher.py)."""
+    if is_bucket(experiment):
+        fetch_driver_study(experiment)
+    where = ray_storage(experiment)
+    saved = tune.ExperimentAnalysis(where["storage_path"],
+                                    storage_filesystem=where["storage_filesystem"]).trials
+    tell_study_the_known_ends(config, experiment, saved)
+    return frozenset(trial.trial_id for trial in saved)
+
+
+def tell_study_the_known_ends(config: SweepConfig, experiment: Path | BucketPath,
+                              saved: list[Trial]) -> None:
     """Before a resume: the study on the driver's disk gets the end of every trial that has
     ended but that the study has unfinished. A trial has ended when Tune's saved state has it
     TERMINATED (Tune skips it on resume and never reports it again), or when its result.json
@@ -226,11 +236,8 @@ def tell_study_the_known_ends(config: SweepConfig, experiment: Path | BucketPath
     killed driver's last upload was cut short or mixed saves (search/searcher.py)."""
     if not driver_study_file(experiment).is_file():
         return  # a sweep from before carsweep kept a study
-    where = ray_storage(experiment)
-    saved = tune.ExperimentAnalysis(where["storage_path"],
-                                    storage_filesystem=where["storage_filesystem"])
     ended = {}
-    for trial in saved.trials:
+    for trial in saved:
         if trial.status == Trial.TERMINATED:
             ended[trial.trial_id] = flatten_dict(trial.last_result)
             continue
