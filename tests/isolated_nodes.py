@@ -79,18 +79,19 @@ def start_isolated_node(gcs_address: str, private: list[Path], *, num_cpus: int 
                         num_gpus: float = 0, resources: dict | None = None,
                         fill: dict[Path, Path] | None = None,
                         tmpfs_bytes: int = 256 * 1024**2,
-                        object_store_memory: int = 80 * 1024**2) -> IsolatedNode:
+                        object_store_memory: int = 80 * 1024**2,
+                        environment: dict[str, str] | None = None) -> IsolatedNode:
     """Start a worker node joining the cluster at `gcs_address` with its own tmpfs over each
     folder of `private`; returns once the raylet is up. `fill` maps some of those folders
     to a folder whose files are copied into the node's own copy (a different file at the
-    same path on that node only)."""
+    same path on that node only); `environment` sets variables on that node only."""
     spec = {"gcs_address": gcs_address, "private": [str(p) for p in private],
             "fill": {str(k): str(v) for k, v in (fill or {}).items()},
             "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources or {},
             "tmpfs_bytes": tmpfs_bytes, "object_store_memory": object_store_memory}
     for folder in private:
         Path(folder).mkdir(parents=True, exist_ok=True)  # the mount point, on the shared disk
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **(environment or {})}
     process = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", NODE_SCRIPT,
          json.dumps(spec)],

@@ -4,7 +4,8 @@ A loopback cluster of a head node and one worker in its own mount namespace
 (tests/isolated_nodes.py): at two paths the worker has a tmpfs of its own, one empty (where a
 sweep's storage will be asked for) and one holding another preparation of the dataset. The
 driver sees the machine's folders there. `sweep --check` must name that worker, in one line,
-and leave nothing behind in the storage.
+and leave nothing behind in the storage. The same for a storage bucket that the worker cannot
+reach (its endpoint setting is wrong).
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ import yaml
 from isolated_nodes import can_isolate, start_isolated_node
 
 from carsweep.cli import main
+from carsweep.storage import location
+
+# Where nothing answers: a port no server binds (the first of the ephemeral-port range is
+# below it, so no test server draws it).
+WRONG_ENDPOINT = "http://127.0.0.1:9"
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not can_isolate(), reason="mount namespaces need root")]
@@ -30,12 +36,16 @@ SWEEP = {
 
 
 @pytest.fixture(scope="module")
-def split_brain(prepared_dataset, tmp_path_factory):
-    """(cluster, worker, local storage folder, dataset folder that differs on the worker)."""
+def split_brain(prepared_dataset, bucket_server, tmp_path_factory):
+    """(cluster, worker, local storage folder, dataset folder that differs on the worker).
+    The head reaches the loopback S3 server; the worker is told an endpoint where nothing
+    answers (a node whose endpoint setting is wrong)."""
     import ray
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    saved = dict(os.environ)
+    os.environ.update(bucket_server.environment())  # the head's processes inherit them
     root = tmp_path_factory.mktemp("split-brain")
     own_storage, dataset = root / "results", root / "data"
     shutil.copytree(prepared_dataset, dataset)
@@ -46,7 +56,8 @@ def split_brain(prepared_dataset, tmp_path_factory):
     loopback = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args=loopback)
     worker = start_isolated_node(cluster.address, [own_storage, dataset],
-                                 fill={dataset: other})
+                                 fill={dataset: other},
+                                 environment={"AWS_ENDPOINT_URL": WRONG_ENDPOINT})
     ray.init(address=cluster.address, _node_ip_address="127.0.0.1", logging_level="ERROR",
              log_to_driver=False)
     try:
@@ -55,6 +66,8 @@ def split_brain(prepared_dataset, tmp_path_factory):
         ray.shutdown()
         worker.stop()
         cluster.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def check(tmp_path, dataset, storage) -> list[str]:
@@ -93,6 +106,20 @@ def test_a_dataset_that_differs_on_one_node_is_refused_naming_it(
     assert line.endswith("on the driver); give every node the same prepared dataset at the "
                          "same path")
     assert not storage.exists()
+
+
+def test_a_bucket_one_node_cannot_reach_is_refused_naming_the_node_and_the_uri(
+        split_brain, s3_bucket, prepared_dataset, tmp_path, capsys):
+    _cluster, worker, _own_storage, _dataset = split_brain
+    storage = f"{s3_bucket}/results"
+    assert main(check(tmp_path, prepared_dataset, storage)) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"carsweep sweep --check: node: node {worker_label(worker)}: "
+                           f"storage path {storage} is not writable: {storage}/.carsweep-probe-")
+    assert f"Failed to connect to {WRONG_ENDPOINT.removeprefix('http://')}" in line
+    assert line.endswith("check the bucket, the credentials (AWS_* / GOOGLE_APPLICATION_"
+                         "CREDENTIALS, the instance role) and the endpoint (AWS_ENDPOINT_URL)")
+    assert location(storage).files() == {}  # the driver's token: removed
 
 
 def test_shared_storage_and_dataset_pass_on_every_node(split_brain, prepared_dataset,
