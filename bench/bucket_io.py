@@ -193,17 +193,44 @@ def status_cli(target: str) -> float:
     return time.perf_counter() - start
 
 
-def time_status(local: Path, uri: str, relay: CountingRelay, rounds: int) -> dict:
-    times = {"folder": [], "bucket": [], "folder_cli": [], "bucket_cli": []}
-    mark = len(relay.requests)
+def time_status(local: Path, uri: str, relay: CountingRelay, rounds: int,
+                latency_s: float) -> dict:
+    """Each round: status of the folder and of the bucket, in this process and as the CLI;
+    then the bucket's read in this process with the trials' files read one at a time against
+    carsweep's REQUESTS_IN_FLIGHT, on loopback and with `latency_s` added to every answer."""
+    times = {key: [] for key in ("folder", "bucket", "folder_cli", "bucket_cli", *IN_FLIGHT)}
     for _ in range(rounds):
+        mark = len(relay.requests)
         for name, target in (("folder", str(local)), ("bucket", uri)):
             seconds, printed = status_in_process(target)
             times[name].append(seconds)
             times[f"{name}_cli"].append(status_cli(target))
-    made = relay.since(mark)  # two bucket reads a round (in-process, CLI); a folder makes none
-    return {"seconds": times, "requests_per_status": len(made) / (2 * rounds),
+        made = relay.since(mark)  # two bucket reads (in-process, CLI); a folder makes none
+        for (in_flight, far), key in zip(IN_FLIGHT_CASES, IN_FLIGHT, strict=True):
+            relay.delay_s = latency_s if far else 0.0
+            with requests_in_flight(in_flight):
+                times[key].append(status_in_process(uri)[0])
+        relay.delay_s = 0.0
+    return {"seconds": times, "requests_per_status": len(made) / 2, "latency_s": latency_s,
             "methods": sorted({request.method for request in made}), "printed": printed}
+
+
+# (trial files read at once, with latency): 1 is how status read them before they were read
+# in parallel; None is carsweep's REQUESTS_IN_FLIGHT
+IN_FLIGHT_CASES = ((1, False), (None, False), (1, True), (None, True))
+IN_FLIGHT = ("one_at_a_time", "parallel", "one_at_a_time_far", "parallel_far")
+
+
+@contextlib.contextmanager
+def requests_in_flight(count: int | None):
+    from carsweep.results import store
+
+    shipped = store.REQUESTS_IN_FLIGHT
+    store.REQUESTS_IN_FLIGHT = count or shipped
+    try:
+        yield
+    finally:
+        store.REQUESTS_IN_FLIGHT = shipped
 
 
 def main() -> None:
@@ -212,6 +239,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--status-trials", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-ms", type=float, default=20.0,
+                        help="added to each answer for the far-bucket status rows")
     parser.add_argument("--small", action="store_true", help="2 trials of 1 epoch; status on 4")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -238,7 +267,7 @@ def main() -> None:
             local = synthetic_experiment(swept, work / "many" / "io64", args.status_trials)
             uri = f"s3://{BUCKET}/many/io64"
             location(uri).upload_tree(local)
-            status = time_status(local, uri, relay, args.rounds)
+            status = time_status(local, uri, relay, args.rounds, args.latency_ms / 1000)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(sweep, status, args)
@@ -276,6 +305,18 @@ def report(sweep: dict, status: dict, args) -> None:
         inner, cli = seconds[name], seconds[f"{name}_cli"]
         print(f"| {name} | {statistics.median(inner):.2f} s ({_all(inner)}) | "
               f"{statistics.median(cli):.2f} s ({_all(cli)}) |")
+    from carsweep.storage import REQUESTS_IN_FLIGHT
+
+    far = f"{status['latency_s'] * 1000:.0f} ms added to each answer"
+    print(f"\nthe bucket's read in-process, the trials' files read one at a time or "
+          f"{REQUESTS_IN_FLIGHT} at once (median; all rounds):\n")
+    print("| server | one at a time | parallel | ratio |")
+    print("|---|---|---|---|")
+    for label, suffix in (("loopback", ""), (far, "_far")):
+        one, many = seconds["one_at_a_time" + suffix], seconds["parallel" + suffix]
+        print(f"| {label} | {statistics.median(one):.2f} s ({_all(one)}) | "
+              f"{statistics.median(many):.2f} s ({_all(many)}) | "
+              f"{statistics.median(one) / statistics.median(many):.1f}x |")
     print("\nthe bucket's status, last round:\n" + status["printed"].split("\n\n")[0])
 
 

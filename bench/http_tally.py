@@ -5,7 +5,9 @@ byte on to the real server unchanged, in both directions, so signatures, keep-al
 `Expect: 100-continue` work as without it. It only reads the client's stream as it passes: each
 request's line and headers, and its body's length (Content-Length, or chunked), so a request is
 counted as it was sent, with its path, the bytes of its head and of its body. Nothing is sent
-anywhere but the one server on loopback.
+anywhere but the one server on loopback. `delay_s` holds each chunk of the server's answers
+that long before passing it on: a server far away, as a bucket in another building is (a
+small answer is one chunk, so each request takes that much longer).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 
@@ -97,6 +100,7 @@ class CountingRelay:
         self._lock = threading.Lock()
         self.requests: list[Request] = []
         self.bytes_to_server = self.bytes_to_clients = 0
+        self.delay_s = 0.0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -125,6 +129,8 @@ class CountingRelay:
     def _pump(self, source: socket.socket, target: socket.socket, reader) -> None:
         try:
             while data := source.recv(65536):
+                if reader is None and self.delay_s:
+                    time.sleep(self.delay_s)
                 target.sendall(data)
                 with self._lock:
                     if reader is None:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:  # pyarrow is imported on first use: local experiments never n
     from pyarrow import fs as pafs
 
 SCHEMES = ("s3", "gs", "gcs")  # gcs:// is pyarrow's other name for gs://
+# Requests a reader of many small objects keeps in flight: each waits on a round trip, not on
+# bandwidth or CPU.
+REQUESTS_IN_FLIGHT = 16
 
 
 class StorageError(UserError, OSError):

@@ -23,6 +23,11 @@ def test_bucket_io_small_counts_a_sweeps_requests_and_times_status(tmp_path):
     assert sweep["requests"] == sum(kind["requests"] for kind in kinds.values())
     status = result["status"]
     assert len(status["seconds"]["bucket"]) == len(status["seconds"]["folder"]) == 1
+    for case in ("one_at_a_time", "parallel", "one_at_a_time_far", "parallel_far"):
+        assert len(status["seconds"][case]) == 1, case
+    # every read of the far bucket waits 20 ms more for each answer; one at a time, in series
+    far = status["seconds"]["one_at_a_time_far"][0] - status["seconds"]["one_at_a_time"][0]
+    assert far > 0.02 * status["requests_per_status"] / 2
     assert status["requests_per_status"] >= 1
     assert status["printed"].startswith("in the bucket as of ")
     assert "(a running sweep uploads every 30 s)" in status["printed"]
