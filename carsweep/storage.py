@@ -300,6 +300,16 @@ class BucketPath:
                                ) from None
 
 
+def place_in(filesystem: pafs.FileSystem, fs_path: str) -> Path | BucketPath:
+    """A path in a pyarrow filesystem (where Ray keeps a trial, a checkpoint) as carsweep names
+    places: a local Path, or a BucketPath."""
+    from pyarrow import fs as pafs
+
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return Path(fs_path)
+    return BucketPath.on(filesystem, fs_path)
+
+
 def local_copy(folder: Path | BucketPath) -> Path:
     """A folder to hand to code that needs local files (torch.load, TensorBoard): a local
     folder itself; a bucket folder mirrored into its `local_folder_for`."""

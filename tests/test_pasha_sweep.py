@@ -6,8 +6,11 @@ And the demo sweep, end to end, under pasha."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,13 @@ from carsweep.config.sweep import SweepConfig
 from carsweep.results import trials_table
 from carsweep.results.study import open_study
 from carsweep.search.cluster import ray_session
-from carsweep.search.tuner import experiment_path, make_scheduler, new_tuner
+from carsweep.search.searcher import searcher_resumed_in
+from carsweep.search.tuner import (
+    experiment_path,
+    make_scheduler,
+    new_tuner,
+    study_ready_to_resume,
+)
 
 DEMO = Path(__file__).parent.parent / "configs" / "demo.yaml"
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
@@ -34,8 +43,17 @@ CURVES = {
 }
 
 
+# (driver pid, marker file): trial c interrupts the driver as it starts, once (the marker says
+# it has), and waits to be stopped, so the driver stops with a and b paused, c running
+INTERRUPT: tuple[int, str] | None = None
+
+
 def curve_trainable(config: dict) -> None:
     """Reports CURVES[lr] from the epoch after its checkpoint's, a checkpoint every epoch."""
+    if config["lr"] == 0.003 and INTERRUPT and not Path(INTERRUPT[1]).exists():
+        Path(INTERRUPT[1]).touch()
+        os.kill(INTERRUPT[0], signal.SIGUSR1)  # Tune's driver ends the run, as on Ctrl-C
+        time.sleep(120)  # stopped by the driver long before
     start = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -60,12 +78,22 @@ def curves_sweep(scheduler: str, storage: Path) -> SweepConfig:
     })
 
 
-def tune_fit(config: SweepConfig) -> tuple[dict, dict]:
-    """(lr -> Ray's result rows, lr -> study trial) of the sweep under real Tune."""
+def tune_fit(config: SweepConfig, *, interrupted: bool = False) -> tuple[dict, dict]:
+    """(lr -> Ray's result rows, lr -> study trial) of the sweep under real Tune; `interrupted`:
+    its driver stops once as the third trial starts, and the sweep is resumed as `carsweep
+    resume` resumes it."""
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers lack tests/
-    experiment_path(config).mkdir()  # run_sweep makes it (and writes sweep.yaml) first
+    experiment = experiment_path(config)
+    experiment.mkdir()  # run_sweep makes it (and writes sweep.yaml) first
+    global INTERRUPT  # noqa: PLW0603 - pickled with curve_trainable, by value
+    INTERRUPT = (os.getpid(), str(experiment.parent / "interrupted")) if interrupted else None
     with ray_session(config.cluster):
         results = new_tuner(config, curve_trainable, verbose=0).fit()
+        if interrupted:
+            assert Path(INTERRUPT[1]).exists()
+            with searcher_resumed_in(experiment, study_ready_to_resume(config, experiment)):
+                results = tune.Tuner.restore(str(experiment), trainable=curve_trainable,
+                                             resume_unfinished=True, resume_errored=True).fit()
     assert not results.errors
     study = open_study(experiment_path(config))
     return ({result.config["lr"]: result.metrics_dataframe for result in results},
@@ -86,9 +114,14 @@ def replayed(config: SweepConfig) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
-def test_pasha_grows_once_resumes_once_and_the_study_stays_true(tmp_path):
+def test_pasha_grows_once_resumes_once_and_the_study_stays_true_across_a_driver_restart(
+        tmp_path):
+    """The driver stops as trial c starts (a paused at rung 1, b at rung 3) and the sweep is
+    resumed: PASHA's rungs, rebuilt from the trials' results, take the decisions the sweep
+    would have taken without the stop (the replay's, uninterrupted): a and b wait paused,
+    not run on."""
     config = curves_sweep("pasha", tmp_path)
-    rows, study = tune_fit(config)
+    rows, study = tune_fit(config, interrupted=True)
     assert {lr: list(rows[lr]["epoch"]) for lr in CURVES} == {
         0.001: [1], 0.002: list(range(1, 10)), 0.003: [1], 0.004: [1, 2, 3]}
     # b paused at 3, was resumed once (from its epoch-3 checkpoint) when the maximum grew to 9

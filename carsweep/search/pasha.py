@@ -28,8 +28,13 @@ Where Ray differs from Syne Tune, and what is done:
   so Optuna records them COMPLETE with their value there, and the rest PRUNED.
 - Fewer than three rungs: the authors' code assumes three or more. Here the maximum starts at
   the second level of the ladder all the same (one rung: at max_t, that is ASHA).
-- A resumed sweep: Ray keeps no scheduler state, so the rungs start empty again; a restored
-  trial's next milestone is the first rung above its last epoch.
+- A resumed sweep: Ray keeps no scheduler state, and requeues every unfinished trial as
+  PENDING, so each trial of the sweep that ran before is read back as Ray adds it: its curve
+  from its result.json (every epoch: ε needs them), its value at each rung it reached, as
+  promoted from each rung it went past, and the maximum at least the level its furthest epoch
+  needed (growths since seen only as reports come). A trial whose last epoch is a rung below
+  max_t is paused there again, not run on: it was paused waiting for a promotion, or about to
+  continue, and PASHA decides which when a slot frees, from the rungs rebuilt whole.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.utils import flatten_dict
 
+from carsweep.results.store import read_result_rows
 from carsweep.search.pasha_rules import epsilon, promotable, ranking_holds
 from carsweep.search.searcher import REACHED_FINAL_MAX
+from carsweep.storage import place_in
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -94,6 +101,31 @@ class PashaScheduler(TrialScheduler):
     def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
         epoch = int((trial.last_result or {}).get(self._time_attr, 0))
         self._milestone[trial.trial_id] = self._next_level(epoch)
+        if epoch:  # a trial of a resumed sweep
+            self._take_back(tune_controller, trial, epoch)
+
+    def _take_back(self, tune_controller: TuneController, trial: Trial, epoch: int) -> None:
+        """What a trial of a resumed sweep did before (the module docstring says why)."""
+        trial_id = trial.trial_id
+        curve = self._recorded_curve(trial)
+        self.curves[trial_id] = curve
+        for rung in self._rungs:
+            if rung.level in curve and rung.level <= epoch:
+                rung.values[trial_id] = curve[rung.level]
+            if rung.level < epoch:
+                rung.promoted.add(trial_id)
+        self._max_index = max(self._max_index, self.ladder().index(self._next_level(epoch - 1)))
+        resting = epoch in {rung.level for rung in self._rungs}
+        if resting and trial.status == Trial.PENDING:  # not one that ended
+            trial.set_status(Trial.PAUSED)  # before Ray files it under its status
+            _limiter(tune_controller, "rest", trial_id)
+
+    def _recorded_curve(self, trial: Trial) -> dict[int, float]:
+        """epoch -> metric from the trial's result.json (an epoch trained twice: its last)."""
+        folder = place_in(trial.storage.storage_filesystem, trial.storage.trial_fs_path)
+        return {int(row[self._time_attr]): float(row[self._metric])
+                for row in read_result_rows(folder)
+                if self._time_attr in row and self._metric in row}
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial,
                         result: dict) -> str:

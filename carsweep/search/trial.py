@@ -25,7 +25,6 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import ray
-from pyarrow import fs as pafs
 from ray import tune
 
 from carsweep.config.files import RESULT_FILE
@@ -35,7 +34,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import MANIFEST_FILE
 from carsweep.errors import UserError
 from carsweep.search.release import gpu_memory_released
-from carsweep.storage import BucketPath, is_bucket
+from carsweep.storage import BucketPath, is_bucket, place_in
 
 if TYPE_CHECKING:  # torch is imported in the trial's process only
     from carsweep.trainable.checkpoint import CheckpointPolicy
@@ -177,9 +176,8 @@ def _newest_first(latest: tune.Checkpoint, trial: Path | BucketPath) -> list[tun
 
 def _trial_folder(checkpoint: tune.Checkpoint) -> Path | BucketPath:
     """The folder the checkpoint sits in: local, or in its bucket (listed once, whole)."""
-    if _is_local(checkpoint):
-        return Path(checkpoint.path).parent
-    return BucketPath.on(checkpoint.filesystem, checkpoint.path).parent.listed()
+    folder = place_in(checkpoint.filesystem, checkpoint.path).parent
+    return folder.listed() if is_bucket(folder) else folder
 
 
 def _fs_path(folder: Path | BucketPath) -> str:
@@ -188,15 +186,7 @@ def _fs_path(folder: Path | BucketPath) -> str:
 
 def _where(checkpoint: tune.Checkpoint) -> str:
     """A checkpoint's place for a person: its folder, or its bucket URI."""
-    if _is_local(checkpoint):
-        return checkpoint.path
-    return str(BucketPath.on(checkpoint.filesystem, checkpoint.path))
-
-
-def _is_local(checkpoint: tune.Checkpoint) -> bool:
-    """On this node's disk (a folder sweep's: shared storage); else in a bucket, where Ray's
-    `as_directory()` downloads it (the test Ray itself makes)."""
-    return isinstance(checkpoint.filesystem, pafs.LocalFileSystem)
+    return str(place_in(checkpoint.filesystem, checkpoint.path))
 
 
 def trial_config(params: dict[str, Any]) -> TrialConfig:
