@@ -54,7 +54,9 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
     wrong = misclassified(predictions)
     (folder / GALLERY_DIR).mkdir(parents=True, exist_ok=True)
     examples = training_examples(dataset, wrong["pred"].astype(int).tolist())
-    example_files = {label: _save_thumbnail(open_dataset_image(dataset.image_path(path)),
+    chosen = dataset.manifest[dataset.manifest["path"].isin(examples.values())]
+    local = dict(zip(chosen["path"], dataset.image_files(chosen), strict=True))
+    example_files = {label: _save_thumbnail(open_dataset_image(local[path]),
                                             folder, f"example_class{label}.png")
                      for label, path in examples.items()}
     manifest = dataset.manifest.set_index("path")
@@ -64,7 +66,7 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
             f"{min(start + CHUNK, len(wrong))}/{len(wrong)}", out)
         chunk = wrong.iloc[start:start + CHUNK]
         boxes = manifest.loc[chunk["path"], BOX_COLUMNS].to_numpy(dtype=float)
-        images = load_inputs([dataset.image_path(p) for p in chunk["path"]], config, boxes)
+        images = load_inputs(dataset.image_files(chunk), config, boxes)
         cams = class_maps(model, images, chunk["pred"].astype(int).tolist(), layer=layer,
                           normalize=Normalize(*normalization(config.model)))
         flat = flat_maps(cams).tolist()

@@ -85,7 +85,7 @@ def build_steps(dataset: PreparedDataset, plan: CachePlan, *,
 def _decode_into_place(dataset: PreparedDataset, plan: CachePlan,
                        workers: int) -> Iterator[tuple[int, int]]:
     rows = cached_rows(dataset)
-    paths = [str(dataset.image_path(p)) for p in rows["path"]]
+    paths = list(map(str, dataset.image_files(rows)))
     boxes = (rows[BOX_COLUMNS].to_numpy(dtype=float) if plan.bbox_crop
              else np.full((len(paths), 4), np.nan))
     temporary = plan.folder / f".{plan.array.name}.{os.getpid()}.tmp"
