@@ -83,8 +83,9 @@ def test_train_val_is_mirrored_as_the_source_has_it_and_a_second_mirror_fetches_
     folder = mirror_folder(bucket_dataset.root)
     assert folder == tmp_path / "cache/images/s3" / bucket_dataset.root.fs_path
     lines = list(mirror_lines(bucket_dataset, rows))
-    assert lines[0] == (f"fetching {TRAIN_VAL} of {TRAIN_VAL} images from "
-                        f"{bucket_dataset.root} into {folder}")
+    assert lines[0] == (f"mirroring {TRAIN_VAL} of {TRAIN_VAL} images from "
+                        f"{bucket_dataset.root} into {folder} (a file there already with its "
+                        "sha1 is kept)")
     progress = [re.fullmatch(rf"(\d+)/{TRAIN_VAL} images \((\d+) %\), \d+ s", line)
                 for line in lines[1:-1]]
     assert progress, lines  # at about every tenth, as files arrive
@@ -93,7 +94,7 @@ def test_train_val_is_mirrored_as_the_source_has_it_and_a_second_mirror_fetches_
     assert counts == sorted(set(counts))
     assert counts[-1] < TRAIN_VAL
     assert [int(found[2]) for found in progress] == [100 * n // TRAIN_VAL for n in counts]
-    assert lines[-1].startswith(f"fetched {TRAIN_VAL}, {TRAIN_VAL} images in {folder}")
+    assert lines[-1].startswith(f"fetched {TRAIN_VAL}, kept 0: {TRAIN_VAL} images in {folder}")
     assert mirrored_files(folder) == sorted([*rows["path"], VERIFIED_FILE])
     for relative in rows["path"]:
         assert (folder / relative).read_bytes() == (synthetic_source / relative).read_bytes()
@@ -102,7 +103,7 @@ def test_train_val_is_mirrored_as_the_source_has_it_and_a_second_mirror_fetches_
 
     again = list(mirror_lines(bucket_dataset, rows))
     assert len(again) == 1
-    assert again[0].startswith(f"all there, {TRAIN_VAL} images in {folder}")
+    assert again[0].startswith(f"all there: {TRAIN_VAL} images in {folder}")
     assert len(gets) == TRAIN_VAL  # not one more GET
     test = bucket_dataset.rows("test")
     files = bucket_dataset.image_files(test)  # only what is asked for is fetched
@@ -125,7 +126,9 @@ def test_a_mirror_cut_short_resumes_fetching_only_what_is_missing_or_torn(
     assert not (folder / VERIFIED_FILE).exists()
 
     lines = list(mirror_lines(bucket_dataset, rows))
-    assert lines[0].startswith(f"fetching {TRAIN_VAL} of {TRAIN_VAL} images")  # none recorded
+    assert lines[0].startswith(f"mirroring {TRAIN_VAL} of {TRAIN_VAL} images")  # none recorded
+    fetched = TRAIN_VAL - 49  # all but the 49 whole files, each found by its sha1
+    assert lines[-1].startswith(f"fetched {fetched}, kept 49: {TRAIN_VAL} images in {folder}")
     assert sorted(gets) == sorted(str(bucket_dataset.root / p) for p in [paths[7], *paths[50:]])
     assert torn.read_bytes() == (synthetic_source / paths[7]).read_bytes()
     assert json.loads((folder / VERIFIED_FILE).read_text()) == dict(

@@ -65,8 +65,9 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
         say(f"[analyze] Grad-CAM ({layer}) of misclassified images {start + 1}-"
             f"{min(start + CHUNK, len(wrong))}/{len(wrong)}", out)
         chunk = wrong.iloc[start:start + CHUNK]
-        boxes = manifest.loc[chunk["path"], BOX_COLUMNS].to_numpy(dtype=float)
-        images = load_inputs(dataset.image_files(chunk), config, boxes)
+        shown = manifest.loc[chunk["path"]].reset_index()
+        boxes = shown[BOX_COLUMNS].to_numpy(dtype=float)
+        images = load_inputs(dataset.image_files(shown), config, boxes)
         cams = class_maps(model, images, chunk["pred"].astype(int).tolist(), layer=layer,
                           normalize=Normalize(*normalization(config.model)))
         flat = flat_maps(cams).tolist()

@@ -114,30 +114,34 @@ def mirror_lines(dataset: PreparedDataset, rows: pd.DataFrame) -> Iterator[str]:
     folder = mirror_folder(dataset.root)
     started, shown = time.monotonic(), 0
     steps = mirror_steps(dataset, rows)
-    here, total = next(steps)
+    here, total, fetched = last = next(steps)
     if here < total:
-        yield (f"fetching {total - here:,} of {total:,} images from {dataset.root} "
-               f"into {folder}")
-    for done, total in steps:
+        yield (f"mirroring {total - here:,} of {total:,} images from {dataset.root} into "
+               f"{folder} (a file there already with its sha1 is kept)")
+    for last in steps:
+        done, total, _ = last
         step = done * PROGRESS_STEPS // max(1, total)
         if step > shown and done < total:
             shown = step
             yield (f"{done:,}/{total:,} images ({100 * done // total} %), "
                    f"{time.monotonic() - started:.0f} s")
-    how = f"fetched {total - here:,}" if here < total else "all there"
-    yield (f"{how}, {total:,} images in {folder}, each as its sha1 says, "
+    fetched = last[2]
+    how = (f"fetched {fetched:,}, kept {total - fetched:,}" if here < total
+           else "all there")
+    yield (f"{how}: {total:,} images in {folder}, each as its sha1 says, "
            f"in {time.monotonic() - started:.0f} s")
 
 
 def mirror_steps(dataset: PreparedDataset, rows: pd.DataFrame, *,
-                 threads: int = DOWNLOAD_THREADS) -> Iterator[tuple[int, int]]:
-    """Mirror `rows` here, yielding (images here, images wanted) as files arrive; the first
-    failure is a MirrorError (the other requests are cancelled, nothing is recorded)."""
+                 threads: int = DOWNLOAD_THREADS) -> Iterator[tuple[int, int, int]]:
+    """Mirror `rows` here, yielding (images here, images wanted, images fetched) as files
+    arrive; the first failure is a MirrorError (the other requests are cancelled, nothing is
+    recorded)."""
     folder = mirror_folder(dataset.root)
     pending = _unverified(folder, rows)
     total = len(set(rows["path"]))
-    done = total - len(pending)
-    yield done, total
+    done, fetched = total - len(pending), 0
+    yield done, total, fetched
     if not pending:
         return
     with ThreadPoolExecutor(threads) as pool:
@@ -150,19 +154,21 @@ def mirror_steps(dataset: PreparedDataset, rows: pd.DataFrame, *,
                 pool.shutdown(cancel_futures=True)
                 raise failed.exception()
             done += len(finished)
-            yield done, total
+            fetched += sum(future.result() for future in finished)
+            yield done, total, fetched
     _record_verified(folder, pending)
 
 
-def fetch_checked(remote: BucketPath, local: Path, sha1: str) -> None:
-    """`remote` into `local` unless it is there already with the bytes `sha1` names; a GET
-    that fails is tried again, bytes that differ from `sha1` are never renamed into place."""
+def fetch_checked(remote: BucketPath, local: Path, sha1: str) -> bool:
+    """`remote` into `local` unless it is there already with the bytes `sha1` names (then
+    False); a GET that fails is tried again, bytes that differ from `sha1` are never renamed
+    into place."""
     if sha1 and _sha1_of(local) == sha1:
-        return
+        return False
     for attempt in range(1, ATTEMPTS + 1):
         try:
             remote.download_to(local, check=lambda data: _check_sha1(remote, data, sha1))
-            return
+            return True
         except FileNotFoundError:
             raise MirrorError(f"{remote}: no such object, but the manifest lists it; upload "
                               "it again or prepare the dataset again") from None

@@ -35,7 +35,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import MANIFEST_FILE
 from carsweep.errors import UserError
 from carsweep.search.release import gpu_memory_released
-from carsweep.storage import BucketPath, is_bucket
+from carsweep.storage import BucketPath, is_bucket, location
 
 if TYPE_CHECKING:  # torch is imported in the trial's process only
     from carsweep.trainable.checkpoint import CheckpointPolicy
@@ -211,8 +211,11 @@ def trial_config(params: dict[str, Any]) -> TrialConfig:
         raise UserError(f"trial config {values} is invalid: {error}") from None
 
 
-def readable_dataset(dataset: str) -> Path:
-    """The dataset folder if this node can read its manifest, else a clear error."""
+def readable_dataset(dataset: str) -> Path | str:
+    """The dataset folder if this node can read its manifest, else a clear error; a dataset
+    in a bucket as it is (its loading names what the store refuses)."""
+    if is_bucket(location(dataset)):
+        return dataset
     folder = Path(dataset)
     manifest = folder / MANIFEST_FILE
     try:
