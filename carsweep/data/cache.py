@@ -40,6 +40,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -237,6 +238,13 @@ def disk_space(path: Path) -> tuple[int, int]:
 
 def nearest_existing(path: Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists())
+
+
+def progress_text(done: int, total: int, started: float) -> str:
+    """"3,264/8,144 images (40 %), 41 s": a cache build's or a mirror's line, `started` being
+    its time.monotonic() at the start."""
+    seconds = time.monotonic() - started
+    return f"{done:,}/{total:,} images ({100 * done // total} %), {seconds:.0f} s"
 
 
 def format_bytes(count: float) -> str:

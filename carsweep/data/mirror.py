@@ -42,6 +42,7 @@ from carsweep.data.cache import (
     EPHEMERAL_NOTE,
     disk_space,
     format_bytes,
+    progress_text,
     reserved_bytes,
     resolve_cache_dir,
 )
@@ -114,7 +115,7 @@ def mirror_lines(dataset: PreparedDataset, rows: pd.DataFrame) -> Iterator[str]:
     folder = mirror_folder(dataset.root)
     started, shown = time.monotonic(), 0
     steps = mirror_steps(dataset, rows)
-    here, total, fetched = last = next(steps)
+    here, total, _ = last = next(steps)
     if here < total:
         yield (f"mirroring {total - here:,} of {total:,} images from {dataset.root} into "
                f"{folder} (a file there already with its sha1 is kept)")
@@ -123,8 +124,7 @@ def mirror_lines(dataset: PreparedDataset, rows: pd.DataFrame) -> Iterator[str]:
         step = done * PROGRESS_STEPS // max(1, total)
         if step > shown and done < total:
             shown = step
-            yield (f"{done:,}/{total:,} images ({100 * done // total} %), "
-                   f"{time.monotonic() - started:.0f} s")
+            yield progress_text(done, total, started)
     fetched = last[2]
     how = (f"fetched {fetched:,}, kept {total - fetched:,}" if here < total
            else "all there")

@@ -3,7 +3,8 @@
 Every epoch's metrics and checkpoint go to `ray.tune.report`; on a restart (a retry after a
 failure, or a resumed sweep) `ray.tune.get_checkpoint()` hands back the last one and training
 continues from it. The dataset is read from its path on the trial's node, so it must sit on
-storage every node sees; a node that cannot read it fails the trial with a message saying so.
+storage every node sees, or in a bucket (its images then read from the node's mirror,
+carsweep/data/mirror.py); a node that cannot read it fails the trial with a message saying so.
 
 A trial whose training loss becomes NaN/inf ends with one last report instead of an exception:
 Ray would retry an exception `max_failures` times (the same settings diverge again) and print

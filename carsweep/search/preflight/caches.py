@@ -14,6 +14,14 @@ CPU (no trial runs yet) and decoding in as many processes as the node has CPUs. 
 Ray streaming generator: it yields an event at the start, at about every tenth, and at the
 end of each build, and the driver multiplexes the nodes' generators with `ray.wait`.
 
+A dataset whose images are in a bucket is mirrored first, in the same task: train+val into
+the node's mirror (carsweep/data/mirror.py, beside the caches), which the caches are then
+built from and trials decode from; its lines read `mirror on node ...`, and a missing object,
+other bytes or a store that refuses the node is an error naming both. The pre-flight plans
+the mirror's room with the caches': a cache's room leaves what the mirror still has to fetch
+on the same disk. With no cache to build (data_cache off, resize a range) the task still runs
+for the mirror.
+
 A cache dir a trial resolves on its node ($CARSWEEP_CACHE_DIR there, or the default) is
 resolved the same way by these tasks, on the node. Two loopback nodes of one machine share
 its disk: the cache lock makes the second wait and find the first one's file.
@@ -45,6 +53,7 @@ from carsweep.data.cache import (
     cache_plan,
     cached_rows,
     format_bytes,
+    progress_text,
     resolve_cache_dir,
     same_disk,
     shared_storage_warning,
@@ -283,8 +292,7 @@ def _build_one(dataset: PreparedDataset, plan: CachePlan,
         step = done * PROGRESS_STEPS // max(1, total)
         if step > shown and done < total:
             shown = step
-            yield CacheEvent("progress", plan.label, f"{done:,}/{total:,} images "
-                             f"({100 * done // total} %), {time.monotonic() - started:.0f} s")
+            yield CacheEvent("progress", plan.label, progress_text(done, total, started))
     how = "built" if built else "built meanwhile by another process on this disk"
     yield CacheEvent("built", plan.label, f"{how}, {plan.count:,} images "
                      f"({format_bytes(plan.bytes_needed)}) in {time.monotonic() - started:.0f} s")

@@ -10,7 +10,9 @@ of its manifest and class list, and the first image's bytes against the manifest
 Where some trial decodes the images itself (data_cache off, or resize searched as a range),
 every train+val image's bytes are checked against its sha1 on every node: an image cut short
 or deleted after `prepare` is one line naming it, not a failure in every trial. (A cache built
-before launch decodes every image and names a broken one itself.)
+before launch decodes every image and names a broken one itself.) A dataset in a bucket is
+proven readable with each node's own credentials; images in a bucket are checked by each
+node's mirror, every one against its sha1 (search/preflight/caches.py).
 
 One zero-CPU task is pinned to each alive node (NodeAffinitySchedulingStrategy, soft=False: it
 runs there or not at all). The exchange folder is removed afterwards, and so is any folder the
