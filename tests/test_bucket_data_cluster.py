@@ -4,8 +4,9 @@ which holds the staged source, the cache folder and the config, and over Ray's t
 folder). The source is uploaded, prepared from the bucket into the bucket, and swept with
 `--data s3://...`: the worker mirrors train+val into its own cache folder before trials start
 (an object with other bytes stops that, one line naming the node and the object, before
-launch; put back, the mirror resumes), every trial trains there, and analyze retrains there
-after mirroring the test split too. The head's mirror holds only what the driver read."""
+launch; put back, the mirror resumes) and builds its decoded cache from the mirror, every
+trial trains there, and analyze retrains there after mirroring the test split too. The
+head's mirror holds only what the driver read."""
 
 from __future__ import annotations
 
@@ -61,7 +62,9 @@ def test_a_sweep_of_a_dataset_in_a_bucket_mirrors_it_on_the_worker_and_analyzes_
     assert main(["prepare", source, "--out", data, "--val-fraction", "0.25"]) == 0
     dataset = load_dataset(data)
     assert len(dataset.rows("train", "val")) == TRAIN_VAL
-    config = write_sweep(tmp_path, "mirrored", max_concurrent_trials=2)
+    # data_cache auto (the default): the worker's cache is built from its mirror, and the
+    # decoding path (the retrain's test split, the temperature's val) reads mirrors too
+    config = write_sweep(tmp_path, "mirrored", {"data_cache": "auto"}, max_concurrent_trials=2)
     sweep = sweep_command(config, data, f"{s3_bucket}/results", "--address", cluster.address)
 
     # An image with other bytes than prepare hashed (the dry step reads the first ones): the
@@ -86,6 +89,8 @@ def test_a_sweep_of_a_dataset_in_a_bucket_mirrors_it_on_the_worker_and_analyzes_
     assert fetched, done.stdout[-3000:]
     assert int(fetched[2]) > 0  # the refused mirror's good files were kept, not fetched again
     assert int(fetched[1]) + int(fetched[2]) == TRAIN_VAL
+    built = done.stdout.index(f"cache 32px on node {worker}: built, {TRAIN_VAL} images")
+    assert built > done.stdout.index(fetched[0])  # from the mirror, once it was whole
     table = load_experiment(f"{s3_bucket}/results/mirrored").trials
     assert list(table["state"]) == ["COMPLETE", "COMPLETE"]
     assert list(table["epochs_run"]) == [2, 2]

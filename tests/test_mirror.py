@@ -10,11 +10,13 @@ import re
 import secrets
 from pathlib import Path
 
+import numpy as np
 import pytest
 from bucket_server import create_bucket
 
 from carsweep.data import mirror
 from carsweep.data.cache import cache_plan
+from carsweep.data.cache_build import build_cache
 from carsweep.data.manifest import load_dataset
 from carsweep.data.mirror import (
     VERIFIED_FILE,
@@ -213,3 +215,14 @@ def test_the_room_check_counts_the_mirror_and_the_caches_after_it(bucket_dataset
     assert not after_mirror.has_room
     assert (f"kept spare, {needed / 1e3:.1f} kB for the image mirror and other caches); a "
             "container's ephemeral-storage limit") in after_mirror.room_problem()
+
+
+def test_a_cache_built_from_the_mirror_is_the_cache_of_the_local_images(
+        bucket_dataset, prepared_dataset, tmp_path):
+    from_bucket = build_cache(bucket_dataset, 32, cache_dir=tmp_path / "from-bucket",
+                              workers=1, progress=False)
+    from_folder = build_cache(load_dataset(prepared_dataset), 32,
+                              cache_dir=tmp_path / "from-folder", workers=1, progress=False)
+    assert np.array_equal(np.load(from_bucket), np.load(from_folder))
+    verified = json.loads((mirror_folder(bucket_dataset.root) / VERIFIED_FILE).read_text())
+    assert sorted(verified) == sorted(train_val(bucket_dataset)["path"])  # fetched to build it
