@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from carsweep.config.io import atomic_write
+from carsweep.config.io import atomic_write, disk_full_is_user_error
 from carsweep.data.cache import (
     EPHEMERAL_NOTE,
     disk_space,
@@ -167,7 +167,8 @@ def fetch_checked(remote: BucketPath, local: Path, sha1: str) -> bool:
         return False
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            remote.download_to(local, check=lambda data: _check_sha1(remote, data, sha1))
+            with disk_full_is_user_error(local):  # a disk that filled since the room check
+                remote.download_to(local, check=lambda data: _check_sha1(remote, data, sha1))
             return True
         except FileNotFoundError:
             raise MirrorError(f"{remote}: no such object, but the manifest lists it; upload "
