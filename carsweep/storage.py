@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -270,12 +270,16 @@ class BucketPath:
                 if not missing_ok:
                     raise
 
-    def download_to(self, local: Path) -> None:
-        """This file to `local`, whole: written beside it, then renamed into place."""
+    def download_to(self, local: Path, *, check: Callable[[bytes], None] | None = None) -> None:
+        """This file to `local`, whole: written beside it, then renamed into place; `check`
+        sees the bytes first, and what it raises leaves `local` as it was."""
         local.parent.mkdir(parents=True, exist_ok=True)
         partial = local.with_name(f".{local.name}.{secrets.token_hex(4)}.part")
         try:
-            partial.write_bytes(self.read_bytes())
+            data = self.read_bytes()
+            if check is not None:
+                check(data)
+            partial.write_bytes(data)
             os.replace(partial, local)
         finally:
             partial.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ START_TIMEOUT_S = 30.0
 @dataclass(frozen=True)
 class BucketServer:
     endpoint: str  # http://127.0.0.1:PORT
+    pid: int = 0  # moto_server's process (a benchmark reads its memory)
 
     def environment(self) -> dict[str, str]:
         """The standard variables an S3 client reads (AWS SDK, pyarrow, Ray): the endpoint and
@@ -59,7 +60,7 @@ def running_bucket_server(log: Path) -> Iterator[BucketServer]:
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_for_port(port, process)
-        yield BucketServer(endpoint=f"http://127.0.0.1:{port}")
+        yield BucketServer(endpoint=f"http://127.0.0.1:{port}", pid=process.pid)
     finally:
         process.terminate()
         try:

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 from fake_sources import write_devkit, write_imagefolder
-from sweep_runs import write_sweep
 
 from carsweep.cli import main
 from carsweep.data.manifest import load_dataset
 from carsweep.data.prepare import prepare_dataset
-from carsweep.errors import UserError
 from carsweep.storage import BucketPath, location
 
 DATASET_FILES = ["audit.json", "classes.json", "dataset.json", "manifest.csv"]
@@ -65,9 +63,9 @@ def test_a_class_csv_source_in_a_bucket_prepares_into_the_bucket_as_it_does_loca
     assert dataset.root == location(source)
     assert dataset.classes == ["round", "square", "triangle", "bar"]
     assert len(dataset.parts()) == len(dataset.manifest)
-    with pytest.raises(UserError, match=r"the dataset's images are in a bucket .* mirror them "
-                       "first, which is not built yet"):
-        dataset.image_path(dataset.manifest["path"][0])
+    first = dataset.rows("train").head(3)  # read from this machine's mirror of the source
+    assert [file.read_bytes() for file in dataset.image_files(first)] == [
+        (synthetic_source / relative).read_bytes() for relative in first["path"]]
 
 
 def test_an_imagefolder_source_in_a_bucket_prepares_into_a_local_folder(s3_bucket, tmp_path,
@@ -185,15 +183,3 @@ def test_cache_with_a_bucket_is_refused_before_any_work(s3_bucket, tmp_path, sta
     assert "with a source or --out in a bucket, prepare without --cache" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
     assert not state_dir.exists()
-
-
-def test_a_sweep_of_a_dataset_in_a_bucket_is_refused_in_one_line(s3_bucket, prepared_dataset,
-                                                                   tmp_path, capsys):
-    data = upload(prepared_dataset, f"{s3_bucket}/data")
-    storage = tmp_path / "results"
-    assert main(["sweep", str(write_sweep(tmp_path, "b")), "--data", data,
-                 "--storage", str(storage)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert f"--data {data}: a prepared dataset in a bucket is not read by sweeps yet" in err
-    assert not storage.exists()

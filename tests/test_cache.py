@@ -263,7 +263,8 @@ def test_room_is_the_whole_array_plus_a_reserve(dataset, cache_dir):
     assert not short.has_room
     assert short.room_problem() == (
         f"the 32px cache of 24 train+val images needs 73.9 kB in {cache_dir}, but that disk "
-        "has 78.9 kB free (5.0 kB kept spare)")
+        "has 78.9 kB free (5.0 kB kept spare); a container's ephemeral-storage limit "
+        "(Kubernetes) is not visible to this check, which sees only the disk")
 
 
 NO_ROOM = textwrap.dedent("""
@@ -313,7 +314,8 @@ def test_no_room_on_a_real_small_disk_warns_under_auto_and_fails_under_on(datase
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     problem = (f"the 64px cache of 24 train+val images needs 295.0 kB in {small}, but that "
-               "disk has 65.5 kB free (3.3 kB kept spare)")
+               "disk has 65.5 kB free (3.3 kB kept spare); a container's ephemeral-storage "
+               "limit (Kubernetes) is not visible to this check, which sees only the disk")
     assert seen["auto"] == [f"{problem}; decoding the JPEGs every epoch instead "
                             "(data_cache: auto)"]
     assert seen["auto_reads"] == "ManifestImages"

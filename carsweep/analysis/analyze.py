@@ -271,12 +271,17 @@ def _dataset_of(experiment: Experiment, best: BestTrial) -> PreparedDataset:
     """The dataset the sweep trained on, still where it was and still the same classes."""
     if not experiment.sweep.dataset:
         raise UserError(f"{experiment.folder}: sweep.yaml names no dataset")
-    dataset = load_dataset(Path(experiment.sweep.dataset))
+    dataset = load_dataset(experiment.sweep.dataset)
     if best.classes and list(best.classes) != list(dataset.classes):
         raise UserError(f"{dataset.folder}: its classes differ from those trial "
                         f"{best.trial_id} trained on; was the dataset prepared again?")
     if dataset.rows(TEST_SPLIT).empty:
         raise UserError(f"{dataset.folder}: the test split has no images")
+    if is_bucket(dataset.root):
+        # Here: the test split for the gallery (val for the temperature is mirrored as it is
+        # read); each retrain mirrors what it reads on its own node.
+        dataset.image_files(dataset.rows(TEST_SPLIT))
+        return dataset
     missing = [p for p in dataset.rows(TEST_SPLIT, "train", "val")["path"]
                if not dataset.image_path(p).is_file()]
     if missing:

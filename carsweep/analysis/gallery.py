@@ -54,7 +54,9 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
     wrong = misclassified(predictions)
     (folder / GALLERY_DIR).mkdir(parents=True, exist_ok=True)
     examples = training_examples(dataset, wrong["pred"].astype(int).tolist())
-    example_files = {label: _save_thumbnail(open_dataset_image(dataset.image_path(path)),
+    chosen = dataset.manifest[dataset.manifest["path"].isin(examples.values())]
+    local = dict(zip(chosen["path"], dataset.image_files(chosen), strict=True))
+    example_files = {label: _save_thumbnail(open_dataset_image(local[path]),
                                             folder, f"example_class{label}.png")
                      for label, path in examples.items()}
     manifest = dataset.manifest.set_index("path")
@@ -63,8 +65,9 @@ def write_gallery(model: nn.Module, config: TrialConfig, dataset: PreparedDatase
         say(f"[analyze] Grad-CAM ({layer}) of misclassified images {start + 1}-"
             f"{min(start + CHUNK, len(wrong))}/{len(wrong)}", out)
         chunk = wrong.iloc[start:start + CHUNK]
-        boxes = manifest.loc[chunk["path"], BOX_COLUMNS].to_numpy(dtype=float)
-        images = load_inputs([dataset.image_path(p) for p in chunk["path"]], config, boxes)
+        shown = manifest.loc[chunk["path"]].reset_index()
+        boxes = shown[BOX_COLUMNS].to_numpy(dtype=float)
+        images = load_inputs(dataset.image_files(shown), config, boxes)
         cams = class_maps(model, images, chunk["pred"].astype(int).tolist(), layer=layer,
                           normalize=Normalize(*normalization(config.model)))
         flat = flat_maps(cams).tolist()

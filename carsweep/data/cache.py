@@ -40,6 +40,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -135,6 +136,7 @@ class CachePlan:
     bytes_needed: int  # the .npy file: header + count * 3 * size * size
     bytes_free: int  # on the disk of the folder (its nearest existing parent)
     bytes_reserved: int  # kept free for everything else on that disk
+    bytes_beside: int = 0  # taken first on that disk by the image mirror and other caches
 
     @property
     def stem(self) -> str:
@@ -159,23 +161,28 @@ class CachePlan:
 
     @property
     def has_room(self) -> bool:
-        return self.state == "fresh" or self.bytes_needed + self.bytes_reserved <= self.bytes_free
+        return self.state == "fresh" or (self.bytes_needed + self.bytes_reserved
+                                         + self.bytes_beside <= self.bytes_free)
 
     def room_problem(self) -> str | None:
         """None when it fits (or is there), else one line: what it needs, what the disk has."""
         if self.has_room:
             return None
+        beside = (f", {format_bytes(self.bytes_beside)} for the image mirror and other caches"
+                  if self.bytes_beside else "")
         return (f"the {self.label} cache of {self.count:,} train+val images needs "
                 f"{format_bytes(self.bytes_needed)} in {self.folder}, but that disk has "
                 f"{format_bytes(self.bytes_free)} free ({format_bytes(self.bytes_reserved)} "
-                "kept spare)")
+                f"kept spare{beside}){EPHEMERAL_NOTE}")
 
 
 def cache_plan(dataset: PreparedDataset, size: int, bbox_crop: bool = False,
-               cache_dir: str | Path | None = None, *, disk=None) -> CachePlan:
+               cache_dir: str | Path | None = None, *, disk=None, beside: int = 0) -> CachePlan:
     """The plan of one cache of `dataset` in `cache_dir` (resolved here; see resolve_cache_dir).
 
-    `disk(path) -> (free bytes, total bytes)` measures the disk; default `disk_space`."""
+    `disk(path) -> (free bytes, total bytes)` measures the disk; default `disk_space`.
+    `beside`: bytes that other things planned on that disk (the image mirror, other caches)
+    will take before this cache, which its room must leave them."""
     size = check_size(size)
     rows = cached_rows(dataset)
     folder = resolve_cache_dir(cache_dir)
@@ -184,7 +191,7 @@ def cache_plan(dataset: PreparedDataset, size: int, bbox_crop: bool = False,
     plan = CachePlan(size=size, bbox_crop=bbox_crop, folder=folder, count=len(rows),
                      checksum=checksum, state="missing",
                      bytes_needed=npy_bytes((len(rows), 3, size, size)), bytes_free=free,
-                     bytes_reserved=min(RESERVE_MAX, int(total * RESERVE_FRACTION)))
+                     bytes_reserved=reserved_bytes(total), bytes_beside=beside)
     return replace(plan, state="fresh") if _is_fresh(plan) else plan
 
 
@@ -197,6 +204,22 @@ def _is_fresh(plan: CachePlan) -> bool:
         return False
     same_rows = (recorded.get("checksum"), recorded.get("count")) == (plan.checksum, plan.count)
     return whole and same_rows
+
+
+# Said by every room check: a pod's ephemeral-storage limit is enforced by the kubelet
+# (evicting the pod), while statvfs only sees the node's disk.
+EPHEMERAL_NOTE = ("; a container's ephemeral-storage limit (Kubernetes) is not visible to this "
+                  "check, which sees only the disk")
+
+
+def same_disk(one: Path, other: Path) -> bool:
+    """Whether two folders (or where they would be made) are on one file system."""
+    return nearest_existing(one).stat().st_dev == nearest_existing(other).stat().st_dev
+
+
+def reserved_bytes(total: int) -> int:
+    """What a cache or the image mirror leaves free on a disk of `total` bytes."""
+    return min(RESERVE_MAX, int(total * RESERVE_FRACTION))
 
 
 def npy_bytes(shape: tuple[int, ...]) -> int:
@@ -215,6 +238,13 @@ def disk_space(path: Path) -> tuple[int, int]:
 
 def nearest_existing(path: Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists())
+
+
+def progress_text(done: int, total: int, started: float) -> str:
+    """"3,264/8,144 images (40 %), 41 s": a cache build's or a mirror's line, `started` being
+    its time.monotonic() at the start."""
+    seconds = time.monotonic() - started
+    return f"{done:,}/{total:,} images ({100 * done // total} %), {seconds:.0f} s"
 
 
 def format_bytes(count: float) -> str:

@@ -41,6 +41,7 @@ from carsweep.data.cache import (
 from carsweep.data.images import DECODE_ERRORS, open_rgb
 from carsweep.data.manifest import BOX_COLUMNS
 from carsweep.data.parallel import forked_map, progress_bar
+from carsweep.storage import is_bucket
 
 if TYPE_CHECKING:
     from carsweep.data.manifest import PreparedDataset
@@ -85,7 +86,7 @@ def build_steps(dataset: PreparedDataset, plan: CachePlan, *,
 def _decode_into_place(dataset: PreparedDataset, plan: CachePlan,
                        workers: int) -> Iterator[tuple[int, int]]:
     rows = cached_rows(dataset)
-    paths = [str(dataset.image_path(p)) for p in rows["path"]]
+    paths = list(map(str, dataset.image_files(rows)))
     boxes = (rows[BOX_COLUMNS].to_numpy(dtype=float) if plan.bbox_crop
              else np.full((len(paths), 4), np.nan))
     temporary = plan.folder / f".{plan.array.name}.{os.getpid()}.tmp"
@@ -100,7 +101,8 @@ def _decode_into_place(dataset: PreparedDataset, plan: CachePlan,
             "format_version": FORMAT_VERSION, "size": plan.size, "count": len(paths),
             "bbox_crop": plan.bbox_crop, "splits": list(CACHED_SPLITS),
             "layout": "N,3,H,W uint8 RGB", "checksum": plan.checksum,
-            "dataset": str(Path(dataset.folder).absolute()),
+            "dataset": str(dataset.folder if is_bucket(dataset.folder)
+                           else Path(dataset.folder).absolute()),
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_text_atomic(plan.sidecar, json.dumps(sidecar, indent=2) + "\n")

@@ -26,8 +26,9 @@ A prepared dataset is a folder holding:
 
 The folder may be in a bucket (`load_dataset("s3://BUCKET/data")`, carsweep/storage.py): its
 files are read from there. A `root` in a bucket (a source prepared from one) is a BucketPath,
-whose images nothing reads yet: `image_path` says so in one line (each node mirroring them is
-issue 28's part 2). A relative `root` is taken from the dataset's folder, in a bucket too.
+whose images are read from this machine's mirror of them (carsweep/data/mirror.py):
+`image_path` names a file there, `image_files(rows)` fetches what is missing first. A relative
+`root` is taken from the dataset's folder, in a bucket too.
 
 Splits are named for what they are: `official` keeps the source's train/test and carves val
 from train; `pooled:0.7` pools everything and re-splits (the hackathon team's protocol), and
@@ -87,11 +88,27 @@ class PreparedDataset:
         return self.manifest[self.manifest["split"].isin(splits)].reset_index(drop=True)
 
     def image_path(self, relative: str) -> Path:
+        """Where this machine reads an image: under `root`, or for images in a bucket, in
+        this machine's mirror of them (carsweep/data/mirror.py; `image_files` fills it)."""
+        return self.images_folder / relative
+
+    @property
+    def images_folder(self) -> Path:
         if is_bucket(self.root):
-            raise UserError(f"{self.folder}: the dataset's images are in a bucket ({self.root})"
-                            " and reading them needs each node to mirror them first, which is "
-                            "not built yet; prepare from a local copy of the source for now")
-        return self.root / relative
+            from carsweep.data.mirror import mirror_folder  # mirror.py imports this module
+
+            return mirror_folder(self.root)
+        return self.root
+
+    def image_files(self, rows: pd.DataFrame) -> list[Path]:
+        """The image files of `rows` on this machine, in order: images in a bucket are
+        mirrored here first (what is there already, checked, is not fetched again)."""
+        if is_bucket(self.root):
+            from carsweep.data.mirror import bring_here
+
+            bring_here(self, rows)
+        folder = self.images_folder
+        return [folder / relative for relative in rows["path"]]
 
     def parts(self) -> pd.DataFrame | None:
         """The class-deciding part boxes (PARTS_COLUMNS), or None if the source had none."""

@@ -28,6 +28,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import BOX_COLUMNS, MANIFEST_FILE, load_dataset
 from carsweep.errors import UserError
 from carsweep.results.export import Export
+from carsweep.storage import BucketPath, location
 from carsweep.trainable.data import load_inputs
 
 # ONNX Runtime and torch differ by float32 rounding: 1e-8 to 1e-5 on most of the 75 backbones
@@ -96,12 +97,12 @@ def prove_same(runtime: str, exported: Export, run: Callable[[torch.Tensor], tor
     return found
 
 
-def proof_images(exported: Export, dataset: Path | None, *, explicit: bool = False,
+def proof_images(exported: Export, dataset: Path | BucketPath | None, *, explicit: bool = False,
                  count: int = PROOF_IMAGES) -> ProofImages:
     """`count` images of `dataset` as the model takes them, else seeded random pixels. A
     dataset the user named (`explicit`) must load; one read off the experiment may be gone."""
-    if dataset is not None and (explicit or (Path(dataset) / MANIFEST_FILE).is_file()):
-        return _dataset_images(exported, Path(dataset), count)
+    if dataset is not None and (explicit or (location(dataset) / MANIFEST_FILE).is_file()):
+        return _dataset_images(exported, location(dataset), count)
     generator = torch.Generator().manual_seed(PROOF_SEED)
     size = exported.input_size
     images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8,
@@ -111,7 +112,8 @@ def proof_images(exported: Export, dataset: Path | None, *, explicit: bool = Fal
     return ProofImages(images, f"{count} random images (seed {PROOF_SEED}): {why}")
 
 
-def _dataset_images(exported: Export, dataset_folder: Path, count: int) -> ProofImages:
+def _dataset_images(exported: Export, dataset_folder: Path | BucketPath,
+                    count: int) -> ProofImages:
     dataset = load_dataset(dataset_folder)
     for split in ("test", "val", "train"):
         rows = dataset.rows(split)
@@ -123,6 +125,6 @@ def _dataset_images(exported: Export, dataset_folder: Path, count: int) -> Proof
     bbox = exported.crop == "bbox"
     config = TrialConfig(resize=exported.input_size, bbox_crop=bbox)
     boxes = picked[BOX_COLUMNS].to_numpy(dtype=float) if bbox else None
-    images = load_inputs([dataset.image_path(p) for p in picked["path"]], config, boxes)
+    images = load_inputs(dataset.image_files(picked), config, boxes)
     cropped = ", cropped to their boxes" if bbox else ""
     return ProofImages(images, f"{len(picked)} {split} images of {dataset_folder}{cropped}")

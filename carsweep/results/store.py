@@ -320,8 +320,8 @@ def _classes(checkpoint: Path | None, sweep: SweepConfig) -> list[str]:
     """The checkpoint's class names, else the swept dataset's (if it is still there)."""
     if checkpoint is not None and (checkpoint / CLASSES_FILE).is_file():
         return list(json.loads((checkpoint / CLASSES_FILE).read_text()))
-    if sweep.dataset and Path(sweep.dataset).is_dir():
+    if sweep.dataset and location(sweep.dataset).is_dir():
         from carsweep.data.manifest import load_dataset
 
-        return list(load_dataset(Path(sweep.dataset)).classes)
+        return list(load_dataset(sweep.dataset).classes)
     return []

@@ -36,7 +36,7 @@ from carsweep.results.onnx_extra import require_onnx_extra
 from carsweep.results.onnx_file import load_onnx, onnx_files, write_onnx
 from carsweep.results.pt2_file import load_pt2, write_pt2
 from carsweep.results.sameness import Agreement, ProofImages, proof_images, prove_same
-from carsweep.storage import location
+from carsweep.storage import BucketPath, location
 
 
 @dataclass
@@ -105,16 +105,16 @@ def _write_deployables(exported: Export, payload: dict[str, Any], stage: Path,
     return staged
 
 
-def recorded_dataset(source: ModelSource) -> Path | None:
+def recorded_dataset(source: ModelSource) -> Path | BucketPath | None:
     """The dataset the exported model was trained and tested on, where its experiment says:
     analyze's metrics.json, else the sweep's sweep.yaml (a run folder records none)."""
     recorded = (source.test_metrics or {}).get("dataset")
     if recorded:
-        return Path(recorded)
+        return location(recorded)
     if source.kind in ("retrained", "trial"):
         sweep = location(source.details["path"]) / SWEEP_FILE
         dataset = (read_yaml(sweep) or {}).get("dataset") if sweep.is_file() else None
-        return Path(dataset) if dataset else None
+        return location(dataset) if dataset else None
     return None
 
 

@@ -16,7 +16,9 @@ labels, the history. The driver `ray.wait`s on all the generators, prints each l
 arrives, and rebuilds each model from its weights for the Grad-CAM gallery and the export,
 which run here on the CPU.
 
-What travels: the dataset does not (each node reads it at the same path, as trials do); start
+What travels: the dataset does not (each node reads it at the same path, as trials do, or
+from its bucket: then the task first mirrors train+val+test into its node's mirror, its
+progress lines shown like training's, carsweep/data/mirror.py); start
 weights are loaded once here per (model, weights) pair the jobs need, by the sweep's own
 `shipped_weights`, and each put in the object store once for every task that needs it. A task
 is never retried (max_retries=0): a failure (node lost, NaN loss, out of memory) is one line
@@ -44,6 +46,8 @@ import torch
 from ray.exceptions import RayError
 
 from carsweep.analysis.retrain import (
+    TEST_SPLIT,
+    TRAIN_SPLITS,
     Placement,
     Retrained,
     RetrainJob,
@@ -54,6 +58,7 @@ from carsweep.config.space import ParamSpec
 from carsweep.config.sweep import Resources, SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import PreparedDataset, load_dataset
+from carsweep.data.mirror import bring_here
 from carsweep.errors import UserError
 from carsweep.search.cluster import ray_session
 from carsweep.search.preflight.capacity import check_cluster_resources
@@ -267,6 +272,8 @@ def _train_into(job: RetrainJob, dataset: str, weights: dict | None, gpu_share: 
     try:
         with gpu_memory_released():
             data = load_dataset(readable_dataset(dataset))
+            # images in a bucket: train+val+test into this node's mirror, with progress
+            bring_here(data, data.rows(*TRAIN_SPLITS, TEST_SPLIT), say=lines.put)
             tested = train_and_test(job.config, data, lines.put, initial_weights=weights,
                                     tta=job.tta, gpu_share=gpu_share)
             outcome["result"] = Shipped(

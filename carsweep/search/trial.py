@@ -3,7 +3,8 @@
 Every epoch's metrics and checkpoint go to `ray.tune.report`; on a restart (a retry after a
 failure, or a resumed sweep) `ray.tune.get_checkpoint()` hands back the last one and training
 continues from it. The dataset is read from its path on the trial's node, so it must sit on
-storage every node sees; a node that cannot read it fails the trial with a message saying so.
+storage every node sees, or in a bucket (its images then read from the node's mirror,
+carsweep/data/mirror.py); a node that cannot read it fails the trial with a message saying so.
 
 A trial whose training loss becomes NaN/inf ends with one last report instead of an exception:
 Ray would retry an exception `max_failures` times (the same settings diverge again) and print
@@ -34,7 +35,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import MANIFEST_FILE
 from carsweep.errors import UserError
 from carsweep.search.release import gpu_memory_released
-from carsweep.storage import BucketPath, is_bucket, place_in
+from carsweep.storage import BucketPath, is_bucket, location, place_in
 
 if TYPE_CHECKING:  # torch is imported in the trial's process only
     from carsweep.trainable.checkpoint import CheckpointPolicy
@@ -201,8 +202,11 @@ def trial_config(params: dict[str, Any]) -> TrialConfig:
         raise UserError(f"trial config {values} is invalid: {error}") from None
 
 
-def readable_dataset(dataset: str) -> Path:
-    """The dataset folder if this node can read its manifest, else a clear error."""
+def readable_dataset(dataset: str) -> Path | str:
+    """The dataset folder if this node can read its manifest, else a clear error; a dataset
+    in a bucket as it is (its loading names what the store refuses)."""
+    if is_bucket(location(dataset)):
+        return dataset
     folder = Path(dataset)
     manifest = folder / MANIFEST_FILE
     try:

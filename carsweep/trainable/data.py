@@ -48,7 +48,7 @@ class ManifestImages(Dataset):
 
     def __init__(self, dataset: PreparedDataset, rows: pd.DataFrame, transform: Callable,
                  *, bbox_crop: bool) -> None:
-        self.paths = [str(dataset.image_path(p)) for p in rows["path"]]
+        self.paths = list(map(str, dataset.image_files(rows)))
         self.labels = torch.tensor(rows["label"].to_numpy(), dtype=torch.int64)
         boxes = rows[BOX_COLUMNS].to_numpy(dtype=float) if bbox_crop else None
         self.boxes = boxes

@@ -82,7 +82,7 @@ def train(config: TrialConfig, dataset: PreparedDataset | Path, *, reporter: Rep
     check_augmentation(config.augmentation, resize=config.resize)
     check_backbone(config.model, resize=config.resize, augmentation=config.augmentation)
     check_splits(*train_splits, *([eval_split] if eval_split else []))
-    data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
+    data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(dataset)
     device = run_device(config.device, gpu_share, gpu_context_bytes)
     precision = pick_precision(config.precision, device)
     with deterministic_mode(config.deterministic, device):
@@ -191,7 +191,7 @@ def predict(model: nn.Module, dataset: PreparedDataset | Path, split: str, confi
     evaluation preprocessing (no augmentation; `flip` mirrors every image left-right), on the
     device the model is on."""
     check_splits(split)
-    data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(Path(dataset))
+    data = dataset if isinstance(dataset, PreparedDataset) else load_dataset(dataset)
     device = next(model.parameters()).device
     loader = build_loader(data, split, config, train=False, batch_size=batch_size, device=device)
     return predict_logits(model, loader, device, config.precision, flip=flip)

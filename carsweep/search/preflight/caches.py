@@ -14,6 +14,14 @@ CPU (no trial runs yet) and decoding in as many processes as the node has CPUs. 
 Ray streaming generator: it yields an event at the start, at about every tenth, and at the
 end of each build, and the driver multiplexes the nodes' generators with `ray.wait`.
 
+A dataset whose images are in a bucket is mirrored first, in the same task: train+val into
+the node's mirror (carsweep/data/mirror.py, beside the caches), which the caches are then
+built from and trials decode from; its lines read `mirror on node ...`, and a missing object,
+other bytes or a store that refuses the node is an error naming both. The pre-flight plans
+the mirror's room with the caches': a cache's room leaves what the mirror still has to fetch
+on the same disk. With no cache to build (data_cache off, resize a range) the task still runs
+for the mirror.
+
 A cache dir a trial resolves on its node ($CARSWEEP_CACHE_DIR there, or the default) is
 resolved the same way by these tasks, on the node. Two loopback nodes of one machine share
 its disk: the cache lock makes the second wait and find the first one's file.
@@ -43,13 +51,19 @@ from carsweep.data.cache import (
     CacheError,
     CachePlan,
     cache_plan,
+    cached_rows,
     format_bytes,
+    progress_text,
+    resolve_cache_dir,
+    same_disk,
     shared_storage_warning,
 )
 from carsweep.data.cache_build import build_steps
 from carsweep.data.manifest import PreparedDataset, load_dataset
+from carsweep.data.mirror import MirrorPlan, mirror_lines, mirror_plan
 from carsweep.errors import UserError, last_line
 from carsweep.search.preflight.nodes import PROBE_TIMEOUT_S, alive_nodes, node_label
+from carsweep.storage import is_bucket
 
 if TYPE_CHECKING:  # run.py makes the Report this check fills
     from carsweep.search.preflight.report import Report
@@ -71,11 +85,13 @@ class CacheJob:
 @dataclass(frozen=True)
 class CacheEvent:
     """What a node's cache task says: `kind` is one of started (not shown), start, progress,
-    built, there, no-room, warning, error; `label` names the cache ("400px"), "" the node."""
+    built, there, mirror (a line of the image mirror's), no-room, warning, error; `label` names
+    the cache ("400px"), "" the node; `subject` is "cache", or "mirror" for the image mirror."""
 
     kind: str
     label: str
     text: str
+    subject: str = "cache"
 
 
 # What the space asks for --------------------------------------------------------------------
@@ -114,6 +130,12 @@ def data_cache_required(config: SweepConfig) -> bool:
     return "on" in (space_values(config, "data_cache") or [])
 
 
+def images_in_bucket(config: SweepConfig) -> bool:
+    """Whether the dataset's images are in a bucket: then every trial node mirrors train+val
+    before its caches (carsweep/data/mirror.py)."""
+    return is_bucket(load_dataset(config.dataset).root)
+
+
 def cache_jobs(config: SweepConfig) -> list[CacheJob]:
     folders = space_values(config, "cache_dir") or [None]
     return [CacheJob(folder, size, crop)
@@ -130,9 +152,11 @@ def trial_nodes(config: SweepConfig) -> list[dict]:
 
 
 def shared_paths(config: SweepConfig, dataset: PreparedDataset) -> dict[str, str | Path]:
-    """The folders every node of the sweep shares, as the warning names them."""
-    return {"the experiment storage": config.storage_path, "the dataset folder": dataset.folder,
-            "the image folder": dataset.root}
+    """The folders every node of the sweep shares, as the warning names them (a bucket is
+    no folder a cache could be inside)."""
+    places = {"the experiment storage": config.storage_path, "the dataset folder": dataset.folder,
+              "the image folder": dataset.root}
+    return {what: place for what, place in places.items() if "://" not in str(place)}
 
 
 # Building -----------------------------------------------------------------------------------
@@ -144,7 +168,7 @@ def prebuild_node_caches(config: SweepConfig, say: Callable[[str], None] = print
     if note:
         say(f"cache: {note}")
     jobs = cache_jobs(config)
-    if not jobs:
+    if not jobs and not images_in_bucket(config):
         return
     required = data_cache_required(config)
     streams = {}
@@ -162,8 +186,8 @@ def _pinned(node: dict) -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
 
 
-def _line(label: str, node: str, text: str) -> str:
-    return f"{cache_line_name(label, node)}: {text}"
+def _line(label: str, node: str, text: str, subject: str = "cache") -> str:
+    return f"{cache_line_name(label, node, subject)}: {text}"
 
 
 def _follow(streams: dict, required: bool, say: Callable[[str], None]) -> list[str]:
@@ -182,7 +206,7 @@ def _follow(streams: dict, required: bool, say: Callable[[str], None]) -> list[s
             else:
                 heard.add(stream)
                 pending.append(stream)
-            line = _line(event.label, streams[stream], event.text)
+            line = _line(event.label, streams[stream], event.text, event.subject)
             if event.kind == "error" or (event.kind == "no-room" and required):
                 failures.append(line)
             if event.kind != "started":
@@ -203,10 +227,16 @@ def _build_on_node(config: SweepConfig, jobs: list[CacheJob], workers: int,
     """On one node: each job's cache, built if missing, as a stream of events."""
     yield CacheEvent("started", "", "")
     try:
-        dataset = load_dataset(Path(config.dataset))
+        dataset = load_dataset(config.dataset)
     except UserError as error:
         yield CacheEvent("error", "", str(error))
         return
+    if is_bucket(dataset.root):
+        try:
+            yield from _mirror_on_node(dataset)
+        except UserError as error:  # a missing object, a sha1 that differs, no credentials
+            yield CacheEvent("error", "", str(error), subject="mirror")
+            return
     for plan, warning in _plans(config, dataset, jobs):
         if warning:
             yield CacheEvent("warning", "", f"warning: {warning}")
@@ -219,12 +249,29 @@ def _build_on_node(config: SweepConfig, jobs: list[CacheJob], workers: int,
             yield CacheEvent("error", plan.label, str(error))
 
 
-def _plans(config: SweepConfig, dataset: PreparedDataset,
-           jobs: list[CacheJob]) -> Iterator[tuple[CachePlan, str | None]]:
-    """(plan, shared-storage warning or None) per job, the warning once per cache folder."""
+def _mirror_on_node(dataset: PreparedDataset) -> Iterator[CacheEvent]:
+    """The train+val images fetched into this node's mirror, which the caches are built from."""
+    rows = cached_rows(dataset)
+    plan = mirror_plan(dataset, rows)
+    if not plan.has_room:
+        raise UserError(plan.room_problem())
+    for line in mirror_lines(dataset, rows):
+        yield CacheEvent("mirror", "", line, subject="mirror")
+
+
+def _plans(config: SweepConfig, dataset: PreparedDataset, jobs: list[CacheJob],
+           mirror: MirrorPlan | None = None) -> Iterator[tuple[CachePlan, str | None]]:
+    """(plan, shared-storage warning or None) per job, the warning once per cache folder.
+    Each plan's room leaves what the image `mirror` still has to fetch and the missing caches
+    planned before it, where they are on its disk."""
     warned: set[Path] = set()
+    taken = [(mirror.folder, mirror.bytes_needed)] if mirror is not None else []
     for job in jobs:
-        plan = cache_plan(dataset, job.size, job.bbox_crop, job.cache_dir)
+        folder = resolve_cache_dir(job.cache_dir)
+        beside = sum(size for where, size in taken if same_disk(where, folder))
+        plan = cache_plan(dataset, job.size, job.bbox_crop, job.cache_dir, beside=beside)
+        if plan.state != "fresh":
+            taken.append((plan.folder, plan.bytes_needed))
         warning = None
         if plan.folder not in warned:
             warned.add(plan.folder)
@@ -245,8 +292,7 @@ def _build_one(dataset: PreparedDataset, plan: CachePlan,
         step = done * PROGRESS_STEPS // max(1, total)
         if step > shown and done < total:
             shown = step
-            yield CacheEvent("progress", plan.label, f"{done:,}/{total:,} images "
-                             f"({100 * done // total} %), {time.monotonic() - started:.0f} s")
+            yield CacheEvent("progress", plan.label, progress_text(done, total, started))
     how = "built" if built else "built meanwhile by another process on this disk"
     yield CacheEvent("built", plan.label, f"{how}, {plan.count:,} images "
                      f"({format_bytes(plan.bytes_needed)}) in {time.monotonic() - started:.0f} s")
@@ -263,15 +309,18 @@ class NodeCacheReport:
     label: str
     verdict: str
     text: str
+    subject: str = "cache"  # or "mirror": the image mirror's line
 
     @property
     def check(self) -> str:
-        return cache_line_name(self.label, self.node)
+        return cache_line_name(self.label, self.node, self.subject)
 
 
-def cache_line_name(label: str, node: str) -> str:
-    """"cache 400px on node 10.0.0.2/1a2b3c4d", "cache on node ...", or "cache"."""
-    return " ".join(["cache", *([label] if label else []), *([f"on node {node}"] if node else [])])
+def cache_line_name(label: str, node: str, subject: str = "cache") -> str:
+    """"cache 400px on node 10.0.0.2/1a2b3c4d", "cache on node ...", "cache", or the same
+    for the image mirror: "mirror on node ..."."""
+    return " ".join([subject, *([label] if label else []),
+                     *([f"on node {node}"] if node else [])])
 
 
 def plan_report(node: str, plan: CachePlan, required: bool) -> NodeCacheReport:
@@ -288,6 +337,20 @@ def plan_report(node: str, plan: CachePlan, required: bool) -> NodeCacheReport:
     return NodeCacheReport(node, plan.label, "warn", f"{plan.room_problem()}{DECODES_INSTEAD}")
 
 
+def mirror_report(node: str, plan: MirrorPlan) -> NodeCacheReport:
+    """The pre-flight line of the image mirror on one node: there, to fetch, or no room (a
+    failure: trials there would have no images)."""
+    if not plan.to_fetch:
+        return NodeCacheReport(node, "", "ok", f"there ({plan.count:,} train+val images in "
+                               f"{plan.folder})", subject="mirror")
+    if not plan.has_room:
+        return NodeCacheReport(node, "", "fail", plan.room_problem(), subject="mirror")
+    return NodeCacheReport(node, "", "ok", (
+        f"{plan.to_fetch:,} of {plan.count:,} train+val images to fetch before trials start "
+        f"({format_bytes(plan.bytes_needed)}; {format_bytes(plan.bytes_free)} free in "
+        f"{plan.folder})"), subject="mirror")
+
+
 def node_cache_reports(config: SweepConfig) -> list[NodeCacheReport]:
     """The pre-flight's cache lines: per node that can run a trial and per cache, there or not,
     bytes needed vs free, the shared-storage warning; builds nothing."""
@@ -297,7 +360,7 @@ def node_cache_reports(config: SweepConfig) -> list[NodeCacheReport]:
         reports.append(NodeCacheReport("", "", "ok", "data_cache is off: trials decode the "
                                        "JPEGs every epoch"))
     jobs = cache_jobs(config)
-    if not jobs:
+    if not jobs and not images_in_bucket(config):
         return reports
     required = data_cache_required(config)
     pending = {node_label(node): _plan_on_node.options(scheduling_strategy=_pinned(node))
@@ -315,11 +378,17 @@ def node_cache_reports(config: SweepConfig) -> list[NodeCacheReport]:
 def _plan_on_node(config: SweepConfig, jobs: list[CacheJob], node: str,
                   required: bool) -> list[NodeCacheReport]:
     try:
-        dataset = load_dataset(Path(config.dataset))
+        dataset = load_dataset(config.dataset)
     except UserError as error:  # the node check above names it; the caches cannot be planned
         return [NodeCacheReport(node, "", "warn", f"not checked ({error})")]
-    reports = []
-    for plan, warning in _plans(config, dataset, jobs):
+    reports, mirror = [], None
+    if is_bucket(dataset.root):
+        try:
+            mirror = mirror_plan(dataset, cached_rows(dataset))
+        except UserError as error:  # the store refuses this node (its credentials, endpoint)
+            return [NodeCacheReport(node, "", "fail", str(error), subject="mirror")]
+        reports.append(mirror_report(node, mirror))
+    for plan, warning in _plans(config, dataset, jobs, mirror):
         if warning:
             reports.append(NodeCacheReport(node, "", "warn", warning))
         reports.append(plan_report(node, plan, required))

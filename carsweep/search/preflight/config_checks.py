@@ -87,14 +87,11 @@ def check_cuda_has_gpus(config: SweepConfig) -> None:
 
 
 def check_dataset(dataset: str | None) -> None:
-    """The driver must at least see a prepared dataset; trials re-check on their own node."""
+    """The driver must at least see a prepared dataset (a folder, or a bucket URI); trials
+    re-check on their own node."""
     if dataset is None:
         raise UserError("no dataset: give --data DATASET or `dataset:` in the sweep config")
-    if "://" in dataset:  # prepare writes one; each node mirroring it is issue 28's part 2
-        raise UserError(f"--data {dataset}: a prepared dataset in a bucket is not read by "
-                        "sweeps yet (each node mirroring its images is not built); give the "
-                        "local copy every node has at the same path")
-    load_dataset(Path(dataset))  # a UserError naming the folder if it is not a prepared one
+    load_dataset(dataset)  # a UserError naming the folder if it is not a prepared one
 
 
 def check_storage_writable(storage: Path) -> None:

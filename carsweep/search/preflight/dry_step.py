@@ -79,7 +79,7 @@ def check_dry_step(config: SweepConfig, report: Report) -> None:
     reporter = _KeepMetrics()
     try:
         trial = dry_trial(config)
-        data = few_images(load_dataset(Path(config.dataset)),
+        data = few_images(load_dataset(config.dataset),
                           {"train": 2 * DRY_BATCH, "val": DRY_BATCH})
         train(trial, data, reporter=reporter)
     except UserError as error:

@@ -18,7 +18,6 @@ measured is what every trial's memory cap leaves out (`Launch.gpu_context_bytes`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -179,7 +178,7 @@ def check_real_step(config: SweepConfig, report: Report) -> int | None:
     gpu = config.resources.gpu
     if gpu == 0:
         return None
-    classes = load_dataset(Path(config.dataset)).num_classes
+    classes = load_dataset(config.dataset).num_classes
     pending = []
     for kind, node in one_node_per_type(gpu_nodes()).items():
         task = _real_step_task.options(scheduling_strategy=_pinned(node),

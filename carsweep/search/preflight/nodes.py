@@ -10,7 +10,9 @@ of its manifest and class list, and the first image's bytes against the manifest
 Where some trial decodes the images itself (data_cache off, or resize searched as a range),
 every train+val image's bytes are checked against its sha1 on every node: an image cut short
 or deleted after `prepare` is one line naming it, not a failure in every trial. (A cache built
-before launch decodes every image and names a broken one itself.)
+before launch decodes every image and names a broken one itself.) A dataset in a bucket is
+proven readable with each node's own credentials; images in a bucket are checked by each
+node's mirror, every one against its sha1 (search/preflight/caches.py).
 
 One zero-CPU task is pinned to each alive node (NodeAffinitySchedulingStrategy, soft=False: it
 runs there or not at all). The exchange folder is removed afterwards, and so is any folder the
@@ -198,7 +200,7 @@ def dataset_digest(dataset: str) -> str | None:
     digest = hashlib.sha1()
     try:
         for name in (MANIFEST_FILE, CLASSES_FILE):
-            digest.update((Path(dataset) / name).read_bytes())
+            digest.update((location(dataset) / name).read_bytes())
     except OSError:
         return None
     return digest.hexdigest()
@@ -216,13 +218,20 @@ def same_dataset_problem(dataset: str, expected: str | None) -> str | None:
 
 def dataset_problem(dataset: str) -> str | None:
     """None if the manifest, the dataset description and the first image can be read, and
-    the image has the bytes the manifest's sha1 says."""
+    the image has the bytes the manifest's sha1 says (a dataset in a bucket: if it loads
+    with this node's credentials; its images in a bucket: the mirror checks each one)."""
+    if is_bucket(location(dataset)):
+        try:
+            load_dataset(dataset)
+        except UserError as error:  # a StorageError names the object and what the store said
+            return f"dataset {dataset} cannot be read on this node: {error}"
+        return None
     folder = Path(dataset)
     try:
         with (folder / MANIFEST_FILE).open(newline="") as handle:
             first = next(csv.DictReader(handle), None)
         info = json.loads((folder / INFO_FILE).read_text())
-        if first is not None:
+        if first is not None and "://" not in info["root"]:
             root = Path(info["root"]) if Path(info["root"]).is_absolute() else folder / info["root"]
             image = root / first["path"]
             if first.get("sha1") and hashlib.sha1(image.read_bytes()).hexdigest() != first["sha1"]:
@@ -248,6 +257,8 @@ def trials_decode_images(config: SweepConfig) -> bool:
 def images_bytes(dataset: str) -> int:
     """The bytes of the train+val images on this machine (what a node that hashes reads)."""
     prepared = load_dataset(dataset)
+    if is_bucket(prepared.root):  # no node hashes them: the mirror does, with its own time
+        return 0
     return sum(_size(prepared.image_path(path)) for path in prepared.rows(*SPLITS_READ)["path"])
 
 
@@ -264,6 +275,8 @@ def changed_images_problem(dataset: str) -> str | None:
         prepared = load_dataset(dataset)
     except UserError as error:
         return str(error)
+    if is_bucket(prepared.root):  # each node's mirror checks every image against its sha1
+        return None
     rows = prepared.rows(*SPLITS_READ)
     rows = rows[rows["sha1"].astype(str).str.len() == 40]  # a manifest without sha1s: nothing
     with ThreadPoolExecutor(HASH_THREADS) as pool:
