@@ -24,9 +24,7 @@ from pathlib import Path
 
 from carsweep.data.manifest import INFO_FILE
 from carsweep.errors import UserError
-from carsweep.storage import BucketPath, local_folder_for
-
-DOWNLOAD_THREADS = 16  # requests in flight; each image is one GET, latency-bound
+from carsweep.storage import REQUESTS_IN_FLIGHT, BucketPath, local_folder_for
 
 
 def stage_source(source: BucketPath, *, say: Callable[[str], None]) -> Path:
@@ -42,7 +40,7 @@ def stage_source(source: BucketPath, *, say: Callable[[str], None]) -> Path:
     _remove_files_not_in(local, set(objects))
     say(f"staging {source} in {local}: {len(objects):,} files, {_megabytes(objects)} "
         f"({len(stale):,} to download, {len(objects) - len(stale):,} already there)")
-    with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
+    with ThreadPoolExecutor(REQUESTS_IN_FLIGHT) as pool:
         list(pool.map(lambda relative: _download(source / relative, local / relative,
                                                  objects[relative][1]), stale))
     return local

@@ -16,8 +16,8 @@ on the same local disk, which is the disk a platform engineer sizes for them (no
 or a Kubernetes emptyDir/ephemeral volume mounted there), so one room check can count both,
 and one `rm -rf` of the cache folder clears both.
 
-How, for each file: 16 GETs in flight (each image is one GET, latency-bound, as in
-bucket_source.py), a failed GET retried with a growing pause, its bytes checked against the
+How, for each file: 16 GETs at once (storage.REQUESTS_IN_FLIGHT: each image is one GET,
+latency-bound), a failed GET retried with a growing pause, its bytes checked against the
 manifest's sha1 (the hash the audit took of the same bytes) before they are renamed into place
 (a killed mirror leaves a hidden partial file, never a torn image at the final name). A file
 already there with the right sha1 is not fetched again, so a mirror cut short resumes; the
@@ -47,14 +47,13 @@ from carsweep.data.cache import (
     resolve_cache_dir,
 )
 from carsweep.errors import UserError
-from carsweep.storage import BucketPath, StorageError
+from carsweep.storage import REQUESTS_IN_FLIGHT, BucketPath, StorageError
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from carsweep.data.manifest import PreparedDataset
 
-DOWNLOAD_THREADS = 16  # requests in flight; each image is one GET, latency-bound
 ATTEMPTS = 3  # GETs of one object before its failure is the mirror's
 RETRY_PAUSE_S = 0.5  # before the second GET; doubled before each next one
 PROGRESS_STEPS = 10  # a progress line at about every tenth of a mirror
@@ -133,7 +132,7 @@ def mirror_lines(dataset: PreparedDataset, rows: pd.DataFrame) -> Iterator[str]:
 
 
 def mirror_steps(dataset: PreparedDataset, rows: pd.DataFrame, *,
-                 threads: int = DOWNLOAD_THREADS) -> Iterator[tuple[int, int, int]]:
+                 threads: int = REQUESTS_IN_FLIGHT) -> Iterator[tuple[int, int, int]]:
     """Mirror `rows` here, yielding (images here, images wanted, images fetched) as files
     arrive; the first failure is a MirrorError (the other requests are cancelled, nothing is
     recorded)."""
