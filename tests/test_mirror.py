@@ -226,3 +226,22 @@ def test_a_cache_built_from_the_mirror_is_the_cache_of_the_local_images(
     assert np.array_equal(np.load(from_bucket), np.load(from_folder))
     verified = json.loads((mirror_folder(bucket_dataset.root) / VERIFIED_FILE).read_text())
     assert sorted(verified) == sorted(train_val(bucket_dataset)["path"])  # fetched to build it
+
+
+def test_train_of_a_dataset_in_a_bucket_reads_this_machines_mirror(bucket_dataset,
+                                                                   dataset_uri, tmp_path,
+                                                                   capsys):
+    """`carsweep train --data s3://...` (the argument was a Path: `s3:/...`, no such folder)
+    trains standalone from the mirror it fills here."""
+    from carsweep.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", dataset_uri, "--out", str(run), "--set", "epochs=1",
+                 "--set", "resize=32", "--set", "weights=none", "--set", "device=cpu",
+                 "--set", "num_workers=0", "--set", "model=mobilenet_v3_small"]) == 0
+    assert f"training 1 epoch on {dataset_uri} (4 classes)" in capsys.readouterr().out
+    assert (run / "metrics.csv").is_file()
+    folder = mirror_folder(bucket_dataset.root)
+    held = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if p.is_file() and p.name != VERIFIED_FILE}
+    assert held == set(bucket_dataset.rows("train", "val")["path"])

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pt2", action="store_true",
                         help="also write OUT's stem + .pt2, a torch.export ExportedProgram "
                         "(same contract; loads in the same torch version), proved")
-    parser.add_argument("--data", type=Path, metavar="DATASET",
+    parser.add_argument("--data", type=place, metavar="DATASET",
                         help="prepared dataset whose images prove --onnx/--pt2 (default: the "
                         "experiment's; random pixels where none is known)")
 

@@ -11,12 +11,15 @@ import argparse
 import time
 from pathlib import Path
 
+from carsweep.cli.arguments import place
+
 HELP = "train one trial (any torchvision backbone) on a prepared dataset, standalone, without Ray"
 EPILOG = "Every trial setting and augmentation preset: carsweep settings"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, required=True, help="prepared dataset folder")
+    parser.add_argument("--data", type=place, required=True,
+                        help="prepared dataset: a folder, or its URI (s3://BUCKET/PREFIX)")
     parser.add_argument("--config", type=Path, help="trial config YAML (default: all defaults)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data)
     if args.resume:
         check_same_classes(out, dataset.classes)
-    print(f"training {config.epochs} epochs on {dataset.folder} "
+    epochs = f"{config.epochs} epoch{'' if config.epochs == 1 else 's'}"
+    print(f"training {epochs} on {dataset.folder} "
           f"({dataset.num_classes} classes) -> {out}", flush=True)
     with new_run_removed_on_failure(out, fresh=not args.resume), \
             RunFolder(out, config, dataset.classes, resume=args.resume) as folder:
