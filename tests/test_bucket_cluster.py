@@ -50,7 +50,7 @@ from carsweep.config.files import (
     trial_dir_name,
 )
 from carsweep.data.manifest import load_dataset
-from carsweep.data.mirror import VERIFIED_FILE
+from carsweep.data.mirror import LOCK_FILE, VERIFIED_FILE
 from carsweep.results import load_experiment, open_study
 from carsweep.results.export import load_export
 from carsweep.results.store import read_result_rows
@@ -226,4 +226,5 @@ def test_a_sweep_and_its_dataset_in_a_bucket_survive_a_killed_driver_on_a_worker
 
 
 def mirrored(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.is_file() and p.name != VERIFIED_FILE]
+    return [p for p in folder.rglob("*") if p.is_file()
+            and p.name not in (VERIFIED_FILE, LOCK_FILE)]

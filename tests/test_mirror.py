@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from carsweep.data.cache import cache_plan
 from carsweep.data.cache_build import build_cache
 from carsweep.data.manifest import load_dataset
 from carsweep.data.mirror import (
+    LOCK_FILE,
     VERIFIED_FILE,
     MirrorError,
     mirror_folder,
@@ -97,7 +99,7 @@ def test_train_val_is_mirrored_as_the_source_has_it_and_a_second_mirror_fetches_
     assert counts[-1] < TRAIN_VAL
     assert [int(found[2]) for found in progress] == [100 * n // TRAIN_VAL for n in counts]
     assert lines[-1].startswith(f"fetched {TRAIN_VAL}, kept 0: {TRAIN_VAL} images in {folder}")
-    assert mirrored_files(folder) == sorted([*rows["path"], VERIFIED_FILE])
+    assert mirrored_files(folder) == sorted([*rows["path"], LOCK_FILE, VERIFIED_FILE])
     for relative in rows["path"]:
         assert (folder / relative).read_bytes() == (synthetic_source / relative).read_bytes()
     assert len(gets) == TRAIN_VAL
@@ -135,6 +137,18 @@ def test_a_mirror_cut_short_resumes_fetching_only_what_is_missing_or_torn(
     assert torn.read_bytes() == (synthetic_source / paths[7]).read_bytes()
     assert json.loads((folder / VERIFIED_FILE).read_text()) == dict(
         zip(rows["path"], rows["sha1"], strict=True))
+
+
+def test_trials_mirroring_together_on_one_machine_fetch_each_image_once(bucket_dataset, gets):
+    """Two trials starting at once on a node that joined late: one fetches, the other waits
+    for it and finds every file verified."""
+    rows = train_val(bucket_dataset)
+    with ThreadPoolExecutor(2) as pool:
+        ends = [lines[-1] for lines in pool.map(
+            lambda _: list(mirror_lines(bucket_dataset, rows)), range(2))]
+    assert len(gets) == TRAIN_VAL
+    assert sorted(end.split(":")[0] for end in ends) == [
+        f"fetched 0, kept {TRAIN_VAL}", f"fetched {TRAIN_VAL}, kept 0"]
 
 
 def test_a_failed_get_is_tried_again_and_one_that_keeps_failing_names_the_object(
@@ -243,5 +257,5 @@ def test_train_of_a_dataset_in_a_bucket_reads_this_machines_mirror(bucket_datase
     assert (run / "metrics.csv").is_file()
     folder = mirror_folder(bucket_dataset.root)
     held = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-            if p.is_file() and p.name != VERIFIED_FILE}
+            if p.is_file() and p.name not in (VERIFIED_FILE, LOCK_FILE)}
     assert held == set(bucket_dataset.rows("train", "val")["path"])

@@ -33,6 +33,7 @@ faster than decoding (BENCHMARKS.md: 100-200 MB/s): `shared_storage_warning` say
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import hashlib
 import io
@@ -41,7 +42,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -304,3 +306,21 @@ def shared_storage_warning(cache_dir: str | Path,
 
 def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
+
+
+@contextmanager
+def held_alone(folder: Path, lock_path: Path) -> Iterator[None]:
+    """An advisory lock on `lock_path` (made in `folder`) held for the block: concurrent
+    trials on a node build a cache, or fetch a mirror, once; the others wait, then find it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a")  # noqa: SIM115 - closed by the `with` below
+    except OSError as error:
+        raise CacheDiskError(f"cannot write the cache folder {folder} "
+                             f"({error.strerror or error})", unwritable=True) from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -15,12 +15,11 @@ temporary file is removed.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +36,7 @@ from carsweep.data.cache import (
     cache_plan,
     cached_rows,
     format_bytes,
+    held_alone,
 )
 from carsweep.data.images import DECODE_ERRORS, open_rgb
 from carsweep.data.manifest import BOX_COLUMNS
@@ -73,7 +73,7 @@ def build_steps(dataset: PreparedDataset, plan: CachePlan, *,
     no room, or a folder that cannot be written, is a CacheDiskError; otherwise every image is
     decoded, in `workers` processes (default: all cores), into a temporary file that replaces
     the array only when whole."""
-    with _exclusive(plan.folder, plan.lock):
+    with held_alone(plan.folder, plan.lock):
         plan = cache_plan(dataset, plan.size, plan.bbox_crop, plan.folder)  # as it is now
         if plan.state == "fresh":
             return
@@ -176,21 +176,4 @@ def _decode_chunk(task: tuple[str, int, list[str], np.ndarray, int]) -> int:
         array[start + offset] = decode_resized(path, size, None if np.isnan(box).any() else box)
     array.flush()
     return len(paths)
-
-
-@contextmanager
-def _exclusive(folder: Path, lock_path: Path) -> Iterator[None]:
-    """An advisory lock held while building, so concurrent trials build a cache only once."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_path, "a")  # noqa: SIM115 - closed by the `with` below
-    except OSError as error:
-        raise CacheDiskError(f"cannot write the cache folder {folder} "
-                             f"({error.strerror or error})", unwritable=True) from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -22,7 +22,9 @@ manifest's sha1 (the hash the audit took of the same bytes) before they are rena
 (a killed mirror leaves a hidden partial file, never a torn image at the final name). A file
 already there with the right sha1 is not fetched again, so a mirror cut short resumes; the
 files verified are recorded in `.carsweep-mirrored.json`, so a trial that finds its rows
-recorded opens no image to check them. A missing object, a sha1 that differs, a store that
+recorded opens no image to check them. One process fetches at a time on a machine (a lock in
+the mirror's folder, as the cache build takes one): trials that start together on a node that
+joined late fetch each image once. A missing object, a sha1 that differs, a store that
 refuses (no credentials, a wrong endpoint) is a MirrorError naming the object.
 """
 
@@ -42,6 +44,7 @@ from carsweep.data.cache import (
     EPHEMERAL_NOTE,
     disk_space,
     format_bytes,
+    held_alone,
     progress_text,
     reserved_bytes,
     resolve_cache_dir,
@@ -58,6 +61,7 @@ ATTEMPTS = 3  # GETs of one object before its failure is the mirror's
 RETRY_PAUSE_S = 0.5  # before the second GET; doubled before each next one
 PROGRESS_STEPS = 10  # a progress line at about every tenth of a mirror
 VERIFIED_FILE = ".carsweep-mirrored.json"  # relative path -> sha1 of every file checked
+LOCK_FILE = ".carsweep-mirror.lock"  # held while fetching
 
 
 class MirrorError(UserError):
@@ -143,8 +147,22 @@ def mirror_steps(dataset: PreparedDataset, rows: pd.DataFrame, *,
     yield done, total, fetched
     if not pending:
         return
+    # One fetcher per machine (trials starting together on a node that joined late): the
+    # others wait, then find the files it verified.
+    with held_alone(folder, folder / LOCK_FILE):
+        pending = _unverified(folder, rows)
+        done = total - len(pending)
+        yield from _fetch(dataset.root, folder, pending, (done, total), threads)
+        _record_verified(folder, pending)
+
+
+def _fetch(root: BucketPath, folder: Path, pending: dict[str, str], progress: tuple[int, int],
+           threads: int) -> Iterator[tuple[int, int, int]]:
+    """`pending` (relative path -> sha1) from `root` into `folder`, yielding progress as
+    mirror_steps does."""
+    (done, total), fetched = progress, 0
     with ThreadPoolExecutor(threads) as pool:
-        futures = {pool.submit(fetch_checked, dataset.root / path, folder / path, sha1)
+        futures = {pool.submit(fetch_checked, root / path, folder / path, sha1)
                    for path, sha1 in pending.items()}
         while futures:
             finished, futures = wait(futures, return_when=FIRST_COMPLETED)
@@ -155,7 +173,6 @@ def mirror_steps(dataset: PreparedDataset, rows: pd.DataFrame, *,
             done += len(finished)
             fetched += sum(future.result() for future in finished)
             yield done, total, fetched
-    _record_verified(folder, pending)
 
 
 def fetch_checked(remote: BucketPath, local: Path, sha1: str) -> bool:
