@@ -16,11 +16,10 @@ from carsweep.config.sweep import SweepConfig
 from carsweep.data.cache import cache_plan
 from carsweep.data.manifest import load_dataset
 from carsweep.errors import UserError
+from carsweep.search.preflight.cache_checks import node_cache_reports, plan_report
 from carsweep.search.preflight.caches import (
     cache_line_name,
     caches_to_build,
-    node_cache_reports,
-    plan_report,
     prebuild_node_caches,
     unbuildable_note,
 )

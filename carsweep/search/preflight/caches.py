@@ -1,4 +1,4 @@
-"""Decoded caches on every node before trials start, and what the pre-flight says about them.
+"""Decoded caches (and a bucket's images) on every node before trials start.
 
 Each node that can run a trial holds its own decoded caches on its local disk (carsweep/
 data/cache.py): one per (resize, bbox_crop) a trial can get, train+val only. `run_sweep`
@@ -18,9 +18,9 @@ A dataset whose images are in a bucket is mirrored first, in the same task: trai
 the node's mirror (carsweep/data/mirror.py, beside the caches), which the caches are then
 built from and trials decode from; its lines read `mirror on node ...`, and a missing object,
 other bytes or a store that refuses the node is an error naming both. The pre-flight plans
-the mirror's room with the caches': a cache's room leaves what the mirror still has to fetch
-on the same disk. With no cache to build (data_cache off, resize a range) the task still runs
-for the mirror.
+the mirror's room with the caches' (cache_checks.py: what the pre-flight says of both): a
+cache's room leaves what the mirror still has to fetch on the same disk. With no cache to
+build (data_cache off, resize a range) the task still runs for the mirror.
 
 A cache dir a trial resolves on its node ($CARSWEEP_CACHE_DIR there, or the default) is
 resolved the same way by these tasks, on the node. Two loopback nodes of one machine share
@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from carsweep.config.sweep import SweepConfig
 from carsweep.data.cache import (
@@ -62,11 +61,11 @@ from carsweep.data.cache_build import build_steps
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.data.mirror import MirrorPlan, mirror_lines, mirror_plan
 from carsweep.errors import UserError, last_line
-from carsweep.search.preflight.nodes import PROBE_TIMEOUT_S, alive_nodes, node_label
+from carsweep.search.preflight.nodes import alive_nodes, node_label, pinned_to
 from carsweep.storage import is_bucket
 
 if TYPE_CHECKING:  # run.py makes the Report this check fills
-    from carsweep.search.preflight.report import Report
+    pass
 
 START_TIMEOUT_S = 120.0  # a node's task must report once within this; then builds take their time
 PROGRESS_STEPS = 10  # a progress line at about every tenth of a build
@@ -174,16 +173,12 @@ def prebuild_node_caches(config: SweepConfig, say: Callable[[str], None] = print
     streams = {}
     for node in trial_nodes(config):
         workers = max(1, int(node["Resources"].get("CPU", 1)))
-        task = _build_on_node.options(scheduling_strategy=_pinned(node))
+        task = _build_on_node.options(scheduling_strategy=pinned_to(node))
         streams[task.remote(config, jobs, workers, required)] = node_label(node)
     failures = _follow(streams, required, say)
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise UserError(f"{failures[0]}{more}")
-
-
-def _pinned(node: dict) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
 
 
 def _line(label: str, node: str, text: str, subject: str = "cache") -> str:
@@ -237,7 +232,7 @@ def _build_on_node(config: SweepConfig, jobs: list[CacheJob], workers: int,
         except UserError as error:  # a missing object, a sha1 that differs, no credentials
             yield CacheEvent("error", "", str(error), subject="mirror")
             return
-    for plan, warning in _plans(config, dataset, jobs):
+    for plan, warning in node_plans(config, dataset, jobs):
         if warning:
             yield CacheEvent("warning", "", f"warning: {warning}")
         try:
@@ -259,7 +254,7 @@ def _mirror_on_node(dataset: PreparedDataset) -> Iterator[CacheEvent]:
         yield CacheEvent("mirror", "", line, subject="mirror")
 
 
-def _plans(config: SweepConfig, dataset: PreparedDataset, jobs: list[CacheJob],
+def node_plans(config: SweepConfig, dataset: PreparedDataset, jobs: list[CacheJob],
            mirror: MirrorPlan | None = None) -> Iterator[tuple[CachePlan, str | None]]:
     """(plan, shared-storage warning or None) per job, the warning once per cache folder.
     Each plan's room leaves what the image `mirror` still has to fetch and the missing caches
@@ -298,106 +293,8 @@ def _build_one(dataset: PreparedDataset, plan: CachePlan,
                      f"({format_bytes(plan.bytes_needed)}) in {time.monotonic() - started:.0f} s")
 
 
-# The pre-flight's view ----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class NodeCacheReport:
-    """A pre-flight line: one cache on one node (label "400px"), a node ("" label) or the
-    sweep (node ""); `verdict` ok, warn or fail."""
-
-    node: str
-    label: str
-    verdict: str
-    text: str
-    subject: str = "cache"  # or "mirror": the image mirror's line
-
-    @property
-    def check(self) -> str:
-        return cache_line_name(self.label, self.node, self.subject)
-
-
 def cache_line_name(label: str, node: str, subject: str = "cache") -> str:
     """"cache 400px on node 10.0.0.2/1a2b3c4d", "cache on node ...", "cache", or the same
     for the image mirror: "mirror on node ..."."""
     return " ".join([subject, *([label] if label else []),
                      *([f"on node {node}"] if node else [])])
-
-
-def plan_report(node: str, plan: CachePlan, required: bool) -> NodeCacheReport:
-    """The pre-flight line of one cache plan on one node."""
-    size = f"{plan.count:,} images, {format_bytes(plan.bytes_needed)}"
-    if plan.state == "fresh":
-        return NodeCacheReport(node, plan.label, "ok", f"there ({size} in {plan.folder})")
-    if plan.has_room:
-        return NodeCacheReport(node, plan.label, "ok", (
-            f"missing, built before trials start ({size}; "
-            f"{format_bytes(plan.bytes_free)} free in {plan.folder})"))
-    if required:
-        return NodeCacheReport(node, plan.label, "fail", plan.room_problem())
-    return NodeCacheReport(node, plan.label, "warn", f"{plan.room_problem()}{DECODES_INSTEAD}")
-
-
-def mirror_report(node: str, plan: MirrorPlan) -> NodeCacheReport:
-    """The pre-flight line of the image mirror on one node: there, to fetch, or no room (a
-    failure: trials there would have no images)."""
-    if not plan.to_fetch:
-        return NodeCacheReport(node, "", "ok", f"there ({plan.count:,} train+val images in "
-                               f"{plan.folder})", subject="mirror")
-    if not plan.has_room:
-        return NodeCacheReport(node, "", "fail", plan.room_problem(), subject="mirror")
-    return NodeCacheReport(node, "", "ok", (
-        f"{plan.to_fetch:,} of {plan.count:,} train+val images to fetch before trials start "
-        f"({format_bytes(plan.bytes_needed)}; {format_bytes(plan.bytes_free)} free in "
-        f"{plan.folder})"), subject="mirror")
-
-
-def node_cache_reports(config: SweepConfig) -> list[NodeCacheReport]:
-    """The pre-flight's cache lines: per node that can run a trial and per cache, there or not,
-    bytes needed vs free, the shared-storage warning; builds nothing."""
-    note = unbuildable_note(config)
-    reports = [NodeCacheReport("", "", "warn", note)] if note else []
-    if space_values(config, "data_cache") == ["off"]:
-        reports.append(NodeCacheReport("", "", "ok", "data_cache is off: trials decode the "
-                                       "JPEGs every epoch"))
-    jobs = cache_jobs(config)
-    if not jobs and not images_in_bucket(config):
-        return reports
-    required = data_cache_required(config)
-    pending = {node_label(node): _plan_on_node.options(scheduling_strategy=_pinned(node))
-               .remote(config, jobs, node_label(node), required) for node in trial_nodes(config)}
-    for node, ref in pending.items():
-        try:
-            reports.extend(ray.get(ref, timeout=PROBE_TIMEOUT_S))
-        except (RayError, TimeoutError) as error:
-            ray.cancel(ref, force=True)
-            reports.append(NodeCacheReport(node, "", "warn", f"not checked ({last_line(error)})"))
-    return reports
-
-
-@ray.remote(num_cpus=0)
-def _plan_on_node(config: SweepConfig, jobs: list[CacheJob], node: str,
-                  required: bool) -> list[NodeCacheReport]:
-    try:
-        dataset = load_dataset(config.dataset)
-    except UserError as error:  # the node check above names it; the caches cannot be planned
-        return [NodeCacheReport(node, "", "warn", f"not checked ({error})")]
-    reports, mirror = [], None
-    if is_bucket(dataset.root):
-        try:
-            mirror = mirror_plan(dataset, cached_rows(dataset))
-        except UserError as error:  # the store refuses this node (its credentials, endpoint)
-            return [NodeCacheReport(node, "", "fail", str(error), subject="mirror")]
-        reports.append(mirror_report(node, mirror))
-    for plan, warning in _plans(config, dataset, jobs, mirror):
-        if warning:
-            reports.append(NodeCacheReport(node, "", "warn", warning))
-        reports.append(plan_report(node, plan, required))
-    return reports
-
-
-def check_node_caches(config: SweepConfig, report: Report) -> None:
-    """Per node and cache size: there, or missing with room to build it, or no room (a failure
-    under data_cache: on, a warning under auto); the shared-storage warning. Builds nothing."""
-    verdicts = {"ok": report.passed, "warn": report.warned, "fail": report.failed}
-    for line in node_cache_reports(config):
-        verdicts[line.verdict](line.check, line.text)

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from carsweep.config.sweep import SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError, last_line
 from carsweep.search.preflight.capacity import trials_per_gpu
 from carsweep.search.preflight.dry_step import first_trial_values
-from carsweep.search.preflight.nodes import alive_nodes, node_label
+from carsweep.search.preflight.nodes import alive_nodes, node_label, pinned_to
 
 if TYPE_CHECKING:  # torch is imported in the probes' processes only
     from carsweep.search.preflight.report import Report
@@ -58,14 +57,10 @@ def gpu_nodes() -> list[dict]:
     return [node for node in alive_nodes() if node["Resources"].get("GPU", 0) > 0]
 
 
-def _pinned(node: dict) -> NodeAffinitySchedulingStrategy:
-    return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-
-
 def probe_gpu_nodes(share: float) -> list[GpuProbe]:
     """For every alive node that offers GPUs, all at once: the CUDA facts of a process holding
     `share` of a GPU there, or why there are none."""
-    pending = [(node_label(node), _cuda_facts.options(scheduling_strategy=_pinned(node),
+    pending = [(node_label(node), _cuda_facts.options(scheduling_strategy=pinned_to(node),
                                                       num_gpus=min(share, 1.0)).remote())
                for node in gpu_nodes()]
     refs = [ref for _, ref in pending]
@@ -181,7 +176,7 @@ def check_real_step(config: SweepConfig, report: Report) -> int | None:
     classes = load_dataset(config.dataset).num_classes
     pending = []
     for kind, node in one_node_per_type(gpu_nodes()).items():
-        task = _real_step_task.options(scheduling_strategy=_pinned(node),
+        task = _real_step_task.options(scheduling_strategy=pinned_to(node),
                                        num_gpus=max(1.0, gpu))  # the GPU to itself
         for trial in worst_trials(config):
             where = f"{kind} GPU on node {node_label(node)}"

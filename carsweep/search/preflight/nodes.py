@@ -71,6 +71,11 @@ def alive_nodes() -> list[dict]:
     return [node for node in ray.nodes() if node.get("Alive")]
 
 
+def pinned_to(node: dict) -> NodeAffinitySchedulingStrategy:
+    """A task's scheduling on that node and no other (a probe of a node must run there)."""
+    return NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+
+
 def probe_every_node(storage: str, dataset: str, *,
                      check_images: bool = False) -> list[NodeReport]:
     """Prove on every alive node that storage and dataset are the driver's (with
@@ -82,8 +87,7 @@ def probe_every_node(storage: str, dataset: str, *,
     with token_exchange(storage) as exchange:
         pending = {}
         for node in alive_nodes():
-            pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
-            task = _probe_paths.options(scheduling_strategy=pinned)
+            task = _probe_paths.options(scheduling_strategy=pinned_to(node))
             pending[node["NodeID"]] = (node_label(node), task.remote(
                 storage, dataset, expected, exchange, node["NodeID"], check_images))
         reports = []

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from carsweep.config.sweep import SweepConfig
 from carsweep.errors import UserError
-from carsweep.search.preflight.caches import check_node_caches
+from carsweep.search.preflight.cache_checks import check_node_caches
 from carsweep.search.preflight.capacity import (
     check_capacity,
     check_cluster_resources,
