@@ -223,14 +223,14 @@ IN_FLIGHT = ("one_at_a_time", "parallel", "one_at_a_time_far", "parallel_far")
 
 @contextlib.contextmanager
 def requests_in_flight(count: int | None):
-    from carsweep.results import store
+    from carsweep import storage
 
-    shipped = store.REQUESTS_IN_FLIGHT
-    store.REQUESTS_IN_FLIGHT = count or shipped
+    shipped = storage.REQUESTS_IN_FLIGHT
+    storage.REQUESTS_IN_FLIGHT = count or shipped
     try:
         yield
     finally:
-        store.REQUESTS_IN_FLIGHT = shipped
+        storage.REQUESTS_IN_FLIGHT = shipped
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -285,9 +286,12 @@ class BucketPath:
             partial.unlink(missing_ok=True)
 
     def upload_tree(self, local: Path) -> None:
-        """Every file of the local folder to this folder (the same relative paths)."""
-        for file in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+        """Every file of the local folder to this folder (the same relative paths),
+        REQUESTS_IN_FLIGHT at a time."""
+        def upload(file: Path) -> None:
             (self / file.relative_to(local).as_posix()).write_bytes(file.read_bytes())
+
+        in_parallel(upload, sorted(p for p in Path(local).rglob("*") if p.is_file()))
 
     @contextmanager
     def _talking(self, what: str) -> Iterator[None]:
@@ -326,12 +330,20 @@ def mirror(bucket_folder: BucketPath, local: Path, *, wanted=lambda relative: Tr
     """Bring `local` in step with the bucket folder: each wanted file whose size differs
     (or that is missing) is downloaded; files already the same size are left as they are.
     Returns `local`."""
-    for relative, size in bucket_folder.files().items():
-        target = local / relative
-        if wanted(relative) and not (target.is_file() and target.stat().st_size == size):
-            (bucket_folder / relative).download_to(target)
+    stale = [relative for relative, size in bucket_folder.files().items()
+             if wanted(relative) and not ((local / relative).is_file()
+                                          and (local / relative).stat().st_size == size)]
+    in_parallel(lambda relative: (bucket_folder / relative).download_to(local / relative),
+                stale)
     local.mkdir(parents=True, exist_ok=True)
     return local
+
+
+def in_parallel(request: Callable[[Any], Any], items: Iterable) -> list:
+    """[request(item) for item in items], REQUESTS_IN_FLIGHT at a time (each waits on a
+    round trip to the store, not on the CPU); an error is raised once every request ended."""
+    with ThreadPoolExecutor(REQUESTS_IN_FLIGHT) as pool:
+        return list(pool.map(request, items))
 
 
 def _one_line(error: BaseException) -> str:

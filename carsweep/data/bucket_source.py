@@ -18,13 +18,12 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 from carsweep.data.manifest import INFO_FILE
 from carsweep.errors import UserError
-from carsweep.storage import REQUESTS_IN_FLIGHT, BucketPath, local_folder_for
+from carsweep.storage import BucketPath, in_parallel, local_folder_for
 
 
 def stage_source(source: BucketPath, *, say: Callable[[str], None]) -> Path:
@@ -40,9 +39,8 @@ def stage_source(source: BucketPath, *, say: Callable[[str], None]) -> Path:
     _remove_files_not_in(local, set(objects))
     say(f"staging {source} in {local}: {len(objects):,} files, {_megabytes(objects)} "
         f"({len(stale):,} to download, {len(objects) - len(stale):,} already there)")
-    with ThreadPoolExecutor(REQUESTS_IN_FLIGHT) as pool:
-        list(pool.map(lambda relative: _download(source / relative, local / relative,
-                                                 objects[relative][1]), stale))
+    in_parallel(lambda relative: _download(source / relative, local / relative,
+                                           objects[relative][1]), stale)
     return local
 
 

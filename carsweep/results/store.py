@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from carsweep.config.trial import TrialConfig
 from carsweep.data.manifest import CLASSES_FILE
 from carsweep.errors import UserError
 from carsweep.results.study import TRIAL_ID_ATTR, open_study, ray_trials
-from carsweep.storage import REQUESTS_IN_FLIGHT, BucketPath, is_bucket, location
+from carsweep.storage import BucketPath, in_parallel, is_bucket, location
 
 # The table's first columns, in order; then last_/best_<metric>, failures, error, trial_dir,
 # best_checkpoint and config/<field>.
@@ -165,8 +164,7 @@ def trials_table(folder: Path, sweep: SweepConfig | None = None) -> pd.DataFrame
         raise UserError(f"{folder}: no study ({STUDY_FILE}) and no {TRIALS_FILE}; is it a "
                         "sweep that never started?")
     # In parallel: in a bucket each of a trial's files is a round trip or two
-    with ThreadPoolExecutor(REQUESTS_IN_FLIGHT) as pool:
-        rows = list(pool.map(lambda trial: _trial_row(folder, trial, sweep), ray_trials(study)))
+    rows = in_parallel(lambda trial: _trial_row(folder, trial, sweep), ray_trials(study))
     table = pd.DataFrame(rows, columns=None if rows else FIRST_COLUMNS + _metric_columns(sweep))
     table = best_first(table, sweep.metric, sweep.mode) if rows else table
     # Through CSV, so the types are those of a trials.csv read back.
