@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     for kind, path in written.files.items():
         print(f"{names[kind]} -> {path}")
     if written.proofs:
-        print(f"proved on {written.proof_images}:")
+        print(f"proved on {written.proof_images}, in one batch and the first alone again "
+              f"({written.proofs[0].images} answers):")
         for proof in written.proofs:
             print(f"  {proof.line()}")
     return 0
