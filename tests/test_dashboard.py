@@ -9,6 +9,9 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,26 +48,52 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-@pytest.mark.slow  # the finished sweep fixture
-def test_dashboard_serves_the_study_and_tensorboard_the_trials_on_loopback(
-        finished_experiment, tmp_path):
+@dataclass(frozen=True)
+class Served:
+    server: subprocess.Popen
+    port: int  # optuna-dashboard's
+    board_port: int  # TensorBoard's
+    study: dict  # as optuna-dashboard's API first answered
+    runs: dict  # as TensorBoard first answered
+
+
+@contextmanager
+def serving(command: list[str], tmp_path: Path) -> Iterator[Served]:
+    """The dashboard `command` starts, given two free ports, its output in tmp_path's out.txt
+    and err.txt, once both servers answer; Ctrl-C (SIGINT) at the end of the block, killed
+    only if it is still there after that (or the block failed)."""
     port, board_port = free_port(), free_port()
-    command = [sys.executable, "-m", "carsweep", "dashboard", str(finished_experiment),
-               "--port", str(port), "--tensorboard-port", str(board_port)]
     with (tmp_path / "out.txt").open("w") as out, (tmp_path / "err.txt").open("w") as err:
-        server = subprocess.Popen(command, stdout=out, stderr=err, env=cli_env())
+        server = subprocess.Popen([*command, "--port", str(port), "--tensorboard-port",
+                                   str(board_port)], stdout=out, stderr=err, env=cli_env())
     try:
         study = wait_until(lambda: get_json(f"http://127.0.0.1:{port}/api/studies/0"),
                            "optuna-dashboard to answer", 120, server)
         runs = wait_until(lambda: get_json(f"http://127.0.0.1:{board_port}/data/runs"),
                           "TensorBoard to answer", 60, server)
-        assert listening_addresses(port) == {"127.0.0.1"}  # loopback, not every address
-        assert listening_addresses(board_port) == {"127.0.0.1"}
+        yield Served(server, port, board_port, study, runs)
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def tensorboard_runs_with(board_port: int, run: str) -> dict | None:
+    """TensorBoard's runs once they include `run`, else None."""
+    runs = get_json(f"http://127.0.0.1:{board_port}/data/runs") or {}
+    return runs if run in runs else None
+
+
+@pytest.mark.slow  # the finished sweep fixture
+def test_dashboard_serves_the_study_and_tensorboard_the_trials_on_loopback(
+        finished_experiment, tmp_path):
+    command = [sys.executable, "-m", "carsweep", "dashboard", str(finished_experiment)]
+    with serving(command, tmp_path) as dashboard:
+        assert listening_addresses(dashboard.port) == {"127.0.0.1"}  # not every address
+        assert listening_addresses(dashboard.board_port) == {"127.0.0.1"}
+    study, runs = dashboard.study, dashboard.runs
+    port, board_port = dashboard.port, dashboard.board_port
     table = load_experiment(finished_experiment).trials.set_index("trial_id")
     assert study["name"] == "carsweep"
     assert study["directions"] == ["minimize"]  # the finished sweep minimises val_loss
@@ -83,7 +112,7 @@ def test_dashboard_serves_the_study_and_tensorboard_the_trials_on_loopback(
     assert f"optuna-dashboard: http://127.0.0.1:{port}/" in out
     assert f"TensorBoard:      http://127.0.0.1:{board_port}/" in out
     assert (tmp_path / "err.txt").read_text() == ""
-    assert server.returncode == 0
+    assert dashboard.server.returncode == 0
 
 
 def test_dashboard_refuses_a_folder_without_a_study_and_a_taken_port(tmp_path, capsys):
@@ -132,34 +161,19 @@ def test_dashboard_of_a_bucket_serves_its_study_and_a_mirror_of_its_events_that_
                 "events.out.tfevents"):
             (bucket / path.relative_to(finished_experiment).as_posix()).write_bytes(
                 path.read_bytes())
-    port, board_port = free_port(), free_port()
-    command = [sys.executable, "-c", DASHBOARD_MIRRORING_FAST, uri, "--port", str(port),
-               "--tensorboard-port", str(board_port)]
-    with (tmp_path / "out.txt").open("w") as out, (tmp_path / "err.txt").open("w") as err:
-        server = subprocess.Popen(command, stdout=out, stderr=err, env=cli_env())
-    try:
-        study = wait_until(lambda: get_json(f"http://127.0.0.1:{port}/api/studies/0"),
-                           "optuna-dashboard to answer", 120, server)
-        runs = wait_until(lambda: get_json(f"http://127.0.0.1:{board_port}/data/runs"),
-                          "TensorBoard to answer", 60, server)
+    command = [sys.executable, "-c", DASHBOARD_MIRRORING_FAST, uri]
+    with serving(command, tmp_path) as served:
         # A trial that reports after the dashboard started: its events reach TensorBoard.
-        first = sorted(runs)[0]
+        first = sorted(served.runs)[0]
         events = next((finished_experiment / first).glob("events.out.tfevents*"))
         (bucket / "trial_later" / events.name).write_bytes(events.read_bytes())
-        later = wait_until(lambda: "trial_later" in (get_json(
-            f"http://127.0.0.1:{board_port}/data/runs") or []) and get_json(
-            f"http://127.0.0.1:{board_port}/data/runs"), "the new trial in TensorBoard", 60,
-            server)
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
+        later = wait_until(lambda: tensorboard_runs_with(served.board_port, "trial_later"),
+                           "the new trial in TensorBoard", 60, served.server)
     table = load_experiment(finished_experiment).trials
-    served = [next(a["value"] for a in t["user_attrs"] if a["key"] == "trial_id")
-              for t in study["trials"]]
-    assert sorted(served) == sorted(table["trial_id"])  # the study read from the bucket
-    assert sorted(runs) == sorted(table["trial_dir"])
+    trial_ids = [next(a["value"] for a in t["user_attrs"] if a["key"] == "trial_id")
+                 for t in served.study["trials"]]
+    assert sorted(trial_ids) == sorted(table["trial_id"])  # the study read from the bucket
+    assert sorted(served.runs) == sorted(table["trial_dir"])
     assert sorted(later) == sorted([*table["trial_dir"], "trial_later"])
     mirror = state / "buckets" / "s3" / uri.removeprefix("s3://")
     assert sorted(p.relative_to(mirror).parts[0] for p in mirror.rglob("*") if p.is_file()) == \
@@ -169,4 +183,4 @@ def test_dashboard_of_a_bucket_serves_its_study_and_a_mirror_of_its_events_that_
             "step every 0.5 s") in out
     assert f"(the study: {uri}/study.journal)" in out
     assert (tmp_path / "err.txt").read_text() == ""
-    assert server.returncode == 0
+    assert served.server.returncode == 0
