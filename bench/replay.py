@@ -41,7 +41,12 @@ import optuna
 from machine import describe, load_average
 from optuna.trial import TrialState
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    MedianStoppingRule,
+    TrialScheduler,
+)
 from ray.tune.search import ConcurrencyLimiter
 from scipy.stats import spearmanr
 
@@ -64,6 +69,7 @@ SCHEDULERS = {
     "asha 2 brackets": {"scheduler": "asha"},  # Ray's ASHA with brackets=2: make_replay_scheduler
     "median stopping": {"scheduler": "fifo"},  # Ray's MedianStoppingRule: make_replay_scheduler
     "asha on extrapolated": {"scheduler": "asha"},  # ExtrapolatingASHA below
+    "asha grace from curves": {"scheduler": "asha"},  # GraceFromCurvesASHA below
 }
 
 
@@ -84,6 +90,82 @@ class ExtrapolatingASHA(ASHAScheduler):
         halfway = curve.get(math.ceil(epoch / 2), value)
         return super().on_trial_result(tune_controller, trial,
                                        {**result, METRIC: value + (value - halfway)})
+
+
+class GraceFromCurvesASHA(FIFOScheduler):
+    """A first rung chosen from the sweep's own early curves (carsweep's design, tried on the
+    replay, not shipped): the first `probes` trials (the first wave, one per worker) train
+    unstopped to max_t // reduction_factor epochs; the grace period is then the first epoch
+    from which ASHA's cut among them (the top 1/reduction_factor) keeps the trials it keeps at
+    that last probed epoch; ASHA with that grace takes over, every epoch so far replayed into
+    its rungs (a trial its rungs would have stopped stops at its next result)."""
+
+    def __init__(self, *, max_t: int, reduction_factor: float, probes: int):
+        super().__init__()
+        self.max_t, self.rf, self.probes = max_t, reduction_factor, probes
+        self.probe_epochs = max(1, int(max_t // reduction_factor))
+        self.curves: dict[str, dict[int, float]] = {}
+        self.asha: ASHAScheduler | None = None
+        self.grace: int | None = None
+        self._to_stop: set[str] = set()
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        self.curves[trial.trial_id] = {}
+        if self.asha is not None:
+            self.asha.on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        self.curves[trial.trial_id][int(result["epoch"])] = float(result[METRIC])
+        if self.asha is None:
+            if not self._probed():
+                return TrialScheduler.CONTINUE
+            self._hand_over(tune_controller)  # this result included
+        elif trial.trial_id not in self._to_stop:
+            return self.asha.on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.STOP if trial.trial_id in self._to_stop else TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        if self.asha is not None and trial.trial_id in self.asha._trial_info:
+            self.asha.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        if self.asha is not None and trial.trial_id in self.asha._trial_info:
+            self.asha.on_trial_remove(tune_controller, trial)
+
+    def _probed(self) -> bool:
+        probes = list(self.curves)[: self.probes]
+        return len(probes) == self.probes and all(
+            self.probe_epochs in self.curves[t] for t in probes)
+
+    def choose_grace(self) -> int:
+        probes = list(self.curves)[: self.probes]
+
+        def kept(epoch: int) -> set[str]:
+            scores = {t: self.curves[t][epoch] for t in probes}
+            cut = np.nanpercentile(list(scores.values()), (1 - 1 / self.rf) * 100)
+            return {t for t, value in scores.items() if value >= cut}
+
+        last = kept(self.probe_epochs)
+        candidates = [e for e in range(1, self.probe_epochs + 1) if e * self.rf <= self.max_t]
+        return next((e for e in candidates
+                     if all(kept(later) == last for later in range(e, self.probe_epochs + 1))),
+                    candidates[-1])
+
+    def _hand_over(self, tune_controller) -> None:
+        self.grace = self.choose_grace()
+        self.asha = ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max",
+                                  max_t=self.max_t, grace_period=self.grace,
+                                  reduction_factor=self.rf)
+        for trial in tune_controller.get_trials():
+            if trial.status == Trial.TERMINATED:
+                continue
+            self.asha.on_trial_add(tune_controller, trial)
+            for epoch, value in sorted(self.curves[trial.trial_id].items()):
+                result = {"epoch": epoch, METRIC: value}
+                if self.asha.on_trial_result(tune_controller, trial, result) == \
+                        TrialScheduler.STOP:
+                    self._to_stop.add(trial.trial_id)
+                    break
 
 
 # The recorded pool ---------------------------------------------------------------------
@@ -314,7 +396,8 @@ class ReplayController:
                 "gpu_s": self.gpu_s, "wall_s": self.clock, "starts": self.starts,
                 "epochs": sum(self.epoch.values()), "trials": len(self.trials),
                 "complete": sum(t.state.name == "COMPLETE" for t in self.study.trials),
-                "final_max": getattr(self.scheduler, "current_max", None)}
+                "final_max": getattr(self.scheduler, "current_max", None),
+                "grace": getattr(self.scheduler, "grace", None)}
 
 
 # The searchers: the product's (`searcher.algorithm` random or tpe), and one of this bench's:
@@ -379,6 +462,10 @@ def make_replay_scheduler(name: str, config: SweepConfig) -> TrialScheduler:
         return ExtrapolatingASHA(time_attr="epoch", metric=METRIC, mode="max",
                                  max_t=config.max_t, grace_period=2,
                                  reduction_factor=config.asha.reduction_factor)
+    if name == "asha grace from curves":
+        return GraceFromCurvesASHA(max_t=config.max_t,
+                                   reduction_factor=config.asha.reduction_factor,
+                                   probes=config.max_concurrent_trials)
     if name == "asha 2 brackets":  # half the trials start with their first rung at epoch 3
         return ASHAScheduler(time_attr="epoch", metric=METRIC, mode="max", max_t=config.max_t,
                              grace_period=config.asha.grace_period,
@@ -415,22 +502,31 @@ def _mean_sd(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{statistics.mean(values) * scale:.{digits}f} ± {sd:.{digits}f}"
 
 
+def _grace_counts(graces: list[str]) -> str:
+    """'grace 1 x3, 2 x17': the first rungs a rule chose, and how often."""
+    counts = {grace: graces.count(grace) for grace in sorted(set(graces), key=int)}
+    return ("grace " + ", ".join(f"{g} x{n}" for g, n in counts.items())) if counts else ""
+
+
 def table(results: dict[tuple[str, str], list[dict]], baseline: str) -> list[str]:
-    lines = ["| searcher | scheduler | regret (pt) | picked within 0.5 pt | GPU-s ÷ asha "
-             "(same seed) | trial starts | epochs trained | COMPLETE in study | final max |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| searcher | scheduler | regret (pt) | picked within 0.5 pt | pick's top-1 (%) "
+             "| GPU-s ÷ asha (same seed) | trial starts | epochs trained | COMPLETE in study "
+             "| final max / grace |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (searcher, scheduler), outcomes in results.items():
         base = results[(searcher, baseline)]
         ratios = [o["gpu_s"] / b["gpu_s"] for o, b in zip(outcomes, base, strict=True)]
         within = sum(o["regret"] <= 0.005 for o in outcomes)
         final = sorted({o["final_max"] for o in outcomes if o["final_max"] is not None})
+        graces = [str(o["grace"]) for o in outcomes if o.get("grace") is not None]
         lines.append(
             f"| {searcher} | {scheduler} | {_mean_sd([o['regret'] for o in outcomes], 100)} "
-            f"| {within}/{len(outcomes)} | {_mean_sd(ratios)} "
+            f"| {within}/{len(outcomes)} | {_mean_sd([o['pick'] for o in outcomes], 100, 1)} "
+            f"| {_mean_sd(ratios)} "
             f"| {statistics.mean(o['starts'] for o in outcomes):.1f} "
             f"| {statistics.mean(o['epochs'] for o in outcomes):.1f} "
             f"| {statistics.mean(o['complete'] for o in outcomes):.1f} "
-            f"| {', '.join(map(str, final)) or '-'} |")
+            f"| {', '.join(map(str, final)) or _grace_counts(graces) or '-'} |")
     return lines
 
 

@@ -80,3 +80,46 @@ def test_shipped_tpe_samples_at_random_while_every_trial_is_paused():
     modelled = _study_of_trials_at_epoch_3(_tpe(), ended=True)
     assert _suggestions(modelled) != _suggestions(
         _study_of_trials_at_epoch_3(optuna.samplers.RandomSampler(seed=3), ended=True))
+
+
+# The bench's "asha grace from curves": the first wave (3 trials here) trains to
+# max_t // rf = 3 epochs unstopped; the grace is the first epoch from which ASHA's top third
+# among them stays the one at epoch 3; ASHA with that grace then replays their epochs.
+WAVE = {"a": [0.9, 0.5, 0.5], "b": [0.1, 0.6, 0.7], "c": [0.2, 0.55, 0.6]}
+
+
+class _Controller:
+    def __init__(self, trials):
+        self.trials = trials
+
+    def get_trials(self):
+        return self.trials
+
+
+def test_grace_from_curves_is_the_first_epoch_from_which_the_first_waves_cut_holds():
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+    from replay import METRIC, GraceFromCurvesASHA
+
+    rule = GraceFromCurvesASHA(max_t=9, reduction_factor=3, probes=3)
+    trials = [Trial("replay", trial_id=name, stub=True) for name in WAVE]
+    controller = _Controller(trials)
+    for trial in trials:
+        rule.on_trial_add(controller, trial)
+    decisions = {}
+    for epoch in (1, 2, 3):
+        for trial in trials:
+            result = {"epoch": epoch, METRIC: WAVE[trial.trial_id][epoch - 1]}
+            decisions[trial.trial_id] = rule.on_trial_result(controller, trial, result)
+    # top third: a at epoch 1, b at 2 and 3 -> grace 2 (rungs 2, 6)
+    assert rule.grace == 2
+    # rung 2 replayed in trial order: a 0.5 (first), b 0.6 >= 0.5, c 0.55 < 0.567: c stops
+    assert decisions == {"a": TrialScheduler.CONTINUE, "b": TrialScheduler.CONTINUE,
+                         "c": TrialScheduler.STOP}
+    # an unseen wave where epoch 1 already cuts as epoch 3 does: grace 1
+    rule = GraceFromCurvesASHA(max_t=9, reduction_factor=3, probes=3)
+    for trial in trials:
+        rule.on_trial_add(controller, trial)
+        rule.curves[trial.trial_id] = dict(enumerate([0.1, 0.1, 0.1], 1))
+    rule.curves["b"] = {1: 0.5, 2: 0.6, 3: 0.7}
+    assert rule.choose_grace() == 1

@@ -1,8 +1,9 @@
 """`scheduler: pasha` under real Ray Tune: a deterministic function trainable whose curves force
 one growth of the maximum and one resume (the case tests/test_pasha.py works by hand), one
 trial at a time so the order is fixed; then what Ray and the study recorded, and the same sweep
-replayed by bench/replay.py's simulated loop, which must take Tune's decisions (for ASHA too).
-And the demo sweep, end to end, under pasha."""
+replayed by bench/replay.py's simulated loop, which must take Tune's decisions. The replay is
+also checked against Tune on seeded sweeps of a recording (the searcher's own suggestions, ASHA
+and PASHA). And the demo sweep, end to end, under pasha."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from carsweep.search.tuner import (
 
 DEMO = Path(__file__).parent.parent / "configs" / "demo.yaml"
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
-from replay import Pool, ReplayController, config_key  # noqa: E402
+import replay  # noqa: E402
+from replay import Pool, ReplayController, config_key, sweep_config  # noqa: E402
 
 # lr -> val_top1 per epoch (1-based); only the epochs each trial reaches matter
 CURVES = {
@@ -43,17 +45,25 @@ CURVES = {
 }
 
 
+# A recording's curves, one training seed per configuration, for the seeded sweeps
+RECORDED: Pool | None = None
+
 # (driver pid, marker file): trial c interrupts the driver as it starts, once (the marker says
 # it has), and waits to be stopped, so the driver stops with a and b paused, c running
 INTERRUPT: tuple[int, str] | None = None
 
 
 def curve_trainable(config: dict) -> None:
-    """Reports CURVES[lr] from the epoch after its checkpoint's, a checkpoint every epoch."""
+    """Reports CURVES[lr] (or, for a sweep of a recording, RECORDED's curve nearest the config)
+    from the epoch after its checkpoint's, a checkpoint every epoch."""
     if config["lr"] == 0.003 and INTERRUPT and not Path(INTERRUPT[1]).exists():
         Path(INTERRUPT[1]).touch()
         os.kill(INTERRUPT[0], signal.SIGUSR1)  # Tune's driver ends the run, as on Ctrl-C
         time.sleep(120)  # stopped by the driver long before
+    if RECORDED is not None:
+        values = [row["val_top1"] for row in RECORDED.curves[RECORDED.nearest(config)][0]]
+    else:
+        values = CURVES[config["lr"]]
     start = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -62,8 +72,7 @@ def curve_trainable(config: dict) -> None:
     for epoch in range(start + 1, config["epochs"] + 1):
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "epoch").write_text(str(epoch))
-            tune.report({"epoch": epoch, "val_top1": CURVES[config["lr"]][epoch - 1],
-                         "resumed_from": start},
+            tune.report({"epoch": epoch, "val_top1": values[epoch - 1], "resumed_from": start},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
@@ -139,9 +148,42 @@ def test_pasha_grows_once_resumes_once_and_the_study_stays_true_across_a_driver_
 
 
 @pytest.mark.slow
-def test_the_replay_takes_tunes_asha_decisions(tmp_path):
-    config = curves_sweep("asha", tmp_path)
-    assert_replay_takes_tunes_decisions(config, *tune_fit(config))
+def test_the_replay_takes_tunes_decisions_on_seeded_sweeps_of_a_recording(tmp_path):
+    """The product's TPE over bench/curves/main.json's configurations (one training seed
+    each), 6 trials one at a time, under ASHA (seed 0) and PASHA (seed 1): the replay's study —
+    every trial's suggested params, state and per-epoch values — is the one Tune's sweep
+    left."""
+    global RECORDED  # noqa: PLW0603 - pickled with curve_trainable, by value
+    pool = Pool.load(replay.MAIN)
+    pool.curves = {key: curves[:1] for key, curves in pool.curves.items()}
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers lack tests/
+    cloudpickle.register_pickle_by_value(replay)  # and bench/
+    sweeps = [sweep_config(pool, {"scheduler": scheduler, "name": f"{scheduler}-{seed}",
+                                  "storage_path": str(tmp_path), "cluster": {"num_cpus": 1}},
+                           "tpe", seed, trials=6, workers=1)
+              for scheduler, seed in (("asha", 0), ("pasha", 1))]
+    RECORDED = pool
+    try:
+        with ray_session(sweeps[0].cluster):
+            for config in sweeps:
+                experiment_path(config).mkdir()
+                assert not new_tuner(config, curve_trainable, verbose=0).fit().errors
+    finally:
+        RECORDED = None
+    stopped = resumed = 0
+    for config in sweeps:
+        loop = ReplayController(pool, config, make_scheduler(config), workers=1, start_cost=0,
+                                seed=config.searcher.seed).run()
+        tuned = open_study(experiment_path(config)).trials
+        assert [_decided(t) for t in loop.study.trials] == [_decided(t) for t in tuned], config.name
+        stopped += sum(t.state == TrialState.PRUNED for t in tuned)
+        resumed += loop.starts - len(loop.trials)
+    assert stopped  # the schedulers took decisions: stops,
+    assert resumed  # and PASHA's resumes
+
+
+def _decided(trial) -> tuple:
+    return trial.params, trial.state, trial.intermediate_values
 
 
 def assert_replay_takes_tunes_decisions(config: SweepConfig, rows: dict, study: dict) -> None:
