@@ -20,13 +20,8 @@ process's CPU time for that epoch's training and evaluation (wall time on a shar
 measures the neighbours); the replay scales it to GPU-seconds by one constant, which cancels
 in every ratio it reports.
 
-bench/curves/main.json was recorded before the head was really replaced (its runs start from
-the pretrained classifier, head included: BENCHMARKS.md says what that means); heldout.json
-after.
-
     .venv/bin/python bench/record_curves.py --out bench/curves/main.json
-    .venv/bin/python bench/record_curves.py --dataset heldout --seeds 1 \
-        --out bench/curves/heldout.json
+    .venv/bin/python bench/record_curves.py --dataset heldout --out bench/curves/heldout.json
     .venv/bin/python bench/record_curves.py --small --out /tmp/curves.json   # seconds
 """
 
