@@ -44,7 +44,6 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import (
     ASHAScheduler,
     FIFOScheduler,
-    MedianStoppingRule,
     TrialScheduler,
 )
 from ray.tune.search import ConcurrencyLimiter
@@ -67,7 +66,7 @@ SCHEDULERS = {
     "fifo": {"scheduler": "fifo"},
     "asha grace 3": {"scheduler": "asha", "asha": {"grace_period": 3, "reduction_factor": 3}},
     "asha 2 brackets": {"scheduler": "asha"},  # Ray's ASHA with brackets=2: make_replay_scheduler
-    "median stopping": {"scheduler": "fifo"},  # Ray's MedianStoppingRule: make_replay_scheduler
+    "median stopping": {"scheduler": "median"},  # Ray's MedianStoppingRule, grace max_t / 4
     "asha on extrapolated": {"scheduler": "asha"},  # ExtrapolatingASHA below
     "asha grace from curves": {"scheduler": "asha"},  # GraceFromCurvesASHA below
 }
@@ -454,10 +453,6 @@ class PausedSeenAsPruned(optuna.samplers.BaseSampler):
 
 
 def make_replay_scheduler(name: str, config: SweepConfig) -> TrialScheduler:
-    if name == "median stopping":  # Ray's rule: stop below the median of running averages
-        return MedianStoppingRule(time_attr="epoch", metric=METRIC, mode="max",
-                                  grace_period=3, min_samples_required=3,
-                                  min_time_slice=10**9)  # never pause to yield
     if name == "asha on extrapolated":
         return ExtrapolatingASHA(time_attr="epoch", metric=METRIC, mode="max",
                                  max_t=config.max_t, grace_period=2,

@@ -150,7 +150,7 @@ def test_a_trial_at_max_t_stops():
     ({"pasha": {"epsilon_percentile": 0}}, "pasha.epsilon_percentile"),
     ({"pasha": {"epsilon_percentile": 101}}, "less than or equal to 100"),
     ({"pasha": {"epsilon": 0.1}}, "pasha.epsilon"),
-    ({"scheduler": "hyperband"}, "'asha', 'pasha' or 'fifo'"),
+    ({"scheduler": "hyperband"}, "'asha', 'pasha', 'median' or 'fifo'"),
 ])
 def test_a_bad_pasha_setting_is_one_line(tmp_path, changes, expected):
     path = tmp_path / "sweep.yaml"

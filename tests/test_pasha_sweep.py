@@ -2,8 +2,8 @@
 one growth of the maximum and one resume (the case tests/test_pasha.py works by hand), one
 trial at a time so the order is fixed; then what Ray and the study recorded, and the same sweep
 replayed by bench/replay.py's simulated loop, which must take Tune's decisions. The replay is
-also checked against Tune on seeded sweeps of a recording (the searcher's own suggestions, ASHA
-and PASHA). And the demo sweep, end to end, under pasha."""
+also checked against Tune on seeded sweeps of a recording (the searcher's own suggestions, ASHA,
+PASHA and median stopping). And the demo sweep, end to end, under pasha."""
 
 from __future__ import annotations
 
@@ -150,9 +150,9 @@ def test_pasha_grows_once_resumes_once_and_the_study_stays_true_across_a_driver_
 @pytest.mark.slow
 def test_the_replay_takes_tunes_decisions_on_seeded_sweeps_of_a_recording(tmp_path):
     """The product's TPE over bench/curves/main.json's configurations (one training seed
-    each), 6 trials one at a time, under ASHA (seed 0) and PASHA (seed 1): the replay's study —
-    every trial's suggested params, state and per-epoch values — is the one Tune's sweep
-    left."""
+    each), 6 trials one at a time, under ASHA (seed 0), PASHA (seed 1) and median stopping
+    (seed 2): the replay's study — every trial's suggested params, state and per-epoch values —
+    is the one Tune's sweep left."""
     global RECORDED  # noqa: PLW0603 - pickled with curve_trainable, by value
     pool = Pool.load(replay.MAIN)
     pool.curves = {key: curves[:1] for key, curves in pool.curves.items()}
@@ -161,7 +161,7 @@ def test_the_replay_takes_tunes_decisions_on_seeded_sweeps_of_a_recording(tmp_pa
     sweeps = [sweep_config(pool, {"scheduler": scheduler, "name": f"{scheduler}-{seed}",
                                   "storage_path": str(tmp_path), "cluster": {"num_cpus": 1}},
                            "tpe", seed, trials=6, workers=1)
-              for scheduler, seed in (("asha", 0), ("pasha", 1))]
+              for scheduler, seed in (("asha", 0), ("pasha", 1), ("median", 2))]
     RECORDED = pool
     try:
         with ray_session(sweeps[0].cluster):
@@ -170,15 +170,16 @@ def test_the_replay_takes_tunes_decisions_on_seeded_sweeps_of_a_recording(tmp_pa
                 assert not new_tuner(config, curve_trainable, verbose=0).fit().errors
     finally:
         RECORDED = None
-    stopped = resumed = 0
+    stopped, resumed = {}, 0
     for config in sweeps:
         loop = ReplayController(pool, config, make_scheduler(config), workers=1, start_cost=0,
                                 seed=config.searcher.seed).run()
         tuned = open_study(experiment_path(config)).trials
         assert [_decided(t) for t in loop.study.trials] == [_decided(t) for t in tuned], config.name
-        stopped += sum(t.state == TrialState.PRUNED for t in tuned)
+        stopped[config.scheduler] = sum(t.state == TrialState.PRUNED for t in tuned)
         resumed += loop.starts - len(loop.trials)
-    assert stopped  # the schedulers took decisions: stops,
+    assert stopped["asha"]  # the schedulers took decisions: stops,
+    assert stopped["median"]
     assert resumed  # and PASHA's resumes
 
 

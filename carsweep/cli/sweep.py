@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start Ray's dashboard (bound to 127.0.0.1 unless "
                         "--set cluster.dashboard_host=...)")
     parser.add_argument("--seed", type=SEED, help="the searcher's seed")
-    parser.add_argument("--scheduler", choices=("asha", "fifo"), help="fifo: no early stopping")
+    parser.add_argument("--scheduler", help="asha (the default), pasha, median, or fifo (no "
+                        "early stopping): docs/schedulers.md")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override any config field, e.g. --set asha.grace_period=2 --set space.lr=0.01",

@@ -103,6 +103,20 @@ class PashaConfig(BaseModel):
         "percentile of the gaps of trials that swapped places and back (the paper's 90)")
 
 
+class MedianConfig(BaseModel):
+    """Ray's MedianStoppingRule (Golovin et al. 2017, Google Vizier), per epoch: from the grace
+    period on, a trial whose best metric so far is worse than the median of the other trials'
+    running averages up to its epoch stops (carsweep/search/median.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grace_period: int | None = Field(
+        None, ge=1, description="epochs before a trial can stop; default a quarter of max_t "
+        "(the replay of recorded curves: BENCHMARKS.md)")
+    min_samples_required: int = Field(
+        3, ge=1, description="other trials that must have reached the epoch for a comparison")
+
+
 class ClusterConfig(BaseModel):
     """Where Ray runs: a local Ray for the sweep, or an existing cluster."""
 
@@ -132,11 +146,13 @@ class SweepConfig(BaseModel):
         10.0, ge=0, description="besides ASHA's rungs and a trial's last epoch, checkpoint at "
         "most every N minutes (0: every epoch); a trial moved off a lost node redoes at most "
         "that much")
-    scheduler: Literal["asha", "pasha", "fifo"] = Field(
+    scheduler: Literal["asha", "pasha", "median", "fifo"] = Field(
         "asha", description="asha stops early; pasha pauses at ASHA's rungs and trains only as "
-        "far as the ranking needs; fifo never stops")
+        "far as the ranking needs; median stops a trial worse than the others' median, keeping "
+        "more slow starters than asha at about twice its GPU-hours; fifo never stops")
     asha: AshaConfig = Field(default_factory=AshaConfig)
     pasha: PashaConfig = Field(default_factory=PashaConfig)
+    median: MedianConfig = Field(default_factory=MedianConfig)
     searcher: SearcherConfig = Field(default_factory=SearcherConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     space: dict[str, ParamSpec] = Field(default_factory=dict, description="TrialConfig fields")
@@ -193,9 +209,16 @@ class SweepConfig(BaseModel):
         return rungs
 
     def rung_epochs(self) -> list[int]:
-        """The epochs where ASHA or PASHA may stop or pause a trial (none for fifo): the
-        rungs below max_t, then max_t."""
-        return [] if self.scheduler == "fifo" else [epoch for epoch, _ in self.asha_rungs()]
+        """The epochs where ASHA or PASHA may stop or pause a trial (none for fifo and median,
+        which has no rungs): the rungs below max_t, then max_t."""
+        if self.scheduler in ("fifo", "median"):
+            return []
+        return [epoch for epoch, _ in self.asha_rungs()]
+
+    def median_grace(self) -> int:
+        """The epoch from which the median stopping rule compares: as set, else a quarter of
+        max_t."""
+        return self.median.grace_period or max(1, self.max_t // 4)
 
     def searched(self) -> dict[str, ParamSpec]:
         """The fields that vary across trials (a branched field counts once, by its field)."""

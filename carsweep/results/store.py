@@ -209,6 +209,15 @@ def read_result_rows(trial_folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def ray_trial_rows(trial) -> list[dict[str, Any]]:
+    """Every row a Ray trial reported, from its result.json wherever Ray keeps it (a folder or
+    a bucket): what a scheduler of a resumed sweep rebuilds its state from."""
+    from carsweep.storage import place_in
+
+    return read_result_rows(place_in(trial.storage.storage_filesystem,
+                                     trial.storage.trial_fs_path))
+
+
 def _metric_columns(sweep: SweepConfig) -> list[str]:
     return [f"last_{sweep.metric}", f"best_{sweep.metric}"]
 

@@ -47,10 +47,9 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.utils import flatten_dict
 
-from carsweep.results.store import read_result_rows
+from carsweep.results.store import ray_trial_rows
 from carsweep.search.pasha_rules import epsilon, promotable, ranking_holds
 from carsweep.search.searcher import REACHED_FINAL_MAX
-from carsweep.storage import place_in
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -122,9 +121,8 @@ class PashaScheduler(TrialScheduler):
 
     def _recorded_curve(self, trial: Trial) -> dict[int, float]:
         """epoch -> metric from the trial's result.json (an epoch trained twice: its last)."""
-        folder = place_in(trial.storage.storage_filesystem, trial.storage.trial_fs_path)
         return {int(row[self._time_attr]): float(row[self._metric])
-                for row in read_result_rows(folder)
+                for row in ray_trial_rows(trial)
                 if self._time_attr in row and self._metric in row}
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial,

@@ -30,6 +30,7 @@ from carsweep.results import save_trials_table, trials_table
 from carsweep.results.store import diverged, read_result_rows
 from carsweep.results.study import driver_study_file, fetch_driver_study
 from carsweep.search.cluster import ray_session
+from carsweep.search.median import MedianStopping
 from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
 from carsweep.search.pasha import PashaScheduler, PauseAwareLimiter
 from carsweep.search.preflight.caches import prebuild_node_caches
@@ -67,6 +68,10 @@ def experiment_path(config: SweepConfig) -> Path | BucketPath:
 def make_scheduler(config: SweepConfig) -> TrialScheduler:
     if config.scheduler == "fifo":
         return FIFOScheduler()
+    if config.scheduler == "median":
+        return MedianStopping(metric=config.metric, mode=config.mode,
+                              grace_period=config.median_grace(),
+                              min_samples_required=config.median.min_samples_required)
     if config.scheduler == "pasha":
         return PashaScheduler(metric=config.metric, mode=config.mode,
                               rungs=config.rung_epochs()[:-1], max_t=config.max_t,

@@ -156,6 +156,9 @@ def check_asha(config: SweepConfig, report: Report) -> None:
     if config.scheduler == "fifo":
         report.passed("asha", "scheduler fifo: no early stopping, every trial runs its epochs")
         return
+    if config.scheduler == "median":
+        _median_rule(config, report)
+        return
     grace, rf, max_t = config.asha.grace_period, config.asha.reduction_factor, config.max_t
     if grace > max_t:
         report.failed("asha", f"`asha.grace_period` is {grace}, but must be <= max_t ({max_t})")
@@ -175,6 +178,18 @@ def check_asha(config: SweepConfig, report: Report) -> None:
     for epoch, trials in rungs:
         where = "  (max_t)" if epoch == max_t else ""
         report.lines.append(f"        {epoch:>5}  {trials:.1f} of {config.num_samples}{where}")
+
+
+def _median_rule(config: SweepConfig, report: Report) -> None:
+    grace, max_t = config.median_grace(), config.max_t
+    if grace > max_t:
+        report.failed("asha", f"`median.grace_period` is {grace}, but must be <= max_t "
+                      f"({max_t})")
+        return
+    report.passed("asha", f"median stopping: from epoch {grace} of {max_t}, a trial whose best "
+                  f"{config.metric} is below the median of the other trials' running averages "
+                  f"stops (compared once {config.median.min_samples_required} others reached "
+                  "its epoch)")
 
 
 def _pasha_ladder(config: SweepConfig, report: Report, rungs: list[tuple[int, float]]) -> None:
