@@ -83,6 +83,7 @@ def _trial(tmp_path, trial_id: str, values: list[float] | None = None) -> Trial:
         (folder / "result.json").write_text("".join(
             json.dumps({"epoch": epoch, "val_top1": value, "trial_id": trial_id}) + "\n"
             for epoch, value in enumerate(values, 1)) + '{"epoch": 9, "val_t')  # cut short
+        trial.update_last_result({"epoch": len(values), "val_top1": values[-1]})
         trial.set_status(Trial.TERMINATED)
     return trial
 

@@ -3,7 +3,8 @@ one growth of the maximum and one resume (the case tests/test_pasha.py works by 
 trial at a time so the order is fixed; then what Ray and the study recorded, and the same sweep
 replayed by bench/replay.py's simulated loop, which must take Tune's decisions. The replay is
 also checked against Tune on seeded sweeps of a recording (the searcher's own suggestions, ASHA,
-PASHA and median stopping). And the demo sweep, end to end, under pasha."""
+PASHA and median stopping), and on a median sweep whose driver stops and is resumed. And the
+demo sweep, end to end, under pasha."""
 
 from __future__ import annotations
 
@@ -76,14 +77,15 @@ def curve_trainable(config: dict) -> None:
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def curves_sweep(scheduler: str, storage: Path) -> SweepConfig:
+def curves_sweep(scheduler: str, storage: Path, epochs: int = 27, **changes) -> SweepConfig:
     return SweepConfig.model_validate({
         "name": scheduler, "storage_path": str(storage), "scheduler": scheduler,
         "num_samples": 4, "max_concurrent_trials": 1, "cluster": {"num_cpus": 1},
         "asha": {"grace_period": 1, "reduction_factor": 3},  # rungs 1, 3, 9; max_t 27
         "searcher": {"seed": 0, "points_to_evaluate": [{"lr": lr} for lr in CURVES]},
         "space": {"optimizer": "sgd", "lr": {"choice": list(CURVES)}, "batch_size": 32,
-                  "augmentation": "none", "resize": 32, "epochs": 27},
+                  "augmentation": "none", "resize": 32, "epochs": epochs},
+        **changes,
     })
 
 
@@ -111,10 +113,11 @@ def tune_fit(config: SweepConfig, *, interrupted: bool = False) -> tuple[dict, d
 
 def replayed(config: SweepConfig) -> tuple[dict, dict]:
     """(lr -> epochs trained, lr -> study trial) of the same sweep in bench/replay.py's loop."""
-    pool = Pool(epochs=27, lrs={"sgd": list(CURVES)}, curves={
+    epochs = config.max_t
+    pool = Pool(epochs=epochs, lrs={"sgd": list(CURVES)}, curves={
         config_key({"optimizer": "sgd", "lr": lr, "batch_size": 32, "augmentation": "none",
                     "resize": 32}): [[{"epoch": e, "val_top1": v, "epoch_time_s": 1.0}
-                                      for e, v in enumerate(curve, 1)]]
+                                      for e, v in enumerate(curve[:epochs], 1)]]
         for lr, curve in CURVES.items()})
     loop = ReplayController(pool, config, make_scheduler(config), workers=1, start_cost=0,
                             seed=0).run()
@@ -185,6 +188,22 @@ def test_the_replay_takes_tunes_decisions_on_seeded_sweeps_of_a_recording(tmp_pa
 
 def _decided(trial) -> tuple:
     return trial.params, trial.state, trial.intermediate_values
+
+
+@pytest.mark.slow
+def test_the_median_rule_of_a_resumed_sweep_counts_the_trials_that_ended_before(tmp_path):
+    """The driver stops as trial c starts, a and b having run their 9 epochs (no rule stopped
+    them: fewer than 2 others to compare with). Resumed, the rule takes back a's and b's
+    epochs, so c (0.2) is below their median (0.6) at epoch 3 and stops, as it would have
+    without the stop; a rule that started empty would let c run on, and d too."""
+    config = curves_sweep("median", tmp_path, epochs=9,
+                          median={"grace_period": 3, "min_samples_required": 2})
+    rows, study = tune_fit(config, interrupted=True)
+    assert {lr: len(rows[lr]) for lr in CURVES} == {0.001: 9, 0.002: 9, 0.003: 3, 0.004: 9}
+    assert {lr: trial.state for lr, trial in study.items()} == {
+        0.001: TrialState.COMPLETE, 0.002: TrialState.COMPLETE,
+        0.003: TrialState.PRUNED, 0.004: TrialState.COMPLETE}
+    assert_replay_takes_tunes_decisions(config, rows, study)
 
 
 def assert_replay_takes_tunes_decisions(config: SweepConfig, rows: dict, study: dict) -> None:

@@ -38,7 +38,7 @@ class MedianStopping(MedianStoppingRule):
 
     def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
-        if trial.trial_id and trial.storage is not None and trial not in self._results:
+        if (trial.last_result or {}).get(self._time_attr):  # a trial of a resumed sweep
             self._results[trial] = [row for row in ray_trial_rows(trial)
                                     if self._time_attr in row and self._metric in row]
 
