@@ -17,7 +17,7 @@ from carsweep.cli.settings import catalog
 from carsweep.config.sweep import SweepConfig, load_sweep
 from carsweep.errors import UserError
 from carsweep.search.median import MedianStopping
-from carsweep.search.preflight.config_checks import check_asha
+from carsweep.search.preflight.config_checks import check_scheduler
 from carsweep.search.preflight.report import Report
 from carsweep.search.tuner import checkpoint_policy, make_scheduler
 
@@ -60,13 +60,13 @@ def test_settings_list_median():
 
 def test_the_preflight_says_when_the_rule_starts_comparing():
     report = Report()
-    check_asha(median_sweep(), report)
+    check_scheduler(median_sweep(), report)
     assert report.ok
-    assert ("median stopping: from epoch 3 of 12, a trial whose best val_top1 is below the "
-            "median of the other trials' running averages stops (compared once 3 others "
-            "reached its epoch)") in report.text()
+    assert ("scheduler: median stopping: from epoch 3 of 12, a trial whose best val_top1 is "
+            "worse than the median of the other trials' running averages stops (compared once "
+            "3 others reached its epoch)") in report.text()
     report = Report()
-    check_asha(median_sweep(median={"grace_period": 13}), report)
+    check_scheduler(median_sweep(median={"grace_period": 13}), report)
     assert not report.ok
     assert "`median.grace_period` is 13, but must be <= max_t (12)" in report.text()
 

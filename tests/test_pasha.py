@@ -13,7 +13,7 @@ from carsweep.config.sweep import SweepConfig, load_sweep
 from carsweep.errors import UserError
 from carsweep.search.pasha import PashaScheduler, PauseAwareLimiter
 from carsweep.search.pasha_rules import epsilon, promotable, ranking_holds
-from carsweep.search.preflight.config_checks import check_asha
+from carsweep.search.preflight.config_checks import check_scheduler
 from carsweep.search.preflight.report import Report
 from carsweep.search.searcher import make_searcher
 from carsweep.search.tuner import checkpoint_policy, make_scheduler
@@ -172,7 +172,7 @@ def test_the_preflight_prints_the_ladder_its_start_and_that_it_grows():
     config = SweepConfig.model_validate({"scheduler": "pasha", "num_samples": 27,
                                          "space": {"epochs": 27},
                                          "asha": {"grace_period": 1, "reduction_factor": 3}})
-    check_asha(config, report)
+    check_scheduler(config, report)
     text = report.text()
     assert report.ok
     assert "pasha: rungs at 1, 3, 9" in text

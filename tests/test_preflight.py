@@ -23,7 +23,7 @@ from carsweep.config.sweep import SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.search.preflight import Report, check_before_launch
 from carsweep.search.preflight.capacity import trials_per_gpu
-from carsweep.search.preflight.config_checks import check_asha, check_schedules
+from carsweep.search.preflight.config_checks import check_scheduler, check_schedules
 from carsweep.search.preflight.dry_step import dry_trial
 from carsweep.search.preflight.gpus import worst_trials
 
@@ -72,7 +72,7 @@ def test_asha_rungs_and_trials_reaching_each(samples, grace, rf, max_t, expected
 
 def test_asha_report_says_when_no_trial_can_stop():
     report = Report()
-    check_asha(sweep(asha={"grace_period": 3, "reduction_factor": 2}), report)
+    check_scheduler(sweep(asha={"grace_period": 3, "reduction_factor": 2}), report)
     assert report.ok
     assert "0 rung(s) where trials can stop (no rung below max_t" in report.text()
 
@@ -81,13 +81,13 @@ def test_asha_checks_fail_in_one_line_naming_the_value():
     report = Report()
     too_late = sweep().model_copy(update={"asha": sweep().asha.model_copy(
         update={"grace_period": 5})})
-    check_asha(too_late, report)
+    check_scheduler(too_late, report)
     no_reduction = sweep().model_copy(update={"asha": sweep().asha.model_copy(
         update={"reduction_factor": 1.0})})
-    check_asha(no_reduction, report)
+    check_scheduler(no_reduction, report)
     assert report.failures == [
-        "asha: `asha.grace_period` is 5, but must be <= max_t (3)",
-        "asha: `asha.reduction_factor` is 1, but must be > 1",
+        "scheduler: `asha.grace_period` is 5, but must be <= max_t (3)",
+        "scheduler: `asha.reduction_factor` is 1, but must be > 1",
     ]
 
 

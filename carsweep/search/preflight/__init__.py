@@ -5,8 +5,10 @@ one place.
 the same checks first and stops at the first failure. The checks, in order:
 
     config      schema, space, augmentation names, the dataset is a prepared one (driver side)
-    asha        grace period <= max_t, reduction factor > 1, the rungs that gives and how many
-                trials are expected to reach each (printed)
+    scheduler   asha and pasha: grace period <= max_t, reduction factor > 1, the rungs that
+                gives and how many trials are expected to reach each (printed; pasha's
+                starting maximum); median: its grace period <= max_t, the epoch it starts
+                comparing from; fifo: that nothing stops
     schedules   warnings (not failures) where trials reach an ASHA rung at different points
                 of their learning-rate schedule, so the rung compares schedules, not settings
     resources   one trial's request fits on some node

@@ -150,21 +150,22 @@ def check_weights(config: SweepConfig, report: Report) -> None:
     report.passed("weights", ", ".join(named) + " loaded" if loaded else "none (from scratch)")
 
 
-# ASHA -------------------------------------------------------------------------------------
+# The scheduler ----------------------------------------------------------------------------
 
-def check_asha(config: SweepConfig, report: Report) -> None:
+def check_scheduler(config: SweepConfig, report: Report) -> None:
     if config.scheduler == "fifo":
-        report.passed("asha", "scheduler fifo: no early stopping, every trial runs its epochs")
+        report.passed("scheduler", "fifo: no early stopping, every trial runs its epochs")
         return
     if config.scheduler == "median":
         _median_rule(config, report)
         return
     grace, rf, max_t = config.asha.grace_period, config.asha.reduction_factor, config.max_t
     if grace > max_t:
-        report.failed("asha", f"`asha.grace_period` is {grace}, but must be <= max_t ({max_t})")
+        report.failed("scheduler", f"`asha.grace_period` is {grace}, but must be <= max_t "
+                      f"({max_t})")
         return
     if not rf > 1:
-        report.failed("asha", f"`asha.reduction_factor` is {rf:g}, but must be > 1")
+        report.failed("scheduler", f"`asha.reduction_factor` is {rf:g}, but must be > 1")
         return
     rungs = config.asha_rungs()
     if config.scheduler == "pasha":
@@ -172,7 +173,7 @@ def check_asha(config: SweepConfig, report: Report) -> None:
         return
     stops = len(rungs) - 1
     note = "" if stops else " (no rung below max_t: ASHA will stop no trial)"
-    report.passed("asha", f"grace {grace}, reduction factor {rf:g}, max_t {max_t}: "
+    report.passed("scheduler", f"asha: grace {grace}, reduction factor {rf:g}, max_t {max_t}: "
                   f"{stops} rung(s) where trials can stop{note}")
     report.lines.append("        epoch  trials expected to reach it")
     for epoch, trials in rungs:
@@ -183,20 +184,20 @@ def check_asha(config: SweepConfig, report: Report) -> None:
 def _median_rule(config: SweepConfig, report: Report) -> None:
     grace, max_t = config.median_grace(), config.max_t
     if grace > max_t:
-        report.failed("asha", f"`median.grace_period` is {grace}, but must be <= max_t "
+        report.failed("scheduler", f"`median.grace_period` is {grace}, but must be <= max_t "
                       f"({max_t})")
         return
-    report.passed("asha", f"median stopping: from epoch {grace} of {max_t}, a trial whose best "
-                  f"{config.metric} is below the median of the other trials' running averages "
-                  f"stops (compared once {config.median.min_samples_required} others reached "
-                  "its epoch)")
+    report.passed("scheduler", f"median stopping: from epoch {grace} of {max_t}, a trial "
+                  f"whose best {config.metric} is worse than the median of the other trials' "
+                  f"running averages stops (compared once "
+                  f"{config.median.min_samples_required} others reached its epoch)")
 
 
 def _pasha_ladder(config: SweepConfig, report: Report, rungs: list[tuple[int, float]]) -> None:
     """PASHA's ladder is ASHA's; where it starts is the second level (search/pasha.py)."""
     epochs = [epoch for epoch, _ in rungs]
     start = epochs[min(1, len(epochs) - 1)]
-    report.passed("asha", f"pasha: rungs at {', '.join(map(str, epochs[:-1])) or 'none'} "
+    report.passed("scheduler", f"pasha: rungs at {', '.join(map(str, epochs[:-1])) or 'none'} "
                   f"(grace {config.asha.grace_period}, reduction factor "
                   f"{config.asha.reduction_factor:g}), max_t {config.max_t}; trials pause at "
                   f"each rung. The maximum starts at epoch {start} and grows a rung at a time, "

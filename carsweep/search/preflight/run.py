@@ -16,7 +16,7 @@ from carsweep.search.preflight.capacity import (
     check_local_gpus,
 )
 from carsweep.search.preflight.config_checks import (
-    check_asha,
+    check_scheduler,
     check_schedules,
     check_sweep,
     check_weights,
@@ -86,7 +86,7 @@ def static_checks(config: SweepConfig, report: Report) -> None:
     report.passed("config", f"{len(config.searched())} searched, {len(config.fixed())} fixed "
                   f"parameters; dataset {config.dataset}")
     check_weights(config, report)
-    check_asha(config, report)
+    check_scheduler(config, report)
     check_schedules(config, report)
 
 
