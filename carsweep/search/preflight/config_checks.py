@@ -154,7 +154,7 @@ def check_weights(config: SweepConfig, report: Report) -> None:
 
 def check_scheduler(config: SweepConfig, report: Report) -> None:
     if config.scheduler == "fifo":
-        report.passed("scheduler", "fifo: no early stopping, every trial runs its epochs")
+        report.passed("scheduler", "fifo, no early stopping: every trial runs its epochs")
         return
     if config.scheduler == "median":
         _median_rule(config, report)
@@ -173,7 +173,7 @@ def check_scheduler(config: SweepConfig, report: Report) -> None:
         return
     stops = len(rungs) - 1
     note = "" if stops else " (no rung below max_t: ASHA will stop no trial)"
-    report.passed("scheduler", f"asha: grace {grace}, reduction factor {rf:g}, max_t {max_t}: "
+    report.passed("scheduler", f"asha, grace {grace}, reduction factor {rf:g}, max_t {max_t}: "
                   f"{stops} rung(s) where trials can stop{note}")
     report.lines.append("        epoch  trials expected to reach it")
     for epoch, trials in rungs:
