@@ -208,6 +208,24 @@ def test_schedules_every_trial_reaches_alike_are_not_warned(space, changes):
     assert schedule_warnings(space, **changes) == []
 
 
+def test_schedules_the_median_rule_cannot_compare_are_warned_from_its_grace_on():
+    median = {"scheduler": "median"}  # grace 7 of max_t 30: it compares at epochs 7..29
+    (short,) = schedule_warnings({"epochs": {"choice": [15, 30]}}, **median)
+    assert short == ("schedules: `epochs` is searched (15, 30) with a cosine schedule: at every "
+                     "compared epoch a shorter schedule has decayed further, so the median rule "
+                     "keeps short runs; fix epochs at max_t (30) and let the median rule stop "
+                     "trials")
+    (warm,) = schedule_warnings({"warmup_epochs": {"int": [0, 7]}}, **median)
+    assert warm == ("schedules: `warmup_epochs` can be 7, so some trials are still warming up "
+                    "at the first compared epoch (epoch 7); keep warmup_epochs below "
+                    "median.grace_period (7) or raise the grace period")
+    (step,) = schedule_warnings({"lr_schedule": "step", "step_size": {"choice": [3, 4]}},
+                                **median)
+    assert step.startswith("schedules: with lr_schedule step, trials reach the compared epoch "
+                           "at epoch 7 after 1 or 2 decays")  # decays after 3, 6 or after 4
+    assert schedule_warnings({"warmup_epochs": {"int": [0, 6]}}, **median) == []
+
+
 def test_cars_config_gives_asha_comparable_schedules():
     from carsweep.config.sweep import load_sweep
 

@@ -50,4 +50,3 @@ class MedianStopping(MedianStoppingRule):
             self._results[trial] = [row for row in self._results[trial]
                                     if row[self._time_attr] != result[self._time_attr]]
         return super().on_trial_result(tune_controller, trial, result)
-

@@ -1,10 +1,11 @@
 """The checks of a sweep's config that need no Ray: schema, space, augmentations and models,
-the dataset, storage, start weights, ASHA's rungs and the schedule warnings. A sweep that cannot
-work stops here, in one line, before Ray starts.
+the dataset, storage, start weights, the scheduler's rungs and the schedule warnings. A sweep
+that cannot work stops here, in one line, before Ray starts.
 
 The schedule warnings follow one rule: at each rung below max_t, ASHA ranks trials by their
-metric at that epoch, which is only a fair ranking when every trial is at the same point of
-its lr schedule there. It is not when, under ASHA with a rung below max_t:
+metric at that epoch (the median rule compares them at every epoch from its grace period on),
+which is only a fair ranking when every trial is at the same point of its lr schedule there.
+It is not when, with a rung (a compared epoch) below max_t:
 
     epochs          is searched and cosine is possible: a shorter cosine has decayed further
                     at every rung, so ASHA keeps short schedules
@@ -211,43 +212,48 @@ def _pasha_ladder(config: SweepConfig, report: Report, rungs: list[tuple[int, fl
 
 
 def check_schedules(config: SweepConfig, report: Report) -> None:
-    """One warning per way trials can reach a rung at different points of their lr schedule
-    (the rule is in the module docstring)."""
-    rungs = config.rung_epochs()[:-1]
-    if not rungs:
+    """One warning per way trials can reach a point where the scheduler compares them at
+    different points of their lr schedule (the rule is in the module docstring)."""
+    if config.scheduler == "median":  # it compares at every epoch from its grace period on
+        grace = config.median_grace()
+        compared = list(range(grace, config.max_t))
+        who, point, setting = "the median rule", "compared epoch", "median.grace_period"
+    else:
+        compared, grace = config.rung_epochs()[:-1], config.asha.grace_period
+        who, point, setting = "ASHA", "rung", "asha.grace_period"
+    if not compared:
         return
-    grace = config.asha.grace_period
     epochs, warmup = _possible(config, "epochs"), _possible(config, "warmup_epochs")
     schedules = _possible(config, "lr_schedule")
     if len(epochs) > 1 and "cosine" in schedules:
         report.warned("schedules", f"`epochs` is searched ({_listed(epochs)}) with a cosine "
-                      "schedule: at every rung a shorter schedule has decayed further, so ASHA "
-                      f"keeps short runs; fix epochs at max_t ({config.max_t}) and let ASHA stop "
-                      "trials")
+                      f"schedule: at every {point} a shorter schedule has decayed further, so "
+                      f"{who} keeps short runs; fix epochs at max_t ({config.max_t}) and let "
+                      f"{who} stop trials")
     for name, what in (("warmup_epochs", "still warming up"),
                        ("freeze_backbone_epochs", "training only the head")):
         longest = max(_possible(config, name))
         if longest >= grace:
             report.warned("schedules", f"`{name}` can be {longest}, so some trials are {what} "
-                          f"at the first rung (epoch {grace}); keep {name} below "
-                          f"asha.grace_period ({grace}) or raise the grace period")
+                          f"at the first {point} (epoch {grace}); keep {name} below "
+                          f"{setting} ({grace}) or raise the grace period")
     if len(schedules) > 1:
         report.warned("schedules", f"`lr_schedule` is searched ({_listed(schedules)}): at a "
-                      "rung the shapes have decayed by different amounts, so ASHA compares "
+                      f"{point} the shapes have decayed by different amounts, so {who} compares "
                       "shapes, not settings; fix lr_schedule (cosine suits fine-tuning)")
     if "step" in schedules:
-        _warn_uneven_step_decays(config, report, rungs, warmup)
+        _warn_uneven_step_decays(config, report, compared, warmup, point)
 
 
 def _warn_uneven_step_decays(config: SweepConfig, report: Report, rungs: list[int],
-                             warmup: list[int]) -> None:
+                             warmup: list[int], point: str) -> None:
     """Step decays happen at warm-up + k * step_size; the count before a rung's evaluation
     must not depend on the trial."""
     step_sizes = _possible(config, "step_size")
     for rung in rungs:
         counts = sorted({_decays_before(rung, w, s) for w in warmup for s in step_sizes})
         if len(counts) > 1:
-            report.warned("schedules", f"with lr_schedule step, trials reach the rung at epoch "
+            report.warned("schedules", f"with lr_schedule step, trials reach the {point} at epoch "
                           f"{rung} after {' or '.join(map(str, counts))} decays (step_size "
                           f"{_listed(step_sizes)}, warmup_epochs {_listed(warmup)}); fix "
                           "step_size and warmup_epochs so every trial has decayed as often")
