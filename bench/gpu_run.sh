@@ -28,6 +28,7 @@ REPO=$PWD
 OUT=${OUT:-$REPO/gpu-run}
 WORK=${WORK:-/tmp/carsweep-gpu-run}
 SITE=${SITE:-/tmp/carsweep-site}
+CARRIED=${CARRIED:-.gpu}  # bench/gpu_pack.sh's folder; none: use the packages installed
 SMOKE=
 if [[ ${1:-} == --smoke ]]; then SMOKE=--smoke; shift; fi
 STAGES=("$@")
@@ -65,15 +66,15 @@ stage() {
 install_carried() {
   # The GPU machine has torch, torchvision, pandas, pyarrow and onnxruntime, not Ray, Optuna,
   # pydantic, kornia or torchcam: they come in .gpu/ (bench/gpu_pack.sh).
-  if [[ -d .gpu ]]; then
+  if [[ -d $CARRIED ]]; then
     python3 -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target "$SITE" .gpu/wheels/*.whl || return 1
-    tar -xJf .gpu/ray-trimmed.tar.xz -C "$SITE" || return 1
+      --upgrade --target "$SITE" "$CARRIED"/wheels/*.whl || return 1
+    tar -xJf "$CARRIED/ray-trimmed.tar.xz" -C "$SITE" || return 1
   fi
 }
 
 export -f install_carried
-export SITE
+export SITE CARRIED
 stage install 90 bash -c install_carried
 export PYTHONPATH=$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
