@@ -19,9 +19,12 @@
 #   sweep    `carsweep sweep --check`, then 8 trials of the Cars config at gpu 0.25, 2 epochs,
 #            on the smoke stage's data: sweep-check.log, sweep.log, the experiment's trials.csv
 #   figures  bench/train_gpu.py: the product's step against a bare torchvision step at 224, 256
-#            and 400 px, MFU, 1/2/4 trials sharing the GPU at batch 32 and 64: figures.json
+#            and 400 px, MFU, 1/2/4 trials sharing the GPU at batch 32 and 64: figures.json,
+#            and a profiler trace of the product's steps at 400 px: trace.json.gz
 #   ops      bench/augment_ops.py at 400 px: each preset's batch op on the GPU: ops.json
 #   cam      bench/cam_occlusion.py: the epoch's images/s with and without cam-occlusion: cam.log
+#   compile  bench/train_gpu.py --compile at 400 px: torch.compile's cost and pay-back:
+#            compile.json (last: the budget skips it first)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -32,7 +35,7 @@ CARRIED=${CARRIED:-.gpu}  # bench/gpu_pack.sh's folder; none: use the packages i
 SMOKE=
 if [[ ${1:-} == --smoke ]]; then SMOKE=--smoke; shift; fi
 STAGES=("$@")
-(( ${#STAGES[@]} )) || STAGES=(env smoke ray sweep figures ops cam)
+(( ${#STAGES[@]} )) || STAGES=(env smoke ray sweep figures ops cam compile)
 mkdir -p "$OUT" "$WORK"
 
 wanted() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
@@ -157,10 +160,12 @@ fi
 
 if wanted figures; then
   if [[ -n $SMOKE ]]; then
-    stage figures 120 python3 bench/train_gpu.py --smoke --json "$OUT/figures.json"
+    stage figures 120 python3 bench/train_gpu.py --smoke --json "$OUT/figures.json" \
+      --trace "$OUT/trace.json.gz"
   else
     stage figures 200 python3 bench/train_gpu.py --sizes 224 256 400 --batch 64 --steps 30 \
-      --share-processes 1 2 4 --share-batches 32 64 --seconds 8 --json "$OUT/figures.json"
+      --share-processes 1 2 4 --share-batches 32 64 --seconds 8 --json "$OUT/figures.json" \
+      --trace "$OUT/trace.json.gz"
   fi
 fi
 if wanted ops; then
@@ -179,6 +184,14 @@ if wanted cam; then
   else
     stage cam 60 python3 bench/cam_occlusion.py --device cuda --resize 224 --batch-size 64 \
       --rounds 3
+  fi
+fi
+if wanted compile; then
+  if [[ -n $SMOKE ]]; then
+    stage compile 120 python3 bench/train_gpu.py --smoke --compile --json "$OUT/compile.json"
+  else
+    stage compile 150 python3 bench/train_gpu.py --sizes 400 --batch 64 --steps 30 --compile \
+      --share-processes 1 --share-batches 64 --seconds 3 --json "$OUT/compile.json"
   fi
 fi
 echo "== done: $OUT"

@@ -9,6 +9,7 @@ Ray, Optuna or TensorBoard. On a GPU machine, from the repository root:
 
     python bench/train_gpu.py --json gpu.json                 # all rows, about 5-8 minutes
     python bench/train_gpu.py --compile --sizes 400           # + torch.compile, compile time
+    python bench/train_gpu.py --trace trace.json.gz           # + a profiler trace, 400 px
     python bench/train_gpu.py --smoke                         # tiny, runs on the CPU (a test)
 
 Rows, all on the same synthetic uint8 images in a memory-mapped .npy file (the decoded cache's
@@ -24,6 +25,9 @@ format, so no JPEG decoding is timed here: bench/data_path.py measures that):
                              20 batches, the lr schedule's step
   sharing      N processes (1, 2, 4) training side by side on the one GPU (carsweep full
                trial), total images/s, at batch 32 and 64
+  trace        (--trace) one torch.profiler trace of the product's full-trial steps at the
+               last size, warm, as a gzipped Chrome trace (chrome://tracing, Perfetto), and
+               its busiest operators in the output
 
 MFU = achieved FLOP/s / the GPU's dense bf16 peak (--peak-tflops; 989 for H100/H200 SXM),
 with FLOPs per training image counted by torch.utils.flop_counter on one real step (forward +
@@ -33,9 +37,11 @@ backward, 2 FLOPs per multiply-add), so no (px/224)^2 estimate is needed.
 from __future__ import annotations
 
 import argparse
+import gzip
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -193,6 +199,32 @@ def measure(args, style: str, mode: str, size: int, path: Path, device: torch.de
             "compile": use_compile, "first_step_s": round(first, 2), "images_per_s": round(rate, 1)}
 
 
+TRACE_STEPS = 5
+
+
+def trace(args, size: int, path: Path, device: torch.device, out: Path) -> dict:
+    """A profiler trace of TRACE_STEPS of the product's full-trial steps, after warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batches = batches_from_memmap(path, args.batch, pinned=device.type == "cuda")
+    epoch = product_epoch(device, size, args.batch, use_compile=False)
+    epoch(batches, args.warmup)
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as profiler:
+        epoch(batches, TRACE_STEPS)
+    with tempfile.TemporaryDirectory(prefix="carsweep-trace-") as tmp:
+        raw = Path(tmp) / "trace.json"
+        profiler.export_chrome_trace(str(raw))
+        with raw.open("rb") as source, gzip.open(out, "wb") as packed:
+            shutil.copyfileobj(source, packed)
+    busiest = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(profiler.key_averages().table(sort_by=busiest, row_limit=15))
+    return {"size": size, "batch": args.batch, "steps": TRACE_STEPS, "path": str(out),
+            "bytes": out.stat().st_size}
+
+
 def sharing(args, size: int, path: Path, processes: int, batch: int) -> float:
     """Total images/s of `processes` carsweep trials started together on the one GPU."""
     with tempfile.TemporaryDirectory(prefix="carsweep-share-") as barrier:
@@ -258,6 +290,7 @@ def run(args) -> dict:
                     row["mfu"] = round(row["tflops"] / peak, 4) if peak else None
         share_size = args.sizes[-1]
         path = make_images(Path(tmp), args.images, share_size)
+        traced = trace(args, share_size, path, device, args.trace) if args.trace else None
         for batch in args.share_batches:
             for processes in args.share_processes:
                 shares.append({"size": share_size, "batch": batch, "processes": processes,
@@ -268,7 +301,7 @@ def run(args) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": name, "peak_tflops": peak, "torch": torch.__version__,
             "carsweep_step": f"{train_one_epoch.__module__}.{train_one_epoch.__qualname__}",
-            "rows": rows, "sharing": shares, "ratios": ratios(rows)}
+            "rows": rows, "sharing": shares, "ratios": ratios(rows), "trace": traced}
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -330,6 +363,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the GPU")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and steps (CPU)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--trace", type=Path, help="write a profiler trace here (.json.gz)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-barrier", help=argparse.SUPPRESS)
     parser.add_argument("--worker-count", type=int, help=argparse.SUPPRESS)

@@ -4,6 +4,7 @@ epoch."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -41,8 +42,10 @@ RUNNER = textwrap.dedent(f"""
 @pytest.mark.slow
 def test_smoke_run_needs_no_ray_and_times_the_products_epoch(tmp_path):
     out = tmp_path / "bench.json"
+    traced = tmp_path / "trace.json.gz"
     done = subprocess.run([sys.executable, "-c", RUNNER, str(BENCH), "--smoke", "--json",
-                           str(out)], capture_output=True, text=True, timeout=900)
+                           str(out), "--trace", str(traced)],
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     rows = {(r["style"], r["mode"]) for r in result["rows"]}
@@ -55,3 +58,12 @@ def test_smoke_run_needs_no_ray_and_times_the_products_epoch(tmp_path):
     assert all(s["total_images_per_s"] > 0 for s in result["sharing"])
     assert "carsweep/seed" in done.stdout
     assert result["carsweep_step"] == "carsweep.trainable.loop.train_one_epoch"
+    # the profiler's trace of the product's steps: a Chrome trace of its convolutions and
+    # optimizer, small enough to bring back from a GPU machine
+    assert result["trace"] == {"size": 32, "batch": 4, "steps": 5, "path": str(traced),
+                               "bytes": traced.stat().st_size}
+    assert traced.stat().st_size < 16 << 20
+    events = {event.get("name") for event in json.loads(gzip.decompress(
+        traced.read_bytes()))["traceEvents"]}
+    assert {"aten::convolution", "aten::cudnn_convolution"} & events
+    assert any(name and name.startswith("Optimizer.step") for name in events)
