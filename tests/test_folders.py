@@ -4,6 +4,7 @@ same output on that machine, and nothing of a build still running, nor the only 
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -78,3 +79,27 @@ def _a_finished_pid() -> int:
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     return int(done.stdout)
+
+
+def test_a_ctrl_c_between_the_two_renames_is_acted_on_once_the_new_folder_is_in(
+        tmp_path, monkeypatch):
+    """The old folder is moved aside, then the new one renamed in: a Ctrl-C in between used to
+    leave no folder at all, the old one deleted with the folder that held it aside."""
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "old.txt").write_text("the user's data")
+    renames = []
+    rename = os.replace
+
+    def ctrl_c_after_the_first(source, target):
+        rename(source, target)
+        renames.append(Path(target).name)
+        if len(renames) == 1:  # the old folder is aside, the new one not yet in
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr("carsweep.data.folders.os.replace", ctrl_c_after_the_first)
+    with pytest.raises(KeyboardInterrupt), building_folder(out) as folder:
+        (folder / "new.txt").write_text("whole")
+    assert renames == ["old", "data"]  # both renames ran; the interrupt came after
+    assert [path.name for path in out.iterdir()] == ["new.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data"]

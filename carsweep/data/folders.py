@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from carsweep.errors import UserError
+from carsweep.interrupts import interrupts_held_back
 
 
 def check_output_path(path: Path, *, flag: str, folder: bool = True,
@@ -123,6 +124,13 @@ def _umask() -> int:
 
 
 def _move_into_place(temporary: Path, out: Path) -> None:
+    # A Ctrl-C between the two renames would leave no `out`, and the old one deleted with its
+    # holding folder: it is acted on once both are done.
+    with interrupts_held_back():
+        _swap_in(temporary, out)
+
+
+def _swap_in(temporary: Path, out: Path) -> None:
     if not out.exists():
         os.replace(temporary, out)
         return
