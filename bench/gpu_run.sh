@@ -141,10 +141,10 @@ if wanted sweep; then
   else
     data=$WORK/smoke/data
     if [[ ! -d $data ]]; then  # the smoke stage did not run: a small Cars-shaped set
-      "${CARSWEEP[@]}" synth "$WORK/source" --preset cars --per-class 6 --test-per-class 1 \
-        --force > "$OUT/sweep-data.log" 2>&1
-      "${CARSWEEP[@]}" prepare "$WORK/source" --out "$data" --val-fraction 0.25 --force \
-        >> "$OUT/sweep-data.log" 2>&1
+      stage sweep-synth 90 "${CARSWEEP[@]}" synth "$WORK/source" --preset cars --per-class 6 \
+        --test-per-class 1 --force
+      stage sweep-prepare 60 "${CARSWEEP[@]}" prepare "$WORK/source" --out "$data" \
+        --val-fraction 0.25 --force
     fi
     sweep=(configs/stanford-cars.yaml --data "$data" --storage "$WORK/results" --name gpu-run
            --num-samples 8 --max-concurrent 4 --set space.epochs=2 --set space.weights=none
@@ -175,6 +175,7 @@ if wanted figures; then
       --trace "$OUT/trace.json.gz"
   fi
 fi
+
 if wanted ops; then
   if [[ -n $SMOKE ]]; then
     stage ops 60 python3 bench/augment_ops.py --small --json "$OUT/ops.json"
@@ -193,6 +194,7 @@ if wanted cam; then
       --rounds 3
   fi
 fi
+
 if wanted compile; then
   if [[ -n $SMOKE ]]; then
     stage compile 120 python3 bench/train_gpu.py --smoke --compile --json "$OUT/compile.json"

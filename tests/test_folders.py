@@ -98,8 +98,13 @@ def test_a_ctrl_c_between_the_two_renames_is_acted_on_once_the_new_folder_is_in(
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr("carsweep.data.folders.os.replace", ctrl_c_after_the_first)
-    with pytest.raises(KeyboardInterrupt), building_folder(out) as folder:
-        (folder / "new.txt").write_text("whole")
+    # Python's own Ctrl-C handler, as in a command (an earlier test's Ray may have set another)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), building_folder(out) as folder:
+            (folder / "new.txt").write_text("whole")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert renames == ["old", "data"]  # both renames ran; the interrupt came after
     assert [path.name for path in out.iterdir()] == ["new.txt"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data"]
