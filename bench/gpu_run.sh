@@ -19,7 +19,8 @@
 #   sweep    `carsweep sweep --check`, then 8 trials of the Cars config at gpu 0.25, 2 epochs,
 #            on the smoke stage's data: sweep-check.log, sweep.log, the experiment's trials.csv;
 #            then `carsweep analyze` of it (the best trial retrained on train+val, tested,
-#            Grad-CAM of its mistakes, report.html): analysis/, without its weights
+#            Grad-CAM of its mistakes, report.html): analysis/, without its weights and with 8
+#            of its Grad-CAM pictures
 #   figures  bench/train_gpu.py: the product's step against a bare torchvision step at 224, 256
 #            and 400 px, MFU, 1/2/4 trials sharing the GPU at batch 32 and 64: figures.json,
 #            and a profiler trace of the product's steps at 400 px: trace.json.gz
@@ -158,9 +159,13 @@ if wanted sweep; then
     stage sweep 200 "${CARSWEEP[@]}" sweep "${sweep[@]}"
     cp "$WORK/results/gpu-run/trials.csv" "$OUT/sweep-trials.csv" 2>/dev/null || true
     stage analyze 120 "${CARSWEEP[@]}" analyze "$WORK/results/gpu-run"
-    if [[ -d $WORK/results/gpu-run/analysis ]]; then
-      tar -C "$WORK/results/gpu-run" --exclude '*.pt' --exclude '*.onnx' -cf - analysis \
-        | tar -C "$OUT" -xf -
+    analysis=$WORK/results/gpu-run/analysis
+    if [[ -d $analysis ]]; then  # without its weights, and 8 of its Grad-CAM pictures (of 100s)
+      tar -C "$analysis/.." --exclude '*.pt' --exclude '*.onnx' --exclude gallery -cf - \
+        analysis | tar -C "$OUT" -xf -
+      mkdir -p "$OUT/analysis/gallery"
+      find "$analysis/gallery" -name '*.png' | sort | head -n 8 \
+        | xargs -r cp -t "$OUT/analysis/gallery"
     fi
   fi
 fi
