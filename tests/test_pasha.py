@@ -151,8 +151,12 @@ def test_a_trial_at_max_t_stops():
     ({"pasha": {"epsilon_percentile": 101}}, "less than or equal to 100"),
     ({"pasha": {"epsilon": 0.1}}, "pasha.epsilon"),
     ({"scheduler": "hyperband"}, "'asha', 'pasha', 'median' or 'fifo'"),
+    ({"scheduler": "median", "median": {"grace_period": 0}}, "median.grace_period"),
+    ({"scheduler": "median", "median": {"min_samples_required": 0}},
+     "median.min_samples_required"),
+    ({"scheduler": "median", "median": {"grace": 2}}, "median.grace"),
 ])
-def test_a_bad_pasha_setting_is_one_line(tmp_path, changes, expected):
+def test_a_bad_scheduler_setting_is_one_line(tmp_path, changes, expected):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"scheduler": "pasha", **changes}))
     with pytest.raises(UserError) as caught:

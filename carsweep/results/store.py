@@ -209,13 +209,15 @@ def read_result_rows(trial_folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def ray_trial_rows(trial) -> list[dict[str, Any]]:
-    """Every row a Ray trial reported, from its result.json wherever Ray keeps it (a folder or
-    a bucket): what a scheduler of a resumed sweep rebuilds its state from."""
+def ray_trial_rows(trial, *keys: str) -> list[dict[str, Any]]:
+    """The rows a Ray trial reported that hold every one of `keys`, from its result.json
+    wherever Ray keeps it (a folder or a bucket): what a scheduler of a resumed sweep rebuilds
+    its state from."""
     from carsweep.storage import place_in
 
-    return read_result_rows(place_in(trial.storage.storage_filesystem,
+    rows = read_result_rows(place_in(trial.storage.storage_filesystem,
                                      trial.storage.trial_fs_path))
+    return [row for row in rows if all(key in row for key in keys)]
 
 
 def _metric_columns(sweep: SweepConfig) -> list[str]:

@@ -39,8 +39,7 @@ class MedianStopping(MedianStoppingRule):
     def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
         if (trial.last_result or {}).get(self._time_attr):  # a trial of a resumed sweep
-            self._results[trial] = [row for row in ray_trial_rows(trial)
-                                    if self._time_attr in row and self._metric in row]
+            self._results[trial] = ray_trial_rows(trial, self._time_attr, self._metric)
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial,
                         result: dict) -> str:

@@ -122,8 +122,7 @@ class PashaScheduler(TrialScheduler):
     def _recorded_curve(self, trial: Trial) -> dict[int, float]:
         """epoch -> metric from the trial's result.json (an epoch trained twice: its last)."""
         return {int(row[self._time_attr]): float(row[self._metric])
-                for row in ray_trial_rows(trial)
-                if self._time_attr in row and self._metric in row}
+                for row in ray_trial_rows(trial, self._time_attr, self._metric)}
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial,
                         result: dict) -> str:
