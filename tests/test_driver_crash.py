@@ -43,6 +43,11 @@ from carsweep.search.tuner import SweepOutcome, best_trial_row
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
+# The stopped-then-killed sweep's trials run more epochs, so that one can be paused with epochs
+# to spare: Tune's trainable runs up to an epoch ahead of what its driver has recorded, and the
+# experiment folder is a copy of that record made at each step of Tune's loop.
+CRASH_EPOCHS = 5
+PAUSED_BY = 2  # the last epoch a trial may have shown in the experiment folder to be paused
 
 
 def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finished_trials(
@@ -55,7 +60,7 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
     sweep there: no finished trial trains again, a half-run one goes on from its checkpoint,
     every epoch a trial reported is kept, and the table and the study hold each trial once."""
     config = write_sweep(tmp_path, "stopped", num_samples=3, max_concurrent_trials=1,
-                         space={"epochs": EPOCHS})
+                         space={"epochs": CRASH_EPOCHS})
     storage = tmp_path / "results"
     experiment = storage / "stopped"
 
@@ -112,7 +117,7 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
     assert not survivors
     before = epochs_by_trial(experiment)
     finished_before = finished_trials(experiment)
-    midway_before = {t: e for t, e in before.items() if e[-1] < EPOCHS}
+    midway_before = {t: e for t, e in before.items() if e[-1] < CRASH_EPOCHS}
     assert len(finished_before) == 2  # really killed mid-sweep
     assert midway_before
     assert (experiment / "trials.csv").read_text() == table_at_ctrl_c  # the killed one: never
@@ -131,11 +136,11 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
     assert len(table) == 3
     assert table["trial_id"].is_unique
     assert list(table["state"]) == ["COMPLETE"] * 3
-    assert list(table["epochs_run"]) == [EPOCHS] * 3
+    assert list(table["epochs_run"]) == [CRASH_EPOCHS] * 3
     assert table[f"best_{METRIC}"].notna().all()
     after = epochs_by_trial(experiment)
     assert sorted(after) == sorted(table["trial_dir"])
-    everything = list(range(1, EPOCHS + 1))
+    everything = list(range(1, CRASH_EPOCHS + 1))
     for trial in finished_at_ctrl_c:
         assert after[trial] == at_ctrl_c[trial] == everything  # not trained again
     for trial, epochs in at_ctrl_c.items():  # stopped by Ctrl-C after an epoch's checkpoint:
@@ -156,7 +161,7 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
         assert trial.state == TrialState.COMPLETE
         assert trial.intermediate_values == dict(zip(history["epoch"], history[METRIC],
                                                      strict=True))
-        assert trial.value == trial.intermediate_values[EPOCHS]
+        assert trial.value == trial.intermediate_values[CRASH_EPOCHS]
 
     # Resumed once more, the ended sweep says so: no Ray started, nothing rewritten.
     files = {path: path.read_bytes() for path in experiment.rglob("*") if path.is_file()}
@@ -172,7 +177,7 @@ def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finishe
 def finished_trials(experiment: Path) -> list[str]:
     """The trials that have reported their last epoch."""
     return [trial for trial, epochs in epochs_by_trial(experiment).items()
-            if epochs[-1:] == [EPOCHS]]
+            if epochs[-1:] == [CRASH_EPOCHS]]
 
 
 # MobileNetV3-small (TINY_SPACE's) trained by sgd at lr 9-10 with Nesterov momentum, no decay
@@ -267,17 +272,21 @@ def pause_a_trial_midway(experiment: Path, finished_earlier: list[str],
                          process: subprocess.Popen) -> tuple[str, int]:
     """Once one more trial than `finished_earlier` has finished and the next has reported an
     epoch, stop that trial's process (SIGSTOP) so that it stays half-run however fast this
-    machine trains: (its folder name, its pid)."""
+    machine trains: (its folder name, its pid). Only a trial first seen at epoch PAUSED_BY or
+    before is paused, leaving it epochs to spare (one seen at its last epoch but one could be
+    done before it is stopped, as it was once in CI)."""
     def one_more_finished_and_one_midway():
-        midway = [t for t, e in epochs_by_trial(experiment).items() if e and e[-1] < EPOCHS]
+        midway = [(t, e[-1]) for t, e in epochs_by_trial(experiment).items()
+                  if e and e[-1] < CRASH_EPOCHS]
         more = len(finished_trials(experiment)) > len(finished_earlier)
         return midway[0] if more and midway else None
 
-    trial = wait_until(one_more_finished_and_one_midway, "one more finished and a half-run "
-                       "trial", 300, process, every=0.02)  # an epoch can take a fraction of 1 s
+    trial, seen_at = wait_until(one_more_finished_and_one_midway, "one more finished and a "
+                                "half-run trial", 300, process, every=0.02)  # epochs: < 1 s
+    assert seen_at <= PAUSED_BY, f"{trial} was first seen at epoch {seen_at}: too late to pause"
     pid = result_rows(experiment)[trial][-1]["pid"]
     os.kill(pid, signal.SIGSTOP)
-    if epochs_by_trial(experiment)[trial][-1] == EPOCHS:
+    if epochs_by_trial(experiment)[trial][-1] == CRASH_EPOCHS:
         os.kill(pid, signal.SIGCONT)
         raise AssertionError(f"{trial} finished before it could be paused")
     return trial, pid
