@@ -110,10 +110,12 @@ def output(process: subprocess.Popen) -> tuple[str, str]:
 
 
 def result_rows(experiment: Path) -> dict[str, list[dict]]:
-    """Every row each trial reported, by trial folder name, in the order written."""
+    """Every row each trial reported, by trial folder name, in the order written. A line not
+    yet ended by its newline is left out: Tune may be copying the file into the experiment
+    right now (a test polling a running sweep once read half a row)."""
     rows = {}
     for result in sorted(Path(experiment).glob("trial_*/result.json")):
-        lines = result.read_text().splitlines()
+        lines = result.read_text().split("\n")[:-1]
         rows[result.parent.name] = [json.loads(line) for line in lines if line.strip()]
     return rows
 

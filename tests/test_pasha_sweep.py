@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from ray import cloudpickle, tune
 
 from carsweep.cli import main
-from carsweep.config.sweep import SweepConfig
+from carsweep.config.sweep import ClusterConfig, SweepConfig
 from carsweep.results import trials_table
 from carsweep.results.study import open_study
 from carsweep.search.cluster import ray_session
@@ -125,85 +125,95 @@ def replayed(config: SweepConfig) -> tuple[dict, dict]:
             {trial.params["lr"]: trial for trial in loop.study.trials})
 
 
-@pytest.mark.slow
-def test_pasha_grows_once_resumes_once_and_the_study_stays_true_across_a_driver_restart(
-        tmp_path):
-    """The driver stops as trial c starts (a paused at rung 1, b at rung 3) and the sweep is
-    resumed: PASHA's rungs, rebuilt from the trials' results, take the decisions the sweep
-    would have taken without the stop (the replay's, uninterrupted): a and b wait paused,
-    not run on."""
-    config = curves_sweep("pasha", tmp_path)
-    rows, study = tune_fit(config, interrupted=True)
-    assert {lr: list(rows[lr]["epoch"]) for lr in CURVES} == {
-        0.001: [1], 0.002: list(range(1, 10)), 0.003: [1], 0.004: [1, 2, 3]}
-    # b paused at 3, was resumed once (from its epoch-3 checkpoint) when the maximum grew to 9
-    assert list(rows[0.002]["resumed_from"]) == [0, 0, 0] + [3] * 6
-    assert all(set(rows[lr]["resumed_from"]) == {0} for lr in (0.001, 0.003, 0.004))
-    assert {lr: trial.state for lr, trial in study.items()} == {
-        0.001: TrialState.PRUNED, 0.002: TrialState.COMPLETE,  # b: at the final maximum, 9
-        0.003: TrialState.PRUNED, 0.004: TrialState.PRUNED}
-    assert study[0.002].value == pytest.approx(0.79)
-    for lr, trial in study.items():
-        reached = len(rows[lr])
-        assert trial.intermediate_values == pytest.approx(
-            {epoch: CURVES[lr][epoch - 1] for epoch in range(1, reached + 1)})
-    assert_replay_takes_tunes_decisions(config, rows, study)
+@pytest.fixture(scope="class")
+def one_local_ray():
+    """One local Ray of 1 CPU for the class's sweeps: ray_session finds it started and leaves it
+    be (a start and a shutdown cost about 5 s here)."""
+    with ray_session(ClusterConfig(num_cpus=1)):
+        yield
 
 
 @pytest.mark.slow
-def test_the_replay_takes_tunes_decisions_on_seeded_sweeps_of_a_recording(tmp_path):
-    """The product's TPE over bench/curves/main.json's configurations (one training seed
-    each), 6 trials one at a time, under ASHA (seed 0), PASHA (seed 1) and median stopping
-    (seed 2): the replay's study — every trial's suggested params, state and per-epoch values —
-    is the one Tune's sweep left."""
-    global RECORDED  # noqa: PLW0603 - pickled with curve_trainable, by value
-    pool = Pool.load(replay.MAIN)
-    pool.curves = {key: curves[:1] for key, curves in pool.curves.items()}
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers lack tests/
-    cloudpickle.register_pickle_by_value(replay)  # and bench/
-    sweeps = [sweep_config(pool, {"scheduler": scheduler, "name": f"{scheduler}-{seed}",
-                                  "storage_path": str(tmp_path), "cluster": {"num_cpus": 1}},
-                           "tpe", seed, trials=6, workers=1)
-              for scheduler, seed in (("asha", 0), ("pasha", 1), ("median", 2))]
-    RECORDED = pool
-    try:
-        with ray_session(sweeps[0].cluster):
-            for config in sweeps:
-                experiment_path(config).mkdir()
-                assert not new_tuner(config, curve_trainable, verbose=0).fit().errors
-    finally:
-        RECORDED = None
-    stopped, resumed = {}, 0
-    for config in sweeps:
-        loop = ReplayController(pool, config, make_scheduler(config), workers=1, start_cost=0,
-                                seed=config.searcher.seed).run()
-        tuned = open_study(experiment_path(config)).trials
-        assert [_decided(t) for t in loop.study.trials] == [_decided(t) for t in tuned], config.name
-        stopped[config.scheduler] = sum(t.state == TrialState.PRUNED for t in tuned)
-        resumed += loop.starts - len(loop.trials)
-    assert stopped["asha"]  # the schedulers took decisions: stops,
-    assert stopped["median"]
-    assert resumed  # and PASHA's resumes
+@pytest.mark.usefixtures("one_local_ray")
+class TestUnderTune:
+    """Sweeps of recorded or made-up curves under Tune's own loop, on one Ray."""
+
+    def test_pasha_grows_once_resumes_once_and_the_study_stays_true_across_a_driver_restart(
+            self, tmp_path):
+        """The driver stops as trial c starts (a paused at rung 1, b at rung 3) and the sweep is
+        resumed: PASHA's rungs, rebuilt from the trials' results, take the decisions the sweep
+        would have taken without the stop (the replay's, uninterrupted): a and b wait paused,
+        not run on."""
+        config = curves_sweep("pasha", tmp_path)
+        rows, study = tune_fit(config, interrupted=True)
+        assert {lr: list(rows[lr]["epoch"]) for lr in CURVES} == {
+            0.001: [1], 0.002: list(range(1, 10)), 0.003: [1], 0.004: [1, 2, 3]}
+        # b paused at 3, was resumed once (from its epoch-3 checkpoint) when the maximum grew to 9
+        assert list(rows[0.002]["resumed_from"]) == [0, 0, 0] + [3] * 6
+        assert all(set(rows[lr]["resumed_from"]) == {0} for lr in (0.001, 0.003, 0.004))
+        assert {lr: trial.state for lr, trial in study.items()} == {
+            0.001: TrialState.PRUNED, 0.002: TrialState.COMPLETE,  # b: at the final maximum, 9
+            0.003: TrialState.PRUNED, 0.004: TrialState.PRUNED}
+        assert study[0.002].value == pytest.approx(0.79)
+        for lr, trial in study.items():
+            reached = len(rows[lr])
+            assert trial.intermediate_values == pytest.approx(
+                {epoch: CURVES[lr][epoch - 1] for epoch in range(1, reached + 1)})
+        assert_replay_takes_tunes_decisions(config, rows, study)
+
+    def test_the_replay_takes_tunes_decisions_on_seeded_sweeps_of_a_recording(self, tmp_path):
+        """The product's TPE over bench/curves/main.json's configurations (one training seed
+        each), 6 trials one at a time, under ASHA (seed 0), PASHA (seed 1) and median stopping
+        (seed 2): the replay's study — every trial's suggested params, state and per-epoch values —
+        is the one Tune's sweep left."""
+        global RECORDED  # noqa: PLW0603 - pickled with curve_trainable, by value
+        pool = Pool.load(replay.MAIN)
+        pool.curves = {key: curves[:1] for key, curves in pool.curves.items()}
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers lack tests/
+        cloudpickle.register_pickle_by_value(replay)  # and bench/
+        sweeps = [sweep_config(pool, {"scheduler": scheduler, "name": f"{scheduler}-{seed}",
+                                      "storage_path": str(tmp_path), "cluster": {"num_cpus": 1}},
+                               "tpe", seed, trials=6, workers=1)
+                  for scheduler, seed in (("asha", 0), ("pasha", 1), ("median", 2))]
+        RECORDED = pool
+        try:
+            with ray_session(sweeps[0].cluster):
+                for config in sweeps:
+                    experiment_path(config).mkdir()
+                    assert not new_tuner(config, curve_trainable, verbose=0).fit().errors
+        finally:
+            RECORDED = None
+        stopped, resumed = {}, 0
+        for config in sweeps:
+            loop = ReplayController(pool, config, make_scheduler(config), workers=1, start_cost=0,
+                                    seed=config.searcher.seed).run()
+            tuned = open_study(experiment_path(config)).trials
+            replayed_trials = [_decided(t) for t in loop.study.trials]
+            assert replayed_trials == [_decided(t) for t in tuned], config.name
+            stopped[config.scheduler] = sum(t.state == TrialState.PRUNED for t in tuned)
+            resumed += loop.starts - len(loop.trials)
+        assert stopped["asha"]  # the schedulers took decisions: stops,
+        assert stopped["median"]
+        assert resumed  # and PASHA's resumes
+
+    def test_the_median_rule_of_a_resumed_sweep_counts_the_trials_that_ended_before(
+            self, tmp_path):
+        """The driver stops as trial c starts, a and b having run their 9 epochs (no rule stopped
+        them: fewer than 2 others to compare with). Resumed, the rule takes back a's and b's
+        epochs, so c (0.2) is below their median (0.6) at epoch 3 and stops, as it would have
+        without the stop; a rule that started empty would let c run on, and d too."""
+        config = curves_sweep("median", tmp_path, epochs=9,
+                              median={"grace_period": 3, "min_samples_required": 2})
+        rows, study = tune_fit(config, interrupted=True)
+        assert {lr: len(rows[lr]) for lr in CURVES} == {0.001: 9, 0.002: 9, 0.003: 3, 0.004: 9}
+        assert {lr: trial.state for lr, trial in study.items()} == {
+            0.001: TrialState.COMPLETE, 0.002: TrialState.COMPLETE,
+            0.003: TrialState.PRUNED, 0.004: TrialState.COMPLETE}
+        assert_replay_takes_tunes_decisions(config, rows, study)
 
 
 def _decided(trial) -> tuple:
     return trial.params, trial.state, trial.intermediate_values
-
-
-@pytest.mark.slow
-def test_the_median_rule_of_a_resumed_sweep_counts_the_trials_that_ended_before(tmp_path):
-    """The driver stops as trial c starts, a and b having run their 9 epochs (no rule stopped
-    them: fewer than 2 others to compare with). Resumed, the rule takes back a's and b's
-    epochs, so c (0.2) is below their median (0.6) at epoch 3 and stops, as it would have
-    without the stop; a rule that started empty would let c run on, and d too."""
-    config = curves_sweep("median", tmp_path, epochs=9,
-                          median={"grace_period": 3, "min_samples_required": 2})
-    rows, study = tune_fit(config, interrupted=True)
-    assert {lr: len(rows[lr]) for lr in CURVES} == {0.001: 9, 0.002: 9, 0.003: 3, 0.004: 9}
-    assert {lr: trial.state for lr, trial in study.items()} == {
-        0.001: TrialState.COMPLETE, 0.002: TrialState.COMPLETE,
-        0.003: TrialState.PRUNED, 0.004: TrialState.COMPLETE}
-    assert_replay_takes_tunes_decisions(config, rows, study)
 
 
 def assert_replay_takes_tunes_decisions(config: SweepConfig, rows: dict, study: dict) -> None:
