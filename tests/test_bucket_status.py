@@ -81,7 +81,7 @@ def test_status_of_a_bucket_says_when_its_snapshot_was_uploaded(bucket_experimen
         <= datetime.now(UTC)
     assert lines[1] == ""
     assert lines[2].split()[:2] == ["trial", "state"]
-    assert lines[-1].startswith("best trial: a1b2c3d4  val_loss = 0.5000")
+    assert lines[-1].startswith("best trial: a1b2c3d4  val_loss = 0.5 ")
 
 
 def test_the_snapshot_is_the_newest_state_and_trials_csv_after_it_means_the_driver_ended(

@@ -9,6 +9,7 @@ demo sweep, end to end, under pasha."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -242,4 +243,7 @@ def test_the_demo_sweep_runs_end_to_end_under_pasha(prepared_dataset, tmp_path, 
     complete = table[table["state"] == "COMPLETE"]
     assert complete["epochs_run"].min() >= 2, complete  # the starting maximum at least
     assert (table["stopped_early"] == (table["state"] == "PRUNED")).all()
-    assert "best trial" in out
+    said = re.search(r"^best trial: (\w+)  val_top1 = (\d+\.\d\d)%$", out, re.MULTILINE)
+    assert said, out[-2000:]  # a share of images: a percentage, as train and analyze print it
+    best = table.set_index("trial_id").loc[said[1], "best_val_top1"]
+    assert float(said[2]) == round(best * 100, 2) == round(table["best_val_top1"].max() * 100, 2)

@@ -7,7 +7,7 @@ import re
 
 from ray.tune.experiment import Trial
 
-from carsweep.results.console import WIDTH
+from carsweep.results.console import WIDTH, metric_text
 from carsweep.search.monitor import CompactReporter
 
 PARAMS = ["optimizer", "lr", "momentum", "weight_decay", "augmentation", "label_smoothing",
@@ -42,9 +42,9 @@ def test_the_table_is_compact_in_the_studys_words_and_names_what_it_leaves_out()
     assert max(map(len, lines)) <= WIDTH
     assert lines[0].split()[:6] == ["trial", "state", "epoch", "best", "val_top1", "optimizer"]
     rows = {line.split()[0]: line.split() for line in lines[1:6]}
-    assert rows["aaaa0001"][1:4] == ["COMPLETE", "4/4", "0.7"]
-    assert rows["aaaa0002"][1:4] == ["PRUNED", "1/4", "0.1"]  # ended by ASHA at epoch 1
-    assert rows["aaaa0003"][1:4] == ["RUNNING", "2/4", "0.4"]
+    assert rows["aaaa0001"][1:4] == ["COMPLETE", "4/4", "70.00%"]
+    assert rows["aaaa0002"][1:4] == ["PRUNED", "1/4", "10.00%"]  # ended by ASHA at epoch 1
+    assert rows["aaaa0003"][1:4] == ["RUNNING", "2/4", "40.00%"]
     assert rows["aaaa0004"][1:3] == ["FAIL", "1/4"]
     assert rows["aaaa0005"][1:4] == ["PENDING", "0/4", "-"]
     assert "-" in rows["aaaa0002"]  # momentum, not used by adam
@@ -52,6 +52,16 @@ def test_the_table_is_compact_in_the_studys_words_and_names_what_it_leaves_out()
     assert lines[-2].startswith("(not shown: ")  # what did not fit in 110 characters
     assert "resize" in lines[-2]
     assert lines[-1] == "5 of 8 trials: 1 complete, 1 pruned, 1 fail, 1 running, 1 pending"
+
+
+def test_a_share_of_images_reads_as_a_percentage_and_any_other_metric_as_a_number():
+    """As the trainable's epoch lines and analyze's report show them."""
+    assert metric_text("val_top1", 0.9375) == "93.75%"
+    assert metric_text("top5", 1.0) == "100.00%"
+    assert metric_text("val_loss", 0.5) == "0.5"
+    assert metric_text("val_loss", 1.234567) == "1.235"
+    assert metric_text("val_top1", float("nan")) == "-"  # no epoch reported yet
+    assert metric_text("val_top1", None) == "-"
 
 
 def test_on_a_terminal_the_table_is_redrawn_in_place(capsys):

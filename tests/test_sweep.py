@@ -163,7 +163,9 @@ def test_status_prints_table_and_best_and_writes_nothing(swept, capsys, monkeypa
     monkeypatch.chdir(experiment.parent)  # a relative path, as `make demo` gives it
     assert main(["status", experiment.name]) == 0
     out = capsys.readouterr().out
-    assert f"best trial: {table.iloc[0]['trial_id']}" in out
+    best = table.iloc[0]
+    # a loss, so a number (a share of images would read 93.75%)
+    assert f"best trial: {best['trial_id']}  {METRIC} = {best[f'best_{METRIC}']:.4g}  " in out
     trials = FINISHED_SWEEP["num_samples"]
     assert f"{trials} of {trials} trials: " in out
     assert max(map(len, out.splitlines())) <= 110

@@ -65,6 +65,7 @@ from carsweep.data.folders import building_folder, check_output_path
 from carsweep.data.manifest import PreparedDataset, load_dataset
 from carsweep.errors import UserError
 from carsweep.results import BestTrial, Experiment, load_experiment, open_study
+from carsweep.results.console import metric_text
 from carsweep.results.export import save_retrained_model
 from carsweep.storage import BucketPath, is_bucket, local_copy, local_folder_for
 from carsweep.trainable import build_model, load_checkpoint, predict, resolve_device
@@ -133,7 +134,8 @@ def _say_plan(experiment: Experiment, trials: list[BestTrial], config: TrialConf
     members = (f"; the next {len(trials) - 1} trial(s) once each for an ensemble of "
                f"{len(trials)}" if len(trials) > 1 else "")
     flipped = "; test images also mirrored (TTA)" if tta else ""
-    say(f"[analyze] best trial {best.trial_id} ({experiment.sweep.metric} {best.value:.4f}); "
+    metric = experiment.sweep.metric
+    say(f"[analyze] best trial {best.trial_id} ({metric} {metric_text(metric, best.value)}); "
         f"retraining on train+val, {config.epochs} epochs, {seeds} seed(s){members}{flipped}",
         out)
 

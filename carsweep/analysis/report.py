@@ -34,6 +34,7 @@ from carsweep.config.files import (
     SLICE_PLOT,
 )
 from carsweep.config.io import write_text_atomic
+from carsweep.results.console import metric_text
 
 GALLERY_IN_REPORT = 60
 TABLE_ROWS = 25
@@ -97,7 +98,8 @@ def _header(summary: dict[str, Any]) -> str:
     return (
         "<h1>carsweep analysis</h1>"
         f"<p>Best trial <b>{escape(best['trial_id'])}</b> ({escape(best['metric'])} "
-        f"{best['value']:.4f} in the sweep), retrained on {escape(summary['trained_on'])} for "
+        f"{metric_text(best['metric'], best['value'])} in the sweep), retrained on "
+        f"{escape(summary['trained_on'])} for "
         f"{summary['epochs']} epochs from its starting weights, then tested once on the "
         f"{escape(summary['split_scheme'])} test split of {escape(summary['dataset'])}.</p>"
         + "".join(f"<div class='kpi'><b>{v}</b>{escape(k)}</div>" for k, v in kpis)

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx:  # before torch is imported: a missing extra answers at once
         require_onnx_extra("--onnx")
     from carsweep.data.folders import check_output_path
+    from carsweep.results.console import metric_text
     from carsweep.results.write_exports import export
 
     def beside(suffix: str, wanted: bool) -> Path | None:
@@ -62,11 +63,12 @@ def run(args: argparse.Namespace) -> int:
           f"classes, {payload['input_size']} px{crop}{calibrated}) from {source['path']} -> "
           f"{args.out}")
     if "value" in source:
-        print(f"trial {source['trial_id']}: {source['metric']} = {source['value']:.4f} "
+        print(f"trial {source['trial_id']}: {source['metric']} = "
+              f"{metric_text(source['metric'], source['value'])} "
               "(validation; run `carsweep analyze` for an honest test score)")
     if payload["test_metrics"]:
         shown = {k: v for k, v in payload["test_metrics"].items() if isinstance(v, float)}
-        print("test metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+        print("test metrics: " + ", ".join(f"{k} {metric_text(k, v)}" for k, v in shown.items()))
     names = {"torchscript": "TorchScript", "onnx": "ONNX", "pt2": "torch.export .pt2"}
     for kind, path in written.files.items():
         print(f"{names[kind]} -> {path}")

@@ -39,12 +39,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def best_trial_line(experiment) -> str:
-    """`best trial: 52b10f2b  val_top1 = 0.9375  (COMPLETE, 4 epochs)  checkpoint: ...`, or
+    """`best trial: 52b10f2b  val_top1 = 93.75%  (COMPLETE, 4 epochs)  checkpoint: ...`, or
     the sentence for a sweep with no result yet."""
+    from carsweep.results.console import metric_text
+
     row = experiment.best_row()
     if row is None:
         return "No trials are completed yet."
     metric = experiment.sweep.metric
     checkpoint = row["best_checkpoint"] if isinstance(row["best_checkpoint"], str) else "none"
-    return (f"best trial: {row['trial_id']}  {metric} = {row[f'best_{metric}']:.4f}  "
+    value = metric_text(metric, row[f"best_{metric}"])
+    return (f"best trial: {row['trial_id']}  {metric} = {value}  "
             f"({row['state']}, {row['epochs_run']} epochs)  checkpoint: {checkpoint}")

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 def report_outcome(config, outcome) -> int:
     """Print the final trials table, the best trial and the commands to go on with; failures
     and diverged trials on stderr. 1 when no trial worked (every one failed or diverged)."""
-    from carsweep.results.console import compact_table, state_counts
+    from carsweep.results.console import compact_table, metric_text, state_counts
     from carsweep.results.store import diverged
 
     table = outcome.table
@@ -95,7 +95,8 @@ def report_outcome(config, outcome) -> int:
     if outcome.best_trial is None:
         print("No trials are completed yet.")
     else:
-        print(f"best trial: {outcome.best_trial}  {config.metric} = {outcome.best_value:.4f}")
+        print(f"best trial: {outcome.best_trial}  {config.metric} = "
+              f"{metric_text(config.metric, outcome.best_value)}")
         print(next_commands(outcome.experiment))
     if outcome.errors:
         print(f"{len(outcome.errors)} trial(s) failed; first error: {outcome.errors[0]}",

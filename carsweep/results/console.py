@@ -20,6 +20,10 @@ from carsweep.config.sweep import DIVERGED
 WIDTH = 110
 GAP = "  "
 VALUE_CHARS = 12  # a longer parameter value (an augmentation list) is cut to this, with '…'
+# The metrics that are shares of images: every view shows them as percentages, as the
+# trainable's epoch lines do (a sweep's and a test's).
+PERCENT_METRICS = frozenset({"train_acc", "val_top1", "val_top5", "top1", "top5",
+                             "mean_per_class_accuracy"})
 
 
 def compact_table(table: pd.DataFrame, metric: str, params: list[str],
@@ -30,7 +34,8 @@ def compact_table(table: pd.DataFrame, metric: str, params: list[str],
                "state": state_words(table),
                "epoch": [f"{int(run)}/{int(planned)}" for run, planned
                          in zip(table["epochs_run"], table["planned_epochs"], strict=True)],
-               f"best {metric}": table[f"best_{metric}"].map(_number)}
+               f"best {metric}": table[f"best_{metric}"].map(
+                   lambda value: metric_text(metric, value))}
     shown, left_out = dict(columns), []
     for name in params:
         values = table.get(f"config/{name}", pd.Series([None] * len(table), index=table.index))
@@ -79,10 +84,12 @@ def _width(columns: dict[str, Any]) -> int:
     return len(max(_lines(columns), key=len))
 
 
-def _number(value: Any) -> str:
+def metric_text(metric: str, value: Any) -> str:
+    """`93.75%` for a share of images (val_top1), `0.4321` for any other metric (val_loss),
+    `-` for none yet."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{float(value):.4g}"
+    return f"{float(value):.2%}" if metric in PERCENT_METRICS else f"{float(value):.4g}"
 
 
 def _value(value: Any) -> str:

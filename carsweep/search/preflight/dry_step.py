@@ -12,6 +12,7 @@ import pandas as pd
 from carsweep.config.sweep import SweepConfig
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError
+from carsweep.results.console import metric_text
 
 if TYPE_CHECKING:
     from carsweep.search.preflight.report import Report
@@ -96,6 +97,6 @@ def check_dry_step(config: SweepConfig, report: Report) -> None:
                       f"(it reported: {', '.join(sorted(reported)) or 'nothing'})")
         return
     report.passed("dry step", f"1 epoch on {len(data.manifest)} images reported "
-                  f"{config.metric} = {reported[config.metric]:.3f}")
+                  f"{config.metric} = {metric_text(config.metric, reported[config.metric])}")
 
 
