@@ -16,6 +16,23 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+
+class InterruptedOnceWritten(KeyboardInterrupt):
+    """A Ctrl-C acted on the moment `path`, the command's output, was put in place whole: the
+    command stops, and says its output is there (a bare "interrupted" reads as half-written)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
+def interrupted_words(interrupt: KeyboardInterrupt) -> str:
+    """What a command stopped by `interrupt` says after its name."""
+    if isinstance(interrupt, InterruptedOnceWritten):
+        return f"interrupted once {interrupt.path} was written whole"
+    return "interrupted"
 
 
 @contextmanager

@@ -100,6 +100,9 @@ def test_ctrl_c_is_exit_130_and_leaves_nothing(command, delay, synthetic_source,
     assert "Traceback" not in stderr
     assert len(_said(stderr)) <= 2, stderr
     interrupted = _digest(out)
+    name = argv[0]
+    said = "interrupted" if interrupted == before else f"interrupted once {out} was written whole"
+    assert _said(stderr)[-1] == f"carsweep {name}: {said}", stderr
     if interrupted != before:  # the Ctrl-C came once the new output was in (held over the swap)
         done = subprocess.run([sys.executable, "-m", "carsweep", *argv], cwd=tmp_path,
                               env=cli_env(), capture_output=True, text=True, timeout=300)

@@ -91,7 +91,7 @@ def analyze_experiment(folder: Path, *, epochs: int | None = None, seeds: int = 
     dataset = _dataset_of(experiment, best)
     configs = [_retrain_config(trial, epochs, device) for trial in trials]
     jobs = ensemble.retrain_jobs(trials, configs, seeds, tta)
-    with building_folder(target) as building:
+    with building_folder(target, final=not is_bucket(experiment.folder)) as building:
         _say_plan(experiment, trials, configs[0], seeds, tta, out)
         fitted = _fit_temperature(best, dataset, fit_device or configs[0].device, out)
         runs = retrain(jobs, dataset, out)

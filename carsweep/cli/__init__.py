@@ -20,6 +20,7 @@ from carsweep.errors import (
     is_environment_error,
     user_message,
 )
+from carsweep.interrupts import interrupted_words
 
 COMMANDS = (
     "synth",
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"carsweep {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"carsweep {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"carsweep {args.command}: {interrupted_words(interrupt)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return _reader_went_away()

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from carsweep.errors import UserError
-from carsweep.interrupts import interrupts_held_back
+from carsweep.interrupts import InterruptedOnceWritten, interrupts_held_back
 
 
 def check_output_path(path: Path, *, flag: str, folder: bool = True,
@@ -61,12 +61,14 @@ def check_replaceable(out: Path, *, force: bool, what: str, flag: str) -> None:
 
 
 @contextmanager
-def building_folder(out: Path) -> Iterator[Path]:
+def building_folder(out: Path, *, final: bool = True) -> Iterator[Path]:
     """Yield an empty temporary folder beside `out`; on success it replaces `out`.
 
     If the body raises, the temporary folder is removed and `out` is left as it was. An
     existing `out` is moved aside first and deleted only after the new folder is in place, so
     at every moment `out` is either the old folder or the new one, never half of either.
+    A Ctrl-C as it lands raises InterruptedOnceWritten(out); where `out` is not the command's
+    output but a stage copied on after (`final` False: a bucket's analysis), KeyboardInterrupt.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,7 @@ def building_folder(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    _move_into_place(temporary, out)
+    _move_into_place(temporary, out, final)
 
 
 def _temporary_prefix(out: Path, kind: str) -> str:
@@ -123,11 +125,18 @@ def _umask() -> int:
     return mask
 
 
-def _move_into_place(temporary: Path, out: Path) -> None:
+def _move_into_place(temporary: Path, out: Path, final: bool) -> None:
     # A Ctrl-C between the two renames would leave no `out`, and the old one deleted with its
     # holding folder: it is acted on once both are done.
-    with interrupts_held_back():
-        _swap_in(temporary, out)
+    swapped = False
+    try:
+        with interrupts_held_back():
+            _swap_in(temporary, out)
+            swapped = True
+    except KeyboardInterrupt:
+        if swapped and final:
+            raise InterruptedOnceWritten(out) from None
+        raise
 
 
 def _swap_in(temporary: Path, out: Path) -> None:
