@@ -47,7 +47,6 @@ EPOCHS = 3
 # to spare: Tune's trainable runs up to an epoch ahead of what its driver has recorded, and the
 # experiment folder is a copy of that record made at each step of Tune's loop.
 CRASH_EPOCHS = 5
-PAUSED_BY = 2  # the last epoch a trial may have shown in the experiment folder to be paused
 
 
 def test_a_sweep_stopped_by_ctrl_c_then_killed_resumes_without_rerunning_finished_trials(
@@ -272,20 +271,19 @@ def pause_a_trial_midway(experiment: Path, finished_earlier: list[str],
                          process: subprocess.Popen) -> tuple[str, int]:
     """Once one more trial than `finished_earlier` has finished and the next has reported an
     epoch, stop that trial's process (SIGSTOP) so that it stays half-run however fast this
-    machine trains: (its folder name, its pid). Only a trial first seen at epoch PAUSED_BY or
-    before is paused, leaving it epochs to spare (one seen at its last epoch but one could be
-    done before it is stopped, as it was once in CI)."""
+    machine trains: (its folder name, its pid). It is stopped the moment the experiment folder
+    shows its first epoch, which may lag what it has done: CRASH_EPOCHS leaves it epochs to
+    spare (with 3, one was done before it was stopped, once in CI)."""
     def one_more_finished_and_one_midway():
-        midway = [(t, e[-1]) for t, e in epochs_by_trial(experiment).items()
-                  if e and e[-1] < CRASH_EPOCHS]
+        midway = [t for t, e in epochs_by_trial(experiment).items() if e and e[-1] < CRASH_EPOCHS]
         more = len(finished_trials(experiment)) > len(finished_earlier)
         return midway[0] if more and midway else None
 
-    trial, seen_at = wait_until(one_more_finished_and_one_midway, "one more finished and a "
-                                "half-run trial", 300, process, every=0.02)  # epochs: < 1 s
-    assert seen_at <= PAUSED_BY, f"{trial} was first seen at epoch {seen_at}: too late to pause"
+    trial = wait_until(one_more_finished_and_one_midway, "one more finished and a half-run "
+                       "trial", 300, process, every=0.02)  # an epoch can take a fraction of 1 s
     pid = result_rows(experiment)[trial][-1]["pid"]
     os.kill(pid, signal.SIGSTOP)
+    time.sleep(1)  # what it reported before it stopped reaches the experiment folder
     if epochs_by_trial(experiment)[trial][-1] == CRASH_EPOCHS:
         os.kill(pid, signal.SIGCONT)
         raise AssertionError(f"{trial} finished before it could be paused")
