@@ -103,7 +103,8 @@ def tune_fit(config: SweepConfig, *, interrupted: bool = False) -> tuple[dict, d
         results = new_tuner(config, curve_trainable, verbose=0).fit()
         if interrupted:
             assert Path(INTERRUPT[1]).exists()
-            with searcher_resumed_in(experiment, study_ready_to_resume(config, experiment)):
+            saved, _finished = study_ready_to_resume(config, experiment)
+            with searcher_resumed_in(experiment, saved):
                 results = tune.Tuner.restore(str(experiment), trainable=curve_trainable,
                                              resume_unfinished=True, resume_errored=True).fit()
     assert not results.errors

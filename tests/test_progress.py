@@ -1,14 +1,18 @@
 """The sweep's console: Ray Tune calls CompactReporter (a ProgressReporter) with its own Trial
-objects; it draws carsweep's compact table, in place on a terminal, appended elsewhere."""
+objects; it draws carsweep's compact table, in place on a terminal, appended elsewhere, and
+after a killed driver shows what the trials' folders know that Tune's saved state does not."""
 
 from __future__ import annotations
 
+import pickle
 import re
 
 from ray.tune.experiment import Trial
 
+from carsweep.config.sweep import SweepConfig
 from carsweep.results.console import WIDTH, metric_text
-from carsweep.search.monitor import CompactReporter
+from carsweep.search.monitor import CompactReporter, reporter_resumed_with
+from carsweep.search.tuner import tell_study_the_known_ends
 
 PARAMS = ["optimizer", "lr", "momentum", "weight_decay", "augmentation", "label_smoothing",
           "batch_size", "resize"]
@@ -98,3 +102,35 @@ def test_elsewhere_a_table_is_appended_when_a_trial_starts_or_ends(capsys):
     out = capsys.readouterr().out
     assert not ERASE.search(out)
     assert out.count("trial  ") == 2  # two tables, one after the other
+
+
+def test_a_resumed_sweep_shows_a_trial_that_finished_after_tunes_saved_state_as_finished(
+        tmp_path):
+    """A killed driver's Tune state knew epoch 1 of a 2-epoch trial whose result.json holds
+    both: the resume restarts it from its epoch-2 checkpoint, which reports nothing, so Ray's
+    record stays at epoch 1 (it read PRUNED 1/2 until the sweep ended)."""
+    experiment = tmp_path / "sweep"
+    (experiment / "trial_bbbb0001").mkdir(parents=True)
+    (experiment / "trial_bbbb0001" / "result.json").write_text(
+        '{"epoch": 1, "val_top1": 0.5}\n{"epoch": 2, "val_top1": 0.75}\n')
+    (experiment / "trial_bbbb0002").mkdir()  # stopped at epoch 1 of 2, as Tune knows
+    (experiment / "trial_bbbb0002" / "result.json").write_text('{"epoch": 1, "val_top1": 0.4}\n')
+    in_tunes_state = [trial("bbbb0001", "RUNNING", 0.5, epochs=2),
+                      trial("bbbb0002", "PENDING", 0.4, epochs=2)]
+    config = SweepConfig.model_validate({"name": "sweep", "storage_path": str(tmp_path)})
+    finished = tell_study_the_known_ends(config, experiment, in_tunes_state)
+    assert list(finished) == ["bbbb0001"]
+
+    reporter = CompactReporter("val_top1", "max", PARAMS, tty=False)
+    pickled = pickle.dumps(reporter)  # Tune's tuner.pkl
+    with reporter_resumed_with(finished):
+        resumed = pickle.loads(pickled)  # as Tune's restore unpickles it
+    after_restart = [trial("bbbb0001", "TERMINATED", 0.5, epochs=2),
+                     trial("bbbb0002", "TERMINATED", 0.4, epochs=2)]  # ASHA stops it now
+    rows = {line.split()[0]: line.split()[1:4]
+            for line in resumed.table_text(after_restart).splitlines()[1:3]}
+    assert rows == {"bbbb0001": ["COMPLETE", "2/2", "75.00%"],
+                    "bbbb0002": ["PRUNED", "1/2", "40.00%"]}
+    unknowing = pickle.loads(pickled)  # outside a resume: Ray's record as it is
+    assert unknowing.table_text(after_restart).splitlines()[1].split()[1:4] == [
+        "PRUNED", "1/2", "50.00%"]

@@ -245,8 +245,7 @@ def _trial_row(folder: Path, trial: FrozenTrial, sweep: SweepConfig) -> dict[str
         "epochs_run": epochs_run,
         "planned_epochs": planned,
         f"last_{metric}": float(scores[-1]) if scores else None,
-        f"best_{metric}": float(max(scores) if mode == "max" else min(scores))
-        if scores else None,
+        f"best_{metric}": best_score(rows, metric, mode),
         # Retries after a failure (a lost node, a crash); the error of a trial that gave up.
         "failures": len(failures),
         "error": message or (failures[-1] if trial.state == TrialState.FAIL else ""),
@@ -254,6 +253,12 @@ def _trial_row(folder: Path, trial: FrozenTrial, sweep: SweepConfig) -> dict[str
         "best_checkpoint": _best_kept_checkpoint(folder, trial_dir, rows, metric, mode),
         **{f"config/{k}": v for k, v in _flatten(config).items()},
     }
+
+
+def best_score(rows: list[dict], metric: str, mode: str) -> float | None:
+    """The best value of `metric` in a trial's result rows; None before its first."""
+    scores = [row[metric] for row in rows if _is_number(row.get(metric))]
+    return float(max(scores) if mode == "max" else min(scores)) if scores else None
 
 
 def _best_kept_checkpoint(folder: Path, trial_dir: str, rows: list[dict], metric: str,

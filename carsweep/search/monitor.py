@@ -6,7 +6,10 @@ loop, so there is no second progress loop. It prints carsweep's compact table
 characters) when a trial starts or ends, and on a terminal every few seconds while epochs come
 in, redrawn in place; where the output is not a terminal (a log file, CI) a new table is
 appended only when a trial starts or ends. At the end the live table is wiped from a terminal:
-the sweep's summary (cli/sweep.py) prints the final one, best first.
+the sweep's summary (cli/sweep.py) prints the final one, best first. A resumed sweep's table
+shows a trial that finished after Tune's last saved state as finished: Tune restarts it from
+its last checkpoint, which trains and reports nothing, so Tune's own record of it stays the
+older one (`reporter_resumed_with`).
 
 Ray's TBXLoggerCallback writes per-epoch scalars for each trial but writes the HParams
 summaries only when a trial ends, so a running or long trial is missing from TensorBoard's
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -34,8 +39,25 @@ from ray.tune.utils import flatten_dict
 from carsweep.config.sweep import DIVERGED, DIVERGED_MESSAGE
 from carsweep.config.trial import TrialConfig
 from carsweep.results.console import compact_table, state_counts
+from carsweep.results.store import best_score
 
 LIVE_ROWS = 20  # at most this many trials in the live table: running ones, then the best
+
+# While Tune unpickles the reporter of a resumed sweep: the result rows of the trials that
+# finished after Tune's saved state (search/tuner.py, `study_ready_to_resume`).
+_finished_before_resume: dict[str, list[dict]] = {}
+
+
+@contextmanager
+def reporter_resumed_with(finished: dict[str, list[dict]]) -> Iterator[None]:
+    """Within this block, a CompactReporter unpickled shows the trials in `finished` (trial id
+    -> its result rows) as their rows say, where Tune's record of them is older."""
+    global _finished_before_resume  # noqa: PLW0603 - read by CompactReporter.__setstate__
+    _finished_before_resume = finished
+    try:
+        yield
+    finally:
+        _finished_before_resume = {}
 
 
 class LiveHParamsCallback(TBXLoggerCallback):
@@ -128,9 +150,14 @@ class CompactReporter(ProgressReporter):
         self._last_states: tuple = ()
         self._last_epochs: tuple = ()
         self._last_time = 0.0
+        self._finished_before: dict[str, list[dict]] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles it with the Tuner
-        return self.__dict__ | {"_drawn_lines": 0, "_last_states": (), "_last_epochs": ()}
+        return self.__dict__ | {"_drawn_lines": 0, "_last_states": (), "_last_epochs": (),
+                                "_finished_before": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _finished_before=_finished_before_resume)
 
     def setup(self, start_time: float | None = None, total_samples: int | None = None,
               metric: str | None = None, mode: str | None = None, **kwargs: Any) -> None:
@@ -159,7 +186,8 @@ class CompactReporter(ProgressReporter):
         print(line, flush=True)
 
     def table_text(self, trials: list) -> str:
-        table = live_table(trials, self._metric, self._mode, self._params)
+        table = live_table(trials, self._metric, self._mode, self._params,
+                           self._finished_before)
         shown = _live_rows(table, self._metric, self._mode)
         more = f"; {len(table) - len(shown)} more in `carsweep status`" \
             if len(shown) < len(table) else ""
@@ -181,15 +209,21 @@ class CompactReporter(ProgressReporter):
         return sys.stdout.isatty() if self._tty is None else self._tty
 
 
-def live_table(trials: list, metric: str, mode: str, params: list[str]) -> pd.DataFrame:
+def live_table(trials: list, metric: str, mode: str, params: list[str],
+               finished_before: dict[str, list[dict]] | None = None) -> pd.DataFrame:
     """Ray's trials as rows of the trials table (the columns compact_table reads), in the order
-    Ray created them; a trial Ray has ended gets the state the searcher told the study."""
+    Ray created them; a trial Ray has ended gets the state the searcher told the study.
+    `finished_before`: the result rows of trials that finished after Tune's saved state (see
+    the module docstring), shown as they say where Ray's own record is older."""
     default_epochs = TrialConfig.model_fields["epochs"].default
     rows = []
     for trial in trials:
         result = trial.last_result or {}
         planned = int(trial.config.get("epochs", default_epochs))
         best = (trial.metric_analysis.get(metric) or {}).get(mode)  # Ray keeps "max", "min"
+        saved = (finished_before or {}).get(trial.trial_id)
+        if saved and int(saved[-1].get("epoch") or 0) > int(result.get("epoch") or 0):
+            result, best = saved[-1], best_score(saved, metric, mode)
         rows.append({
             "trial_id": trial.trial_id,
             "state": _study_state(trial.status, result, planned),

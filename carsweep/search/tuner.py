@@ -31,7 +31,12 @@ from carsweep.results.store import diverged, read_result_rows
 from carsweep.results.study import driver_study_file, fetch_driver_study
 from carsweep.search.cluster import ray_session
 from carsweep.search.median import MedianStopping
-from carsweep.search.monitor import CompactReporter, DivergedTrialsCallback, LiveHParamsCallback
+from carsweep.search.monitor import (
+    CompactReporter,
+    DivergedTrialsCallback,
+    LiveHParamsCallback,
+    reporter_resumed_with,
+)
 from carsweep.search.pasha import PashaScheduler, PauseAwareLimiter
 from carsweep.search.preflight.caches import prebuild_node_caches
 from carsweep.search.preflight.config_checks import check_storage_writable
@@ -103,9 +108,12 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
         # resources, GPUs, a dry step, every node's paths and caches, the real step per GPU type
         launch = check_before_launch(config)
         prebuild_node_caches(config)  # each node's decoded caches, progress on this console
-        saved_trials = study_ready_to_resume(config, experiment) if resume else None
-        with searcher_resumed_in(experiment, saved_trials), _snapshot_period(experiment):
-            # Tune unpickles the searcher in restore and in fit, and reads the period in fit
+        saved_trials, finished = study_ready_to_resume(config, experiment) if resume \
+            else (None, {})
+        with searcher_resumed_in(experiment, saved_trials), reporter_resumed_with(finished), \
+                _snapshot_period(experiment):
+            # Tune unpickles the searcher and the reporter in restore and in fit, and reads
+            # the period in fit
             if resume:
                 tuner = _restored_tuner(experiment, _trainable(config, weights, launch))
             else:
@@ -216,21 +224,24 @@ def _unfinished(table, num_samples: int) -> bool:
     return len(table) < num_samples or not ended
 
 
-def study_ready_to_resume(config: SweepConfig, experiment: Path | BucketPath) -> frozenset[str]:
+def study_ready_to_resume(config: SweepConfig, experiment: Path | BucketPath
+                          ) -> tuple[frozenset[str], dict[str, list[dict]]]:
     """Before a resume: the driver's study (for an experiment in a bucket, the bucket's: a new
     head has none), told the known ends. Returns the Ray trials Tune's saved state has, which
-    the resumed searcher gives their own study trials (search/searcher.py)."""
+    the resumed searcher gives their own study trials (search/searcher.py), and the result
+    rows of those that finished after that state was saved, which the console table shows
+    (search/monitor.py)."""
     if is_bucket(experiment):
         fetch_driver_study(experiment)
     where = ray_storage(experiment)
     saved = tune.ExperimentAnalysis(where["storage_path"],
                                     storage_filesystem=where["storage_filesystem"]).trials
-    tell_study_the_known_ends(config, experiment, saved)
-    return frozenset(trial.trial_id for trial in saved)
+    finished = tell_study_the_known_ends(config, experiment, saved)
+    return frozenset(trial.trial_id for trial in saved), finished
 
 
 def tell_study_the_known_ends(config: SweepConfig, experiment: Path | BucketPath,
-                              saved: list[Trial]) -> None:
+                              saved: list[Trial]) -> dict[str, list[dict]]:
     """Before a resume: the study on the driver's disk gets the end of every trial that has
     ended but that the study has unfinished. A trial has ended when Tune's saved state has it
     TERMINATED (Tune skips it on resume and never reports it again), or when its result.json
@@ -238,10 +249,10 @@ def tell_study_the_known_ends(config: SweepConfig, experiment: Path | BucketPath
     last checkpoint, trains nothing, and Ray reports the end with the older last result).
     Without this such a trial stays RUNNING, or ends PRUNED, in the study. Where the experiment
     is in a bucket, the study and Tune's state can both be older than the trial's folder: a
-    killed driver's last upload was cut short or mixed saves (search/searcher.py)."""
-    if not driver_study_file(experiment).is_file():
-        return  # a sweep from before carsweep kept a study
-    ended = {}
+    killed driver's last upload was cut short or mixed saves (search/searcher.py).
+    Returns the result rows of the trials that had finished where Tune's state has them
+    unfinished."""
+    ended, finished = {}, {}
     for trial in saved:
         if trial.status == Trial.TERMINATED:
             ended[trial.trial_id] = flatten_dict(trial.last_result)
@@ -250,6 +261,9 @@ def tell_study_the_known_ends(config: SweepConfig, experiment: Path | BucketPath
         planned = int(trial.config.get("epochs", TrialConfig.model_fields["epochs"].default))
         if rows and int(rows[-1].get("epoch", 0)) >= planned:
             ended[trial.trial_id] = flatten_dict(rows[-1])
+            finished[trial.trial_id] = rows
+    if not driver_study_file(experiment).is_file():
+        return finished  # a sweep from before carsweep kept a study
     # A new searcher enqueues the points to evaluate in its study: these ran at launch.
     searcher = config.searcher.model_copy(update={"points_to_evaluate": []})
     told = _searcher_of(config.model_copy(update={"searcher": searcher}), experiment).tell_ends(
@@ -257,6 +271,7 @@ def tell_study_the_known_ends(config: SweepConfig, experiment: Path | BucketPath
     if told:
         logger.info("study: the end of %s told from Tune's state and the trials' results (the "
                     "study was older)", ", ".join(told))
+    return finished
 
 
 def ray_storage(folder: Path | BucketPath) -> dict:
