@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="carsweep",
         description="Hyperparameter search for fine-tuning image classifiers "
-        "(Ray Tune + Optuna + ASHA), then explain and export the best trial.",
+        "(Ray Tune + Optuna; ASHA, PASHA or median stopping), then explain and export the "
+        "best trial.",
     )
     parser.add_argument("--version", action="version", version=f"carsweep {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

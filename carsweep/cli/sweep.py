@@ -8,7 +8,8 @@ from pathlib import Path
 
 from carsweep.cli.arguments import COUNT, SEED
 
-HELP = "run a hyperparameter sweep (Ray Tune + Optuna + ASHA), or resume one"
+HELP = ("run a hyperparameter sweep (Ray Tune + Optuna, trials stopped early by ASHA, PASHA or "
+        "the median rule), or resume one")
 EPILOG = "Every sweep and trial setting and augmentation preset: carsweep settings"
 
 # Flags that set a SweepConfig field; each is a shorthand for `--set FIELD=VALUE`.
