@@ -37,9 +37,9 @@ from sweep_runs import (
 from carsweep.cli import main
 from carsweep.cli.sweep import report_outcome
 from carsweep.results import experiment_sweep, load_experiment, open_study, trials_table
-from carsweep.results.store import read_trials_csv
+from carsweep.results.store import best_trial_row, read_trials_csv
 from carsweep.search.resume_files import cut_short_resume_files
-from carsweep.search.tuner import SweepOutcome, best_trial_row
+from carsweep.search.tuner import SweepOutcome
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -244,7 +244,7 @@ def test_diverged_trials_end_once_and_teach_the_searcher(prepared_dataset, tmp_p
 
     # Had adam diverged too, no trial would have worked: the console names no best trial.
     only_blown = blown.reset_index(drop=True)
-    assert best_trial_row(only_blown, METRIC) is None
+    assert best_trial_row(only_blown, METRIC, "max") is None
     capsys.readouterr()
     outcome = SweepOutcome(experiment=experiment, trials=2, best_trial=None, best_value=None,
                            table=only_blown)

@@ -163,6 +163,35 @@ def test_a_diverged_trial_is_marked_listed_last_and_never_best(tmp_path):
     assert load_experiment(experiment).best().trial_id == "fine"
 
 
+def test_with_only_a_diverged_trial_scored_there_is_no_best_and_status_and_analyze_say_why(
+        tmp_path, capsys):
+    """As the sweep's summary says no trial worked: analyze would retrain a learning rate
+    that blew up, and status named it the best trial."""
+    from carsweep.cli import main
+
+    experiment = _bare_experiment(tmp_path)
+    message = "training loss became nan by batch 3 of the epoch (lr 9); the run stopped"
+    _write_trial(experiment, "blown", [
+        {"epoch": 1, "val_loss": 0.2},
+        {"epoch": 2, "val_loss": float("inf"), "diverged": True, "diverged_message": message},
+    ], {"epochs": 3, "lr": 9.0}, state=TrialState.PRUNED, diverged=message)
+    _write_trial(experiment, "started", [], {"epochs": 3, "lr": 0.02}, state=TrialState.RUNNING)
+    why = ("no best trial: 1 diverged (loss NaN/inf: lower the learning rates) and no other "
+           "trial has reported val_loss yet")
+    assert load_experiment(experiment).best_row() is None
+    with pytest.raises(UserError) as raised:
+        load_experiment(experiment).best()
+    assert str(raised.value) == f"{experiment}: {why}"
+    assert main(["status", str(experiment)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == why
+    assert main(["analyze", str(experiment)]) == 2
+    assert capsys.readouterr().err == f"carsweep analyze: error: {experiment}: {why}\n"
+    assert not (experiment / "analysis").exists()
+    assert main(["export", str(experiment), "--out", str(tmp_path / "best.pt")]) == 2
+    assert capsys.readouterr().err == f"carsweep export: error: {experiment}: {why}\n"
+    assert not (tmp_path / "best.pt").exists()
+
+
 def test_failures_and_the_error_of_a_failed_trial_come_from_its_error_file(tmp_path):
     experiment = _bare_experiment(tmp_path)
     _write_trial(experiment, "crashed", [{"epoch": 1, "val_loss": 2.0}], {"epochs": 3, "lr": 1.0},
@@ -239,4 +268,4 @@ def test_status_of_a_sweep_with_no_result_yet_lists_its_trials(tmp_path, capsys)
     assert main(["status", str(experiment)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:4] == ["started", "RUNNING", "0/3", "-"]
-    assert lines[-2:] == ["1 of 8 trials: 1 running", "No trials are completed yet."]
+    assert lines[-2:] == ["1 of 8 trials: 1 running", "no trial has reported val_loss yet"]

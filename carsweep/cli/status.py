@@ -40,12 +40,13 @@ def run(args: argparse.Namespace) -> int:
 
 def best_trial_line(experiment) -> str:
     """`best trial: 52b10f2b  val_top1 = 93.75%  (COMPLETE, 4 epochs)  checkpoint: ...`, or
-    the sentence for a sweep with no result yet."""
+    why there is none."""
     from carsweep.results.console import metric_text
+    from carsweep.results.store import no_best_trial
 
     row = experiment.best_row()
     if row is None:
-        return "No trials are completed yet."
+        return no_best_trial(experiment.trials, experiment.sweep.metric)
     metric = experiment.sweep.metric
     checkpoint = row["best_checkpoint"] if isinstance(row["best_checkpoint"], str) else "none"
     value = metric_text(metric, row[f"best_{metric}"])

@@ -79,7 +79,7 @@ def report_outcome(config, outcome) -> int:
     """Print the final trials table, the best trial and the commands to go on with; failures
     and diverged trials on stderr. 1 when no trial worked (every one failed or diverged)."""
     from carsweep.results.console import compact_table, metric_text, state_counts
-    from carsweep.results.store import diverged
+    from carsweep.results.store import diverged, no_best_trial
 
     table = outcome.table
     blown = list(table.loc[diverged(table), "trial_id"])
@@ -94,7 +94,7 @@ def report_outcome(config, outcome) -> int:
               f"{_none_worked(outcome.errors, blown)}", file=sys.stderr)
         return 1
     if outcome.best_trial is None:
-        print("No trials are completed yet.")
+        print(no_best_trial(table, config.metric))
     else:
         print(f"best trial: {outcome.best_trial}  {config.metric} = "
               f"{metric_text(config.metric, outcome.best_value)}")
@@ -115,9 +115,11 @@ def report_outcome(config, outcome) -> int:
 
 def _none_worked(errors: tuple[str, ...], blown: list) -> str:
     """Why no trial worked, in a few words and the first cause."""
+    from carsweep.results.store import diverged_cause
+
     parts = []
     if blown:
-        parts.append(f"{len(blown)} diverged (loss NaN/inf: lower the learning rates)")
+        parts.append(diverged_cause(len(blown)))
     if errors:
         parts.append(f"{len(errors)} failed (first error: {errors[0]})")
     return "; ".join(parts)

@@ -92,26 +92,14 @@ class Experiment:
         return self.folder / str(match.iloc[0])
 
     def best_row(self) -> pd.Series | None:
-        """The table's row of the trial with the best value of the sweep's metric (the first
-        such row on a tie), among those that did not diverge unless every trial with a result
-        diverged; None while no trial has a result."""
-        scored = self.trials.dropna(subset=[self.best_column])
-        healthy = scored[~diverged(scored)]
-        scored = healthy if len(healthy) else scored
-        if scored.empty:
-            return None
-        values = scored[self.best_column]
-        target = values.max() if self.sweep.mode == "max" else values.min()
-        return scored[values == target].iloc[0]
+        """The table's row of the best trial (`best_trial_row`), or None."""
+        return best_trial_row(self.trials, self.sweep.metric, self.sweep.mode)
 
     def best(self) -> BestTrial:
         """The best trial (`best_row`) with its config, checkpoint and classes."""
         row = self.best_row()
         if row is None:
-            raise UserError(
-                f"{self.folder}: no trial has reported {self.sweep.metric} yet "
-                "(No trials are completed yet.)"
-            )
+            raise UserError(f"{self.folder}: {no_best_trial(self.trials, self.sweep.metric)}")
         folder = self.folder / str(row["trial_dir"])
         checkpoint = _existing_checkpoint(self.folder, row.get("best_checkpoint"))
         return BestTrial(
@@ -186,6 +174,33 @@ def best_first(table: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     ordered = table.assign(_rank=rank).sort_values(
         ["_rank", best], ascending=[True, mode == "min"], na_position="last", kind="stable")
     return ordered.drop(columns="_rank").reset_index(drop=True)
+
+
+def best_trial_row(table: pd.DataFrame, metric: str, mode: str) -> pd.Series | None:
+    """The row of the trial with the best value of `metric` (the first such row on a tie)
+    among those that did not diverge; None while no trial has a result, and when every one
+    with a result diverged: a diverged trial reports the metric's worst value, and no trial
+    worked (`no_best_trial` says why)."""
+    best = f"best_{metric}"
+    scored = table.dropna(subset=[best])
+    scored = scored[~diverged(scored)]
+    if scored.empty:
+        return None
+    target = scored[best].max() if mode == "max" else scored[best].min()
+    return scored[scored[best] == target].iloc[0]
+
+
+def no_best_trial(table: pd.DataFrame, metric: str) -> str:
+    """Why `table` has no best trial (`best_trial_row` is None), in a few words."""
+    blown = int(diverged(table).sum())
+    if blown:
+        return (f"no best trial: {diverged_cause(blown)} and no other trial has reported "
+                f"{metric} yet")
+    return f"no trial has reported {metric} yet"
+
+
+def diverged_cause(count: int) -> str:
+    return f"{count} diverged (loss NaN/inf: lower the learning rates)"
 
 
 def diverged(table: pd.DataFrame) -> pd.Series:

@@ -27,7 +27,7 @@ from carsweep.config.sweep import SweepConfig, save_sweep
 from carsweep.config.trial import TrialConfig
 from carsweep.errors import UserError, last_line
 from carsweep.results import save_trials_table, trials_table
-from carsweep.results.store import diverged, read_result_rows
+from carsweep.results.store import best_trial_row, read_result_rows
 from carsweep.results.study import driver_study_file, fetch_driver_study
 from carsweep.search.cluster import ray_session
 from carsweep.search.median import MedianStopping
@@ -132,7 +132,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, verbose: int = 1) ->
 
 def _outcome(experiment: Path | BucketPath, table: pd.DataFrame, config: SweepConfig,
              **ending) -> SweepOutcome:
-    best = best_trial_row(table, config.metric)
+    best = best_trial_row(table, config.metric, config.mode)
     return SweepOutcome(
         experiment=experiment,
         trials=len(table),
@@ -189,15 +189,6 @@ def _restored_tuner(experiment: Path | BucketPath, trainable) -> tune.Tuner:
     return tune.Tuner.restore(where["storage_path"], trainable=trainable,
                               resume_unfinished=True, resume_errored=True,
                               storage_filesystem=where["storage_filesystem"])
-
-
-def best_trial_row(table: pd.DataFrame, metric: str) -> pd.Series | None:
-    """The trials table's first row (best_first order) when it has a result and did not
-    diverge; None when no trial worked (a diverged trial reports the metric's worst value,
-    which must not make it the best)."""
-    if not len(table) or pd.isna(table["best_" + metric].iloc[0]):
-        return None
-    return None if diverged(table).iloc[0] else table.iloc[0]
 
 
 class _TuneRestoreHint(logging.Filter):
