@@ -124,6 +124,8 @@ def test_report_embeds_the_confusion_matrix_and_the_gallery(finished_analysis):
         assert data_uri(finished_analysis / name) in html, name
     sweep = read_metrics(finished_analysis)["sweep"]
     assert "intermediate_values.png" in sweep["plots"]  # Optuna's, from the sweep's study
+    assert (f"is its {sweep['metric']} at its last epoch; the trials analyzed here are ranked "
+            f"by their best {sweep['metric']} at any epoch") in html
     counted = sweep["importance"]["complete_trials"] + sweep["importance"]["stopped_trials"]
     assert counted == FINISHED_SWEEP["num_samples"]
     shown = pd.read_csv(finished_analysis / "misclassified.csv")

@@ -210,7 +210,16 @@ def _sweep(folder: Path, sweep: dict[str, Any]) -> str:
     return (f"<p>{sweep['trials']} trials; metric {escape(sweep['metric'])} "
             f"({escape(sweep['mode'])}); searched: {escape(', '.join(sweep['searched']))}. "
             "Plots by optuna.visualization from the sweep's study; the same study is live in "
-            "<code>carsweep dashboard</code>.</p>" + text + _figures(folder, SWEEP_FIGURES))
+            "<code>carsweep dashboard</code>.</p>" + _values_note(sweep["metric"]) + text
+            + _figures(folder, SWEEP_FIGURES))
+
+
+def _values_note(metric: str) -> str:
+    """Why Optuna's best trial can differ from the one analyzed here."""
+    return (f"<p class='note'>A trial's value in the study, and so in these plots and the "
+            f"dashboard, is its {escape(metric)} at its last epoch; the trials analyzed here "
+            f"are ranked by their best {escape(metric)} at any epoch (the trials table's "
+            "order), so Optuna's best trial can be another.</p>")
 
 
 def _config(config: dict[str, Any]) -> str:
