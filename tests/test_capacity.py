@@ -165,3 +165,18 @@ def test_a_cpu_request_below_what_trials_use_is_warned():
     assert report.warnings[0] == (
         "slots: a trial of this space uses 4 CPUs (its process and 3 loader workers), but "
         "resources.cpu is 1: trials on a node will slow each other; set resources.cpu: 4")
+
+
+def test_tpe_under_pasha_is_warned_to_be_random_search():
+    """A trial PASHA pauses is RUNNING in the study: TPE never leaves its random start-up."""
+    config = sweep(num_samples=40, resources={"cpu": 1, "gpu": 0}, scheduler="pasha",
+                   searcher={"n_startup_trials": 4}, space={"epochs": 9})
+    (line,) = lines_for(config, [("127.0.0.1/aaaa", 4.0, 0.0)]).warnings
+    assert line == ("concurrency: 4 trials at once (4 slots on the cluster): under pasha a trial "
+                    "ends only at max_t (9 epochs; the others pause until the sweep ends), so "
+                    "TPE draws at random until 4 trials have reached it, which few do; set "
+                    "searcher.algorithm: random to say so, or use scheduler asha for TPE to "
+                    "steer (docs/schedulers.md)")
+    random = config.model_copy(update={"searcher": config.searcher.model_copy(
+        update={"algorithm": "random"})})
+    assert lines_for(random, [("127.0.0.1/aaaa", 4.0, 0.0)]).warnings == []

@@ -12,7 +12,9 @@ What the searcher learns: the first C suggestions (C trials at once) are drawn b
 result, and Optuna's TPE draws at random until `n_startup_trials` trials have ended (it counts
 COMPLETE and PRUNED ones). Trial k (from 0) starts when k - C + 1 trials have ended, so its
 suggestion is informed when k >= C + S - 1: `informed_suggestions`. With C >= num_samples
-the sweep is random search, whatever the sampler.
+the sweep is random search, whatever the sampler. Under PASHA a trial ends only at max_t (the
+others pause, RUNNING in the study, until the sweep's end), so TPE there is random search in
+all but name (docs/schedulers.md has the replay's figures): the check says so.
 """
 
 from __future__ import annotations
@@ -154,6 +156,14 @@ def _concurrency_line(config: SweepConfig, report, cluster_slots: int) -> None:
         report.passed("concurrency", f"{where}; {samples} trials of random search")
         return
     startup = config.searcher.n_startup_trials
+    if config.scheduler == "pasha":
+        # A paused trial is RUNNING in the study, and TPE counts finished ones (module doc).
+        report.warned("concurrency", f"{where}: under pasha a trial ends only at max_t "
+                      f"({config.max_t} epochs; the others pause until the sweep ends), so TPE "
+                      f"draws at random until {startup} trials have reached it, which few do; "
+                      "set searcher.algorithm: random to say so, or use scheduler asha for "
+                      "TPE to steer (docs/schedulers.md)")
+        return
     informed = informed_suggestions(samples, at_once, startup)
     explained = (f"the first {at_once} start before any result, and TPE draws at random until "
                  f"{startup} have ended")
