@@ -108,7 +108,8 @@ def test_a_resumed_sweep_shows_a_trial_that_finished_after_tunes_saved_state_as_
         tmp_path):
     """A killed driver's Tune state knew epoch 1 of a 2-epoch trial whose result.json holds
     both: the resume restarts it from its epoch-2 checkpoint, which reports nothing, so Ray's
-    record stays at epoch 1 (it read PRUNED 1/2 until the sweep ended)."""
+    record stays at epoch 1 (it read PRUNED 1/2 until the sweep ended). And the rows stay in
+    the order the trials were created, where a restored Tune lists its unfinished ones first."""
     experiment = tmp_path / "sweep"
     (experiment / "trial_bbbb0001").mkdir(parents=True)
     (experiment / "trial_bbbb0001" / "result.json").write_text(
@@ -125,12 +126,13 @@ def test_a_resumed_sweep_shows_a_trial_that_finished_after_tunes_saved_state_as_
     pickled = pickle.dumps(reporter)  # Tune's tuner.pkl
     with reporter_resumed_with(finished):
         resumed = pickle.loads(pickled)  # as Tune's restore unpickles it
-    after_restart = [trial("bbbb0001", "TERMINATED", 0.5, epochs=2),
-                     trial("bbbb0002", "TERMINATED", 0.4, epochs=2)]  # ASHA stops it now
-    rows = {line.split()[0]: line.split()[1:4]
-            for line in resumed.table_text(after_restart).splitlines()[1:3]}
-    assert rows == {"bbbb0001": ["COMPLETE", "2/2", "75.00%"],
-                    "bbbb0002": ["PRUNED", "1/2", "40.00%"]}
+    after_restart = [trial("bbbb0002", "TERMINATED", 0.4, epochs=2),  # ASHA stops it now
+                     trial("bbbb0001", "TERMINATED", 0.5, epochs=2)]
+    for created, restored in zip([2, 1], after_restart, strict=True):
+        restored.experiment_tag = f"{created}_lr=0.0123"  # Ray's, from its searcher's count
+    rows = [line.split()[:4] for line in resumed.table_text(after_restart).splitlines()[1:3]]
+    assert rows == [["bbbb0001", "COMPLETE", "2/2", "75.00%"],  # in the order Ray made them
+                    ["bbbb0002", "PRUNED", "1/2", "40.00%"]]
     unknowing = pickle.loads(pickled)  # outside a resume: Ray's record as it is
-    assert unknowing.table_text(after_restart).splitlines()[1].split()[1:4] == [
-        "PRUNED", "1/2", "50.00%"]
+    assert unknowing.table_text(after_restart).splitlines()[1].split()[:4] == [
+        "bbbb0001", "PRUNED", "1/2", "50.00%"]

@@ -217,7 +217,7 @@ def live_table(trials: list, metric: str, mode: str, params: list[str],
     the module docstring), shown as they say where Ray's own record is older."""
     default_epochs = TrialConfig.model_fields["epochs"].default
     rows = []
-    for trial in trials:
+    for trial in sorted(trials, key=_creation_number):
         result = trial.last_result or {}
         planned = int(trial.config.get("epochs", default_epochs))
         best = (trial.metric_analysis.get(metric) or {}).get(mode)  # Ray keeps "max", "min"
@@ -236,6 +236,14 @@ def live_table(trials: list, metric: str, mode: str, params: list[str],
     return pd.DataFrame(rows, columns=None if rows else ["trial_id", "state", DIVERGED,
                                                         "epochs_run", "planned_epochs",
                                                         f"best_{metric}"])
+
+
+def _creation_number(trial) -> int:
+    """The trial's place in the order Ray's searcher created it (its experiment tag begins
+    with it: `3_lr=0.01,...`); a restored sweep lists its unfinished trials first, and the
+    table keeps its rows where they were."""
+    number = (trial.experiment_tag or "").partition("_")[0]
+    return int(number) if number.isdigit() else 0
 
 
 def _study_state(status: str, result: dict, planned: int) -> str:
