@@ -91,3 +91,19 @@ def test_scaled_probabilities_are_the_softmax_of_the_divided_logits():
     expected = torch.softmax(torch.as_tensor(logits) / 1.7, dim=1).numpy()
     np.testing.assert_allclose(scaled(probs, 1.7), expected, atol=1e-12)
     np.testing.assert_allclose(scaled(probs, 1.0), probs, atol=1e-12)
+
+
+def test_no_temperature_is_fitted_where_every_image_is_predicted_right():
+    """The NLL then falls without end as T shrinks: a fit would only sharpen the model to the
+    range's bound (the demo's analysis shipped T = 0.05, every answer at 100 %)."""
+    logits, labels = drawn(images=200)
+    right = logits.argmax(axis=1)
+    assert fit_temperature(logits, right) is None
+    assert (negative_log_likelihood(logits, right, 0.1)
+            < negative_log_likelihood(logits, right, 0.5)
+            < negative_log_likelihood(logits, right, 1.0))  # no minimum above 0
+    one_wrong = right.copy()
+    one_wrong[0] = (right[0] + 1) % CLASSES
+    temperature = fit_temperature(logits, one_wrong)  # one mistake bounds it below
+    assert temperature is not None
+    assert 0.05 < temperature < 1.0

@@ -104,7 +104,7 @@ def test_ensemble_and_tta_probabilities_are_the_means_they_claim(ensembled, fini
 
 @pytest.mark.slow  # the finished sweep, then two retrains
 def test_calibration_is_fitted_on_val_with_the_best_checkpoint_and_exported(
-        ensembled, prepared_dataset, tmp_path):
+        ensembled, prepared_dataset, tmp_path, capsys):
     folder, (best_run, _), printed = ensembled
     summary = json.loads((folder / "metrics.json").read_text())
     assert summary["ece"] == pytest.approx(
@@ -125,7 +125,9 @@ def test_calibration_is_fitted_on_val_with_the_best_checkpoint_and_exported(
     assert "Reliability diagram" in (folder / "report.html").read_text()
 
     out = tmp_path / "best.pt"
+    capsys.readouterr()
     assert main(["export", str(folder.parent), "--out", str(out)]) == 0
+    assert f", temperature {fitted['temperature']:.3f}) from " in capsys.readouterr().out
     exported = load_export(out)
     assert exported.temperature == fitted["temperature"]
     assert torch.load(out, weights_only=True)["calibration"] == fitted

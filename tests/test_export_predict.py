@@ -245,17 +245,23 @@ def test_export_of_a_folder_that_holds_no_model_is_one_line(tmp_path, capsys, ma
 
 @pytest.mark.slow
 def test_experiment_export_prefers_the_model_analyze_retrained(finished_experiment,
-                                                               trained_run, tmp_path):
+                                                               trained_run, tmp_path, capsys):
     copy = linked_copy(finished_experiment, tmp_path / "experiment")
     folder, result = trained_run
     save_retrained_model(copy / "analysis", result.model, RUN_CONFIG, result.classes)
-    metrics = {"top1": 0.5, "top5": 1.0, "test_images": 32, "split_scheme": "official"}
+    unfitted = {"bins": 15, "temperature": 1.0, "fitted_on": "not fitted: trial a's checkpoint "
+                "predicts all 24 val images right, so ..."}  # as analyze writes it
+    metrics = {"top1": 0.5, "top5": 1.0, "test_images": 32, "split_scheme": "official",
+               "calibration": unfitted}
     (copy / "analysis" / "metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "best.pt"
+    capsys.readouterr()
     assert main(["export", str(copy), "--out", str(out)]) == 0
+    assert ", not calibrated) from " in capsys.readouterr().out.splitlines()[0]
     exported = load_export(out)
     assert exported.source["kind"] == "retrained"
     assert exported.test_metrics == metrics
+    assert exported.temperature == 1.0
     for name, tensor in result.model.state_dict().items():
         assert torch.equal(exported.model.state_dict()[name], tensor), name
 

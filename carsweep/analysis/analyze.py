@@ -231,6 +231,10 @@ def _fit_temperature(best: BestTrial, dataset: PreparedDataset, device: str,
         update={"device": device, "data_cache": "off"}))
     logits, labels = logits.numpy(), labels.numpy()
     temperature = calibration.fit_temperature(logits, labels)
+    if temperature is None:
+        return fitted | {"fitted_on": f"not fitted: trial {best.trial_id}'s checkpoint predicts "
+                                      f"all {len(val)} val images right, so a smaller T always "
+                                      "fits them better and there is no minimum to fit"}
     return fitted | {
         "temperature": temperature,
         "fitted_on": f"val split ({len(val)} images), trial {best.trial_id}'s checkpoint "

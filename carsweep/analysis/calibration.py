@@ -10,7 +10,10 @@ Both from Guo et al. 2017, "On Calibration of Modern Neural Networks"
 - `fit_temperature` (temperature scaling): one T > 0 that divides every logit, chosen to
   minimise the negative log-likelihood of held-out images (L-BFGS on log T, so T stays
   positive, clamped to TEMPERATURE_RANGE). It changes no prediction, only how sure the model
-  says it is: T > 1 softens an over-confident model.
+  says it is: T > 1 softens an over-confident model. Where every held-out image's label has
+  the top logit, the NLL falls without end as T shrinks (each image's probability goes to 1):
+  there is no minimum, and a fit would only sharpen the model to the range's bound, so none is
+  made (`fit_temperature` returns None).
 
 Probabilities go back to logits with `log_probabilities` (log p = z - logsumexp z, and the
 softmax is shift-invariant, so softmax(log p / T) = softmax(z / T)). Pure functions of numpy
@@ -66,10 +69,13 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray,
     return float(F.cross_entropy(z / temperature, torch.tensor(np.asarray(labels))))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T that minimises the mean NLL of softmax(logits / T) on these images."""
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """The T that minimises the mean NLL of softmax(logits / T) on these images; None where
+    every image is predicted right (no minimum: see the module docstring)."""
     z = torch.tensor(np.asarray(logits), dtype=torch.float64)  # (N, C), a copy
     y = torch.tensor(np.asarray(labels), dtype=torch.int64)
+    if bool((z.argmax(dim=1) == y).all()):
+        return None
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=200, tolerance_grad=1e-10,
                                   tolerance_change=1e-12, line_search_fn="strong_wolfe")

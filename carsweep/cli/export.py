@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     written = export(args.folder, args.out, **extras, data=args.data)
     payload = written.payload
     source = payload["source"]
-    calibrated = (f", temperature {payload['temperature']:.3f}" if payload["calibration"]
-                  else ", not calibrated")
+    calibrated = (f", temperature {payload['temperature']:.3f}"
+                  if payload["temperature"] != 1.0 else ", not calibrated")
     crop = ", car crops" if payload["crop"] == "bbox" else ""
     print(f"exported {source['kind']} {payload['architecture']} ({len(payload['classes'])} "
           f"classes, {payload['input_size']} px{crop}{calibrated}) from {source['path']} -> "
