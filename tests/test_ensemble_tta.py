@@ -119,6 +119,8 @@ def test_calibration_is_fitted_on_val_with_the_best_checkpoint_and_exported(
     assert fitted["temperature"] == pytest.approx(
         calibration.fit_temperature(logits.numpy(), labels.numpy()), rel=1e-6)
     assert fitted["val_nll_calibrated"] <= fitted["val_nll"]
+    assert (f"[analyze] temperature {fitted['temperature']:.3f} (val NLL {fitted['val_nll']:.3f} "
+            f"-> {fitted['val_nll_calibrated']:.3f})") in printed
     assert fitted["test_ece_calibrated"] == pytest.approx(calibration.expected_calibration_error(
         calibration.scaled(best_run.probs, fitted["temperature"]), best_run.labels))
     assert (folder / "reliability.png").stat().st_size > 0

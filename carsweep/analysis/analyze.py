@@ -232,15 +232,20 @@ def _fit_temperature(best: BestTrial, dataset: PreparedDataset, device: str,
     logits, labels = logits.numpy(), labels.numpy()
     temperature = calibration.fit_temperature(logits, labels)
     if temperature is None:
-        return fitted | {"fitted_on": f"not fitted: trial {best.trial_id}'s checkpoint predicts "
-                                      f"all {len(val)} val images right, so a smaller T always "
-                                      "fits them better and there is no minimum to fit"}
+        why = (f"trial {best.trial_id}'s checkpoint predicts all {len(val)} val images right, so "
+               "a smaller T always fits them better and there is no minimum to fit")
+        say(f"[analyze] no temperature: {why}", out)
+        return fitted | {"fitted_on": f"not fitted: {why}"}
+    nll = calibration.negative_log_likelihood(logits, labels)
+    nll_calibrated = calibration.negative_log_likelihood(logits, labels, temperature)
+    say(f"[analyze] temperature {temperature:.3f} (val NLL {nll:.3f} -> {nll_calibrated:.3f})",
+        out)
     return fitted | {
         "temperature": temperature,
         "fitted_on": f"val split ({len(val)} images), trial {best.trial_id}'s checkpoint "
                      f"{best.checkpoint.name} (epoch {state['epoch']})",
-        "val_nll": calibration.negative_log_likelihood(logits, labels),
-        "val_nll_calibrated": calibration.negative_log_likelihood(logits, labels, temperature),
+        "val_nll": nll,
+        "val_nll_calibrated": nll_calibrated,
     }
 
 
