@@ -115,6 +115,16 @@ def _write_trial(experiment: Path, trial_id: str, rows: list[dict], params: dict
         user_attrs={"trial_id": trial_id, **user_attrs}))
 
 
+def _write_diverged_trial(experiment: Path, trial_id: str) -> str:
+    """A trial whose loss became NaN in epoch 2 (val_loss 0.2 at epoch 1); its message."""
+    message = "training loss became nan by batch 3 of the epoch (lr 9); the run stopped"
+    _write_trial(experiment, trial_id, [
+        {"epoch": 1, "val_loss": 0.2},
+        {"epoch": 2, "val_loss": float("inf"), "diverged": True, "diverged_message": message},
+    ], {"epochs": 3, "lr": 9.0}, state=TrialState.PRUNED, diverged=message)
+    return message
+
+
 def _bare_experiment(tmp_path: Path) -> Path:
     experiment = tmp_path / "exp"
     save_sweep(SweepConfig(name="exp", metric="val_loss", mode="min"), experiment / "sweep.yaml")
@@ -144,11 +154,7 @@ def test_history_keeps_the_last_row_of_an_epoch_repeated_after_a_restart(tmp_pat
 
 def test_a_diverged_trial_is_marked_listed_last_and_never_best(tmp_path):
     experiment = _bare_experiment(tmp_path)  # val_loss, mode min: the worst value is +inf
-    message = "training loss became nan by batch 3 of the epoch (lr 9); the run stopped"
-    _write_trial(experiment, "blown", [
-        {"epoch": 1, "val_loss": 0.2},
-        {"epoch": 2, "val_loss": float("inf"), "diverged": True, "diverged_message": message},
-    ], {"epochs": 3, "lr": 9.0}, state=TrialState.PRUNED, diverged=message)
+    message = _write_diverged_trial(experiment, "blown")
     _write_trial(experiment, "fine", [{"epoch": e, "val_loss": 1.0 / e} for e in (1, 2, 3)],
                  {"epochs": 3, "lr": 0.01})
     _write_trial(experiment, "started", [], {"epochs": 3, "lr": 0.02}, state=TrialState.RUNNING)
@@ -170,11 +176,7 @@ def test_with_only_a_diverged_trial_scored_there_is_no_best_and_status_and_analy
     from carsweep.cli import main
 
     experiment = _bare_experiment(tmp_path)
-    message = "training loss became nan by batch 3 of the epoch (lr 9); the run stopped"
-    _write_trial(experiment, "blown", [
-        {"epoch": 1, "val_loss": 0.2},
-        {"epoch": 2, "val_loss": float("inf"), "diverged": True, "diverged_message": message},
-    ], {"epochs": 3, "lr": 9.0}, state=TrialState.PRUNED, diverged=message)
+    _write_diverged_trial(experiment, "blown")
     _write_trial(experiment, "started", [], {"epochs": 3, "lr": 0.02}, state=TrialState.RUNNING)
     why = ("no best trial: 1 diverged (loss NaN/inf: lower the learning rates) and no other "
            "trial has reported val_loss yet")
